@@ -1,0 +1,34 @@
+"""encoderlens: mechanistic interpretability for text encoders, speech encoders and encoder-decoders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from encoderlens.cache import ActivationCache
+from encoderlens.factored_matrix import FactoredMatrix
+from encoderlens.hooks import HookedRootModule, HookPoint, get_act_name
+from encoderlens.models import HookedEncoder
+from encoderlens.models.base import HookedModel
+
+__version__ = "0.1.0"
+
+
+def from_pretrained(name_or_path: Any = None, **kwargs: Any) -> Any:
+    """Load any supported checkpoint; the model class follows the checkpoint's architecture.
+
+    Example:
+        >>> model = encoderlens.from_pretrained("default")
+    """
+    return HookedModel.from_pretrained(name_or_path, **kwargs)
+
+
+__all__ = [
+    "ActivationCache",
+    "FactoredMatrix",
+    "HookPoint",
+    "HookedEncoder",
+    "HookedModel",
+    "HookedRootModule",
+    "from_pretrained",
+    "get_act_name",
+]

@@ -1,0 +1,542 @@
+"""ActivationCache: cached activations plus the residual-stream algebra that is valid for each model.
+
+What the decompositions mean depends on where the norms sit (the model's :class:`StreamSpec`):
+
+- **Pre-LN** stacks (T5, wav2vec2/HuBERT large, ModernBERT): the residual stream is a sum,
+  ``resid_pre[L] = embeddings + sum_{l<L} (attn_out[l] + mlp_out[l])``. ``decompose_resid``,
+  ``stack_head_results(incl_remainder=True)``, ``get_full_resid_decomposition`` and
+  ``apply_ln_to_stack`` (dividing by the cached norm scale, a linear approximation that is exact for
+  the sum) all apply.
+- **Post-LN** stacks (BERT, wav2vec2/HuBERT base, BART): each block renormalises the stream twice, so
+  no sum of component outputs equals a later residual. ``accumulated_resid`` (the actual stream at each
+  layer) and ``stack_head_results`` (each head's exact contribution to its own block's ``attn_out``) are
+  valid; the decomposition methods raise a ``ValueError`` explaining this instead of returning
+  numbers with no meaning.
+- ``logit_attrs`` needs a *linear* unembedding (T5 ``lm_head``, CTC heads). BERT's MLM head is
+  ``dense -> GELU -> LayerNorm -> W_U`` and is refused with that explanation.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import ItemsView, Iterator, KeysView, ValuesView
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from encoderlens.hooks import get_act_name
+
+
+class CacheKeyError(KeyError, ValueError):
+    """A name missing from the cache; both ``KeyError`` (dict-like) and ``ValueError``."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """How a model's residual stream is built, as the cache needs to know it.
+
+    Attributes:
+        prefix: Hook-name prefix of the stream (``""``, ``"encoder."``, ``"decoder."``).
+        n_layers: Blocks in the stream.
+        n_heads: Heads per attention layer.
+        norm_position: ``"pre"`` or ``"post"``.
+        embed_hooks: Full hook names whose sum is the stream's input (before any embedding norm).
+        embed_normalized: Whether that sum is normalised before block 0 (BERT, wav2vec2-base).
+        final_norm: Module path of the norm after the last block, or None.
+        has_cross_attention: Whether blocks have cross-attention (decoders).
+        blocks: The stream's blocks (for ``W_O`` and norms).
+        unembed: ``(W_U, b_U)`` when logits are a linear function of the final normalised stream.
+        unembed_note: Why there is no linear unembedding, when there is none.
+    """
+
+    prefix: str
+    n_layers: int
+    n_heads: int
+    norm_position: str
+    embed_hooks: tuple[str, ...]
+    embed_normalized: bool
+    final_norm: str | None
+    has_cross_attention: bool
+    blocks: nn.ModuleList
+    unembed: tuple[Tensor, Tensor] | None = None
+    unembed_note: str = ""
+
+
+def _slice_pos(t: Tensor, pos_slice: Any, dim: int) -> Tensor:
+    if pos_slice is None:
+        return t
+    if isinstance(pos_slice, int):
+        return t.select(dim, pos_slice)
+    if isinstance(pos_slice, slice):
+        idx = [slice(None)] * t.ndim
+        idx[dim] = pos_slice
+        return t[tuple(idx)]
+    index = torch.as_tensor(pos_slice, device=t.device, dtype=torch.long)
+    return t.index_select(dim, index)
+
+
+class ActivationCache:
+    """A dict of cached activations with short keys and residual-stream helpers.
+
+    Keys: full hook names, or ``(short_name, layer[, layer_type])`` tuples: ``cache["pattern", 0]``,
+    ``cache["q", 2]``, ``cache["scale", 1, "ln2"]``. On encoder-decoders use ``cache.encoder[...]`` /
+    ``cache.decoder[...]`` (or full names); ``cache.decoder["pattern", 0, "cross_attn"]``.
+
+    Example:
+        >>> _, cache = model.run_with_cache("The cat sat.")
+        >>> resid, labels = cache.accumulated_resid(return_labels=True)
+    """
+
+    def __init__(
+        self,
+        cache_dict: dict[str, Tensor],
+        model: Any,
+        has_batch_dim: bool = True,
+        stream: str | None = None,
+    ) -> None:
+        self.cache_dict = cache_dict
+        self.model = model
+        self.has_batch_dim = has_batch_dim
+        self.stream = stream
+
+    # ------------------------------------------------------------------ dict-like
+    def _full_name(self, key: Any) -> str:
+        if isinstance(key, str):
+            if key in self.cache_dict:
+                return key
+            prefixed = f"{self.stream}.{key}" if self.stream else key
+            return prefixed
+        if isinstance(key, tuple) and key and isinstance(key[0], str):
+            if len(key) > 3:
+                raise ValueError(f"cache keys are (name, layer[, layer_type]), got {key!r}")
+            stream = self._stream_for_short_keys()
+            return get_act_name(key[0], *key[1:], stream=stream)  # type: ignore[arg-type]
+        raise TypeError(f"cache key must be a hook name or (name, layer[, layer_type]) tuple, got {key!r}")
+
+    def _stream_for_short_keys(self) -> str | None:
+        if self.stream is not None:
+            return self.stream
+        streams = getattr(self.model, "streams", (None,))
+        if len(streams) > 1:
+            raise ValueError(
+                f"this model has several residual streams {streams}; use cache.{streams[0]}[...] "
+                f"or cache.stream_view('{streams[-1]}')[...] for short keys, or a full hook name"
+            )
+        return streams[0]
+
+    def __getitem__(self, key: Any) -> Tensor:
+        name = self._full_name(key)
+        try:
+            return self.cache_dict[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self.cache_dict), n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise CacheKeyError(
+                f"{name!r} is not in the cache{hint} (cached: {len(self.cache_dict)} tensors; "
+                "widen run_with_cache's names_filter if it was filtered out)"
+            ) from None
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            return self._full_name(key) in self.cache_dict
+        except (ValueError, TypeError):
+            return False
+
+    def __len__(self) -> int:
+        return len(self.cache_dict)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.cache_dict)
+
+    def keys(self) -> KeysView[str]:
+        return self.cache_dict.keys()
+
+    def values(self) -> ValuesView[Tensor]:
+        return self.cache_dict.values()
+
+    def items(self) -> ItemsView[str, Tensor]:
+        return self.cache_dict.items()
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivationCache({len(self)} tensors, {self.nbytes() / 2**20:.1f} MiB, stream={self.stream!r})"
+        )
+
+    def nbytes(self) -> int:
+        """Total bytes held by cached tensors."""
+        return sum(t.numel() * t.element_size() for t in self.cache_dict.values())
+
+    def size_report(self) -> str:
+        """A table of the largest cached tensors and the total size."""
+        rows = sorted(self.cache_dict.items(), key=lambda kv: -kv[1].numel() * kv[1].element_size())
+        lines = [f"{'name':<50} {'shape':<24} {'MiB':>8}"]
+        for k, v in rows[:20]:
+            lines.append(f"{k:<50} {str(tuple(v.shape)):<24} {v.numel() * v.element_size() / 2**20:>8.2f}")
+        lines.append(f"total: {len(rows)} tensors, {self.nbytes() / 2**20:.2f} MiB")
+        return "\n".join(lines)
+
+    def to(self, device: str | torch.device, move_model: bool = False) -> ActivationCache:
+        """Move every cached tensor (and optionally the model) to ``device``."""
+        self.cache_dict = {k: v.to(device) for k, v in self.cache_dict.items()}
+        if move_model:
+            self.model.to(device)
+        return self
+
+    def remove_batch_dim(self) -> ActivationCache:
+        """Drop the batch dimension (only for a batch of one)."""
+        if not self.has_batch_dim:
+            return self
+        for k, v in self.cache_dict.items():
+            if v.ndim == 0 or v.shape[0] != 1:
+                raise ValueError(f"remove_batch_dim needs batch size 1, but {k!r} has shape {tuple(v.shape)}")
+        self.cache_dict = {k: v[0] for k, v in self.cache_dict.items()}
+        self.has_batch_dim = False
+        return self
+
+    def stream_view(self, stream: str) -> ActivationCache:
+        """The same cache, with short keys and helpers resolved in ``stream`` (``"encoder"``/``"decoder"``)."""
+        streams = getattr(self.model, "streams", (None,))
+        if stream not in streams:
+            raise ValueError(f"unknown stream {stream!r}; this model's streams are {streams}")
+        return ActivationCache(self.cache_dict, self.model, self.has_batch_dim, stream)
+
+    def __getattr__(self, name: str) -> Any:
+        # cache.encoder / cache.decoder on encoder-decoders
+        if name in ("encoder", "decoder") and name in getattr(self.__dict__.get("model"), "streams", ()):
+            return self.stream_view(name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    # ------------------------------------------------------------------ helpers
+    def _spec(self) -> Any:
+        if not hasattr(self.model, "stream_spec"):
+            raise ValueError(f"{type(self.model).__name__} does not describe its residual stream")
+        return self.model.stream_spec(
+            self.stream if self.stream is not None else self._stream_for_short_keys()
+        )
+
+    def _need(self, name: str, method: str) -> Tensor:
+        if name not in self.cache_dict:
+            raise ValueError(
+                f"{method} needs {name!r} in the cache, which lacks it; run run_with_cache without names_filter "
+                "or include that hook"
+            )
+        return self.cache_dict[name]
+
+    def _require_pre_ln(self, spec: StreamSpec, method: str) -> None:
+        if spec.norm_position != "pre":
+            raise ValueError(
+                f"{method} is not defined for this post-LN stream: each block renormalises the residual "
+                "(resid_mid = LN(resid_pre + attn_out), resid_post = LN(resid_mid + mlp_out)), so component outputs "
+                "do not sum to any later residual. Use accumulated_resid (the actual stream per layer) or "
+                "stack_head_results (each head's exact share of its own block's attn_out) instead."
+            )
+        if spec.embed_normalized:
+            raise ValueError(
+                f"{method}: the embeddings are normalised before block 0, so they are not a summand"
+            )
+
+    def _n_layers(self, spec: StreamSpec, layer: int | None) -> int:
+        if layer is None:
+            return spec.n_layers
+        if layer < 0:
+            layer += spec.n_layers + 1
+        if not 0 <= layer <= spec.n_layers:
+            raise ValueError(f"layer must be in [0, {spec.n_layers}] (or negative from the end), got {layer}")
+        return layer
+
+    # ------------------------------------------------------------------ residual stream
+    def accumulated_resid(
+        self,
+        layer: int | None = None,
+        incl_mid: bool = False,
+        apply_ln: bool = False,
+        pos_slice: Any = None,
+        return_labels: bool = False,
+    ) -> Any:
+        """The residual stream at the start of each layer up to ``layer`` (all layers + final output by default).
+
+        Valid for pre- and post-LN: these are the actual states the blocks receive. ``layer=None``
+        includes the last block's output (``"final_post"``), which in a post-LN stack is the normalised
+        final state and in a pre-LN stack is the state before the final norm.
+
+        Args:
+            layer: Stop before this block (``None``: all blocks plus the final output).
+            incl_mid: Also include ``resid_mid`` (and ``resid_mid_cross`` in decoders).
+            apply_ln: Apply the cached final-norm scale (pre-LN stacks with a final norm only).
+            pos_slice: Positions to keep (int, slice, or indices).
+            return_labels: Also return labels such as ``"3_pre"``.
+
+        Returns:
+            ``(component, batch, pos, d_model)`` tensor (and labels).
+        """
+        spec = self._spec()
+        n = self._n_layers(spec, layer)
+        p = spec.prefix
+        comps: list[Tensor] = []
+        labels: list[str] = []
+        for i in range(n):
+            comps.append(self._need(f"{p}blocks.{i}.hook_resid_pre", "accumulated_resid"))
+            labels.append(f"{i}_pre")
+            if incl_mid:
+                comps.append(self._need(f"{p}blocks.{i}.hook_resid_mid", "accumulated_resid"))
+                labels.append(f"{i}_mid")
+                if spec.has_cross_attention:
+                    comps.append(self._need(f"{p}blocks.{i}.hook_resid_mid_cross", "accumulated_resid"))
+                    labels.append(f"{i}_mid_cross")
+        if n == spec.n_layers:
+            comps.append(self._need(f"{p}blocks.{n - 1}.hook_resid_post", "accumulated_resid"))
+            labels.append("final_post")
+        stack = torch.stack(comps)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer=None)
+        stack = _slice_pos(stack, pos_slice, -2)
+        return (stack, labels) if return_labels else stack
+
+    def decompose_resid(
+        self,
+        layer: int | None = None,
+        mode: str = "all",
+        incl_embeds: bool = True,
+        apply_ln: bool = False,
+        pos_slice: Any = None,
+        return_labels: bool = False,
+    ) -> Any:
+        """Split ``resid_pre[layer]`` into embeddings and each block's attention / MLP outputs (pre-LN only).
+
+        ``mode`` is ``"all"``, ``"attn"`` or ``"mlp"``. Cross-attention outputs are included in decoders.
+        The components sum exactly to the residual stream at ``layer``.
+        """
+        if mode not in ("all", "attn", "mlp"):
+            raise ValueError(f"mode must be 'all', 'attn' or 'mlp', got {mode!r}")
+        spec = self._spec()
+        self._require_pre_ln(spec, "decompose_resid")
+        n = self._n_layers(spec, layer)
+        p = spec.prefix
+        comps: list[Tensor] = []
+        labels: list[str] = []
+        if incl_embeds:
+            for h in spec.embed_hooks:
+                comps.append(self._need(h, "decompose_resid"))
+                labels.append(h.rsplit("hook_", 1)[-1])
+        for i in range(n):
+            if mode in ("all", "attn"):
+                comps.append(self._need(f"{p}blocks.{i}.hook_attn_out", "decompose_resid"))
+                labels.append(f"{i}_attn_out")
+                if spec.has_cross_attention:
+                    comps.append(self._need(f"{p}blocks.{i}.hook_cross_attn_out", "decompose_resid"))
+                    labels.append(f"{i}_cross_attn_out")
+            if mode in ("all", "mlp"):
+                comps.append(self._need(f"{p}blocks.{i}.hook_mlp_out", "decompose_resid"))
+                labels.append(f"{i}_mlp_out")
+        if not comps:
+            raise ValueError("nothing to decompose: layer=0 with incl_embeds=False gives no components")
+        stack = torch.stack(comps)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer=None if layer is None else n)
+        stack = _slice_pos(stack, pos_slice, -2)
+        return (stack, labels) if return_labels else stack
+
+    def stack_head_results(
+        self,
+        layer: int = -1,
+        return_labels: bool = False,
+        incl_remainder: bool = False,
+        pos_slice: Any = None,
+        apply_ln: bool = False,
+        attn: str = "attn",
+    ) -> Any:
+        """Each head's output ``z[..., h, :] @ W_O[h]`` for every layer before ``layer`` (-1: all).
+
+        Valid in every model: heads plus ``b_O`` sum exactly to their block's ``attn_out``. Computed from
+        the cached ``hook_z`` (``hook_result`` need not be cached). ``attn="cross_attn"`` stacks the
+        cross-attention heads of a decoder. ``incl_remainder`` adds ``resid - sum(heads)`` (pre-LN only).
+
+        Returns:
+            ``(layer * head_index, batch, pos, d_model)`` (and labels ``"L{l}H{h}"``).
+        """
+        spec = self._spec()
+        n = spec.n_layers if layer == -1 else self._n_layers(spec, layer)
+        p = spec.prefix
+        comps: list[Tensor] = []
+        labels: list[str] = []
+        for i in range(n):
+            z = self._need(f"{p}blocks.{i}.{attn}.hook_z", "stack_head_results")
+            W_O = getattr(spec.blocks[i], attn).W_O.to(z.device, z.dtype)
+            res = torch.einsum("...hd,hdm->h...m", z, W_O)
+            comps.append(res)
+            labels.extend(f"L{i}H{h}" for h in range(res.shape[0]))
+        if not comps:
+            raise ValueError("layer=0 selects no heads")
+        stack = torch.cat(comps)
+        if incl_remainder:
+            self._require_pre_ln(spec, "stack_head_results(incl_remainder=True)")
+            resid = (
+                self._need(f"{p}blocks.{n}.hook_resid_pre", "stack_head_results")
+                if n < spec.n_layers
+                else self._need(f"{p}blocks.{n - 1}.hook_resid_post", "stack_head_results")
+            )
+            stack = torch.cat([stack, (resid - stack.sum(0))[None]])
+            labels.append("remainder")
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer=None if layer == -1 else n)
+        stack = _slice_pos(stack, pos_slice, -2)
+        return (stack, labels) if return_labels else stack
+
+    def stack_activation(
+        self, activation_name: str, layer: int = -1, sublayer_type: str | None = None
+    ) -> Tensor:
+        """Stack one activation over layers: ``stack_activation("pattern")`` -> ``(layer, batch, head, q, k)``."""
+        spec = self._spec()
+        n = spec.n_layers if layer == -1 else self._n_layers(spec, layer)
+        stream = self.stream if self.stream is not None else self._stream_for_short_keys()
+        names = [get_act_name(activation_name, i, sublayer_type, stream=stream) for i in range(n)]
+        return torch.stack([self._need(nm, "stack_activation") for nm in names])
+
+    def get_full_resid_decomposition(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        expand_neurons: bool = True,
+        apply_ln: bool = False,
+        pos_slice: Any = None,
+        return_labels: bool = False,
+    ) -> Any:
+        """Every head, every MLP neuron (or MLP output), the embeddings and the biases (pre-LN only).
+
+        Components sum exactly to the residual stream at ``layer`` (or, with ``mlp_input``, to the
+        input of that layer's MLP).
+        """
+        spec = self._spec()
+        self._require_pre_ln(spec, "get_full_resid_decomposition")
+        n = self._n_layers(spec, layer)
+        p = spec.prefix
+        ref = self._need(f"{p}blocks.0.hook_resid_pre", "get_full_resid_decomposition")
+        attn_names = ("attn", "cross_attn") if spec.has_cross_attention else ("attn",)
+        # attention layers before the target point: all of [0, n), plus layer n's when reading the MLP input
+        attn_layers = list(range(n + 1 if mlp_input and n < spec.n_layers else n))
+        comps: list[Tensor] = []
+        labels: list[str] = []
+        bias = torch.zeros_like(ref)
+        for i in attn_layers:
+            for name in attn_names:
+                heads, head_labels = self._one_layer_heads(spec, i, name)
+                comps.append(heads)
+                labels.extend(head_labels)
+                b_O = getattr(spec.blocks[i], name).b_O
+                if b_O is not None:
+                    bias = bias + b_O.to(ref.device, ref.dtype)
+        for i in range(n):
+            post = self._need(f"{p}blocks.{i}.mlp.hook_post", "get_full_resid_decomposition")
+            W_out = spec.blocks[i].mlp.W_out.to(post.device, post.dtype)
+            if expand_neurons:
+                comps.append(torch.einsum("...n,nm->n...m", post, W_out))
+                labels.extend(f"L{i}N{j}" for j in range(W_out.shape[0]))
+            else:
+                comps.append((post @ W_out)[None])
+                labels.append(f"{i}_mlp_out")
+            b_out = spec.blocks[i].mlp.b_out
+            if b_out is not None:
+                bias = bias + b_out.to(ref.device, ref.dtype)
+        for h in spec.embed_hooks:
+            comps.append(self._need(h, "get_full_resid_decomposition")[None])
+            labels.append(h.rsplit("hook_", 1)[-1])
+        comps.append(bias[None])
+        labels.append("bias")
+        stack = torch.cat(comps)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer=None if layer is None else n, mlp_input=mlp_input)
+        stack = _slice_pos(stack, pos_slice, -2)
+        return (stack, labels) if return_labels else stack
+
+    def _one_layer_heads(self, spec: StreamSpec, i: int, attn: str) -> tuple[Tensor, list[str]]:
+        z = self._need(f"{spec.prefix}blocks.{i}.{attn}.hook_z", "get_full_resid_decomposition")
+        W_O = getattr(spec.blocks[i], attn).W_O.to(z.device, z.dtype)
+        res = torch.einsum("...hd,hdm->h...m", z, W_O)
+        tag = "X" if attn == "cross_attn" else "H"
+        return res, [f"L{i}{tag}{h}" for h in range(res.shape[0])]
+
+    # ------------------------------------------------------------------ norms and logits
+    def apply_ln_to_stack(
+        self,
+        residual_stack: Float[Tensor, "... batch pos d_model"],
+        layer: int | None = None,
+        mlp_input: bool = False,
+        pos_slice: Any = None,
+        batch_slice: Any = None,
+        has_batch_dim: bool = True,
+    ) -> Float[Tensor, "... batch pos d_model"]:
+        """Apply a cached norm's scale to every component (pre-LN only), as the norm treats their sum.
+
+        ``layer=None`` uses the final norm; ``layer=i`` the norm before block ``i``'s attention (``ln1``)
+        or, with ``mlp_input``, before its MLP (``ln2``). LayerNorm components are centred first; RMSNorm
+        ones are not. The norm's weight is not applied (fold it into what reads the stream).
+        """
+        spec = self._spec()
+        if spec.norm_position != "pre":
+            self._require_pre_ln(spec, "apply_ln_to_stack")
+        if layer is None or layer == spec.n_layers:
+            if spec.final_norm is None:
+                raise ValueError("this stream has no final norm; pass layer=i to use block i's input norm")
+            norm_path = (
+                spec.prefix + spec.final_norm
+                if not spec.final_norm.startswith(spec.prefix)
+                else spec.final_norm
+            )
+        else:
+            norm_path = f"{spec.prefix}blocks.{layer}.{'ln2' if mlp_input else 'ln1'}"
+        scale = self._need(f"{norm_path}.hook_scale", "apply_ln_to_stack")
+        norm_mod = self.model.get_submodule(norm_path)
+        x = residual_stack
+        if getattr(norm_mod.cfg, "kind", "layernorm") == "layernorm":
+            x = x - x.mean(-1, keepdim=True)
+        if pos_slice is not None:
+            scale = _slice_pos(scale, pos_slice, -2)
+        if batch_slice is not None and has_batch_dim:
+            scale = _slice_pos(scale, batch_slice, 0)
+        return x / scale
+
+    def logit_attrs(
+        self,
+        residual_stack: Float[Tensor, "... d_model"],
+        tokens: int | Tensor,
+        incorrect_tokens: int | Tensor | None = None,
+        pos_slice: Any = None,
+        batch_slice: Any = None,
+        has_batch_dim: bool = True,
+    ) -> Tensor:
+        """Project (already normalised) residual components onto unembedding directions.
+
+        ``attr = component . W_U[:, token]`` (minus the ``incorrect_tokens`` direction if given).
+        Apply :meth:`apply_ln_to_stack` first for pre-LN stacks. Needs a linear unembedding.
+        """
+        spec = self._spec()
+        if spec.unembed is None:
+            raise ValueError(
+                f"logit_attrs needs logits that are linear in the residual stream, and here they are not: "
+                f"{spec.unembed_note}. Use the model's head on each component (a logit lens) instead."
+            )
+        W_U = spec.unembed[0]
+        if not isinstance(tokens, (int, Tensor)):
+            raise TypeError(f"tokens must be an int or a LongTensor, got {type(tokens).__name__}")
+        x = residual_stack
+        if pos_slice is not None:
+            x = _slice_pos(x, pos_slice, -2)
+        if batch_slice is not None and has_batch_dim:
+            x = _slice_pos(x, batch_slice, -3 if pos_slice is None or not isinstance(pos_slice, int) else -2)
+        W_U = W_U.to(x.device, x.dtype)
+        tok = torch.as_tensor(tokens, device=x.device)
+        direction = W_U[:, tok].movedim(0, -1)
+        if incorrect_tokens is not None:
+            bad = torch.as_tensor(incorrect_tokens, device=x.device)
+            if bad.shape != tok.shape:
+                raise ValueError(
+                    f"incorrect_tokens must have the shape of tokens {tuple(tok.shape)}, got {tuple(bad.shape)}"
+                )
+            direction = direction - W_U[:, bad].movedim(0, -1)
+        return (x * direction).sum(-1)

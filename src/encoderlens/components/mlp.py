@@ -1,0 +1,81 @@
+"""Feed-forward blocks: plain (``act(x W_in + b_in) W_out``) and gated (T5 v1.1 / Flan-T5)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from encoderlens.config import MLPConfig
+from encoderlens.hooks import HookPoint
+
+
+def _gelu_new(x: Tensor) -> Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _gelu_fast(x: Tensor) -> Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": _gelu_new,
+    "gelu_fast": _gelu_fast,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+
+
+def get_activation(name: str) -> Callable[[Tensor], Tensor]:
+    """Return the activation function called ``name`` (HF naming)."""
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}") from None
+
+
+class MLP(nn.Module):
+    """Position-wise MLP.
+
+    Plain: ``post = act(x @ W_in + b_in)``. Gated: ``post = act(x @ W_gate) * (x @ W_in)``.
+    Output: ``post @ W_out + b_out``.
+
+    Hooks: ``hook_pre`` (input of the activation; the gate pre-activation when gated),
+    ``hook_pre_linear`` (gated only: the linear branch), ``hook_post`` (what ``W_out`` reads).
+    """
+
+    def __init__(self, d_model: int, cfg: MLPConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.act = get_activation(cfg.act_fn)
+        self.W_in = nn.Parameter(torch.empty(d_model, cfg.d_mlp))
+        self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, d_model))
+        self.W_gate = nn.Parameter(torch.empty(d_model, cfg.d_mlp)) if cfg.gated else None
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp)) if cfg.bias else None
+        self.b_out = nn.Parameter(torch.zeros(d_model)) if cfg.bias else None
+        self.hook_pre = HookPoint()
+        # only gated MLPs have a linear branch; no dead hook point elsewhere
+        self.hook_pre_linear = HookPoint() if cfg.gated else None
+        self.hook_post = HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        lin = x @ self.W_in
+        if self.b_in is not None:
+            lin = lin + self.b_in
+        if self.W_gate is not None:
+            pre = self.hook_pre(x @ self.W_gate)
+            assert self.hook_pre_linear is not None
+            post = self.hook_post(self.act(pre) * self.hook_pre_linear(lin))
+        else:
+            post = self.hook_post(self.act(self.hook_pre(lin)))
+        out = post @ self.W_out
+        return out + self.b_out if self.b_out is not None else out

@@ -1,0 +1,138 @@
+"""BERT (``BertModel``, ``BertForMaskedLM``, ``BertForPreTraining``) -> :class:`HookedEncoder`.
+
+Heads are taken from what the checkpoint holds: an MLM head if ``cls.predictions.*`` exists, NSP if
+``cls.seq_relationship.*`` exists, a pooler if ``pooler.*`` exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from encoderlens.config import (
+    ACTIVATIONS,
+    AttentionConfig,
+    EmbeddingConfig,
+    EncoderConfig,
+    MLMHeadConfig,
+    MLPConfig,
+    NormConfig,
+    StackConfig,
+)
+from encoderlens.convert.common import head_bias, head_in_weight, head_out_weight, linear_weight
+from encoderlens.convert.registry import WeightReader, register, require
+
+ARCH = "bert"
+
+
+def bert_config(hf: Any, architecture: str, mlm: bool, pooler: bool, nsp: bool) -> EncoderConfig:
+    """Map and check an HF ``BertConfig``."""
+    require(
+        getattr(hf, "position_embedding_type", "absolute") in (None, "absolute"),
+        ARCH,
+        "position_embedding_type",
+        getattr(hf, "position_embedding_type", None),
+        "absolute",
+    )
+    require(not getattr(hf, "is_decoder", False), ARCH, "is_decoder", True, "False (encoder use)")
+    require(not getattr(hf, "add_cross_attention", False), ARCH, "add_cross_attention", True, "False")
+    require(hf.hidden_act in ACTIVATIONS, ARCH, "hidden_act", hf.hidden_act, ", ".join(ACTIVATIONS))
+    require(
+        hf.hidden_size % hf.num_attention_heads == 0,
+        ARCH,
+        "hidden_size",
+        hf.hidden_size,
+        "a multiple of heads",
+    )
+    norm = NormConfig("layernorm", eps=hf.layer_norm_eps)
+    d_model = hf.hidden_size
+    n_heads = hf.num_attention_heads
+    return EncoderConfig(
+        architecture=architecture,
+        model_type=hf.model_type,
+        embed=EmbeddingConfig(
+            d_vocab=hf.vocab_size,
+            n_ctx=hf.max_position_embeddings,
+            n_token_types=hf.type_vocab_size,
+            norm=norm,
+            pad_token_id=getattr(hf, "pad_token_id", None),
+        ),
+        stack=StackConfig(
+            n_layers=hf.num_hidden_layers,
+            d_model=d_model,
+            attn=AttentionConfig(n_heads=n_heads, d_head=d_model // n_heads),
+            mlp=MLPConfig(d_mlp=hf.intermediate_size, act_fn=hf.hidden_act),
+            norm=norm,
+            norm_position="post",
+        ),
+        mlm_head=MLMHeadConfig(act_fn=hf.hidden_act, norm=norm, tied=True) if mlm else None,
+        pooler=pooler,
+        nsp_head=nsp,
+    )
+
+
+def convert_bert_layers(r: WeightReader, n_layers: int, n_heads: int, out: dict[str, Tensor]) -> None:
+    """Convert ``encoder.layer.{i}`` weights (shared by BERT-like post-LN encoders)."""
+    for i in range(n_layers):
+        p = f"encoder.layer.{i}."
+        o = f"blocks.{i}."
+        for ours, theirs in (("Q", "query"), ("K", "key"), ("V", "value")):
+            out[o + f"attn.W_{ours}"] = head_in_weight(r.take(p + f"attention.self.{theirs}.weight"), n_heads)
+            out[o + f"attn.b_{ours}"] = head_bias(r.take(p + f"attention.self.{theirs}.bias"), n_heads)
+        out[o + "attn.W_O"] = head_out_weight(r.take(p + "attention.output.dense.weight"), n_heads)
+        out[o + "attn.b_O"] = r.take(p + "attention.output.dense.bias")
+        out[o + "ln1.w"] = r.take(p + "attention.output.LayerNorm.weight")
+        out[o + "ln1.b"] = r.take(p + "attention.output.LayerNorm.bias")
+        out[o + "mlp.W_in"] = linear_weight(r.take(p + "intermediate.dense.weight"))
+        out[o + "mlp.b_in"] = r.take(p + "intermediate.dense.bias")
+        out[o + "mlp.W_out"] = linear_weight(r.take(p + "output.dense.weight"))
+        out[o + "mlp.b_out"] = r.take(p + "output.dense.bias")
+        out[o + "ln2.w"] = r.take(p + "output.LayerNorm.weight")
+        out[o + "ln2.b"] = r.take(p + "output.LayerNorm.bias")
+
+
+@register("BertModel", "BertForMaskedLM", "BertForPreTraining", model_types=["bert"])
+def convert(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderConfig, dict[str, Tensor]]:
+    """Convert a BERT checkpoint; heads follow the weights present."""
+    r = WeightReader(state_dict, ARCH, ignore=("position_ids", "embeddings.token_type_ids"))
+    r.strip_prefix("bert.")
+    mlm = r.has("cls.predictions.transform.dense.weight")
+    nsp = r.has("cls.seq_relationship.weight")
+    pooler = r.has("pooler.dense.weight")
+    if nsp and not pooler:
+        raise ValueError(
+            "bert checkpoint has an NSP head but no pooler weights; the checkpoint is incomplete"
+        )
+    arch = (getattr(hf_config, "architectures", None) or ["BertModel"])[0]
+    cfg = bert_config(hf_config, arch, mlm=mlm, pooler=pooler, nsp=nsp)
+    out: dict[str, Tensor] = {}
+    out["embed.W_E"] = r.take("embeddings.word_embeddings.weight")
+    out["pos_embed.W_pos"] = r.take("embeddings.position_embeddings.weight")
+    out["token_type_embed.W_token_type"] = r.take("embeddings.token_type_embeddings.weight")
+    out["embed_ln.w"] = r.take("embeddings.LayerNorm.weight")
+    out["embed_ln.b"] = r.take("embeddings.LayerNorm.bias")
+    convert_bert_layers(r, cfg.n_layers, cfg.n_heads, out)
+    if pooler:
+        out["pooler.W_pool"] = linear_weight(r.take("pooler.dense.weight"))
+        out["pooler.b_pool"] = r.take("pooler.dense.bias")
+    if nsp:
+        out["nsp_head.W"] = linear_weight(r.take("cls.seq_relationship.weight"))
+        out["nsp_head.b"] = r.take("cls.seq_relationship.bias")
+    if mlm:
+        out["mlm_head.W_transform"] = linear_weight(r.take("cls.predictions.transform.dense.weight"))
+        out["mlm_head.b_transform"] = r.take("cls.predictions.transform.dense.bias")
+        out["mlm_head.ln.w"] = r.take("cls.predictions.transform.LayerNorm.weight")
+        out["mlm_head.ln.b"] = r.take("cls.predictions.transform.LayerNorm.bias")
+        decoder = r.take_optional("cls.predictions.decoder.weight")
+        if decoder is not None and not decoder.equal(out["embed.W_E"]):
+            raise ValueError(
+                "bert MLM decoder weight differs from the word embeddings; untied MLM heads are not supported"
+            )
+        bias = r.take("cls.predictions.bias")
+        dec_bias = r.take_optional("cls.predictions.decoder.bias")
+        if dec_bias is not None and not dec_bias.equal(bias):
+            raise ValueError("bert cls.predictions.decoder.bias differs from cls.predictions.bias")
+        out["mlm_head.b_U"] = bias
+    r.finish()
+    return cfg, out

@@ -1,0 +1,20 @@
+"""Glossary of the dimension names used in jaxtyping annotations.
+
+=============  ==========================================================
+name           meaning
+=============  ==========================================================
+batch          items in a batch
+pos            token (or audio frame) positions
+query_pos      positions that attend (queries)
+key_pos        positions attended to (keys / values)
+head_index     attention heads
+d_model        residual stream width
+d_head         width of one head
+d_mlp          MLP hidden width
+d_vocab        vocabulary size
+samples        raw audio samples
+channels       conv channels in the audio front end
+frames         audio frames after the conv front end (= pos in the encoder)
+layer          stacked layers / components (cache decompositions)
+=============  ==========================================================
+"""

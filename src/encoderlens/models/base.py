@@ -1,0 +1,242 @@
+"""Shared model machinery: checkpoint loading through the converter registry, stacked weights."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from encoderlens.convert.loading import Checkpoint, read_checkpoint
+from encoderlens.convert.registry import find_converter
+from encoderlens.factored_matrix import FactoredMatrix
+from encoderlens.hooks import HookedRootModule
+
+_FAMILIES: dict[str, type[HookedModel]] = {}
+
+
+def register_family(name: str) -> Any:
+    """Class decorator: the model class built for configs whose ``family`` is ``name``."""
+
+    def deco(cls: type[HookedModel]) -> type[HookedModel]:
+        _FAMILIES[name] = cls
+        cls.family = name
+        return cls
+
+    return deco
+
+
+def model_class_for(family: str) -> type[HookedModel]:
+    import encoderlens.models  # noqa: F401  (registers the families)
+
+    try:
+        return _FAMILIES[family]
+    except KeyError:
+        raise ValueError(f"no model class for family {family!r}; known: {sorted(_FAMILIES)}") from None
+
+
+class HookedModel(HookedRootModule):
+    """Base of every encoderlens model. Subclasses implement ``__init__(cfg, **extras)`` and forward."""
+
+    family: ClassVar[str] = ""
+    cfg: Any
+
+    @classmethod
+    def extras_from_checkpoint(cls, ckpt: Checkpoint) -> dict[str, Any]:
+        """Objects besides weights a model needs (tokenizer, feature extractor...)."""
+        return {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str] | None = None,
+        hf_model: Any = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        **extras: Any,
+    ) -> Any:
+        """Load an HF checkpoint: a hub name, a local folder, or an already-loaded HF model.
+
+        The architecture comes from the checkpoint's config (``architectures`` / ``model_type``)
+        through the converter registry. The HF model is not kept.
+
+        Args:
+            name_or_path: Hub name, local folder, or ``"default"`` / None for the embedded model.
+            hf_model: An already-loaded ``transformers`` model (its weights are converted).
+            device: Where to put the model.
+            dtype: Parameter dtype (float32 for parity work).
+            **extras: Override loaded extras, e.g. ``tokenizer=...``.
+
+        Example:
+            >>> model = HookedEncoder.from_pretrained("default")  # packaged all-MiniLM-L6-v2
+        """
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+        ckpt = read_checkpoint(name_or_path, hf_model)
+        cfg, state_dict = find_converter(ckpt.config)(ckpt.config, ckpt.state_dict)
+        model_cls = model_class_for(cfg.family)
+        if cls is not HookedModel and not issubclass(model_cls, cls):
+            raise ValueError(
+                f"this checkpoint ({cfg.architecture}) is a {cfg.family} model, not a {cls.__name__}; "
+                f"load it with {model_cls.__name__}.from_pretrained or encoderlens.from_pretrained"
+            )
+        kwargs = {**model_cls.extras_from_checkpoint(ckpt), **extras}
+        with torch.device("meta"):
+            model = model_cls(cfg, **kwargs)
+        model.load_converted(state_dict)
+        model.to(device=device, dtype=dtype)
+        model.eval()
+        return model
+
+    def load_converted(self, state_dict: dict[str, Tensor]) -> None:
+        """Load a converted state dict; every parameter must be provided with the right shape."""
+        own = dict(self.named_parameters())
+        missing = sorted(set(own) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(own))
+        if missing or unexpected:
+            raise RuntimeError(
+                f"converter/model mismatch: missing {missing[:10]}, unexpected {unexpected[:10]}"
+            )
+        for name, p in own.items():
+            t = state_dict[name]
+            if tuple(t.shape) != tuple(p.shape):
+                raise RuntimeError(
+                    f"converter produced {name} of shape {tuple(t.shape)}, model expects {tuple(p.shape)}"
+                )
+        self.load_state_dict(state_dict, strict=False, assign=True)
+        # buffers created on the meta device are rebuilt by the model
+        self.materialize_buffers()
+
+    def materialize_buffers(self) -> None:
+        """Recreate non-persistent buffers after loading onto the meta device (override if any)."""
+
+
+class StackWeights:
+    """Stacked weight views over a list of blocks (``model.W_Q[layer, head]``...).
+
+    ``attn`` selects the attention module name (``"attn"`` or ``"cross_attn"``).
+    """
+
+    def __init__(self, blocks: nn.ModuleList, attn: str = "attn") -> None:
+        self._blocks = blocks
+        self._attn = attn
+
+    def _stack(self, owner: str, name: str) -> Tensor:
+        ts = []
+        for b in self._blocks:
+            mod = getattr(b, owner)
+            t = getattr(mod, name)
+            if t is None:
+                raise AttributeError(f"{owner}.{name} is absent in this model (no bias of that kind)")
+            ts.append(t)
+        return torch.stack(ts)
+
+    @property
+    def W_Q(self) -> Float[Tensor, "layer head_index d_model d_head"]:
+        return self._stack(self._attn, "W_Q")
+
+    @property
+    def W_K(self) -> Float[Tensor, "layer head_index d_model d_head"]:
+        return self._stack(self._attn, "W_K")
+
+    @property
+    def W_V(self) -> Float[Tensor, "layer head_index d_model d_head"]:
+        return self._stack(self._attn, "W_V")
+
+    @property
+    def W_O(self) -> Float[Tensor, "layer head_index d_head d_model"]:
+        return self._stack(self._attn, "W_O")
+
+    @property
+    def b_Q(self) -> Float[Tensor, "layer head_index d_head"]:
+        return self._bias("b_Q")
+
+    def _bias(self, name: str) -> Tensor:
+        W = self.W_Q
+        try:
+            return self._stack(self._attn, name)
+        except AttributeError:
+            return W.new_zeros(W.shape[0], W.shape[1], W.shape[3])
+
+    @property
+    def b_K(self) -> Float[Tensor, "layer head_index d_head"]:
+        return self._bias("b_K")
+
+    @property
+    def b_V(self) -> Float[Tensor, "layer head_index d_head"]:
+        return self._bias("b_V")
+
+    @property
+    def b_O(self) -> Float[Tensor, "layer d_model"]:
+        try:
+            return self._stack(self._attn, "b_O")
+        except AttributeError:
+            W = self.W_O
+            return W.new_zeros(W.shape[0], W.shape[-1])
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """Per layer and head: ``W_Q @ W_K^T`` (``d_model x d_model``, rank ``d_head``)."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """Per layer and head: ``W_V @ W_O`` (``d_model x d_model``, rank ``d_head``)."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    @property
+    def W_in(self) -> Float[Tensor, "layer d_model d_mlp"]:
+        return self._stack("mlp", "W_in")
+
+    @property
+    def W_gate(self) -> Float[Tensor, "layer d_model d_mlp"]:
+        return self._stack("mlp", "W_gate")
+
+    @property
+    def W_out(self) -> Float[Tensor, "layer d_mlp d_model"]:
+        return self._stack("mlp", "W_out")
+
+    @property
+    def b_in(self) -> Float[Tensor, "layer d_mlp"]:
+        return self._stack("mlp", "b_in")
+
+    @property
+    def b_out(self) -> Float[Tensor, "layer d_model"]:
+        return self._stack("mlp", "b_out")
+
+    def all_head_labels(self) -> list[str]:
+        """``["L0H0", "L0H1", ...]`` in (layer, head) order."""
+        n_heads = getattr(self._blocks[0], self._attn).cfg.n_heads
+        return [f"L{layer}H{h}" for layer in range(len(self._blocks)) for h in range(n_heads)]
+
+
+_STACK_ATTRS = (
+    "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O", "QK", "OV",
+    "W_in", "W_gate", "W_out", "b_in", "b_out",
+)  # fmt: skip
+
+
+class StackWeightsMixin:
+    """Adds ``W_Q, W_K, W_V, W_O, b_*, QK, OV, W_in, W_out, b_in, b_out, all_head_labels()`` over ``self.blocks``.
+
+    Shapes: ``W_Q: (layer, head_index, d_model, d_head)``, ``W_O: (layer, head_index, d_head, d_model)``,
+    ``W_in: (layer, d_model, d_mlp)``; ``QK``/``OV`` are :class:`FactoredMatrix` of shape
+    ``(layer, head_index, d_model, d_model)``.
+    """
+
+    blocks: nn.ModuleList
+
+    def all_head_labels(self) -> list[str]:
+        return StackWeights(self.blocks).all_head_labels()
+
+
+def _stack_property(name: str) -> property:
+    return property(
+        lambda self: getattr(StackWeights(self.blocks), name), doc=f"Stacked ``{name}`` over layers."
+    )
+
+
+for _name in _STACK_ATTRS:
+    setattr(StackWeightsMixin, _name, _stack_property(_name))

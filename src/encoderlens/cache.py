@@ -164,9 +164,7 @@ class ActivationCache:
         return self.cache_dict.items()
 
     def __repr__(self) -> str:
-        return (
-            f"ActivationCache({len(self)} tensors, {self.nbytes() / 2**20:.1f} MiB, stream={self.stream!r})"
-        )
+        return f"ActivationCache({len(self)} tensors, {self.nbytes() / 2**20:.1f} MiB, stream={self.stream!r})"
 
     def nbytes(self) -> int:
         """Total bytes held by cached tensors."""
@@ -216,9 +214,7 @@ class ActivationCache:
     def _spec(self) -> Any:
         if not hasattr(self.model, "stream_spec"):
             raise ValueError(f"{type(self.model).__name__} does not describe its residual stream")
-        return self.model.stream_spec(
-            self.stream if self.stream is not None else self._stream_for_short_keys()
-        )
+        return self.model.stream_spec(self.stream if self.stream is not None else self._stream_for_short_keys())
 
     def _need(self, name: str, method: str) -> Tensor:
         if name not in self.cache_dict:
@@ -237,9 +233,7 @@ class ActivationCache:
                 "stack_head_results (each head's exact share of its own block's attn_out) instead."
             )
         if spec.embed_normalized:
-            raise ValueError(
-                f"{method}: the embeddings are normalised before block 0, so they are not a summand"
-            )
+            raise ValueError(f"{method}: the embeddings are normalised before block 0, so they are not a summand")
 
     def _n_layers(self, spec: StreamSpec, layer: int | None) -> int:
         if layer is None:
@@ -388,9 +382,7 @@ class ActivationCache:
         stack = _slice_pos(stack, pos_slice, -2)
         return (stack, labels) if return_labels else stack
 
-    def stack_activation(
-        self, activation_name: str, layer: int = -1, sublayer_type: str | None = None
-    ) -> Tensor:
+    def stack_activation(self, activation_name: str, layer: int = -1, sublayer_type: str | None = None) -> Tensor:
         """Stack one activation over layers: ``stack_activation("pattern")`` -> ``(layer, batch, head, q, k)``."""
         spec = self._spec()
         n = spec.n_layers if layer == -1 else self._n_layers(spec, layer)
@@ -484,9 +476,7 @@ class ActivationCache:
             if spec.final_norm is None:
                 raise ValueError("this stream has no final norm; pass layer=i to use block i's input norm")
             norm_path = (
-                spec.prefix + spec.final_norm
-                if not spec.final_norm.startswith(spec.prefix)
-                else spec.final_norm
+                spec.prefix + spec.final_norm if not spec.final_norm.startswith(spec.prefix) else spec.final_norm
             )
         else:
             norm_path = f"{spec.prefix}blocks.{layer}.{'ln2' if mlp_input else 'ln1'}"

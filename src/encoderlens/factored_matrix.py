@@ -25,13 +25,9 @@ class FactoredMatrix:
 
     def __init__(self, A: Float[Tensor, "... ldim mdim"], B: Float[Tensor, "... mdim rdim"]) -> None:
         if not isinstance(A, Tensor) or not isinstance(B, Tensor):
-            raise TypeError(
-                f"FactoredMatrix needs two tensors, got {type(A).__name__} and {type(B).__name__}"
-            )
+            raise TypeError(f"FactoredMatrix needs two tensors, got {type(A).__name__} and {type(B).__name__}")
         if A.ndim < 2 or B.ndim < 2:
-            raise ValueError(
-                f"A and B need at least 2 dims, got shapes {tuple(A.shape)} and {tuple(B.shape)}"
-            )
+            raise ValueError(f"A and B need at least 2 dims, got shapes {tuple(A.shape)} and {tuple(B.shape)}")
         if A.shape[-1] != B.shape[-2]:
             raise ValueError(
                 f"inner dimensions differ: A is {tuple(A.shape)}, B is {tuple(B.shape)}; "
@@ -92,9 +88,7 @@ class FactoredMatrix:
             if other.ndim == 1:
                 return self.A @ (self.B @ other)
             if other.shape[-2] != self.rdim:
-                raise ValueError(
-                    f"cannot multiply {tuple(self.shape)} by {tuple(other.shape)}: inner dims differ"
-                )
+                raise ValueError(f"cannot multiply {tuple(self.shape)} by {tuple(other.shape)}: inner dims differ")
             return FactoredMatrix(self.A, self.B @ other)
         return NotImplemented
 
@@ -103,9 +97,7 @@ class FactoredMatrix:
             if other.ndim == 1:
                 return (other @ self.A) @ self.B
             if other.shape[-1] != self.ldim:
-                raise ValueError(
-                    f"cannot multiply {tuple(other.shape)} by {tuple(self.shape)}: inner dims differ"
-                )
+                raise ValueError(f"cannot multiply {tuple(other.shape)} by {tuple(self.shape)}: inner dims differ")
             return FactoredMatrix(other @ self.A, self.B)
         return NotImplemented
 

@@ -62,9 +62,7 @@ class HookPoint(nn.Module):
         else:
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
 
-    def remove_hooks(
-        self, dir: Literal["fwd", "bwd", "both"] = "both", including_permanent: bool = False
-    ) -> None:
+    def remove_hooks(self, dir: Literal["fwd", "bwd", "both"] = "both", including_permanent: bool = False) -> None:
         """Remove hooks in one or both directions (permanent hooks only if asked)."""
         keep = (lambda h: h.permanent) if not including_permanent else (lambda h: False)
         if dir in ("fwd", "both"):
@@ -398,9 +396,7 @@ def get_act_name(
     if template is None:
         m = re.fullmatch(r"(ln\d|ln_cross|ln_final|final_norm)_?(scale|normalized)?", name)
         if m:
-            raise ValueError(
-                f"use get_act_name({m.group(2) or 'scale'!r}, layer, {m.group(1)!r}) for norm hooks"
-            )
+            raise ValueError(f"use get_act_name({m.group(2) or 'scale'!r}, layer, {m.group(1)!r}) for norm hooks")
         close = difflib.get_close_matches(name, list(_ACT_ALIASES), n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"unknown activation short name {name!r}{hint}")

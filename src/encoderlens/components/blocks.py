@@ -78,9 +78,7 @@ class TransformerBlock(nn.Module):
 
         if self.cfg.cross_attention:
             if encoder_out is None:
-                raise ValueError(
-                    "this block has cross-attention: pass encoder_out (the encoder's final output)"
-                )
+                raise ValueError("this block has cross-attention: pass encoder_out (the encoder's final output)")
             cross_cache = kv_cache[1] if kv_cache is not None else None
             c_in = self.ln_cross(x) if self.pre_ln else x
             c_out = self.hook_cross_attn_out(

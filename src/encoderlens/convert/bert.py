@@ -101,9 +101,7 @@ def convert(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderConfi
     nsp = r.has("cls.seq_relationship.weight")
     pooler = r.has("pooler.dense.weight")
     if nsp and not pooler:
-        raise ValueError(
-            "bert checkpoint has an NSP head but no pooler weights; the checkpoint is incomplete"
-        )
+        raise ValueError("bert checkpoint has an NSP head but no pooler weights; the checkpoint is incomplete")
     arch = (getattr(hf_config, "architectures", None) or ["BertModel"])[0]
     cfg = bert_config(hf_config, arch, mlm=mlm, pooler=pooler, nsp=nsp)
     out: dict[str, Tensor] = {}

@@ -21,9 +21,7 @@ def head_bias(b: Float[Tensor, " hd"], n_heads: int) -> Float[Tensor, "head_inde
     return b.reshape(n_heads, -1).contiguous()
 
 
-def head_out_weight(
-    w: Float[Tensor, "d_model hd"], n_heads: int
-) -> Float[Tensor, "head_index d_head d_model"]:
+def head_out_weight(w: Float[Tensor, "d_model hd"], n_heads: int) -> Float[Tensor, "head_index d_head d_model"]:
     """Output projection ``(d_model, n_heads * d_head)`` -> ``(n_heads, d_head, d_model)``."""
     d_model = w.shape[0]
     return w.T.reshape(n_heads, -1, d_model).contiguous()

@@ -54,16 +54,12 @@ def resolve_path(name_or_path: str | os.PathLike[str]) -> Path:
     p = Path(name).expanduser()
     if p.is_dir():
         if not (p / "config.json").exists():
-            raise ValueError(
-                f"{p} is a folder but has no config.json; pass an HF checkpoint folder (save_pretrained)"
-            )
+            raise ValueError(f"{p} is a folder but has no config.json; pass an HF checkpoint folder (save_pretrained)")
         return p
     if p.exists():
         raise ValueError(f"{p} is a file; pass the checkpoint folder that holds config.json and the weights")
     if name.count("/") > 1 or name.startswith((".", "/", "~")):
-        raise ValueError(
-            f"no such folder: {name!r}; pass an existing checkpoint folder or a hub name like 'org/model'"
-        )
+        raise ValueError(f"no such folder: {name!r}; pass an existing checkpoint folder or a hub name like 'org/model'")
     return _download(name)
 
 
@@ -99,9 +95,7 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
     """Read every weight file of a checkpoint folder (safetensors preferred, sharded or not)."""
     files = _weight_files(path)
     if not files:
-        raise ValueError(
-            f"no weights in {path}: expected model.safetensors or pytorch_model.bin (or a sharded index)"
-        )
+        raise ValueError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin (or a sharded index)")
     sd: dict[str, Tensor] = {}
     for f in files:
         if f.suffix == ".safetensors":
@@ -118,11 +112,7 @@ def read_checkpoint(name_or_path: str | os.PathLike[str] | None, hf_model: Any =
     if hf_model is not None:
         if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
             raise TypeError(f"hf_model must be a transformers PreTrainedModel, got {type(hf_model).__name__}")
-        path = (
-            resolve_path(name_or_path)
-            if name_or_path is not None and Path(str(name_or_path)).is_dir()
-            else None
-        )
+        path = resolve_path(name_or_path) if name_or_path is not None and Path(str(name_or_path)).is_dir() else None
         return Checkpoint(hf_model.config, dict(hf_model.state_dict()), path)
     if name_or_path is None:
         name_or_path = "default"

@@ -73,9 +73,7 @@ class WeightReader:
     def __init__(self, state_dict: dict[str, Tensor], arch: str, ignore: Iterable[str] = ()) -> None:
         self.arch = arch
         ignore = tuple(ignore)
-        self.remaining = (
-            {k: v for k, v in state_dict.items() if not k.endswith(ignore)} if ignore else dict(state_dict)
-        )
+        self.remaining = {k: v for k, v in state_dict.items() if not k.endswith(ignore)} if ignore else dict(state_dict)
 
     def has(self, key: str) -> bool:
         return key in self.remaining
@@ -93,9 +91,7 @@ class WeightReader:
 
     def strip_prefix(self, prefix: str) -> None:
         """Remove ``prefix`` from every key that has it (``bert.``, ``hubert.``...)."""
-        self.remaining = {
-            (k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in self.remaining.items()
-        }
+        self.remaining = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in self.remaining.items()}
 
     def finish(self) -> None:
         """Raise if any HF tensor was not consumed."""

@@ -79,9 +79,7 @@ def tokenize(
             kwargs.update(truncation=True, max_length=max_length)
     enc = tokenizer(first, second, **kwargs)
     tt = enc.get("token_type_ids")
-    return TextBatch(
-        enc["input_ids"], enc["attention_mask"], tt if second is not None or tt is not None else None
-    )
+    return TextBatch(enc["input_ids"], enc["attention_mask"], tt if second is not None or tt is not None else None)
 
 
 def as_token_tensor(tokens: Tensor | Sequence[int] | Sequence[Sequence[int]]) -> Int[Tensor, "batch pos"]:
@@ -143,9 +141,7 @@ def check_mask(mask: Any, shape: torch.Size, what: str = "one_zero_attention_mas
     elif mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError(f"{what} must hold only 0 and 1 (1 = attend), got other values")
     if not bool(mask.bool().any(dim=-1).all()):
-        raise ValueError(
-            f"{what} has a row with no attended position; every sequence needs at least one token"
-        )
+        raise ValueError(f"{what} has a row with no attended position; every sequence needs at least one token")
     return mask.long()
 
 
@@ -153,11 +149,7 @@ def check_token_types(token_type_ids: Any, shape: torch.Size, n_token_types: int
     """Validate segment ids."""
     if n_token_types == 0:
         raise ValueError("this model has no token-type (segment) embeddings; do not pass token_type_ids")
-    tt = (
-        as_token_tensor(token_type_ids)
-        if not isinstance(token_type_ids, Tensor) or token_type_ids.ndim
-        else None
-    )
+    tt = as_token_tensor(token_type_ids) if not isinstance(token_type_ids, Tensor) or token_type_ids.ndim else None
     if tt is None:
         raise ValueError(f"token_type_ids must have shape {tuple(shape)}")
     if tuple(tt.shape) != tuple(shape):

@@ -96,9 +96,7 @@ class HookedModel(HookedRootModule):
         missing = sorted(set(own) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(own))
         if missing or unexpected:
-            raise RuntimeError(
-                f"converter/model mismatch: missing {missing[:10]}, unexpected {unexpected[:10]}"
-            )
+            raise RuntimeError(f"converter/model mismatch: missing {missing[:10]}, unexpected {unexpected[:10]}")
         for name, p in own.items():
             t = state_dict[name]
             if tuple(t.shape) != tuple(p.shape):
@@ -233,9 +231,7 @@ class StackWeightsMixin:
 
 
 def _stack_property(name: str) -> property:
-    return property(
-        lambda self: getattr(StackWeights(self.blocks), name), doc=f"Stacked ``{name}`` over layers."
-    )
+    return property(lambda self: getattr(StackWeights(self.blocks), name), doc=f"Stacked ``{name}`` over layers.")
 
 
 for _name in _STACK_ATTRS:

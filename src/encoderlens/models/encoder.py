@@ -103,9 +103,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         self.hook_full_embed = HookPoint()
         self.blocks = nn.ModuleList([TransformerBlock(cfg.stack) for _ in range(cfg.n_layers)])
         self.ln_final = make_norm(d, cfg.stack.norm) if cfg.stack.final_norm else None
-        self.mlm_head = (
-            MLMHead(d, cfg.d_vocab, cfg.mlm_head, self.embed) if cfg.mlm_head is not None else None
-        )
+        self.mlm_head = MLMHead(d, cfg.d_vocab, cfg.mlm_head, self.embed) if cfg.mlm_head is not None else None
         self.pooler = Pooler(d) if cfg.pooler else None
         self.nsp_head = NSPHead(d) if cfg.nsp_head else None
         self.setup()
@@ -206,9 +204,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         t = as_token_tensor(tokens) if not isinstance(tokens, Tensor) or tokens.ndim != 1 else tokens[None]
         out = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in t]
         return (
-            out[0]
-            if (isinstance(tokens, Tensor) and tokens.ndim == 1) or not isinstance(tokens[0], Sequence)
-            else out
+            out[0] if (isinstance(tokens, Tensor) and tokens.ndim == 1) or not isinstance(tokens[0], Sequence) else out
         )
 
     # ------------------------------------------------------------------ forward
@@ -228,9 +224,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             x = self.embed_ln(x)
         return self.hook_full_embed(x)
 
-    def encode(
-        self, batch: TextBatch, stop_at_layer: int | None = None
-    ) -> Float[Tensor, "batch pos d_model"]:
+    def encode(self, batch: TextBatch, stop_at_layer: int | None = None) -> Float[Tensor, "batch pos d_model"]:
         """Run embeddings and blocks (``stop_at_layer``: run blocks ``[0, stop_at_layer)`` only, no final norm)."""
         x = self.embed_input(batch)
         mask = build_additive_mask(
@@ -296,9 +290,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
                 embeddings=resid,
                 logits=self.mlm_head(resid) if self.mlm_head is not None else None,
                 pooled=pooled,
-                nsp_logits=self.nsp_head(pooled)
-                if self.nsp_head is not None and pooled is not None
-                else None,
+                nsp_logits=self.nsp_head(pooled) if self.nsp_head is not None and pooled is not None else None,
                 attention_mask=batch.attention_mask,
             )
         assert self.mlm_head is not None
@@ -306,9 +298,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         if return_type == "logits":
             return logits
         preds = self._predictions(batch, logits, top_k)
-        return (
-            preds[0] if isinstance(input, str) or (isinstance(input, Tensor) and input.ndim == 1) else preds
-        )
+        return preds[0] if isinstance(input, str) or (isinstance(input, Tensor) and input.ndim == 1) else preds
 
     def _predictions(self, batch: TextBatch, logits: Tensor, top_k: int) -> list[list[MaskPrediction]]:
         tok = self.tokenizer

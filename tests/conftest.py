@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny seeded HF models saved with save_pretrained and loaded back through our loader."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def save_tiny(model, tmp_path, tokenizer=None):
+    """Save an HF model (and optional tokenizer) and return the folder."""
+    path = tmp_path / "ckpt"
+    model.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path
+
+
+def randomize_norms(model: torch.nn.Module, seed: int = 1) -> None:
+    """HF initialises norms to w=1, b=0 and some biases to 0; randomise them so a missed weight cannot pass."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (1.0 if "weight" in name else 0.0))
+
+
+def masked_max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    """Max |a - b| over real (unpadded) positions; mask is (batch, pos), tensors (batch, pos, ...)."""
+    m = mask.bool()
+    return (a - b)[m].abs().max().item()
+
+
+def pattern_max_diff(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tensor) -> float:
+    """Max |diff| of attention patterns (batch, head, q, k) over real query rows (keys at padding are ~0 in both)."""
+    m = mask.bool()[:, None, :, None].expand_as(ours)
+    return (ours - theirs)[m].abs().max().item()

@@ -1,0 +1,1 @@
+"""Analysis toolkit: patching, attribution, logit lens, head detectors, attention views."""

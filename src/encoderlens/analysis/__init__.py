@@ -1,1 +1,88 @@
-"""Analysis toolkit: patching, attribution, logit lens, head detectors, attention views."""
+"""Analysis toolkit: activation and attribution patching, logit lens, direct contributions, head detectors,
+sentence-similarity attribution and attention views. See docs/analysis.md.
+
+Everything works on any encoderlens model through hook names, ``run_with_hooks`` / ``run_with_cache`` and
+the model's stream description; :mod:`encoderlens.analysis.families` is the one place that knows how each
+family takes its inputs.
+"""
+
+from __future__ import annotations
+
+from encoderlens.analysis.attribution import (
+    attribute_attn_layers,
+    attribute_block_outputs,
+    attribute_heads,
+    attribute_mlp,
+    attribute_residual,
+)
+from encoderlens.analysis.direct import Decomposition, component_norms, decompose, direct_logit_attribution
+from encoderlens.analysis.families import Prepared, prepare
+from encoderlens.analysis.heads import ALL_DETECTORS, head_scores, score_patterns, summarize
+from encoderlens.analysis.lens import LensResult, ctc_collapse, ctc_lens, head_fn, logit_lens
+from encoderlens.analysis.patching import (
+    Target,
+    check_compatible,
+    embedding_noise_hook,
+    log_prob,
+    logit_diff,
+    patch_attn_layers,
+    patch_block_outputs,
+    patch_heads,
+    patch_mlp,
+    patch_residual,
+    run_patches,
+)
+from encoderlens.analysis.results import Labelled
+from encoderlens.analysis.similarity import (
+    Pooling,
+    SentenceEncoder,
+    SimilarityAttribution,
+    attribute_similarity,
+    pooling_from_checkpoint,
+    similarity_by_layer,
+)
+from encoderlens.analysis.views import AttentionView, attention_html, render_attention_html
+
+__all__ = [
+    "ALL_DETECTORS",
+    "AttentionView",
+    "Decomposition",
+    "Labelled",
+    "LensResult",
+    "Pooling",
+    "Prepared",
+    "SentenceEncoder",
+    "SimilarityAttribution",
+    "Target",
+    "attention_html",
+    "attribute_attn_layers",
+    "attribute_block_outputs",
+    "attribute_heads",
+    "attribute_mlp",
+    "attribute_residual",
+    "attribute_similarity",
+    "check_compatible",
+    "component_norms",
+    "ctc_collapse",
+    "ctc_lens",
+    "decompose",
+    "direct_logit_attribution",
+    "embedding_noise_hook",
+    "head_fn",
+    "head_scores",
+    "log_prob",
+    "logit_diff",
+    "logit_lens",
+    "patch_attn_layers",
+    "patch_block_outputs",
+    "patch_heads",
+    "patch_mlp",
+    "patch_residual",
+    "pooling_from_checkpoint",
+    "prepare",
+    "render_attention_html",
+    "run_patches",
+    "score_patterns",
+    "similarity_by_layer",
+    "summarize",
+]

@@ -46,9 +46,8 @@ def tiny_mlm(seed: int = 0, **kw) -> HookedEncoder:
 def tiny_mlm_folder(path: Path, seed: int = 0, **kw) -> Path:
     """Save a tiny random BertForMaskedLM with a real word-piece tokenizer into ``path``; return the folder."""
     path.mkdir(parents=True, exist_ok=True)
-    vocab = path / "vocab.txt"
-    vocab.write_text("\n".join(SPECIALS + WORDS) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    tok = BertTokenizerFast(vocab=vocab, do_lower_case=True)
     torch.manual_seed(seed)
     hf = BertForMaskedLM(tiny_config(vocab_size=len(SPECIALS) + len(WORDS), **kw)).eval()
     randomize_norms(hf)

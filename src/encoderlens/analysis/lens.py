@@ -27,6 +27,7 @@ from encoderlens.analysis.families import (
     Prepared,
     StreamName,
     check_stream,
+    default_return_type,
     family_of,
     prefix_of,
     prepare,
@@ -234,9 +235,10 @@ def logit_lens(
         names += [f"{p}blocks.{i}.hook_resid_mid" for i in range(spec.n_layers)]
     names.append(f"{p}blocks.{spec.n_layers - 1}.hook_resid_post")
     wanted = set(names)
+    rt = default_return_type(model)
     with torch.no_grad():
         out, cache = run_with_cache(
-            model, prepared, names_filter=lambda n: n in wanted or n.endswith("blocks.0.hook_resid_pre"), return_type="logits"
+            model, prepared, names_filter=lambda n: n in wanted or n.endswith("blocks.0.hook_resid_pre"), return_type=rt
         )
         poss = _select_positions(prepared, stream, positions, model)
         stream_acts: list[Tensor] = []
@@ -252,7 +254,7 @@ def logit_lens(
         idx = torch.tensor(poss, device=stream_acts[0].device)
         logits = torch.stack([head(a.index_select(1, idx)) for a in stream_acts])
     meta: dict[str, Any] = {}
-    if isinstance(out, Tensor) and out.ndim == 3:
+    if rt == "logits" and isinstance(out, Tensor) and out.ndim == 3:
         real = prepared.mask(stream).index_select(1, idx.to(prepared.mask(stream).device)).bool()
         diff = (logits[-1] - out.index_select(1, idx.to(out.device)))[real.to(out.device)]
         meta["final_max_abs_diff"] = float(diff.abs().max()) if diff.numel() else 0.0

@@ -273,6 +273,18 @@ def head_scores(
         if attn == "cross_attn" and d in POSITIONAL:
             raise ValueError(f"detector {d!r} compares query and key positions, which differ in cross-attention")
     prepared = prepare(model, input, **input_kwargs)
+    ids = _special_ids(getattr(model, "tokenizer", None), special_ids)
+    has_tokens = prepared.token_ids.get(stream) is not None
+    if detectors is None:
+        # defaults: leave out what this input cannot support (no tokens, no tokenizer)
+        dets = tuple(
+            d
+            for d in dets
+            if (has_tokens or d not in TOKEN_BASED)
+            and not (d == "special" and not ids.get("special"))
+            and not (d == "padding" and ids.get("pad") is None)
+            and not (d == "sep" and ids.get("sep") is None)
+        )
     p = prefix_of(stream)
     names = [f"{p}blocks.{i}.{attn}.hook_pattern" for i in range(spec.n_layers)]
     wanted = set(names)
@@ -285,7 +297,6 @@ def head_scores(
     k_stream = "encoder" if attn == "cross_attn" else stream
     qm, km = prepared.mask(q_stream), prepared.mask(k_stream)
     qt, kt = prepared.token_ids.get(q_stream), prepared.token_ids.get(k_stream)
-    ids = _special_ids(getattr(model, "tokenizer", None), special_ids)
     labels = {"layer": [f"L{i}" for i in range(spec.n_layers)], "head": [f"H{h}" for h in range(spec.n_heads)]}
     out = {}
     for d in dets:

@@ -252,7 +252,7 @@ _CONTROLS = """
 <label>view <select id='el-view'></select></label>
 <label>layer <select id='el-layer'></select></label>
 <label>head <select id='el-head'></select></label>
-<label>colour <select id='el-scale'><option value='linear'>linear</option><option value='sqrt'>sqrt</option></select></label>
+<label>colour <select id='el-scale'><option value='linear'>linear</option><option value='sqrt'>sqrt</option><option value='relative'>relative to max</option></select></label>
 </div>
 <div id='el-readout'>hover over the matrix; click a row to colour its keys below</div>
 <div id='el-main'><canvas id='el-canvas' width='10' height='10'></canvas><div id='el-thumbs'></div></div>
@@ -292,7 +292,7 @@ _JS = r"""
     if (key === "item" || key === "layer") { state[key] = parseInt(val, 10) || 0; }
     else if (key === "head") { state.head = val === "mean" ? "mean" : (parseInt(val, 10) || 0); }
     else if (key === "view" && D.views[val]) { state.view = val; }
-    else if (key === "scale" && (val === "linear" || val === "sqrt")) { state.scale = val; }
+    else if (key === "scale" && (val === "linear" || val === "sqrt" || val === "relative")) { state.scale = val; }
     else if (key === "query") { state.query = parseInt(val, 10) || 0; }
   });
   function opt(sel, values, labels, current) {
@@ -345,8 +345,9 @@ _JS = r"""
     }
     return out;
   }
+  var vmax = 1;
   function colour(v) {
-    var t = Math.max(0, Math.min(1, v));
+    var t = Math.max(0, Math.min(1, state.scale === "relative" ? v / vmax : v));
     if (state.scale === "sqrt") { t = Math.sqrt(t); }
     var r = Math.round(255 - 200 * t), g = Math.round(255 - 170 * t), b = Math.round(255 - 60 * t);
     return "rgb(" + r + "," + g + "," + b + ")";
@@ -357,6 +358,8 @@ _JS = r"""
     var V = D.views[state.view], it = V.items[state.item];
     var mat = headMatrix(state.head), nq = it.nq, nk = it.nk;
     var tokens = V.axis === "tokens";
+    vmax = 1e-12;
+    for (var vi = 0; vi < mat.length; vi++) { vmax = Math.max(vmax, mat[vi]); }
     var cell = Math.max(1, Math.min(28, Math.floor(640 / Math.max(nq, nk))));
     var left = tokens ? 110 : 60, top = tokens ? 90 : 40;
     var c = $("el-canvas");
@@ -404,7 +407,9 @@ _JS = r"""
     box.innerHTML = "";
     var heads = ["mean"]; for (var h = 0; h < V.n_heads; h++) { heads.push(h); }
     heads.forEach(function (hd) {
-      var it = V.items[state.item], mat = headMatrix(hd);
+      var it = V.items[state.item], mat = headMatrix(hd), keep = vmax;
+      vmax = 1e-12;
+      for (var vi = 0; vi < mat.length; vi++) { vmax = Math.max(vmax, mat[vi]); }
       var fig = document.createElement("figure");
       if (String(hd) === String(state.head)) { fig.className = "sel"; }
       var c = document.createElement("canvas"), n = 80;
@@ -416,6 +421,7 @@ _JS = r"""
           ctx.fillRect(k * cw, q * ch, Math.ceil(cw), Math.ceil(ch));
         }
       }
+      vmax = keep;
       var cap = document.createElement("figcaption");
       cap.textContent = hd === "mean" ? "mean" : "H" + hd;
       fig.appendChild(c); fig.appendChild(cap);
@@ -440,14 +446,15 @@ _JS = r"""
         strip.appendChild(s);
       }
     } else {
-      var c = document.createElement("canvas"), w = Math.min(900, Math.max(geo.nk, 200)), h = 60;
-      c.width = w; c.height = h;
+      // a bar per key frame, aligned with the matrix columns above
+      var c = document.createElement("canvas"), h = 60, x0 = geo.left, w = geo.nk * geo.cell;
+      c.width = x0 + w + 10; c.height = h;
       var ctx = c.getContext("2d"), mx = 0;
       for (var i = 0; i < geo.nk; i++) { mx = Math.max(mx, row[i]); }
       ctx.fillStyle = "#4a6fa5";
       for (var j = 0; j < geo.nk; j++) {
         var bh = mx > 0 ? (row[j] / mx) * (h - 4) : 0;
-        ctx.fillRect(j * w / geo.nk, h - bh, Math.max(1, w / geo.nk), bh);
+        ctx.fillRect(x0 + j * geo.cell, h - bh, Math.max(1, geo.cell - (geo.cell > 3 ? 1 : 0)), bh);
       }
       strip.appendChild(c);
     }
@@ -490,6 +497,7 @@ _JS = r"""
     body.setAttribute("data-item", String(state.item));
     body.setAttribute("data-layer", String(state.layer));
     body.setAttribute("data-head", String(state.head));
+    body.setAttribute("data-scale", state.scale);
   } catch (err) { fail(String(err && err.stack || err)); }
 })();
 """

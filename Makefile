@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench install
+.PHONY: demo test lint typecheck bench install browser
 
 $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,12 +14,28 @@ $(STAMP): pyproject.toml requirements-ci.txt
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# Headless Chromium (Debian's package) for the attention-view tests, which skip only when it is absent.
+# Installed with apt-get as root (or passwordless sudo); under CI=true a missing browser is an error.
+APT := env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0
+browser:
+	@if command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo"; else SUDO=none; fi; \
+	if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the attention-view tests..."; \
+		$$SUDO $(APT) install chromium >/dev/null 2>&1 || \
+		{ $$SUDO $(APT) update >/dev/null 2>&1; $$SUDO $(APT) install chromium >/dev/null 2>&1; } || true; \
+	fi; \
+	if ! command -v chromium >/dev/null 2>&1; then \
+		echo "WARNING: chromium is not installed (needs apt-get as root); the attention-view browser tests will be skipped" >&2; \
+		if [ "$$CI" = true ]; then echo "error: CI must run the browser tests; install chromium" >&2; exit 1; fi; \
+	fi
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/encoderlens demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)

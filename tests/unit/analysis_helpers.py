@@ -12,10 +12,46 @@ from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 from encoderlens import HookedEncoder
 from tests.conftest import randomize_norms
 
-WORDS = (
-    "the a cat dog sat ran on under mat rug paris rome france italy capital of is was city big small "
-    "red blue green man woman plays sings guitar music and in to it . , ! ?"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "ran",
+    "on",
+    "under",
+    "mat",
+    "rug",
+    "paris",
+    "rome",
+    "france",
+    "italy",
+    "capital",
+    "of",
+    "is",
+    "was",
+    "city",
+    "big",
+    "small",
+    "red",
+    "blue",
+    "green",
+    "man",
+    "woman",
+    "plays",
+    "sings",
+    "guitar",
+    "music",
+    "and",
+    "in",
+    "to",
+    "it",
+    ".",
+    ",",
+    "!",
+    "?",
+]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 

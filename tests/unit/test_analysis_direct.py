@@ -60,7 +60,9 @@ def test_pre_ln_is_exact_and_agrees_with_the_cache():
 def test_dla_is_exact_for_a_linear_head():
     m = linear_head_encoder(seed=4)
     tokens, mask = padded_tokens()
-    res = direct_logit_attribution(m, tokens, 10, wrong_token=11, position=3, item=1, heads=True, one_zero_attention_mask=mask)
+    res = direct_logit_attribution(
+        m, tokens, 10, wrong_token=11, position=3, item=1, heads=True, one_zero_attention_mask=mask
+    )
     assert res.axes == ("component",) and res.meta["linearised"] is False
     with torch.no_grad():
         x = m(tokens, one_zero_attention_mask=mask, return_type="embeddings")  # after ln_final

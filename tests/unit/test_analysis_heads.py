@@ -68,7 +68,9 @@ def test_token_detectors_exact():
     ids = {"sep": 6, "pad": 0, "special": [5]}
     assert score("sep", p, tokens=tokens, special_ids=ids) == pytest.approx([0.0, 0.5])  # queries 0 and 2
     assert score("special", p, tokens=tokens, special_ids=ids) == pytest.approx([0.5, 0.75])
-    assert score("padding", p, tokens=tokens, special_ids=ids) != score("padding", p, tokens=tokens, special_ids=ids)  # NaN: no pad
+    assert score("padding", p, tokens=tokens, special_ids=ids) != score(
+        "padding", p, tokens=tokens, special_ids=ids
+    )  # NaN: no pad
 
 
 def test_padding_detector_sees_unmasked_pad_tokens():

@@ -7,7 +7,14 @@ import torch
 
 from encoderlens import HookedEncoder
 from encoderlens.analysis import ctc_collapse, ctc_lens, head_fn, logit_lens
-from tests.unit.analysis_helpers import default_model, linear_head_encoder, padded_tokens, pre_ln_encoder, tiny_mlm, tiny_mlm_folder
+from tests.unit.analysis_helpers import (
+    default_model,
+    linear_head_encoder,
+    padded_tokens,
+    pre_ln_encoder,
+    tiny_mlm,
+    tiny_mlm_folder,
+)
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,9 @@ def test_residual_patching_matches_manual_runs(model, pair):
 
 def test_normalised_residual_patching_has_exact_anchors(model, pair):
     clean, corrupt, mask = pair
-    res = patch_residual(model, clean, corrupt, logit_diff(METRIC_POS, GOOD, BAD), input_kwargs={"one_zero_attention_mask": mask})
+    res = patch_residual(
+        model, clean, corrupt, logit_diff(METRIC_POS, GOOD, BAD), input_kwargs={"one_zero_attention_mask": mask}
+    )
     # layer 0 input: only the swapped position differs, so patching it restores the clean run exactly
     assert res.values[0, 2].item() == pytest.approx(1.0, abs=1e-5)
     others = torch.cat([res.values[0, :2], res.values[0, 3:]])
@@ -118,7 +120,9 @@ def test_head_patching_z_and_pattern_match_manual(model, pair):
         x[:, 2] = clean_cache["blocks.2.attn.hook_pattern"][:, 2]
         return x
 
-    assert z.values[1, 1].item() == pytest.approx(_metric_value(model, corrupt, mask, [("blocks.1.attn.hook_z", put_z)]), abs=1e-5)
+    assert z.values[1, 1].item() == pytest.approx(
+        _metric_value(model, corrupt, mask, [("blocks.1.attn.hook_z", put_z)]), abs=1e-5
+    )
     manual = _metric_value(model, corrupt, mask, [("blocks.2.attn.hook_pattern", put_pattern)])
     assert pat.values[2, 2].item() == pytest.approx(manual, abs=1e-5)
     by_pos = patch_heads(model, clean, corrupt, metric, act="z", by_pos=True, layers=[0], **kw)
@@ -136,7 +140,9 @@ def test_mlp_and_attention_layer_patching(model, pair):
     mlp = patch_mlp(model, clean, corrupt, metric, **kw)
     attn = patch_attn_layers(model, clean, corrupt, metric, **kw)
     assert mlp.axes == ("layer",) and attn.shape == (3,)
-    manual = _metric_value(model, corrupt, mask, [("blocks.1.hook_mlp_out", lambda x, hook: clean_cache["blocks.1.hook_mlp_out"])])
+    manual = _metric_value(
+        model, corrupt, mask, [("blocks.1.hook_mlp_out", lambda x, hook: clean_cache["blocks.1.hook_mlp_out"])]
+    )
     assert mlp.values[1].item() == pytest.approx(manual, abs=1e-5)
     by_pos = patch_mlp(model, clean, corrupt, metric, by_pos=True, **kw)
     assert by_pos.axes == ("layer", "pos")
@@ -145,7 +151,9 @@ def test_mlp_and_attention_layer_patching(model, pair):
 def test_per_item_metric_adds_item_axis(model, pair):
     clean, corrupt, mask = pair
     metric = logit_diff(METRIC_POS, GOOD, BAD, reduce="none")
-    res = patch_residual(model, clean, corrupt, metric, layers=[0, 2], positions=[1, 2], input_kwargs={"one_zero_attention_mask": mask})
+    res = patch_residual(
+        model, clean, corrupt, metric, layers=[0, 2], positions=[1, 2], input_kwargs={"one_zero_attention_mask": mask}
+    )
     assert res.axes == ("layer", "pos", "item") and res.shape == (2, 2, 2)
     assert res.values[0, 1].tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
 
@@ -154,7 +162,9 @@ def test_padded_positions_do_not_leak(model, pair):
     """Patching a padded position of item 1 cannot change item 1 (its keys there are masked)."""
     clean, corrupt, mask = pair
     metric = logit_diff(METRIC_POS, GOOD, BAD, reduce="none")
-    res = patch_residual(model, clean, corrupt, metric, normalize=False, positions=[7], input_kwargs={"one_zero_attention_mask": mask})
+    res = patch_residual(
+        model, clean, corrupt, metric, normalize=False, positions=[7], input_kwargs={"one_zero_attention_mask": mask}
+    )
     m_corrupt = res.meta["metric_corrupt"][1]
     assert res.values[:, 0, 1].tolist() == pytest.approx([m_corrupt] * 3, abs=1e-5)
 
@@ -162,7 +172,15 @@ def test_padded_positions_do_not_leak(model, pair):
 def test_corruption_by_hooks(model, pair):
     clean, _, mask = pair
     hook = embedding_noise_hook(0.5, positions=[2])
-    res = patch_residual(model, clean, None, logit_diff(METRIC_POS, GOOD, BAD), corrupt_hooks=[hook], layers=[0], input_kwargs={"one_zero_attention_mask": mask})
+    res = patch_residual(
+        model,
+        clean,
+        None,
+        logit_diff(METRIC_POS, GOOD, BAD),
+        corrupt_hooks=[hook],
+        layers=[0],
+        input_kwargs={"one_zero_attention_mask": mask},
+    )
     # the noise is on position 2 only: patching the clean embedding stream there restores everything
     assert res.values[0, 2].item() == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="corrupt_hooks"):

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from encoderlens import HookedEncoder
-from encoderlens.analysis import Pooling, SentenceEncoder, attribute_similarity, pooling_from_checkpoint, similarity_by_layer
+from encoderlens.analysis import (
+    Pooling,
+    SentenceEncoder,
+    attribute_similarity,
+    pooling_from_checkpoint,
+    similarity_by_layer,
+)
 from encoderlens.convert.loading import default_model_path
 from tests.unit.analysis_helpers import default_model, tiny_mlm_folder
 
@@ -60,7 +66,14 @@ def test_sentence_transformers_folder_with_dense_and_concatenated_modes(tmp_path
     )
     (folder / "2_Dense").mkdir()
     (folder / "2_Dense" / "config.json").write_text(
-        json.dumps({"in_features": 72, "out_features": 5, "bias": True, "activation_function": "torch.nn.modules.activation.Tanh"})
+        json.dumps(
+            {
+                "in_features": 72,
+                "out_features": 5,
+                "bias": True,
+                "activation_function": "torch.nn.modules.activation.Tanh",
+            }
+        )
     )
     g = torch.Generator().manual_seed(0)
     W, b = torch.randn(5, 72, generator=g), torch.randn(5, generator=g)
@@ -91,12 +104,16 @@ def test_unsupported_checkpoints_are_explained(tmp_path):
     folder = tiny_mlm_folder(tmp_path / "plain")
     with pytest.raises(ValueError, match="no modules.json"):
         pooling_from_checkpoint(folder)
-    (folder / "modules.json").write_text(json.dumps([{"idx": 0, "path": "x", "type": "sentence_transformers.models.LSTM"}]))
+    (folder / "modules.json").write_text(
+        json.dumps([{"idx": 0, "path": "x", "type": "sentence_transformers.models.LSTM"}])
+    )
     with pytest.raises(NotImplementedError, match="LSTM"):
         pooling_from_checkpoint(folder)
     (folder / "1_Pooling").mkdir()
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": False}))
-    (folder / "modules.json").write_text(json.dumps([{"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "modules.json").write_text(
+        json.dumps([{"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}])
+    )
     with pytest.raises(ValueError, match="enables no pooling mode"):
         pooling_from_checkpoint(folder)
     with pytest.raises(ValueError, match="unknown pooling mode"):
@@ -125,7 +142,9 @@ def test_similarity_attribution_on_the_default_model(encoder, exact):
         return z
 
     with torch.no_grad():
-        ablated = model.run_with_hooks(*p.args, return_type="embeddings", fwd_hooks=[("blocks.5.attn.hook_z", zero_head)], **p.kwargs)
+        ablated = model.run_with_hooks(
+            *p.args, return_type="embeddings", fwd_hooks=[("blocks.5.attn.hook_z", zero_head)], **p.kwargs
+        )
     assert res.heads.sel(layer="L5", head="H5") == pytest.approx(float(metric(ablated)) - res.similarity, abs=1e-5)
     # occlusion of 'guitar' in text A: exact removal effect
     pos = res.tokens_a.labels["pos"].index("6:guitar")

@@ -193,7 +193,9 @@ def test_encoder_decoder_views_render(tmp_path):
     views, items = synthetic_views()
     path = tmp_path / "encdec.html"
     path.write_text(render_attention_html(views, items, "encoder-decoder"))
-    assert_renders(path, tmp_path, "#view=cross&item=1&layer=1&head=mean&query=0", expect={"view": "cross", "item": "1"})
+    assert_renders(
+        path, tmp_path, "#view=cross&item=1&layer=1&head=mean&query=0", expect={"view": "cross", "item": "1"}
+    )
     assert_renders(path, tmp_path, "#view=decoder&head=2", expect={"view": "decoder", "head": "2"})
     assert_screenshot_not_blank(path, tmp_path, "#view=cross")
 
@@ -212,7 +214,9 @@ def test_audio_view_with_time_axis_renders(tmp_path):
     doc = render_attention_html([view], ["clip a", "clip b"], "audio")
     assert '"axis":"time"' in doc and '"frame_seconds":0.02' in doc
     path.write_text(doc)
-    assert_renders(path, tmp_path, "#item=1&head=1&query=10&scale=relative", expect={"item": "1", "head": "1", "scale": "relative"})
+    assert_renders(
+        path, tmp_path, "#item=1&head=1&query=10&scale=relative", expect={"item": "1", "head": "1", "scale": "relative"}
+    )
     assert_screenshot_not_blank(path, tmp_path, "#scale=relative&query=30")
 
 

@@ -82,13 +82,13 @@ def base_gradients(
         if missing:
             raise RuntimeError(f"hooks never fired during the forward: {missing[:5]}")
         grads = torch.autograd.grad(value.sum(), [acts[n] for n in names], allow_unused=True)
-    out_grads = {
-        n: (g if g is not None else torch.zeros_like(acts[n])).detach() for n, g in zip(names, grads)
-    }
+    out_grads = {n: (g if g is not None else torch.zeros_like(acts[n])).detach() for n, g in zip(names, grads)}
     return out_grads, value.detach().float().cpu()
 
 
-def _attribute(setup: PatchSetup, grads: dict[str, Tensor], name: str, reduce_dims: Sequence[int], per_item: bool) -> Tensor:
+def _attribute(
+    setup: PatchSetup, grads: dict[str, Tensor], name: str, reduce_dims: Sequence[int], per_item: bool
+) -> Tensor:
     """``sum((source - base) * grad)`` over ``reduce_dims`` (and over batch unless per-item)."""
     delta = setup.source_cache[name].to(grads[name].device) - setup.base_cache[name].to(grads[name].device)
     prod = (delta * grads[name]).float()

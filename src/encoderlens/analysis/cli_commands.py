@@ -30,6 +30,8 @@ def _guard(name: str, fn: Callable[[argparse.Namespace], int]) -> Callable[[argp
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
+        except FileNotFoundError:
+            raise  # main() reports it as a bad argument (exit code 2)
         except (NotImplementedError, RuntimeError, OSError, ImportError, KeyError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
             _err(f"encoderlens {name}: error: {msg}")
@@ -92,11 +94,15 @@ def _describe(model: Any) -> list[tuple[str, str]]:
         rows.append(("d_mlp", str(stack.mlp.d_mlp)))
         rows.append(("activation", stack.mlp.act_fn + (" (gated)" if stack.mlp.gated else "")))
         rows.append(("norm", f"{stack.norm.kind}, {stack.norm_position}-LN"))
-    heads = [h for h in ("mlm_head", "pooler", "nsp_head", "ctc_head", "lm_head") if getattr(model, h, None) is not None]
+    heads = [
+        h for h in ("mlm_head", "pooler", "nsp_head", "ctc_head", "lm_head") if getattr(model, h, None) is not None
+    ]
     rows.append(("heads", ", ".join(heads) if heads else "none (bare encoder)"))
     n_params = sum(p.numel() for p in model.parameters())
     rows.append(("parameters", f"{n_params:,}"))
-    rows.append(("tokenizer", type(model.tokenizer).__name__ if getattr(model, "tokenizer", None) is not None else "none"))
+    rows.append(
+        ("tokenizer", type(model.tokenizer).__name__ if getattr(model, "tokenizer", None) is not None else "none")
+    )
     rows.append(("hook points", str(len(model.hook_names()))))
     return rows
 
@@ -109,7 +115,12 @@ def _inspect_cmd(args: argparse.Namespace) -> int:
     enc = _sentence_encoder(model, args.model) if model.family == "encoder" else None
     if enc is not None:
         p = enc.pooling
-        info.append(("sentence pooling", f"{'+'.join(p.modes)}{', normalized' if p.normalize else ''}{f', {len(p.dense)} dense' if p.dense else ''}"))
+        info.append(
+            (
+                "sentence pooling",
+                f"{'+'.join(p.modes)}{', normalized' if p.normalize else ''}{f', {len(p.dense)} dense' if p.dense else ''}",
+            )
+        )
     inp, kw, desc = _dummy_input(model)
     prepared = prepare(model, inp, **kw)
     pattern = args.hooks or "*"
@@ -172,7 +183,9 @@ def _predict_cmd(args: argparse.Namespace) -> int:
             )
         emb = enc.embed(args.text)
         p = enc.pooling
-        print(f"sentence embeddings ({'+'.join(p.modes)} pooling{', normalized' if p.normalize else ''}), dim {emb.shape[1]}:")
+        print(
+            f"sentence embeddings ({'+'.join(p.modes)} pooling{', normalized' if p.normalize else ''}), dim {emb.shape[1]}:"
+        )
         for t, e in zip(args.text, emb):
             head = " ".join(f"{v:+.3f}" for v in e[:6].tolist())
             print(f"  [{head} ...] |e|={float(e.norm()):.3f}  {t}")
@@ -345,7 +358,9 @@ def _patch_cmd(args: argparse.Namespace) -> int:
         ref = enc.embed(ref_text)
         per_item = enc.reference_metric(clean, ref)
         metric = lambda out: per_item(out).mean()  # noqa: E731  (one text: a scalar)
-        what = f"cosine similarity of the sentence embedding to {'the reference' if args.reference else 'the clean run'}"
+        what = (
+            f"cosine similarity of the sentence embedding to {'the reference' if args.reference else 'the clean run'}"
+        )
         rt = "embeddings"
     common = dict(normalize=not args.no_normalize, return_type=rt, progress=not args.no_progress)
     if args.target == "resid":

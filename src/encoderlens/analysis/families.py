@@ -291,10 +291,7 @@ def default_return_type(model: Any) -> str:
 
 
 def _has_ctc_head(model: Any) -> bool:
-    for name in ("ctc_head", "lm_head", "head"):
-        if getattr(model, name, None) is not None:
-            return True
-    return False
+    return any(getattr(model, name, None) is not None for name in ("ctc_head", "lm_head", "head"))
 
 
 def run(

@@ -38,7 +38,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from encoderlens.analysis.families import StreamName, check_stream, family_of, prefix_of, prepare, run_with_cache, spec_of
+from encoderlens.analysis.families import (
+    StreamName,
+    check_stream,
+    family_of,
+    prefix_of,
+    prepare,
+    run_with_cache,
+    spec_of,
+)
 from encoderlens.analysis.results import Labelled
 
 POSITIONAL = ("previous_token", "next_token", "self", "local_window", "mean_distance", "induction", "duplicate_token")
@@ -146,7 +154,9 @@ def target_keys(
     elif detector == "special":
         ids = list(special_ids.get("special") or [])
         if not ids:
-            raise ValueError("detector 'special' needs the special token ids (a tokenizer, or special_ids={'special': [...]})")
+            raise ValueError(
+                "detector 'special' needs the special token ids (a tokenizer, or special_ids={'special': [...]})"
+            )
         _, kt = need_tokens()
         is_sp = torch.isin(kt, torch.tensor(ids, device=dev))
         tgt = is_sp[:, None, :].expand(b, nq, nk) & real_k
@@ -303,7 +313,9 @@ def head_scores(
         if d in TOKEN_BASED and (qt is None or kt is None) and not (d == "sep" and ids.get("sep") is None):
             raise ValueError(f"detector {d!r} needs token ids; this input has none (audio?)")
         vals = score_patterns(patterns, d, qm, km, qt, kt, ids, window)
-        out[d] = Labelled(vals, ("layer", "head"), labels, f"{d} score", {"detector": d, "attn": attn, "stream": stream})
+        out[d] = Labelled(
+            vals, ("layer", "head"), labels, f"{d} score", {"detector": d, "attn": attn, "stream": stream}
+        )
     return out
 
 

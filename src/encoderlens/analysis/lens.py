@@ -126,8 +126,14 @@ class LensResult:
             if self.tokenizer is None:
                 raise ValueError("token given as a string but there is no tokenizer; pass the token id")
             tid = self.tokenizer.convert_tokens_to_ids(token)
-            if tid is None or tid == getattr(self.tokenizer, "unk_token_id", None) and token != self.tokenizer.unk_token:
-                raise ValueError(f"{token!r} is not one token of this vocabulary; pass a token id or a vocabulary token")
+            if (
+                tid is None
+                or tid == getattr(self.tokenizer, "unk_token_id", None)
+                and token != self.tokenizer.unk_token
+            ):
+                raise ValueError(
+                    f"{token!r} is not one token of this vocabulary; pass a token id or a vocabulary token"
+                )
             token = tid
         return torch.as_tensor(token)
 
@@ -145,7 +151,12 @@ class LensResult:
         ids = self._per_pos(token)
         p = self.probs()[:, item]  # layer pos vocab
         vals = p.gather(-1, ids[None, :, None].expand(p.shape[0], -1, 1))[..., 0]
-        return Labelled(vals, ("layer", "pos"), {"layer": self.layer_labels, "pos": self._pos_labels(item)}, "probability of target token by layer")
+        return Labelled(
+            vals,
+            ("layer", "pos"),
+            {"layer": self.layer_labels, "pos": self._pos_labels(item)},
+            "probability of target token by layer",
+        )
 
     def target_rank(self, token: int | str | Sequence[int], item: int = 0) -> Labelled:
         """Rank (0 = top) of ``token`` at every layer and position."""
@@ -153,14 +164,21 @@ class LensResult:
         lg = self.logits[:, item].float()
         tgt = lg.gather(-1, ids[None, :, None].expand(lg.shape[0], -1, 1))
         ranks = (lg > tgt).sum(-1).float()
-        return Labelled(ranks, ("layer", "pos"), {"layer": self.layer_labels, "pos": self._pos_labels(item)}, "rank of target token by layer")
+        return Labelled(
+            ranks,
+            ("layer", "pos"),
+            {"layer": self.layer_labels, "pos": self._pos_labels(item)},
+            "rank of target token by layer",
+        )
 
     def kl_to_final(self, item: int = 0) -> Labelled:
         """KL(final layer || layer) in nats at every layer and position: how far each layer is from the answer."""
         lp = self.logits[:, item].float().log_softmax(-1)
         final = lp[-1]
         kl = (final.exp() * (final - lp)).sum(-1)
-        return Labelled(kl, ("layer", "pos"), {"layer": self.layer_labels, "pos": self._pos_labels(item)}, "KL(final || layer)")
+        return Labelled(
+            kl, ("layer", "pos"), {"layer": self.layer_labels, "pos": self._pos_labels(item)}, "KL(final || layer)"
+        )
 
     def to_text(self, item: int = 0, k: int = 3) -> str:
         """A table: one row per layer, one column per kept position, the top-k tokens in each cell."""
@@ -279,7 +297,9 @@ def _blank_id(model: Any) -> int:
             v = getattr(src, name, None)
             if isinstance(v, int):
                 return v
-    raise ValueError("cannot tell the CTC blank id: the model config and tokenizer have no pad_token_id; pass blank_id=")
+    raise ValueError(
+        "cannot tell the CTC blank id: the model config and tokenizer have no pad_token_id; pass blank_id="
+    )
 
 
 def ctc_lens(

@@ -39,8 +39,8 @@ from encoderlens.analysis.families import (
     StreamName,
     check_stream,
     layout,
-    prepare,
     prefix_of,
+    prepare,
     spec_of,
 )
 from encoderlens.analysis.results import Labelled
@@ -353,9 +353,7 @@ def setup_runs(
     with torch.no_grad():
         clean_out, clean_cache = run_with_cache(model, clean_p, names_filter=cached, return_type=return_type)
         with model.hooks(fwd_hooks=list(corrupt_hooks)):
-            corrupt_out, corrupt_cache = run_with_cache(
-                model, corrupt_p, names_filter=cached, return_type=return_type
-            )
+            corrupt_out, corrupt_cache = run_with_cache(model, corrupt_p, names_filter=cached, return_type=return_type)
     check_compatible(clean_p, corrupt_p)  # masks resolved from activations now (audio)
     b = clean_p.batch_size
     m_clean = _as_metric_tensor(metric(clean_out), b)
@@ -597,9 +595,7 @@ def patch_heads(
     stream = check_stream(model, stream)
     spec = spec_of(model, stream)
     if attn == "cross_attn" and not spec.has_cross_attention:
-        raise ValueError(
-            "attn='cross_attn' needs a stream with cross-attention (the decoder of an encoder-decoder)"
-        )
+        raise ValueError("attn='cross_attn' needs a stream with cross-attention (the decoder of an encoder-decoder)")
     lays = _layers(spec.n_layers, layers)
     names = [get_act_name(act, i, attn, stream=stream) for i in lays]
     setup = setup_runs(
@@ -682,7 +678,9 @@ def patch_block_outputs(
     if component not in hooks:
         raise ValueError(f"component must be one of {tuple(hooks)}, got {component!r}")
     if by_pos:
-        return patch_residual(model, clean, corrupt, metric, hook=hooks[component], stream=stream, layers=layers, **kwargs)
+        return patch_residual(
+            model, clean, corrupt, metric, hook=hooks[component], stream=stream, layers=layers, **kwargs
+        )
     stream = check_stream(model, stream)
     spec = spec_of(model, stream)
     if component == "cross_attn" and not spec.has_cross_attention:
@@ -758,4 +756,3 @@ def embedding_noise_hook(
         return x + noise.to(x.device, x.dtype)
 
     return hook, fn
-

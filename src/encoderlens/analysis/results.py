@@ -161,7 +161,13 @@ class Labelled:
             return None if isinstance(v, float) and math.isnan(v) else v
 
         meta = {k: v for k, v in self.meta.items() if isinstance(v, (str, int, float, bool, type(None), list))}
-        return {"title": self.title, "axes": list(self.axes), "labels": self.labels, "values": clean(vals), "meta": meta}
+        return {
+            "title": self.title,
+            "axes": list(self.axes),
+            "labels": self.labels,
+            "values": clean(vals),
+            "meta": meta,
+        }
 
     # ------------------------------------------------------------------ display
     def to_text(self, digits: int = 3, max_cols: int = 40) -> str:

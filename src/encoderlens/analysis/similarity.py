@@ -140,7 +140,9 @@ def _load_dense(folder: Path) -> Dense:
     cfg = _read_json(folder / "config.json")
     act = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
     if act not in _ACTIVATIONS:
-        raise NotImplementedError(f"Dense activation {act!r} in {folder} is not supported; supported: {sorted(_ACTIVATIONS)}")
+        raise NotImplementedError(
+            f"Dense activation {act!r} in {folder} is not supported; supported: {sorted(_ACTIVATIONS)}"
+        )
     if (folder / "model.safetensors").exists():
         from safetensors.torch import load_file
 
@@ -223,7 +225,9 @@ class SentenceEncoder:
         self.max_seq_length = max_seq_length
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "default", pooling: Pooling | None = None, **kwargs: Any) -> SentenceEncoder:
+    def from_pretrained(
+        cls, name_or_path: str = "default", pooling: Pooling | None = None, **kwargs: Any
+    ) -> SentenceEncoder:
         """Load the model and the pooling (and ``max_seq_length``) its folder declares."""
         from encoderlens import HookedEncoder
         from encoderlens.convert.loading import resolve_path
@@ -328,10 +332,15 @@ class SimilarityAttribution:
             lines.append(f"{name} ({self.methods['tokens']}): " + ", ".join(f"{c['pos']} {v:+.3f}" for c, v in top))
         lines.append("by layer: " + " ".join(f"{v:+.3f}" for v in self.by_layer.values.tolist()))
         top = self.layers.top(k, absolute=True)
-        lines.append(f"layers ({self.methods['layers']}): " + ", ".join(f"{c['layer']}.{c['component']} {v:+.3f}" for c, v in top))
+        lines.append(
+            f"layers ({self.methods['layers']}): "
+            + ", ".join(f"{c['layer']}.{c['component']} {v:+.3f}" for c, v in top)
+        )
         if self.heads is not None:
             top = self.heads.top(k, absolute=True)
-            lines.append(f"heads ({self.methods['heads']}): " + ", ".join(f"{c['layer']}{c['head']} {v:+.3f}" for c, v in top))
+            lines.append(
+                f"heads ({self.methods['heads']}): " + ", ".join(f"{c['layer']}{c['head']} {v:+.3f}" for c, v in top)
+            )
         return "\n".join(lines)
 
 
@@ -485,17 +494,32 @@ def attribute_similarity(
     head_names = [f"blocks.{i}.attn.hook_z" for i in range(n_layers)] if heads else []
     wanted = set(layer_names) | set(head_names)
     with torch.no_grad():
-        resid, cache = model.run_with_cache(*p.args, names_filter=lambda n: n in wanted, return_type="embeddings", **p.kwargs)
+        resid, cache = model.run_with_cache(
+            *p.args, names_filter=lambda n: n in wanted, return_type="embeddings", **p.kwargs
+        )
     sim = float(metric(resid))
     cache_d = dict(cache.items())
     mask = p.mask(None)
 
     if method == "ablation":
         src = _ablation_sources(cache_d, layer_names + head_names, mask, ablation)
-        targets = [Target(n) for n in layer_names] + [Target(n, (slice(None), h)) for n in head_names for h in range(n_heads)]
-        vals = run_patches(
-            model, p, src, targets, metric, return_type="embeddings", chunk_size=chunk_size, progress=progress, desc="ablating"
-        ) - sim
+        targets = [Target(n) for n in layer_names] + [
+            Target(n, (slice(None), h)) for n in head_names for h in range(n_heads)
+        ]
+        vals = (
+            run_patches(
+                model,
+                p,
+                src,
+                targets,
+                metric,
+                return_type="embeddings",
+                chunk_size=chunk_size,
+                progress=progress,
+                desc="ablating",
+            )
+            - sim
+        )
     else:
         acts: dict[str, Tensor] = {}
 
@@ -540,7 +564,9 @@ def attribute_similarity(
     _, la = _real_labels(p, 0)
     _, lb = _real_labels(p, 1)
     comp_desc = (
-        f"{ablation} ablation: exact change of similarity" if method == "ablation" else f"grad x act ({ablation} ablation, first order)"
+        f"{ablation} ablation: exact change of similarity"
+        if method == "ablation"
+        else f"grad x act ({ablation} ablation, first order)"
     )
     return SimilarityAttribution(
         similarity=sim,

@@ -61,7 +61,9 @@ def _payload(views: Sequence[AttentionView], item_names: Sequence[str], max_byte
     total = 0
     for v in views:
         if v.patterns.ndim != 5:
-            raise ValueError(f"view {v.key!r}: patterns must be (layer, batch, head, q, k), got {tuple(v.patterns.shape)}")
+            raise ValueError(
+                f"view {v.key!r}: patterns must be (layer, batch, head, q, k), got {tuple(v.patterns.shape)}"
+            )
         n_layers, batch, n_heads = v.patterns.shape[0], v.patterns.shape[1], v.patterns.shape[2]
         if batch != len(item_names):
             raise ValueError(f"view {v.key!r} has {batch} items but {len(item_names)} item names were given")

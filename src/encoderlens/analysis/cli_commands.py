@@ -362,7 +362,7 @@ def _patch_cmd(args: argparse.Namespace) -> int:
             f"cosine similarity of the sentence embedding to {'the reference' if args.reference else 'the clean run'}"
         )
         rt = "embeddings"
-    common = dict(normalize=not args.no_normalize, return_type=rt, progress=not args.no_progress)
+    common: dict[str, Any] = dict(normalize=not args.no_normalize, return_type=rt, progress=not args.no_progress)
     if args.target == "resid":
         res = P.patch_residual(model, clean, corrupt, metric, hook="resid_pre", **common)
     elif args.target == "heads":

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from encoderlens.analysis.families import (
@@ -65,9 +66,9 @@ class Decomposition:
         stream: The stream.
     """
 
-    components: Tensor
+    components: Float[Tensor, "component batch pos d_model"]
     labels: list[str]
-    target: Tensor
+    target: Float[Tensor, "batch pos d_model"]
     target_name: str
     frozen_norms: list[str]
     prepared: Prepared

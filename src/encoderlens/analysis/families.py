@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
 StreamName = str | None
@@ -130,7 +131,7 @@ class Prepared:
             masks={s: (None if m is None else rep(m)) for s, m in self.masks.items()},
         )
 
-    def mask(self, stream: StreamName) -> Tensor:
+    def mask(self, stream: StreamName) -> Int[Tensor, "batch pos"]:
         """The ``(batch, pos)`` mask of real positions of ``stream`` (after :func:`resolve_masks`)."""
         if stream not in self.masks:
             raise ValueError(f"no stream {stream!r} in this input; streams: {list(self.masks)}")

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from encoderlens.analysis.families import (
@@ -183,15 +184,15 @@ def target_keys(
 
 
 def score_patterns(
-    patterns: Tensor,
+    patterns: Float[Tensor, "layer batch head_index query_pos key_pos"],
     detector: str,
-    query_mask: Tensor,
-    key_mask: Tensor | None = None,
-    query_tokens: Tensor | None = None,
-    key_tokens: Tensor | None = None,
+    query_mask: Int[Tensor, "batch query_pos"],
+    key_mask: Int[Tensor, "batch key_pos"] | None = None,
+    query_tokens: Int[Tensor, "batch query_pos"] | None = None,
+    key_tokens: Int[Tensor, "batch key_pos"] | None = None,
     special_ids: dict[str, Any] | None = None,
     window: int = 2,
-) -> Tensor:
+) -> Float[Tensor, "layer head_index"]:
     """Score stacked patterns ``(layer, batch, head, q, k)`` with one detector -> ``(layer, head)``."""
     if patterns.ndim != 5:
         raise ValueError(f"patterns must be (layer, batch, head, query_pos, key_pos), got {tuple(patterns.shape)}")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from encoderlens.analysis.families import (
@@ -91,7 +92,7 @@ class LensResult:
         meta: ``final_max_abs_diff`` (last layer vs the model's own logits) and more.
     """
 
-    logits: Tensor
+    logits: Float[Tensor, "layer batch pos d_vocab"]
     layer_labels: list[str]
     positions: list[int]
     prepared: Prepared

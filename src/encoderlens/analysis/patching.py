@@ -617,12 +617,10 @@ def patch_heads(
     for nm in names:
         for h in range(n_heads):
             if not by_pos:
-                idx = (h,) if lay["head"] == 1 else (slice(None), h)
-                targets.append(Target(nm, idx))
+                targets.append(Target(nm, (h,) if lay["head"] == 1 else (slice(None), h)))
             else:
                 for p in range(n_pos):
-                    idx = (h, p) if lay["head"] == 1 else (p, h)
-                    targets.append(Target(nm, idx))
+                    targets.append(Target(nm, (h, p) if lay["head"] == 1 else (p, h)))
     vals = run_patches(
         model,
         setup.base,

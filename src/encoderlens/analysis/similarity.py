@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from encoderlens.analysis.families import Prepared, family_of, prepare, run
@@ -95,7 +96,9 @@ class Pooling:
             if m not in POOLING_MODES:
                 raise ValueError(f"unknown pooling mode {m!r}; choose from {POOLING_MODES}")
 
-    def pool(self, x: Tensor, mask: Tensor) -> Tensor:
+    def pool(
+        self, x: Float[Tensor, "batch pos d_model"], mask: Int[Tensor, "batch pos"]
+    ) -> Float[Tensor, "batch d_out"]:
         """Pooling modes only (no Dense / Normalize): ``(batch, pos, d) -> (batch, d * len(modes))``."""
         m = mask.to(x.device)[..., None].to(x.dtype)
         outs = []
@@ -116,7 +119,9 @@ class Pooling:
                 outs.append(x[torch.arange(x.shape[0], device=x.device), last])
         return torch.cat(outs, -1)
 
-    def __call__(self, x: Tensor, mask: Tensor) -> Tensor:
+    def __call__(
+        self, x: Float[Tensor, "batch pos d_model"], mask: Int[Tensor, "batch pos"]
+    ) -> Float[Tensor, "batch d_out"]:
         """Full sentence embedding as the checkpoint computes it."""
         y = self.pool(x, mask)
         for d in self.dense:
@@ -354,7 +359,8 @@ def similarity_by_layer(encoder: SentenceEncoder, a: str, b: str) -> Labelled:
         _, cache = model.run_with_cache(*p.args, names_filter=lambda nm: nm in names, return_type=None, **p.kwargs)
     stream = [cache[f"blocks.{i}.hook_resid_pre"] for i in range(n)] + [cache[f"blocks.{n - 1}.hook_resid_post"]]
     mask = p.mask(None)
-    sims = torch.stack([F.cosine_similarity(*encoder.pooling.pool(x, mask), dim=-1) for x in stream])
+    pooled = [encoder.pooling.pool(x, mask) for x in stream]
+    sims = torch.stack([F.cosine_similarity(p[0], p[1], dim=-1) for p in pooled])
     return Labelled(sims.cpu(), ("layer",), {"layer": ["embed"] + [f"L{i}" for i in range(n)]}, "similarity by layer")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from encoderlens.analysis.families import family_of, prefix_of, prepare, run_with_cache, spec_of, streams_of
@@ -43,9 +44,9 @@ class AttentionView:
 
     key: str
     label: str
-    patterns: Tensor
-    query_mask: Tensor
-    key_mask: Tensor
+    patterns: Float[Tensor, "layer batch head_index query_pos key_pos"]
+    query_mask: Int[Tensor, "batch query_pos"]
+    key_mask: Int[Tensor, "batch key_pos"]
     query_labels: list[list[str]]
     key_labels: list[list[str]]
     axis: str = "tokens"

@@ -180,10 +180,10 @@ def test_patch_on_the_embedding_model(capsys, tmp_path):
     assert data["axes"] == ["layer", "pos"] and data["values"][0][2] == pytest.approx(1.0, abs=1e-5)
     assert html.read_text().startswith("<!DOCTYPE html>")
     code, out, _ = run(
-        capsys, "patch", "default", "--clean", "The cat sat.", "--corrupt", "The dog sat.", "--target", "heads",
+        capsys, "patch", "default", "--clean", "The cat sat.", "--corrupt", "The dog sat.", "--target", "mlp",
         "--reference", "A kitten rested.", "--no-progress",
     )  # fmt: skip
-    assert code == 0 and "H11" in out and "to the reference" in out
+    assert code == 0 and "mlp_out by layer and position" in out and "L5" in out and "to the reference" in out
 
 
 def test_patch_on_an_mlm(capsys, mlm_folder):
@@ -192,6 +192,12 @@ def test_patch_on_an_mlm(capsys, mlm_folder):
         "--corrupt", "rome is the capital of [MASK] .", "--answer", "france", "--wrong", "italy", "--target", "mlp", "--no-progress",
     )  # fmt: skip
     assert code == 0 and "logit(france) - logit(italy) at position 6" in out and "L2" in out
+    code, out, _ = run(
+        capsys, "patch", str(mlm_folder), "--clean", "paris is the capital of [MASK] .",
+        "--corrupt", "rome is the capital of [MASK] .", "--answer", "france", "--wrong", "italy", "--target", "heads",
+        "--no-progress", "--no-normalize",
+    )  # fmt: skip
+    assert code == 0 and "attn heads (z)" in out and "H2" in out
     code, _, err = run(capsys, "patch", str(mlm_folder), "--clean", "paris is big .", "--corrupt", "rome is big .")
     assert code == 2 and "needs a [MASK]" in err
 

@@ -202,7 +202,11 @@ def _decompose(
     apply_final_norm: bool,
 ) -> Decomposition:
     p = prefix_of(stream)
-    _, cache = run_with_cache(model, prepared)
+    embeds = set(spec.embed_hooks)
+    # only what the walk reads: block outputs, norm scales, z for heads, the residual itself
+    suffixes = ("hook_attn_out", "hook_cross_attn_out", "hook_mlp_out", "hook_scale", "hook_resid_pre", "hook_resid_post")
+    suffixes += ("attn.hook_z",) if heads else ()
+    _, cache = run_with_cache(model, prepared, names_filter=lambda n: n in embeds or n.endswith(suffixes))
     ref = cache[f"{p}blocks.0.hook_resid_pre"]
     walk = _Walk()
     frozen: list[str] = []

@@ -201,11 +201,10 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         """Decode ids to text (one string for 1-D ids, a list for a batch)."""
         if self.tokenizer is None:
             raise ValueError("to_string needs a tokenizer; this model was loaded without one")
-        t = as_token_tensor(tokens) if not isinstance(tokens, Tensor) or tokens.ndim != 1 else tokens[None]
+        t = as_token_tensor(tokens)
         out = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in t]
-        return (
-            out[0] if (isinstance(tokens, Tensor) and tokens.ndim == 1) or not isinstance(tokens[0], Sequence) else out
-        )
+        one_dim = tokens.ndim == 1 if isinstance(tokens, Tensor) else not isinstance(tokens[0], Sequence)
+        return out[0] if one_dim else out
 
     # ------------------------------------------------------------------ forward
     def embed_input(self, batch: TextBatch) -> Float[Tensor, "batch pos d_model"]:

@@ -11,6 +11,7 @@ are shared by the converters of BERT-named descendants (RoBERTa, XLM-R, ELECTRA)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -104,24 +105,63 @@ def convert_bert_embeddings(r: WeightReader, out: dict[str, Tensor], token_types
     out["embed_ln.b"] = r.take("embeddings.LayerNorm.bias")
 
 
-def convert_bert_layers(r: WeightReader, n_layers: int, n_heads: int, out: dict[str, Tensor]) -> None:
-    """Convert ``encoder.layer.{i}`` weights (shared by BERT-like post-LN encoders)."""
+@dataclass(frozen=True)
+class PostLNLayerNames:
+    """HF module names (relative to one layer) of a BERT-shaped post-LN layer.
+
+    BERT, RoBERTa, XLM-R and ELECTRA use the defaults; DistilBERT and ALBERT name the same parts differently.
+    """
+
+    q: str = "attention.self.query"
+    k: str = "attention.self.key"
+    v: str = "attention.self.value"
+    o: str = "attention.output.dense"
+    ln1: str = "attention.output.LayerNorm"
+    mlp_in: str = "intermediate.dense"
+    mlp_out: str = "output.dense"
+    ln2: str = "output.LayerNorm"
+
+
+BERT_LAYER_NAMES = PostLNLayerNames()
+
+
+def convert_post_ln_layer(
+    r: WeightReader,
+    hf_prefix: str,
+    block: int,
+    n_heads: int,
+    out: dict[str, Tensor],
+    names: PostLNLayerNames = BERT_LAYER_NAMES,
+) -> None:
+    """Convert one HF post-LN layer at ``hf_prefix`` into ``blocks.{block}``."""
+    p = hf_prefix
+    o = f"blocks.{block}."
+    for ours, theirs in (("Q", names.q), ("K", names.k), ("V", names.v)):
+        out[o + f"attn.W_{ours}"] = head_in_weight(r.take(p + theirs + ".weight"), n_heads)
+        out[o + f"attn.b_{ours}"] = head_bias(r.take(p + theirs + ".bias"), n_heads)
+    out[o + "attn.W_O"] = head_out_weight(r.take(p + names.o + ".weight"), n_heads)
+    out[o + "attn.b_O"] = r.take(p + names.o + ".bias")
+    out[o + "ln1.w"] = r.take(p + names.ln1 + ".weight")
+    out[o + "ln1.b"] = r.take(p + names.ln1 + ".bias")
+    out[o + "mlp.W_in"] = linear_weight(r.take(p + names.mlp_in + ".weight"))
+    out[o + "mlp.b_in"] = r.take(p + names.mlp_in + ".bias")
+    out[o + "mlp.W_out"] = linear_weight(r.take(p + names.mlp_out + ".weight"))
+    out[o + "mlp.b_out"] = r.take(p + names.mlp_out + ".bias")
+    out[o + "ln2.w"] = r.take(p + names.ln2 + ".weight")
+    out[o + "ln2.b"] = r.take(p + names.ln2 + ".bias")
+
+
+def convert_bert_layers(
+    r: WeightReader,
+    n_layers: int,
+    n_heads: int,
+    out: dict[str, Tensor],
+    prefix: str = "encoder.layer.",
+    names: PostLNLayerNames = BERT_LAYER_NAMES,
+) -> None:
+    """Convert ``{prefix}{i}`` layers (BERT-like post-LN encoders) into ``blocks.{i}``."""
     for i in range(n_layers):
-        p = f"encoder.layer.{i}."
-        o = f"blocks.{i}."
-        for ours, theirs in (("Q", "query"), ("K", "key"), ("V", "value")):
-            out[o + f"attn.W_{ours}"] = head_in_weight(r.take(p + f"attention.self.{theirs}.weight"), n_heads)
-            out[o + f"attn.b_{ours}"] = head_bias(r.take(p + f"attention.self.{theirs}.bias"), n_heads)
-        out[o + "attn.W_O"] = head_out_weight(r.take(p + "attention.output.dense.weight"), n_heads)
-        out[o + "attn.b_O"] = r.take(p + "attention.output.dense.bias")
-        out[o + "ln1.w"] = r.take(p + "attention.output.LayerNorm.weight")
-        out[o + "ln1.b"] = r.take(p + "attention.output.LayerNorm.bias")
-        out[o + "mlp.W_in"] = linear_weight(r.take(p + "intermediate.dense.weight"))
-        out[o + "mlp.b_in"] = r.take(p + "intermediate.dense.bias")
-        out[o + "mlp.W_out"] = linear_weight(r.take(p + "output.dense.weight"))
-        out[o + "mlp.b_out"] = r.take(p + "output.dense.bias")
-        out[o + "ln2.w"] = r.take(p + "output.LayerNorm.weight")
-        out[o + "ln2.b"] = r.take(p + "output.LayerNorm.bias")
+        convert_post_ln_layer(r, f"{prefix}{i}.", i, n_heads, out, names)
 
 
 @register(*_ARCHS, model_types=["bert"])

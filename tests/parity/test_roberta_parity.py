@@ -129,3 +129,46 @@ def test_rejects_leftover_head_weights(tmp_path):
     hf.config.architectures = ["RobertaModel"]  # the classifier weights must still be noticed
     with pytest.raises(ValueError, match="classifier"):
         HookedEncoder.from_pretrained(hf_model=hf)
+
+
+def tiny_bpe_tokenizer():
+    """A byte-level BPE tokenizer trained on a few sentences (no network), wrapped as RoBERTa's."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    corpus = ["the cat sat on the mat", "a dog ran far away from the house", "cats and dogs"] * 5
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe.train_from_iterator(corpus, vocab_size=320, min_frequency=1, special_tokens=specials)
+    return RobertaTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
+
+
+def test_text_input_and_mask_predictions_with_bpe_tokenizer(tmp_path):
+    tok = tiny_bpe_tokenizer()
+    assert tok.pad_token_id == PAD
+    hf = RobertaForMaskedLM(tiny(vocab_size=len(tok))).eval()
+    hf.config.architectures = ["RobertaForMaskedLM"]
+    hf.save_pretrained(tmp_path / "ckpt")
+    tok.save_pretrained(tmp_path / "ckpt")
+    model = HookedEncoder.from_pretrained(tmp_path / "ckpt")
+    texts = ["the cat sat on the<mask>", "a dog"]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        theirs = hf(**enc).logits
+        ours = model(texts)
+        preds = model(texts, return_type="predictions", top_k=3)
+    assert masked_max_diff(ours, theirs, enc["attention_mask"]) < ATOL
+    first = preds[0][0]
+    assert first.token_ids == theirs[0, first.position].topk(3).indices.tolist()
+    # byte-level BPE marks word starts with 'Ġ': words are plain text, continuation = no marker
+    assert all("Ġ" not in w for w in first.words)
+    assert first.is_continuation == [not t.startswith("Ġ") for t in first.tokens]

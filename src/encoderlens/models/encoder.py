@@ -46,9 +46,11 @@ class MaskPrediction:
     Attributes:
         position: Token position of the mask.
         token_ids: Predicted ids, most likely first.
-        tokens: Predicted tokens as the tokenizer spells them (``"##ing"`` marks a word-piece continuation).
-        words: Tokens as text, with word-piece markers removed.
-        is_continuation: Whether each token continues the previous word (``##`` word pieces).
+        tokens: Predicted tokens as the tokenizer spells them (``"##ing"`` marks a WordPiece continuation;
+            ``"Ġcat"`` / ``"▁cat"`` mark a word start in byte-level BPE / SentencePiece vocabularies).
+        words: Tokens as text, with those markers removed.
+        is_continuation: Whether each token continues the previous word (``##`` pieces, or pieces without
+            the word-start marker).
         probs: Probabilities.
         sequence: The input text with this mask filled by the top prediction (word pieces merged).
     """
@@ -243,7 +245,8 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
     def class_labels(self) -> tuple[str, ...]:
         """Label names of the classification head, in logit order (HF ``config.id2label``)."""
         if self.classifier is None:
-            raise AttributeError("this checkpoint has no classification head, hence no class labels")
+            # ValueError, not AttributeError: nn.Module.__getattr__ would replace the message
+            raise ValueError("this checkpoint has no classification head, hence no class labels")
         return self.classifier.cfg.labels
 
     def _text_max_length(self) -> int | None:

@@ -58,6 +58,7 @@ def position_ids(tokens: Int[Tensor, "batch pos"], cfg: EmbeddingConfig) -> Int[
     """
     if not cfg.positions_skip_padding:
         return torch.arange(tokens.shape[1], device=tokens.device)[None].expand_as(tokens)
+    assert cfg.pad_token_id is not None  # EmbeddingConfig checks this
     not_pad = tokens.ne(cfg.pad_token_id).long()
     return torch.cumsum(not_pad, dim=1) * not_pad - 1
 

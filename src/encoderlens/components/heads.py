@@ -97,7 +97,7 @@ class ClassifierHead(nn.Module):
     def forward(self, x: Float[Tensor, "*batch_pos d_model"]) -> Float[Tensor, "*batch_pos n_labels"]:
         """Classify ``x``: ``(batch, d_model)`` for a sequence head, ``(batch, pos, d_model)`` for a token head."""
         if self.W_hidden is not None:
-            assert self.act is not None and self.hook_hidden is not None
+            assert self.act is not None and self.hook_hidden is not None and self.b_hidden is not None
             x = self.hook_hidden(self.act(x @ self.W_hidden + self.b_hidden))
         return self.hook_logits(x @ self.W + self.b)
 

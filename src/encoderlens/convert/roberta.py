@@ -36,8 +36,10 @@ _ARCHS = ("RobertaModel", "RobertaForMaskedLM", "XLMRobertaModel", "XLMRobertaFo
 def convert(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderConfig, dict[str, Tensor]]:
     """Convert a RoBERTa / XLM-R checkpoint; MLM and pooler follow the weights, classifiers the architecture."""
     name = hf_config.model_type
-    pad = getattr(hf_config, "pad_token_id", None)
-    require(pad is not None, name, "pad_token_id", pad, "an integer (positions are counted from it)")
+    pad_id: int | None = getattr(hf_config, "pad_token_id", None)
+    if pad_id is None:
+        raise ValueError(f"{name} converter needs pad_token_id in the config (positions are counted from it)")
+    pad = pad_id
     require(
         hf_config.max_position_embeddings > pad + 1,
         name,

@@ -479,7 +479,8 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         if head.problem_type == "regression":
             raise ValueError("this head is a regression head (no labels); use return_type='classification'")
         batch = self.tokenize(input, one_zero_attention_mask, token_type_ids)
-        logits = self._classify(self.encode(batch))
+        with torch.no_grad():  # names only: no graph needed (hooks still fire)
+            logits = self._classify(self.encode(batch))
         labels = head.labels
 
         def name(row: Tensor) -> Any:

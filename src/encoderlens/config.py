@@ -160,6 +160,14 @@ class EmbeddingConfig:
         norm: Norm applied to the summed embedding (BERT), or None.
         scale: Multiplier on token embeddings (BART with ``scale_embedding``).
         pad_token_id: Padding token id, if the tokenizer has one.
+        positions_skip_padding: Positions count only non-padding tokens (``tokens != pad_token_id``), as
+            fairseq and HF's ``create_position_ids_from_input_ids`` do for RoBERTa / XLM-R: the ``k``-th
+            non-padding token has position ``k - 1``; padding tokens read row ``position_offset - 1`` (the
+            padding row). Needs ``pad_token_id``.
+        d_embed: Width of the token / position / type embeddings when it differs from the residual stream
+            (ALBERT, ELECTRA: factorised embeddings). None: ``d_model``.
+        project: Whether a linear map ``d_embed -> d_model`` follows the embedding norm (ELECTRA when the
+            sizes differ, ALBERT always).
     """
 
     d_vocab: int
@@ -169,11 +177,26 @@ class EmbeddingConfig:
     norm: NormConfig | None = None
     scale: float = 1.0
     pad_token_id: int | None = None
+    positions_skip_padding: bool = False
+    d_embed: int | None = None
+    project: bool = False
+
+    def __post_init__(self) -> None:
+        if self.positions_skip_padding and self.pad_token_id is None:
+            raise ValueError("positions_skip_padding needs pad_token_id (the id whose positions are skipped)")
+        if self.positions_skip_padding and self.position_offset < 1:
+            raise ValueError(
+                f"positions_skip_padding needs position_offset >= 1 (row offset-1 is the padding row), "
+                f"got {self.position_offset}"
+            )
 
 
 @dataclass(frozen=True)
 class MLMHeadConfig:
     """BERT-style masked-language-model head: dense -> act -> norm -> unembed.
+
+    The transform maps ``d_model`` to the token-embedding width (``d_embed`` in factorised models such as
+    ALBERT and the ELECTRA generator), where the unembedding reads it.
 
     Attributes:
         act_fn: Activation of the transform.
@@ -184,6 +207,82 @@ class MLMHeadConfig:
     act_fn: str
     norm: NormConfig
     tied: bool = True
+
+
+ClassifierTask = Literal["sequence", "token"]
+ClassifierInput = Literal["first_token", "pooler"]
+ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
+
+
+@dataclass(frozen=True)
+class ClassifierHeadConfig:
+    """A classification head: ``[dense -> act ->] linear``.
+
+    Attributes:
+        task: ``"sequence"`` (one prediction per text) or ``"token"`` (one per position).
+        labels: Label names in logit order (HF ``config.id2label``).
+        input: For sequence heads: ``"first_token"`` (the final residual at position 0, RoBERTa /
+            ELECTRA / DistilBERT) or ``"pooler"`` (the model's tanh pooler, BERT / ALBERT).
+            Token heads read every position.
+        hidden_act: Activation of a hidden ``d_model x d_model`` dense layer before the output layer
+            (RoBERTa ``tanh``, ELECTRA ``gelu``, DistilBERT ``relu``), or None for one linear layer.
+        problem_type: How logits become predictions: softmax over labels (single label), a sigmoid per
+            label (multi label) or raw scores (regression).
+    """
+
+    task: ClassifierTask
+    labels: tuple[str, ...]
+    input: ClassifierInput = "first_token"
+    hidden_act: str | None = None
+    problem_type: ProblemType = "single_label_classification"
+
+    def __post_init__(self) -> None:
+        if self.task not in ("sequence", "token"):
+            raise ValueError(f"classifier task must be 'sequence' or 'token', got {self.task!r}")
+        if self.input not in ("first_token", "pooler"):
+            raise ValueError(f"classifier input must be 'first_token' or 'pooler', got {self.input!r}")
+        if self.task == "token" and self.input != "first_token":
+            raise ValueError("a token classifier reads every position; input='pooler' applies to sequence heads")
+        if not self.labels:
+            raise ValueError("a classifier needs at least one label")
+        if self.hidden_act is not None and self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.hidden_act!r}; expected one of {ACTIVATIONS}")
+        if self.problem_type not in ("single_label_classification", "multi_label_classification", "regression"):
+            raise ValueError(f"unknown problem_type {self.problem_type!r}")
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.labels)
+
+
+#: Sentence-transformers pooling modes, in the order they are concatenated when several are set.
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+
+
+@dataclass(frozen=True)
+class SentencePoolingConfig:
+    """Sentence embedding as a sentence-transformers checkpoint declares it (``modules.json``, ``1_Pooling``).
+
+    Attributes:
+        modes: Pooling modes (see :data:`POOLING_MODES`); several are concatenated in this order.
+        normalize: Whether a ``Normalize`` module (L2 normalisation) follows the pooling.
+        max_seq_length: Texts are truncated to this many tokens (``sentence_bert_config.json``), or None.
+        do_lower_case: Whether texts are lower-cased before tokenisation.
+    """
+
+    modes: tuple[str, ...] = ("mean",)
+    normalize: bool = False
+    max_seq_length: int | None = None
+    do_lower_case: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.modes:
+            raise ValueError("sentence pooling needs at least one mode")
+        bad = [m for m in self.modes if m not in POOLING_MODES]
+        if bad:
+            raise ValueError(f"unknown sentence pooling mode(s) {bad}; expected some of {POOLING_MODES}")
+        if self.max_seq_length is not None and self.max_seq_length < 1:
+            raise ValueError(f"max_seq_length must be positive, got {self.max_seq_length}")
 
 
 @dataclass(frozen=True)
@@ -198,6 +297,10 @@ class EncoderConfig:
         mlm_head: Masked-LM head, if the checkpoint has one.
         pooler: Whether a tanh pooler over the first token exists.
         nsp_head: Whether a next-sentence-prediction classifier exists (needs the pooler).
+        classifier: Sequence or token classification head, if the checkpoint has one.
+        sentence_pooling: Sentence-embedding pooling declared by a sentence-transformers folder, or None.
+        param_source: Shared layers (ALBERT): block ``i`` uses the parameters of block ``param_source[i]``
+            (every block still has its own hook points). None: every block has its own parameters.
     """
 
     architecture: str
@@ -207,8 +310,32 @@ class EncoderConfig:
     mlm_head: MLMHeadConfig | None = None
     pooler: bool = False
     nsp_head: bool = False
+    classifier: ClassifierHeadConfig | None = None
+    sentence_pooling: SentencePoolingConfig | None = None
+    param_source: tuple[int, ...] | None = None
 
     family = "encoder"
+
+    def __post_init__(self) -> None:
+        d_embed = self.embed.d_embed
+        if d_embed is not None and d_embed != self.stack.d_model and not self.embed.project:
+            raise ValueError(f"embeddings of width {d_embed} need project=True to reach d_model={self.stack.d_model}")
+        if self.classifier is not None and self.classifier.input == "pooler" and not self.pooler:
+            raise ValueError("classifier input='pooler' needs pooler=True")
+        if self.param_source is not None:
+            src = self.param_source
+            if len(src) != self.stack.n_layers:
+                raise ValueError(f"param_source needs one entry per block ({self.stack.n_layers}), got {len(src)}")
+            for i, j in enumerate(src):
+                if not 0 <= j <= i or src[j] != j:
+                    raise ValueError(
+                        f"param_source[{i}]={j} must name an earlier (or the same) block that owns its parameters"
+                    )
+
+    @property
+    def d_embed(self) -> int:
+        """Width of the embeddings (``d_model`` unless factorised)."""
+        return self.stack.d_model if self.embed.d_embed is None else self.embed.d_embed
 
     @property
     def d_model(self) -> int:

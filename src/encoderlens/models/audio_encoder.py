@@ -263,7 +263,11 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
             ``(resid, frame_mask, features, features_normed)``; ``resid`` is the final state (after the final
             norm) or, with ``stop_at_layer``, the input of that block.
         """
-        wave = self.hook_waveform(batch.input_values)
+        wave = batch.input_values
+        if self.hook_waveform.bwd_hooks and not wave.requires_grad and torch.is_grad_enabled():
+            # a backward hook on the samples (saliency) needs them in the graph even when no parameter is upstream
+            wave = wave.detach().requires_grad_(True)
+        wave = self.hook_waveform(wave)
         features = self.hook_features(self.frontend.conv_features(wave))
         n_frames = features.shape[1]
         frame_mask = frame_mask_from_lengths(

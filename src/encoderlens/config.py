@@ -343,9 +343,7 @@ class QuantizerConfig:
 
     def __post_init__(self) -> None:
         if self.codevector_dim % self.num_groups != 0:
-            raise ValueError(
-                f"codevector_dim {self.codevector_dim} must be a multiple of num_groups {self.num_groups}"
-            )
+            raise ValueError(f"codevector_dim {self.codevector_dim} must be a multiple of num_groups {self.num_groups}")
 
 
 @dataclass(frozen=True)
@@ -381,9 +379,7 @@ class AudioEncoderConfig:
 
     def __post_init__(self) -> None:
         if self.frontend.d_model != self.stack.d_model:
-            raise ValueError(
-                f"frontend.d_model {self.frontend.d_model} must equal stack.d_model {self.stack.d_model}"
-            )
+            raise ValueError(f"frontend.d_model {self.frontend.d_model} must equal stack.d_model {self.stack.d_model}")
         pre = self.stack.norm_position == "pre"
         if pre and self.embed_norm is not None:
             raise ValueError("a pre-LN audio encoder has no embedding norm (its norm is the final one)")

@@ -77,9 +77,9 @@ def save_checkpoint(hf, tmp_path, return_attention_mask: bool, do_normalize: boo
     if tokenizer:
         vocab = tmp_path / "vocab.json"
         vocab.write_text(json.dumps({t: i for i, t in enumerate(VOCAB)}))
-        Wav2Vec2CTCTokenizer(str(vocab), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|").save_pretrained(
-            path
-        )
+        Wav2Vec2CTCTokenizer(
+            str(vocab), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|"
+        ).save_pretrained(path)
     return path, fe
 
 
@@ -331,6 +331,12 @@ def test_transcribe_matches_hf_greedy_decoding(tmp_path, hf_cls, cfg_cls):
     assert len(single.tokens) == len(single.start_times) == len(single.end_times)
     assert all(s < e for s, e in zip(single.start_times, single.end_times))
     assert single.end_times[-1] <= LENGTHS[1] / 16000 + 1e-9
+    # a file path gives the same as the array (float wav at the model's rate: no resampling, no quantisation)
+    import soundfile as sf
+
+    sf.write(tmp_path / "item.wav", waves[1], 16000, subtype="FLOAT")
+    assert model.transcribe(tmp_path / "item.wav") == single.text
+    assert model.transcribe([str(tmp_path / "item.wav"), waves[0]]) == model.transcribe([waves[1], waves[0]])
 
 
 def test_pre_ln_decomposition_is_exact_and_ctc_logit_attrs(tmp_path):

@@ -114,6 +114,7 @@ class ConvLayer(nn.Module):
         self.stride = cfg.conv_stride[j]
         self.W = nn.Parameter(torch.empty(c_out, c_in, cfg.conv_kernel[j]))
         self.b = nn.Parameter(torch.zeros(c_out)) if cfg.conv_bias else None
+        self.hook_conv = HookPoint()  # defined before the norm so hook names list in execution order
         self.norm: ChannelNorm | LayerNorm | None
         if cfg.conv_norm == "layer":
             self.norm = LayerNorm(c_out, NormConfig("layernorm", eps=cfg.conv_norm_eps))
@@ -122,7 +123,6 @@ class ConvLayer(nn.Module):
         else:
             self.norm = None
         self.act = get_activation(cfg.conv_act_fn)
-        self.hook_conv = HookPoint()
         self.hook_out = HookPoint()
 
     def forward(self, x: Float[Tensor, "batch in_channels time"]) -> Float[Tensor, "batch out_channels frames"]:

@@ -456,9 +456,8 @@ def _apply_sample_mask(waves: list[Tensor], attention_mask: Any) -> list[Tensor]
             f"attention_mask must have shape (batch, samples) = ({len(waves)}, {waves[0].shape[0]}), got "
             f"{tuple(m.shape)}; build it with the same padding as the waveforms (1 = real sample, 0 = padding)"
         )
-    if m.dtype.is_floating_point or m.dtype != torch.bool:
-        if not bool(((m == 0) | (m == 1)).all()):
-            raise ValueError("attention_mask must hold only 0 and 1 (1 = real sample)")
+    if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 and 1 (1 = real sample)")
     m = m.bool()
     out = []
     for n, (w, row) in enumerate(zip(waves, m)):

@@ -3,4 +3,11 @@
 from encoderlens.models.audio_encoder import AudioEncoderOutput, HookedAudioEncoder, Transcription
 from encoderlens.models.encoder import EncoderOutput, HookedEncoder, MaskPrediction
 
-__all__ = ["AudioEncoderOutput", "EncoderOutput", "HookedAudioEncoder", "HookedEncoder", "MaskPrediction", "Transcription"]
+__all__ = [
+    "AudioEncoderOutput",
+    "EncoderOutput",
+    "HookedAudioEncoder",
+    "HookedEncoder",
+    "MaskPrediction",
+    "Transcription",
+]

@@ -422,7 +422,7 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
         assert out.logits is not None
         ids = out.logits.argmax(-1)
         blank = self.cfg.ctc_head.blank_id if self.cfg.ctc_head is not None else 0
-        results = []
+        results: list[Any] = []
         for row, valid in zip(ids, out.frame_mask):
             results.append(self._decode_row(row[valid].tolist(), blank))
         if not return_timestamps:

@@ -352,6 +352,9 @@ def test_pre_ln_decomposition_is_exact_and_ctc_logit_attrs(tmp_path):
         target = cache["resid_pre", layer] if layer < n else cache["resid_post", n - 1]
         assert labels[:2] == ["projected", "pos_conv"]
         assert (comps.sum(0) - target).abs().max() < 1e-4, layer
+    with torch.no_grad():
+        partial = model(waveforms(13), return_type="hidden", stop_at_layer=2)
+    assert (partial - cache["resid_pre", 2]).abs().max() < 1e-5
     full = cache.get_full_resid_decomposition(layer=3, expand_neurons=True)
     assert (full.sum(0) - cache["resid_pre", 3]).abs().max() < 1e-4
     # logits from the decomposition: normalise each component by the final norm, fold its weight, project
@@ -449,3 +452,24 @@ def test_converter_rejects_leftover_weights():
     hf.config.architectures = ["Wav2Vec2Model"]  # pretend; the classifier weights must still be noticed
     with pytest.raises(ValueError, match="classifier"):
         HookedAudioEncoder.from_pretrained(hf_model=hf)
+
+
+def test_legacy_weight_norm_names_convert_the_same():
+    """Hub checkpoints saved before torch's parametrizations API store the positional conv as weight_g / weight_v."""
+    from encoderlens.convert import find_converter
+
+    hf = HubertForCTC(HubertConfig(**tiny_kwargs())).eval()
+    randomize_all(hf)
+    sd = dict(hf.state_dict())
+    legacy = {
+        k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): v
+        for k, v in sd.items()
+    }
+    assert any(k.endswith("weight_g") for k in legacy)
+    convert = find_converter(hf.config)
+    cfg_new, new = convert(hf.config, sd)
+    cfg_old, old = convert(hf.config, legacy)
+    assert cfg_new == cfg_old and new.keys() == old.keys()
+    assert all(torch.equal(new[k], old[k]) for k in new)

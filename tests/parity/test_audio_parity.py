@@ -253,6 +253,12 @@ def test_group_norm_model_with_forced_mask(tmp_path, stable):
     assert (out.batch.input_values - inputs["input_values"]).abs().max() < 1e-5
     check_every_layer(model, hf_out, cache, out.frame_mask, cfg.num_hidden_layers)
     assert masked_max_diff(out.hidden, hf_out.last_hidden_state, out.frame_mask) < ATOL
+    # HF-made (input_values, attention_mask) passed straight in: the given mask is used
+    with torch.no_grad():
+        direct = model(
+            inputs["input_values"], attention_mask=inputs["attention_mask"], normalize=False, return_type="hidden"
+        )
+    assert masked_max_diff(direct, hf_out.last_hidden_state, out.frame_mask) < ATOL
     # and without the mask the padded items really do differ (the setting matters, so the test can fail)
     no_mask = model(waves, return_type="hidden", use_attention_mask=False)
     assert masked_max_diff(no_mask, hf_out.last_hidden_state, out.frame_mask) > 1e-3

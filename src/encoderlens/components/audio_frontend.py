@@ -125,7 +125,7 @@ class ConvLayer(nn.Module):
         self.act = get_activation(cfg.conv_act_fn)
         self.hook_out = HookPoint()
 
-    def forward(self, x: Float[Tensor, "batch in_channels time"]) -> Float[Tensor, "batch out_channels frames"]:
+    def forward(self, x: Float[Tensor, "batch in_channels in_frames"]) -> Float[Tensor, "batch out_channels frames"]:
         x = F.conv1d(x, self.W, self.b, stride=self.stride)
         x = self.hook_conv(x.transpose(1, 2))
         if isinstance(self.norm, LayerNorm):

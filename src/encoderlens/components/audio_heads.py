@@ -75,7 +75,7 @@ class QuantizerHead(nn.Module):
 
     def forward(
         self,
-        features_normed: Float[Tensor, "batch frames d_features"],
+        features_normed: Float[Tensor, "batch frames channels"],
         final_hidden: Float[Tensor, "batch frames d_model"],
     ) -> QuantizerOutput:
         g, v = self.cfg.num_groups, self.cfg.num_vars

@@ -410,6 +410,7 @@ def prepare_audio(
         resample: Resample arrays whose ``sampling_rate`` differs from the model's.
         channel_axis: Treat a 2-D array as one multi-channel recording and average this axis.
         attention_mask: With a ``(batch, samples)`` tensor: its padding mask (1 = real sample), as HF takes.
+            Given one, the model uses it (unless ``use_attention_mask=False``).
         normalize: Override ``preprocessing.do_normalize`` (e.g. False for already normalised input).
         use_attention_mask: Override ``preprocessing.return_attention_mask``.
 
@@ -418,7 +419,11 @@ def prepare_audio(
     """
     if not isinstance(resample, bool):
         raise TypeError(f"resample must be True or False, got {resample!r}")
-    use_mask = preprocessing.return_attention_mask if use_attention_mask is None else bool(use_attention_mask)
+    if use_attention_mask is None:
+        # a mask the caller passed is meant to be used, as HF's model uses any attention_mask it is given
+        use_mask = preprocessing.return_attention_mask or attention_mask is not None
+    else:
+        use_mask = bool(use_attention_mask)
     do_norm = preprocessing.do_normalize if normalize is None else bool(normalize)
     waves, batched = to_waveforms(input, preprocessing.sampling_rate, sampling_rate, resample, channel_axis)
     if attention_mask is not None:

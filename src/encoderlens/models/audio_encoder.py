@@ -337,7 +337,8 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
             sampling_rate: Rate of array inputs in Hz (default: the model's).
             resample: Resample arrays at another ``sampling_rate`` instead of raising.
             channel_axis: Treat a 2-D array as one multi-channel recording; average this axis.
-            attention_mask: With a ``(batch, samples)`` tensor: its sample padding mask (1 = real).
+            attention_mask: With a ``(batch, samples)`` tensor: its sample padding mask (1 = real); the model
+                then uses it, as an HF model uses any ``attention_mask`` it is given.
             normalize: Override the feature extractor's ``do_normalize`` (False for already normalised input).
             use_attention_mask: Override the feature extractor's ``return_attention_mask``: whether padding is
                 masked in the model (and excluded from the normalisation statistics). Default: as HF does for

@@ -1,6 +1,14 @@
 """Hooked building blocks shared by every model family."""
 
 from encoderlens.components.attention import Attention, KVCache, build_additive_mask
+from encoderlens.components.audio_frontend import (
+    AudioFrontend,
+    ChannelNorm,
+    ConvLayer,
+    ConvPositionalEmbedding,
+    FeatureProjection,
+)
+from encoderlens.components.audio_heads import CTCHead, QuantizerHead
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.embed import Embed, EmbedProjection, PosEmbed, TokenTypeEmbed, position_ids
 from encoderlens.components.heads import ClassifierHead, MLMHead, NSPHead, Pooler, SentencePooler
@@ -11,6 +19,13 @@ __all__ = [
     "MLP",
     "Attention",
     "ClassifierHead",
+    "AudioFrontend",
+    "CTCHead",
+    "ChannelNorm",
+    "ConvLayer",
+    "ConvPositionalEmbedding",
+    "FeatureProjection",
+    "QuantizerHead",
     "Embed",
     "EmbedProjection",
     "KVCache",

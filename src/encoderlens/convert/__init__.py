@@ -1,6 +1,10 @@
 """HF -> encoderlens converters. Each module registers itself; importing this package loads them all."""
 
-from encoderlens.convert import bert  # noqa: F401
+from encoderlens.convert import (
+    bert,  # noqa: F401
+    deberta_v2,  # noqa: F401
+    modernbert,  # noqa: F401
+)
 from encoderlens.convert.registry import find_converter, register, supported_architectures
 
 __all__ = ["find_converter", "register", "supported_architectures"]

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from encoderlens.cache import StreamSpec
 from encoderlens.components.attention import build_additive_mask
+from encoderlens.components.attention_deberta import RelativeEmbedding
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.embed import Embed, PosEmbed, TokenTypeEmbed
 from encoderlens.components.heads import MLMHead, NSPHead, Pooler
@@ -79,6 +80,9 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
     - ``blocks.{i}.attn.hook_q | hook_k | hook_v | hook_attn_scores | hook_pattern | hook_z | hook_result``
     - ``blocks.{i}.mlp.hook_pre | hook_post``; ``blocks.{i}.ln1 | ln2 .hook_scale | hook_normalized``
     - ``mlm_head.hook_transformed``, ``pooler.hook_pooled`` when those heads exist.
+    - Rotary models (ModernBERT): ``blocks.{i}.attn.hook_rot_q | hook_rot_k``.
+    - Disentangled attention (DeBERTa): ``rel_embed.hook_rel_embed``, ``blocks.{i}.attn.hook_pos_q |
+      hook_pos_k | hook_c2c_scores | hook_c2p_scores | hook_p2c_scores``.
 
     Example:
         >>> model = HookedEncoder.from_pretrained("default")
@@ -101,7 +105,10 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         self.hook_token_type_embed = HookPoint() if self.token_type_embed is not None else None
         self.embed_ln = make_norm(d, cfg.embed.norm) if cfg.embed.norm is not None else None
         self.hook_full_embed = HookPoint()
-        self.blocks = nn.ModuleList([TransformerBlock(cfg.stack) for _ in range(cfg.n_layers)])
+        self.blocks = nn.ModuleList([TransformerBlock(cfg.stack, layer=i) for i in range(cfg.n_layers)])
+        disentangled = cfg.stack.attn.disentangled
+        # DeBERTa: one relative embedding table, projected by every block
+        self.rel_embed = RelativeEmbedding(d, disentangled) if disentangled is not None else None
         self.ln_final = make_norm(d, cfg.stack.norm) if cfg.stack.final_norm else None
         self.mlm_head = MLMHead(d, cfg.d_vocab, cfg.mlm_head, self.embed) if cfg.mlm_head is not None else None
         self.pooler = Pooler(d) if cfg.pooler else None
@@ -222,6 +229,8 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             x = x + self.hook_token_type_embed(self.token_type_embed(tt))
         if self.embed_ln is not None:
             x = self.embed_ln(x)
+        if self.cfg.embed.zero_padding:
+            x = x * batch.attention_mask[..., None].to(x.dtype)
         return self.hook_full_embed(x)
 
     def encode(self, batch: TextBatch, stop_at_layer: int | None = None) -> Float[Tensor, "batch pos d_model"]:
@@ -230,8 +239,9 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         mask = build_additive_mask(
             batch.attention_mask.bool(), x.shape[1], x.shape[1], self.cfg.stack.attn.causal, x.dtype, x.device
         )
+        rel = self.rel_embed(x.shape[1], x.shape[1]) if self.rel_embed is not None else None
         for block in self.blocks[:stop_at_layer]:
-            x = block(x, additive_mask=mask)
+            x = block(x, additive_mask=mask, rel_embeddings=rel)
         if stop_at_layer is None and self.ln_final is not None:
             x = self.ln_final(x)
         return x
@@ -342,13 +352,17 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             )
             if hp is not None
         )
+        pre_ln = self.cfg.stack.norm_position == "pre"
+        if pre_ln and self.embed_ln is not None:
+            # pre-LN with an embedding norm (ModernBERT): the normalised embedding is the stream's first summand
+            embed_hooks = ("hook_full_embed",)
         return StreamSpec(
             prefix="",
             n_layers=self.cfg.n_layers,
             n_heads=self.cfg.n_heads,
             norm_position=self.cfg.stack.norm_position,
             embed_hooks=embed_hooks,
-            embed_normalized=self.embed_ln is not None,
+            embed_normalized=self.embed_ln is not None and not pre_ln,
             final_norm="ln_final" if self.ln_final is not None else None,
             has_cross_attention=False,
             blocks=self.blocks,

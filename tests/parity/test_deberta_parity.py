@@ -115,7 +115,10 @@ def test_deberta_parity_every_layer(tmp_path, hf_cls, kw):
         assert masked_max_diff(cache["resid_pre", i], hidden[i], mask) < ATOL, i
         assert masked_max_diff(cache["resid_post", i], hidden[i + 1], mask) < ATOL, i
         assert pattern_max_diff(cache["pattern", i], out.attentions[i], mask) < ATOL, i
-    assert masked_max_diff(all_out.embeddings, out.last_hidden_state if hf_cls is DebertaV2Model else hidden[n], mask) < ATOL
+    assert (
+        masked_max_diff(all_out.embeddings, out.last_hidden_state if hf_cls is DebertaV2Model else hidden[n], mask)
+        < ATOL
+    )
     # the SDPA path (no pattern hooks) gives the same answer
     assert masked_max_diff(fast.embeddings, all_out.embeddings, mask) < 1e-5
     if hf_cls is DebertaV2ForMaskedLM:
@@ -134,6 +137,33 @@ def test_buckets_match_hf_and_compress():
     assert torch.equal(ours, make_log_bucket_position(rel, 8, 16).long())
     assert torch.equal(ours[0, 36:45], torch.arange(-4, 5))  # |d| <= 4 kept
     assert ours.abs().max() < 40  # far distances compressed
+
+
+@pytest.mark.parametrize("kw", [V3, dict(V3, share_att_key=False), V2], ids=["v3", "v3-separate", "v2"])
+def test_position_terms_match_hf(tmp_path, kw):
+    """c2p + p2c against HF's own disentangled_attention_bias, every layer. (Row-constant parts of c2p,
+    such as the key bias, cancel in the softmax, so the patterns alone would not show them.)"""
+    hf, model = load_pair(tmp_path, DebertaV2Model, **kw)
+    tokens, mask, tt = padded_batch()
+    tt = tt if model.token_type_embed is not None else None
+    with torch.no_grad():
+        out = hf(input_ids=tokens, attention_mask=mask, token_type_ids=tt, output_hidden_states=True)
+        _, cache = model.run_with_cache(
+            tokens, return_type="embeddings", one_zero_attention_mask=mask, token_type_ids=tt
+        )
+        enc = hf.encoder
+        rel_pos = enc.get_rel_pos(out.hidden_states[0])
+        rel_emb = enc.get_rel_embedding()
+        for i, layer in enumerate(enc.layer):
+            att = layer.attention.self
+            x = out.hidden_states[i]
+            q = att.transpose_for_scores(att.query_proj(x), att.num_attention_heads)
+            k = att.transpose_for_scores(att.key_proj(x), att.num_attention_heads)
+            theirs = att.disentangled_attention_bias(q, k, rel_pos, rel_emb, 3).view(3, 3, 23, 23)
+            ours = cache["c2p_scores", i] + cache["p2c_scores", i]
+            # padded positions differ (HF's padded queries attend everywhere): compare real pairs only
+            real = (mask.bool()[:, None, :, None] & mask.bool()[:, None, None, :]).expand_as(ours)
+            assert (ours - theirs)[real].abs().max() < ATOL, i
 
 
 def test_score_terms_sum_and_position_hooks_take_effect(tmp_path):

@@ -195,3 +195,19 @@ def test_converter_rejects_leftover_weights():
     sd = {**hf.state_dict(), "model.layers.0.attn.extra_proj.weight": torch.zeros(3)}
     with pytest.raises(ValueError, match="extra_proj"):
         convert(hf.config, sd)
+
+
+def test_older_transformers_config_fields():
+    """transformers < 5 configs carry global_attn_every_n_layers and global/local_rope_theta instead of
+    layer_types and rope_parameters; both spellings map to the same settings."""
+    from types import SimpleNamespace
+
+    from encoderlens.convert.modernbert import _layer_types, _rope_theta
+
+    old = SimpleNamespace(
+        num_hidden_layers=5, global_attn_every_n_layers=2, global_rope_theta=1000.0, local_rope_theta=50.0
+    )
+    assert _layer_types(old) == _layer_types(tiny_config())
+    new = tiny_config()
+    for t in ("full_attention", "sliding_attention"):
+        assert _rope_theta(old, t) == _rope_theta(new, t)

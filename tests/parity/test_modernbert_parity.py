@@ -211,3 +211,24 @@ def test_older_transformers_config_fields():
     new = tiny_config()
     for t in ("full_attention", "sliding_attention"):
         assert _rope_theta(old, t) == _rope_theta(new, t)
+
+
+def test_partial_rotary_and_config_checks():
+    from encoderlens.components.rotary import apply_rotary
+    from encoderlens.config import AttentionConfig, MLPConfig, NormConfig, RotaryConfig, StackConfig
+
+    x = torch.randn(2, 7, 3, 12)
+    pos = torch.arange(7)
+    part = apply_rotary(x, pos, RotaryConfig(base=100.0, dim=4))
+    assert torch.equal(part[..., 4:], x[..., 4:])
+    assert torch.allclose(part[..., :4], apply_rotary(x[..., :4], pos, RotaryConfig(base=100.0)))
+    with pytest.raises(ValueError, match="rotary dim"):
+        AttentionConfig(n_heads=3, d_head=12, rotary=RotaryConfig(base=100.0, dim=14))
+    attn = AttentionConfig(n_heads=3, d_head=12)
+    kw = dict(n_layers=2, d_model=36, attn=attn, mlp=MLPConfig(37, "gelu"), norm=NormConfig())
+    with pytest.raises(ValueError, match="one per block"):
+        StackConfig(**kw, norm_position="pre", layer_attn=(attn,))
+    with pytest.raises(ValueError, match="must match attn"):
+        StackConfig(**kw, norm_position="pre", layer_attn=(attn, AttentionConfig(n_heads=4, d_head=9)))
+    with pytest.raises(ValueError, match="pre-LN"):
+        StackConfig(**kw, norm_position="post", first_block_attn_norm=False)

@@ -80,13 +80,8 @@ class TransformerBlock(nn.Module):
         self_cache = kv_cache[0] if kv_cache is not None else None
 
         attn_in = self.ln1(x) if self.pre_ln and self.ln1 is not None else x
-        if isinstance(self.attn, DisentangledAttention):
-            if rel_embeddings is None:
-                raise ValueError("this block uses disentangled attention: pass rel_embeddings (built by the model)")
-            a = self.attn(attn_in, None, additive_mask, position_bias, self_cache, rel_embeddings=rel_embeddings)
-        else:
-            a = self.attn(attn_in, None, additive_mask, position_bias, self_cache)
-        attn_out = self.hook_attn_out(a)
+        extra = {"rel_embeddings": rel_embeddings} if isinstance(self.attn, DisentangledAttention) else {}
+        attn_out = self.hook_attn_out(self.attn(attn_in, None, additive_mask, position_bias, self_cache, **extra))
         if self.pre_ln:
             x = x + attn_out
         else:

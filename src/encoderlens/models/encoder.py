@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from encoderlens.cache import StreamSpec
 from encoderlens.components.attention import build_additive_mask
+from encoderlens.components.attention_deberta import RelativeEmbedding
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.embed import Embed, EmbedProjection, PosEmbed, TokenTypeEmbed, position_ids
 from encoderlens.components.heads import ClassifierHead, MLMHead, NSPHead, Pooler, SentencePooler
@@ -122,6 +123,9 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
     Shared layers (ALBERT, ``cfg.param_source``): every application of a shared layer is its own block
     module (``blocks.{i}``) holding the *same* parameter objects, so each application has its own hook
     points while the weights stay one set.
+    - Rotary models (ModernBERT): ``blocks.{i}.attn.hook_rot_q | hook_rot_k``.
+    - Disentangled attention (DeBERTa): ``rel_embed.hook_rel_embed``, ``blocks.{i}.attn.hook_pos_q |
+      hook_pos_k | hook_c2c_scores | hook_c2p_scores | hook_p2c_scores``.
 
     Example:
         >>> model = HookedEncoder.from_pretrained("default")
@@ -169,7 +173,10 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         self.embed_proj = EmbedProjection(de, d) if cfg.embed.project else None
         self.hook_embed_pre_proj = HookPoint() if self.embed_proj is not None else None
         self.hook_full_embed = HookPoint()
-        self.blocks = nn.ModuleList([TransformerBlock(cfg.stack) for _ in range(cfg.n_layers)])
+        self.blocks = nn.ModuleList([TransformerBlock(cfg.stack, layer=i) for i in range(cfg.n_layers)])
+        disentangled = cfg.stack.attn.disentangled
+        # DeBERTa: one relative embedding table, projected by every block
+        self.rel_embed = RelativeEmbedding(d, disentangled) if disentangled is not None else None
         self._tie_shared_blocks()
         self.ln_final = make_norm(d, cfg.stack.norm) if cfg.stack.final_norm else None
         self.mlm_head = MLMHead(d, cfg.d_vocab, cfg.mlm_head, self.embed) if cfg.mlm_head is not None else None
@@ -351,6 +358,8 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         if self.embed_proj is not None:
             assert self.hook_embed_pre_proj is not None
             x = self.embed_proj(self.hook_embed_pre_proj(x))
+        if self.cfg.embed.zero_padding:
+            x = x * batch.attention_mask[..., None].to(x.dtype)
         return self.hook_full_embed(x)
 
     def encode(self, batch: TextBatch, stop_at_layer: int | None = None) -> Float[Tensor, "batch pos d_model"]:
@@ -359,8 +368,9 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         mask = build_additive_mask(
             batch.attention_mask.bool(), x.shape[1], x.shape[1], self.cfg.stack.attn.causal, x.dtype, x.device
         )
+        rel = self.rel_embed(x.shape[1], x.shape[1]) if self.rel_embed is not None else None
         for block in self.blocks[:stop_at_layer]:
-            x = block(x, additive_mask=mask)
+            x = block(x, additive_mask=mask, rel_embeddings=rel)
         if stop_at_layer is None and self.ln_final is not None:
             x = self.ln_final(x)
         return x
@@ -533,13 +543,17 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             )
             if hp is not None
         )
+        pre_ln = self.cfg.stack.norm_position == "pre"
+        if pre_ln and self.embed_ln is not None:
+            # pre-LN with an embedding norm (ModernBERT): the normalised embedding is the stream's first summand
+            embed_hooks = ("hook_full_embed",)
         return StreamSpec(
             prefix="",
             n_layers=self.cfg.n_layers,
             n_heads=self.cfg.n_heads,
             norm_position=self.cfg.stack.norm_position,
             embed_hooks=embed_hooks,
-            embed_normalized=self.embed_ln is not None,
+            embed_normalized=self.embed_ln is not None and not pre_ln,
             final_norm="ln_final" if self.ln_final is not None else None,
             has_cross_attention=False,
             blocks=self.blocks,

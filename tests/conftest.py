@@ -46,3 +46,42 @@ def pattern_max_diff(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tenso
     """Max |diff| of attention patterns (batch, head, q, k) over real query rows (keys at padding are ~0 in both)."""
     m = mask.bool()[:, None, :, None].expand_as(ours)
     return (ours - theirs)[m].abs().max().item()
+
+
+WORDS = (
+    "the a cat dog sat on mat is was and of to in it he she they big small red blue ran jumps over lazy "
+    "quick brown fox paris france capital city river house tree bird sings play ##s ##ing ##ed ##er"
+).split()
+
+
+def tiny_bert_tokenizer(tmp_path, vocab_size: int = 99):
+    """A BertTokenizerFast over a small vocabulary (special tokens first), padded to ``vocab_size`` entries."""
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    vocab += [f"tok{i}" for i in range(vocab_size - len(vocab))]
+    return BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+
+
+@pytest.fixture
+def tiny_mlm(tmp_path):
+    """(our model, HF model, tokenizer): a tiny random BertForMaskedLM with a tokenizer, loaded from disk."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from encoderlens import HookedEncoder
+
+    cfg = BertConfig(
+        vocab_size=99,
+        hidden_size=36,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        intermediate_size=37,
+        max_position_embeddings=40,
+        type_vocab_size=2,
+        attn_implementation="eager",
+    )
+    hf = BertForMaskedLM(cfg).eval()
+    randomize_norms(hf)
+    tok = tiny_bert_tokenizer(tmp_path)
+    model = HookedEncoder.from_pretrained(save_tiny(hf, tmp_path, tok))
+    return model, hf, tok

@@ -7,7 +7,7 @@ from typing import Any
 from encoderlens.cache import ActivationCache
 from encoderlens.factored_matrix import FactoredMatrix
 from encoderlens.hooks import HookedRootModule, HookPoint, get_act_name
-from encoderlens.models import HookedEncoder
+from encoderlens.models import HookedAudioEncoder, HookedEncoder
 from encoderlens.models.base import HookedModel
 
 __version__ = "0.1.0"
@@ -26,6 +26,7 @@ __all__ = [
     "ActivationCache",
     "FactoredMatrix",
     "HookPoint",
+    "HookedAudioEncoder",
     "HookedEncoder",
     "HookedModel",
     "HookedRootModule",

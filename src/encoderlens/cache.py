@@ -115,8 +115,9 @@ class ActivationCache:
         if isinstance(key, tuple) and key and isinstance(key[0], str):
             if len(key) > 3:
                 raise ValueError(f"cache keys are (name, layer[, layer_type]), got {key!r}")
-            stream = self._stream_for_short_keys()
-            return get_act_name(key[0], *key[1:], stream=stream)  # type: ignore[arg-type]
+            layer = key[1] if len(key) > 1 else None
+            layer_type = key[2] if len(key) > 2 else None
+            return get_act_name(key[0], layer, layer_type, stream=self._stream_for_short_keys())
         raise TypeError(f"cache key must be a hook name or (name, layer[, layer_type]) tuple, got {key!r}")
 
     def _stream_for_short_keys(self) -> str | None:

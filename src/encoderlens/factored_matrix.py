@@ -86,7 +86,7 @@ class FactoredMatrix:
             return FactoredMatrix(self.A @ (self.B @ other.A), other.B)
         if isinstance(other, Tensor):
             if other.ndim == 1:
-                return self.A @ (self.B @ other)
+                return (self.A @ (self.B @ other[:, None]))[..., 0]
             if other.shape[-2] != self.rdim:
                 raise ValueError(f"cannot multiply {tuple(self.shape)} by {tuple(other.shape)}: inner dims differ")
             return FactoredMatrix(self.A, self.B @ other)
@@ -95,7 +95,7 @@ class FactoredMatrix:
     def __rmatmul__(self, other: Tensor) -> FactoredMatrix | Tensor:
         if isinstance(other, Tensor):
             if other.ndim == 1:
-                return (other @ self.A) @ self.B
+                return ((other[None, :] @ self.A) @ self.B)[..., 0, :]
             if other.shape[-1] != self.ldim:
                 raise ValueError(f"cannot multiply {tuple(other.shape)} by {tuple(self.shape)}: inner dims differ")
             return FactoredMatrix(other @ self.A, self.B)

@@ -1,16 +1,33 @@
 """Hooked building blocks shared by every model family."""
 
 from encoderlens.components.attention import Attention, KVCache, build_additive_mask
+from encoderlens.components.audio_frontend import (
+    AudioFrontend,
+    ChannelNorm,
+    ConvLayer,
+    ConvPositionalEmbedding,
+    FeatureProjection,
+)
+from encoderlens.components.audio_heads import CTCHead, QuantizerHead
 from encoderlens.components.blocks import TransformerBlock
-from encoderlens.components.embed import Embed, PosEmbed, TokenTypeEmbed
-from encoderlens.components.heads import MLMHead, NSPHead, Pooler
+from encoderlens.components.embed import Embed, EmbedProjection, PosEmbed, TokenTypeEmbed, position_ids
+from encoderlens.components.heads import ClassifierHead, MLMHead, NSPHead, Pooler, SentencePooler
 from encoderlens.components.mlp import MLP, get_activation
 from encoderlens.components.norm import LayerNorm, RMSNorm, make_norm
 
 __all__ = [
     "MLP",
     "Attention",
+    "ClassifierHead",
+    "AudioFrontend",
+    "CTCHead",
+    "ChannelNorm",
+    "ConvLayer",
+    "ConvPositionalEmbedding",
+    "FeatureProjection",
+    "QuantizerHead",
     "Embed",
+    "EmbedProjection",
     "KVCache",
     "LayerNorm",
     "MLMHead",
@@ -18,9 +35,11 @@ __all__ = [
     "PosEmbed",
     "Pooler",
     "RMSNorm",
+    "SentencePooler",
     "TokenTypeEmbed",
     "TransformerBlock",
     "build_additive_mask",
     "get_activation",
     "make_norm",
+    "position_ids",
 ]

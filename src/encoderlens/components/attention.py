@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from encoderlens.components.rotary import apply_local_window, apply_rotary
 from encoderlens.config import AttentionConfig
 from encoderlens.hooks import HookPoint
 
@@ -83,6 +84,10 @@ class Attention(nn.Module):
         hook_pattern: ``(batch, head_index, query_pos, key_pos)``, softmax probabilities
         hook_z: ``(batch, query_pos, head_index, d_head)``
         hook_result: ``(batch, query_pos, head_index, d_model)`` each head's output (only computed when hooked)
+        hook_rot_q, hook_rot_k: q and k after the rotary embedding (only when ``cfg.rotary`` is set;
+            ``hook_q``/``hook_k`` then hold them before rotation)
+
+    With ``cfg.local_window`` a query only sees keys within that distance (sliding-window attention).
     """
 
     def __init__(self, d_model: int, cfg: AttentionConfig, kv_d_model: int | None = None) -> None:
@@ -105,6 +110,9 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()
         self.hook_z = HookPoint()
         self.hook_result = HookPoint()
+        # only rotary models get these; no dead hook points elsewhere
+        self.hook_rot_q = HookPoint() if cfg.rotary is not None else None
+        self.hook_rot_k = HookPoint() if cfg.rotary is not None else None
 
     @staticmethod
     def _project(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
@@ -136,11 +144,22 @@ class Attention(nn.Module):
         """
         q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
         src = x if kv_input is None else kv_input
+        # generation: new queries and keys sit after the cached positions
+        past_len = kv_cache.length if kv_cache is not None and not kv_cache.static else 0
+        rotary = self.cfg.rotary
+        if rotary is not None:
+            assert self.hook_rot_q is not None
+            q_pos = torch.arange(past_len, past_len + q.shape[1], device=q.device)
+            q = self.hook_rot_q(apply_rotary(q, q_pos, rotary))
         if kv_cache is not None and kv_cache.static and kv_cache.k is not None:
             k, v = kv_cache.k, kv_cache.v
             assert v is not None
         else:
             k = self.hook_k(self._project(src, self.W_K, self.b_K))
+            if rotary is not None:
+                assert self.hook_rot_k is not None
+                k_pos = torch.arange(past_len, past_len + k.shape[1], device=k.device)
+                k = self.hook_rot_k(apply_rotary(k, k_pos, rotary))
             v = self.hook_v(self._project(src, self.W_V, self.b_V))
             if kv_cache is not None:
                 if not kv_cache.static and kv_cache.k is not None:
@@ -150,6 +169,8 @@ class Attention(nn.Module):
                 kv_cache.k, kv_cache.v = k, v
 
         bias = additive_mask
+        if self.cfg.local_window is not None:
+            bias = apply_local_window(bias, self.cfg.local_window, q.shape[1], k.shape[1], past_len, q.dtype, q.device)
         if position_bias is not None:
             bias = position_bias if bias is None else bias + position_bias
 

@@ -8,6 +8,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from encoderlens.components.attention import Attention, KVCache
+from encoderlens.components.attention_deberta import DisentangledAttention, RelativeEmbeddings
 from encoderlens.components.mlp import MLP
 from encoderlens.components.norm import make_norm
 from encoderlens.config import StackConfig
@@ -35,15 +36,20 @@ class TransformerBlock(nn.Module):
 
     Hooks: ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid``, ``hook_cross_attn_out``,
     ``hook_resid_mid_cross`` (decoders), ``hook_mlp_out``, ``hook_resid_post``.
+
+    ``layer`` selects the block's attention settings (``cfg.attn_for(layer)``) and, with
+    ``cfg.first_block_attn_norm=False``, drops ``ln1`` in block 0 (``ln1`` is then None).
+    The attention module follows ``kind``: :class:`Attention` or :class:`DisentangledAttention`.
     """
 
-    def __init__(self, cfg: StackConfig, kv_d_model: int | None = None) -> None:
+    def __init__(self, cfg: StackConfig, kv_d_model: int | None = None, layer: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.pre_ln = cfg.norm_position == "pre"
         d = cfg.d_model
-        self.ln1 = make_norm(d, cfg.norm)
-        self.attn = Attention(d, cfg.attn)
+        attn_cfg = cfg.attn_for(layer)
+        self.ln1 = None if layer == 0 and not cfg.first_block_attn_norm else make_norm(d, cfg.norm)
+        self.attn = DisentangledAttention(d, attn_cfg) if attn_cfg.kind == "disentangled" else Attention(d, attn_cfg)
         if cfg.cross_attention:
             cross_cfg = dataclasses.replace(cfg.attn, causal=False)
             self.ln_cross = make_norm(d, cfg.norm)
@@ -67,13 +73,20 @@ class TransformerBlock(nn.Module):
         cross_mask: Tensor | None = None,
         cross_position_bias: Tensor | None = None,
         kv_cache: tuple[KVCache, KVCache] | None = None,
+        rel_embeddings: RelativeEmbeddings | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
+        """Run the block; ``rel_embeddings`` feeds disentangled attention (computed once by the model)."""
         x = self.hook_resid_pre(resid_pre)
         self_cache = kv_cache[0] if kv_cache is not None else None
 
-        attn_in = self.ln1(x) if self.pre_ln else x
-        attn_out = self.hook_attn_out(self.attn(attn_in, None, additive_mask, position_bias, self_cache))
-        x = x + attn_out if self.pre_ln else self.ln1(x + attn_out)
+        attn_in = self.ln1(x) if self.pre_ln and self.ln1 is not None else x
+        extra = {"rel_embeddings": rel_embeddings} if isinstance(self.attn, DisentangledAttention) else {}
+        attn_out = self.hook_attn_out(self.attn(attn_in, None, additive_mask, position_bias, self_cache, **extra))
+        if self.pre_ln:
+            x = x + attn_out
+        else:
+            assert self.ln1 is not None
+            x = self.ln1(x + attn_out)
         x = self.hook_resid_mid(x)
 
         if self.cfg.cross_attention:

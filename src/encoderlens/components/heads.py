@@ -1,22 +1,24 @@
-"""Output heads: BERT masked-LM head, tanh pooler, next-sentence classifier."""
+"""Output heads: masked-LM head, tanh pooler, next-sentence classifier, classification heads, sentence pooling."""
 
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from encoderlens.components.embed import Embed
 from encoderlens.components.mlp import get_activation
 from encoderlens.components.norm import make_norm
-from encoderlens.config import MLMHeadConfig
+from encoderlens.config import ClassifierHeadConfig, MLMHeadConfig, SentencePoolingConfig
 from encoderlens.hooks import HookPoint
 
 
 class MLMHead(nn.Module):
     """``logits = LN(act(x @ W_transform + b_transform)) @ W_U + b_U``.
 
-    When tied, ``W_U`` is the transpose of the token embedding (one parameter, not a copy).
+    When tied, ``W_U`` is the transpose of the token embedding (one parameter, not a copy). The
+    transform maps ``d_model`` to the token-embedding width (``d_embed``, smaller than ``d_model`` in
+    ALBERT and the ELECTRA generator), which is what ``W_U`` reads.
     Hook: ``hook_transformed`` (the normalised transform, what ``W_U`` reads).
     """
 
@@ -24,17 +26,18 @@ class MLMHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.act = get_activation(cfg.act_fn)
-        self.W_transform = nn.Parameter(torch.empty(d_model, d_model))
-        self.b_transform = nn.Parameter(torch.zeros(d_model))
-        self.ln = make_norm(d_model, cfg.norm)
+        d_embed = embed.W_E.shape[1]
+        self.W_transform = nn.Parameter(torch.empty(d_model, d_embed))
+        self.b_transform = nn.Parameter(torch.zeros(d_embed))
+        self.ln = make_norm(d_embed, cfg.norm)
         # a list keeps the shared embedding from being registered twice as a submodule
         self._embed = [embed]
-        self.W_U_untied = None if cfg.tied else nn.Parameter(torch.empty(d_model, d_vocab))
+        self.W_U_untied = None if cfg.tied else nn.Parameter(torch.empty(d_embed, d_vocab))
         self.b_U = nn.Parameter(torch.zeros(d_vocab))
         self.hook_transformed = HookPoint()
 
     @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+    def W_U(self) -> Float[Tensor, "d_embed d_vocab"]:
         return self._embed[0].W_E.T if self.W_U_untied is None else self.W_U_untied
 
     def transform(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
@@ -67,3 +70,86 @@ class NSPHead(nn.Module):
 
     def forward(self, pooled: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch 2"]:
         return pooled @ self.W + self.b
+
+
+class ClassifierHead(nn.Module):
+    """Sequence or token classification: ``[act(x @ W_hidden + b_hidden) ->] x @ W + b``.
+
+    A sequence head reads the final residual at position 0 (or the model's pooler output, which the
+    model passes in); a token head reads every position.
+
+    Hooks: ``hook_hidden`` (after the hidden layer's activation; only when the head has one) and
+    ``hook_logits``.
+    """
+
+    def __init__(self, d_model: int, cfg: ClassifierHeadConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        has_hidden = cfg.hidden_act is not None
+        self.act = get_activation(cfg.hidden_act) if cfg.hidden_act is not None else None
+        self.W_hidden = nn.Parameter(torch.empty(d_model, d_model)) if has_hidden else None
+        self.b_hidden = nn.Parameter(torch.zeros(d_model)) if has_hidden else None
+        self.hook_hidden = HookPoint() if has_hidden else None
+        self.W = nn.Parameter(torch.empty(d_model, cfg.n_labels))
+        self.b = nn.Parameter(torch.zeros(cfg.n_labels))
+        self.hook_logits = HookPoint()
+
+    def forward(self, x: Float[Tensor, "*batch_pos d_model"]) -> Float[Tensor, "*batch_pos n_labels"]:
+        """Classify ``x``: ``(batch, d_model)`` for a sequence head, ``(batch, pos, d_model)`` for a token head."""
+        if self.W_hidden is not None:
+            assert self.act is not None and self.hook_hidden is not None and self.b_hidden is not None
+            x = self.hook_hidden(self.act(x @ self.W_hidden + self.b_hidden))
+        return self.hook_logits(x @ self.W + self.b)
+
+
+class SentencePooler(nn.Module):
+    """Sentence embedding as sentence-transformers computes it: pool the final residual over real tokens.
+
+    Modes (concatenated in ``cfg.modes`` order): ``cls`` (first attended token), ``max``, ``mean``,
+    ``mean_sqrt_len_tokens`` (sum / sqrt(length)), ``weightedmean`` (position-weighted mean, weights
+    start at 1 on the first attended token), ``lasttoken`` (last attended token). Then L2
+    normalisation if ``cfg.normalize``.
+
+    Hooks: ``hook_pooled`` (the pooled vector, before normalisation) and ``hook_normalized`` (only when
+    the checkpoint normalises).
+    """
+
+    def __init__(self, cfg: SentencePoolingConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.hook_pooled = HookPoint()
+        self.hook_normalized = HookPoint() if cfg.normalize else None
+
+    def forward(
+        self, x: Float[Tensor, "batch pos d_model"], attention_mask: Int[Tensor, "batch pos"]
+    ) -> Float[Tensor, "batch d_sentence"]:
+        mask = attention_mask.to(x.dtype)[..., None]
+        first = attention_mask.to(torch.int).argmax(dim=1)
+        parts: list[Tensor] = []
+        mean_sum = x.mul(mask).sum(dim=1)
+        n_tokens = mask.sum(dim=1).clamp(min=1e-9)
+        for mode in self.cfg.modes:
+            if mode == "cls":
+                parts.append(x[torch.arange(x.shape[0], device=x.device), first])
+            elif mode == "max":
+                parts.append(x.masked_fill(mask == 0, float("-inf")).max(dim=1).values)
+            elif mode == "mean":
+                parts.append(mean_sum / n_tokens)
+            elif mode == "mean_sqrt_len_tokens":
+                parts.append(mean_sum / n_tokens.sqrt())
+            elif mode == "weightedmean":
+                # weights 1, 2, ... counted from the first attended token (left padding shifts them)
+                w = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype)[None, :, None]
+                w = (w - first.to(x.dtype)[:, None, None]) * mask
+                parts.append(x.mul(w).sum(dim=1) / w.sum(dim=1).clamp(min=1e-9))
+            elif mode == "lasttoken":
+                seen, idx = attention_mask.flip(1).max(dim=1)
+                idx = torch.where(seen == 0, x.shape[1] - 1, idx)
+                last = x.shape[1] - idx - 1
+                parts.append((x * mask)[torch.arange(x.shape[0], device=x.device), last])
+            else:  # pragma: no cover - the config validates modes
+                raise ValueError(f"unknown pooling mode {mode!r}")
+        pooled = self.hook_pooled(torch.cat(parts, dim=-1))
+        if self.hook_normalized is None:
+            return pooled
+        return self.hook_normalized(nn.functional.normalize(pooled, p=2, dim=1))

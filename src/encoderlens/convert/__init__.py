@@ -1,6 +1,15 @@
 """HF -> encoderlens converters. Each module registers itself; importing this package loads them all."""
 
-from encoderlens.convert import bert  # noqa: F401
+# one line per architecture file: importing runs its @register lines
+import encoderlens.convert.albert
+import encoderlens.convert.bert
+import encoderlens.convert.deberta_v2
+import encoderlens.convert.distilbert
+import encoderlens.convert.electra
+import encoderlens.convert.hubert
+import encoderlens.convert.modernbert
+import encoderlens.convert.roberta
+import encoderlens.convert.wav2vec2  # noqa: F401
 from encoderlens.convert.registry import find_converter, register, supported_architectures
 
 __all__ = ["find_converter", "register", "supported_architectures"]

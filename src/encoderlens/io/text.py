@@ -85,6 +85,8 @@ def tokenize(
 def as_token_tensor(tokens: Tensor | Sequence[int] | Sequence[Sequence[int]]) -> Int[Tensor, "batch pos"]:
     """Validate token ids and give them a batch dimension."""
     if not isinstance(tokens, Tensor):
+        if len(tokens) == 0:
+            raise ValueError("got an empty input; pass at least one text or a non-empty sequence of token ids")
         try:
             tokens = torch.tensor(tokens)
         except (TypeError, ValueError) as e:

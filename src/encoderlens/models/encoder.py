@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -12,12 +13,14 @@ from torch import Tensor, nn
 
 from encoderlens.cache import StreamSpec
 from encoderlens.components.attention import build_additive_mask
+from encoderlens.components.attention_deberta import RelativeEmbedding
 from encoderlens.components.blocks import TransformerBlock
-from encoderlens.components.embed import Embed, PosEmbed, TokenTypeEmbed
-from encoderlens.components.heads import MLMHead, NSPHead, Pooler
+from encoderlens.components.embed import Embed, EmbedProjection, PosEmbed, TokenTypeEmbed, position_ids
+from encoderlens.components.heads import ClassifierHead, MLMHead, NSPHead, Pooler, SentencePooler
 from encoderlens.components.norm import make_norm
-from encoderlens.config import EncoderConfig
+from encoderlens.config import EncoderConfig, SentencePoolingConfig
 from encoderlens.convert.loading import Checkpoint, load_tokenizer
+from encoderlens.convert.sentence_pooling import read_sentence_transformer_spec
 from encoderlens.hooks import HookPoint
 from encoderlens.io.text import (
     TextBatch,
@@ -29,8 +32,12 @@ from encoderlens.io.text import (
 )
 from encoderlens.models.base import HookedModel, StackWeightsMixin, register_family
 
-EncoderReturnType = Literal["logits", "predictions", "embeddings", "pooled", "nsp", "all"]
-_RETURN_TYPES = ("logits", "predictions", "embeddings", "pooled", "nsp", "all", None)
+EncoderReturnType = Literal[
+    "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all"
+]
+_RETURN_TYPES = (
+    "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all", None
+)  # fmt: skip
 
 
 @dataclass
@@ -40,9 +47,11 @@ class MaskPrediction:
     Attributes:
         position: Token position of the mask.
         token_ids: Predicted ids, most likely first.
-        tokens: Predicted tokens as the tokenizer spells them (``"##ing"`` marks a word-piece continuation).
-        words: Tokens as text, with word-piece markers removed.
-        is_continuation: Whether each token continues the previous word (``##`` word pieces).
+        tokens: Predicted tokens as the tokenizer spells them (``"##ing"`` marks a WordPiece continuation;
+            ``"Ġcat"`` / ``"▁cat"`` mark a word start in byte-level BPE / SentencePiece vocabularies).
+        words: Tokens as text, with those markers removed.
+        is_continuation: Whether each token continues the previous word (``##`` pieces, or pieces without
+            the word-start marker).
         probs: Probabilities.
         sequence: The input text with this mask filled by the top prediction (word pieces merged).
     """
@@ -58,13 +67,41 @@ class MaskPrediction:
 
 @dataclass
 class EncoderOutput:
-    """Everything the encoder computes (``return_type="all"``); absent heads give None."""
+    """Everything the encoder computes (``return_type="all"``); absent heads give None.
+
+    ``classifier_logits`` is ``(batch, n_labels)`` for a sequence classifier and ``(batch, pos, n_labels)``
+    for a token classifier; ``sentence_embedding`` is the sentence-transformers pooling (when declared).
+    """
 
     embeddings: Float[Tensor, "batch pos d_model"]
     logits: Float[Tensor, "batch pos d_vocab"] | None
     pooled: Float[Tensor, "batch d_model"] | None
     nsp_logits: Float[Tensor, "batch 2"] | None
     attention_mask: Int[Tensor, "batch pos"]
+    classifier_logits: Tensor | None = None
+    sentence_embedding: Float[Tensor, "batch d_sentence"] | None = None
+
+
+def _word_start_marker(tok: Any) -> str | None:
+    """``"Ġ"`` (byte-level BPE: RoBERTa) or ``"▁"`` (SentencePiece: XLM-R, ALBERT) if the tokenizer marks
+    word starts; None for WordPiece (BERT), which marks continuations with ``##`` instead."""
+    try:
+        pieces = tok.tokenize("a b")
+    except Exception:  # a tokenizer without tokenize(): fall back to WordPiece conventions
+        return None
+    for m in ("Ġ", "▁"):
+        if any(p.startswith(m) for p in pieces):
+            return m
+    return None
+
+
+def _split_pieces(tok: Any, tokens: list[str], marker: str | None) -> tuple[list[bool], list[str]]:
+    """Whether each token continues the previous word, and each token as plain text."""
+    if marker is None:
+        cont = [t.startswith("##") for t in tokens]
+        return cont, [t[2:] if c else t for t, c in zip(tokens, cont)]
+    cont = [not t.startswith(marker) for t in tokens]
+    return cont, [tok.convert_tokens_to_string([t]).strip() for t in tokens]
 
 
 @register_family("encoder")
@@ -74,11 +111,21 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
     Hook points (``i`` = block):
 
     - ``hook_embed``, ``hook_pos_embed``, ``hook_token_type_embed``: the embedding parts.
-    - ``hook_full_embed``: their sum after the embedding norm: the input of block 0.
+    - ``hook_embed_pre_proj``: factorised embeddings only (ALBERT, ELECTRA): their normalised sum, of
+      width ``d_embed``, before the projection to ``d_model``.
+    - ``hook_full_embed``: their sum after the embedding norm (and projection): the input of block 0.
     - ``blocks.{i}.hook_resid_pre | hook_attn_out | hook_resid_mid | hook_mlp_out | hook_resid_post``
     - ``blocks.{i}.attn.hook_q | hook_k | hook_v | hook_attn_scores | hook_pattern | hook_z | hook_result``
     - ``blocks.{i}.mlp.hook_pre | hook_post``; ``blocks.{i}.ln1 | ln2 .hook_scale | hook_normalized``
-    - ``mlm_head.hook_transformed``, ``pooler.hook_pooled`` when those heads exist.
+    - ``mlm_head.hook_transformed``, ``pooler.hook_pooled``, ``classifier.hook_hidden | hook_logits``,
+      ``sentence_pooler.hook_pooled | hook_normalized`` when those heads exist.
+
+    Shared layers (ALBERT, ``cfg.param_source``): every application of a shared layer is its own block
+    module (``blocks.{i}``) holding the *same* parameter objects, so each application has its own hook
+    points while the weights stay one set.
+    - Rotary models (ModernBERT): ``blocks.{i}.attn.hook_rot_q | hook_rot_k``.
+    - Disentangled attention (DeBERTa): ``rel_embed.hook_rel_embed``, ``blocks.{i}.attn.hook_pos_q |
+      hook_pos_k | hook_c2c_scores | hook_c2p_scores | hook_p2c_scores``.
 
     Example:
         >>> model = HookedEncoder.from_pretrained("default")
@@ -88,29 +135,91 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
 
     cfg: EncoderConfig
 
-    def __init__(self, cfg: EncoderConfig, tokenizer: Any = None) -> None:
+    def __init__(
+        self,
+        cfg: EncoderConfig,
+        tokenizer: Any = None,
+        sentence_pooling: SentencePoolingConfig | None = None,
+        sentence_pooling_note: str = "",
+    ) -> None:
+        """Build the model (weights uninitialised; use :meth:`from_pretrained`).
+
+        Args:
+            cfg: The model config.
+            tokenizer: HF tokenizer for text input.
+            sentence_pooling: Sentence-embedding pooling; overrides ``cfg.sentence_pooling`` (from_pretrained
+                reads it from a sentence-transformers folder; pass one to pool any checkpoint).
+            sentence_pooling_note: Why a sentence-transformers folder's pipeline is not reproduced.
+        """
         super().__init__()
+        if sentence_pooling is not None:
+            if not isinstance(sentence_pooling, SentencePoolingConfig):
+                raise TypeError(
+                    f"sentence_pooling must be a SentencePoolingConfig, got {type(sentence_pooling).__name__}"
+                )
+            cfg = dataclasses.replace(cfg, sentence_pooling=sentence_pooling)
         self.cfg = cfg
         self.tokenizer = tokenizer
+        self.sentence_pooling_note = sentence_pooling_note
         d = cfg.d_model
-        self.embed = Embed(d, cfg.embed)
+        de = cfg.d_embed
+        self.embed = Embed(de, cfg.embed)
         self.hook_embed = HookPoint()
-        self.pos_embed = PosEmbed(d, cfg.embed) if cfg.embed.n_ctx else None
+        self.pos_embed = PosEmbed(de, cfg.embed) if cfg.embed.n_ctx else None
         self.hook_pos_embed = HookPoint() if self.pos_embed is not None else None
-        self.token_type_embed = TokenTypeEmbed(d, cfg.embed) if cfg.embed.n_token_types else None
+        self.token_type_embed = TokenTypeEmbed(de, cfg.embed) if cfg.embed.n_token_types else None
         self.hook_token_type_embed = HookPoint() if self.token_type_embed is not None else None
-        self.embed_ln = make_norm(d, cfg.embed.norm) if cfg.embed.norm is not None else None
+        self.embed_ln = make_norm(de, cfg.embed.norm) if cfg.embed.norm is not None else None
+        self.embed_proj = EmbedProjection(de, d) if cfg.embed.project else None
+        self.hook_embed_pre_proj = HookPoint() if self.embed_proj is not None else None
         self.hook_full_embed = HookPoint()
-        self.blocks = nn.ModuleList([TransformerBlock(cfg.stack) for _ in range(cfg.n_layers)])
+        self.blocks = nn.ModuleList([TransformerBlock(cfg.stack, layer=i) for i in range(cfg.n_layers)])
+        disentangled = cfg.stack.attn.disentangled
+        # DeBERTa: one relative embedding table, projected by every block
+        self.rel_embed = RelativeEmbedding(d, disentangled) if disentangled is not None else None
+        self._tie_shared_blocks()
         self.ln_final = make_norm(d, cfg.stack.norm) if cfg.stack.final_norm else None
         self.mlm_head = MLMHead(d, cfg.d_vocab, cfg.mlm_head, self.embed) if cfg.mlm_head is not None else None
         self.pooler = Pooler(d) if cfg.pooler else None
         self.nsp_head = NSPHead(d) if cfg.nsp_head else None
+        self.classifier = ClassifierHead(d, cfg.classifier) if cfg.classifier is not None else None
+        self.sentence_pooler = SentencePooler(cfg.sentence_pooling) if cfg.sentence_pooling is not None else None
         self.setup()
 
     @classmethod
     def extras_from_checkpoint(cls, ckpt: Checkpoint) -> dict[str, Any]:
-        return {"tokenizer": load_tokenizer(ckpt.path, ckpt.config)}
+        spec = read_sentence_transformer_spec(ckpt.path)
+        return {
+            "tokenizer": load_tokenizer(ckpt.path, ckpt.config),
+            "sentence_pooling": spec.pooling,
+            "sentence_pooling_note": spec.note,
+        }
+
+    # ------------------------------------------------------------------ shared layers
+    def _tie_shared_blocks(self) -> None:
+        """Make block ``i`` hold block ``param_source[i]``'s parameter objects (ALBERT shared layers)."""
+        src = self.cfg.param_source
+        if src is None:
+            return
+        for i, j in enumerate(src):
+            if i == j:
+                continue
+            owner = self.blocks[j]
+            for name, module in self.blocks[i].named_modules():
+                owner_module = owner.get_submodule(name) if name else owner
+                for pname in list(module._parameters):
+                    module._parameters[pname] = owner_module._parameters[pname]
+
+    def load_converted(self, state_dict: dict[str, Tensor]) -> None:
+        """Load converted weights; shared blocks are tied again (loading assigns new parameter objects)."""
+        super().load_converted(state_dict)
+        self._tie_shared_blocks()
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> HookedEncoder:
+        # .to()/.half() may replace parameter objects one module at a time; re-share them afterwards
+        super()._apply(fn, recurse)
+        self._tie_shared_blocks()
+        return self
 
     # ------------------------------------------------------------------ weights
     @property
@@ -139,6 +248,32 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
     def max_positions(self) -> int | None:
         return self.pos_embed.max_positions if self.pos_embed is not None else None
 
+    @property
+    def class_labels(self) -> tuple[str, ...]:
+        """Label names of the classification head, in logit order (HF ``config.id2label``)."""
+        if self.classifier is None:
+            # ValueError, not AttributeError: nn.Module.__getattr__ would replace the message
+            raise ValueError("this checkpoint has no classification head, hence no class labels")
+        return self.classifier.cfg.labels
+
+    def _text_max_length(self) -> int | None:
+        """Texts are truncated here: the position table, or a sentence-transformers ``max_seq_length``."""
+        limits = [self.max_positions]
+        if self.cfg.sentence_pooling is not None:
+            limits.append(self.cfg.sentence_pooling.max_seq_length)
+        known = [n for n in limits if n is not None]
+        return min(known) if known else None
+
+    def _prepare_text(self, input: Any) -> Any:
+        sp = self.cfg.sentence_pooling
+        if sp is None or not sp.do_lower_case:
+            return input
+        if isinstance(input, str):
+            return input.lower()
+        if isinstance(input, tuple):
+            return tuple(t.lower() for t in input)
+        return [self._prepare_text(t) for t in input]
+
     # ------------------------------------------------------------------ inputs
     def tokenize(
         self,
@@ -159,7 +294,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
                 raise ValueError(
                     "one_zero_attention_mask is built from text automatically; pass it with token ids only"
                 )
-            batch = tokenize(self.tokenizer, input, max_length=self.max_positions)
+            batch = tokenize(self.tokenizer, self._prepare_text(input), max_length=self._text_max_length())
             tt = batch.token_type_ids if token_type_ids is None else token_type_ids
             if tt is not None and self.token_type_embed is None:
                 tt = None
@@ -201,11 +336,10 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         """Decode ids to text (one string for 1-D ids, a list for a batch)."""
         if self.tokenizer is None:
             raise ValueError("to_string needs a tokenizer; this model was loaded without one")
-        t = as_token_tensor(tokens) if not isinstance(tokens, Tensor) or tokens.ndim != 1 else tokens[None]
+        t = as_token_tensor(tokens)
         out = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in t]
-        return (
-            out[0] if (isinstance(tokens, Tensor) and tokens.ndim == 1) or not isinstance(tokens[0], Sequence) else out
-        )
+        one_dim = tokens.ndim == 1 if isinstance(tokens, Tensor) else not isinstance(tokens[0], Sequence)
+        return out[0] if one_dim else out
 
     # ------------------------------------------------------------------ forward
     def embed_input(self, batch: TextBatch) -> Float[Tensor, "batch pos d_model"]:
@@ -214,14 +348,18 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         x = self.hook_embed(self.embed(tokens))
         if self.pos_embed is not None:
             assert self.hook_pos_embed is not None
-            pos = torch.arange(tokens.shape[1], device=tokens.device)[None].expand_as(tokens)
-            x = x + self.hook_pos_embed(self.pos_embed(pos))
+            x = x + self.hook_pos_embed(self.pos_embed(position_ids(tokens, self.cfg.embed)))
         if self.token_type_embed is not None:
             assert self.hook_token_type_embed is not None
             tt = batch.token_type_ids if batch.token_type_ids is not None else torch.zeros_like(tokens)
             x = x + self.hook_token_type_embed(self.token_type_embed(tt))
         if self.embed_ln is not None:
             x = self.embed_ln(x)
+        if self.embed_proj is not None:
+            assert self.hook_embed_pre_proj is not None
+            x = self.embed_proj(self.hook_embed_pre_proj(x))
+        if self.cfg.embed.zero_padding:
+            x = x * batch.attention_mask[..., None].to(x.dtype)
         return self.hook_full_embed(x)
 
     def encode(self, batch: TextBatch, stop_at_layer: int | None = None) -> Float[Tensor, "batch pos d_model"]:
@@ -230,8 +368,9 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         mask = build_additive_mask(
             batch.attention_mask.bool(), x.shape[1], x.shape[1], self.cfg.stack.attn.causal, x.dtype, x.device
         )
+        rel = self.rel_embed(x.shape[1], x.shape[1]) if self.rel_embed is not None else None
         for block in self.blocks[:stop_at_layer]:
-            x = block(x, additive_mask=mask)
+            x = block(x, additive_mask=mask, rel_embeddings=rel)
         if stop_at_layer is None and self.ln_final is not None:
             x = self.ln_final(x)
         return x
@@ -252,8 +391,11 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
                 ids ``(pos,)`` / ``(batch, pos)``.
             return_type: ``"logits"`` (MLM vocabulary logits), ``"predictions"`` (top-k fills of every
                 ``[MASK]``; a list per text, or a list of lists for a batch), ``"embeddings"`` (final
-                residual stream), ``"pooled"``, ``"nsp"`` (next-sentence logits), ``"all"``
-                (:class:`EncoderOutput`), or None (run for hooks only).
+                residual stream), ``"pooled"``, ``"nsp"`` (next-sentence logits), ``"classification"``
+                (classifier logits: ``(batch, n_labels)`` for a sequence head, ``(batch, pos, n_labels)``
+                for a token head; names in :attr:`class_labels`), ``"sentence_embedding"`` (the pooling a
+                sentence-transformers folder declares), ``"all"`` (:class:`EncoderOutput`), or None (run for
+                hooks only).
             one_zero_attention_mask: With token ids: 1 = real token, 0 = padding.
             token_type_ids: With token ids: segment ids.
             top_k: Predictions per mask for ``return_type="predictions"``.
@@ -270,6 +412,17 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             raise ValueError(f"return_type={return_type!r} needs a pooler, and this checkpoint has none")
         if return_type == "nsp" and self.nsp_head is None:
             raise ValueError("return_type='nsp' needs a next-sentence head (a *ForPreTraining checkpoint)")
+        if return_type == "classification" and self.classifier is None:
+            raise ValueError(
+                f"return_type='classification' needs a classification head, and this {self.cfg.architecture} "
+                "checkpoint has none; load a *ForSequenceClassification or *ForTokenClassification checkpoint"
+            )
+        if return_type == "sentence_embedding" and self.sentence_pooler is None:
+            why = self.sentence_pooling_note or "the checkpoint folder has no sentence-transformers modules.json"
+            raise ValueError(
+                f"return_type='sentence_embedding' needs a sentence pooling, and this model has none: {why}. "
+                "Pass sentence_pooling=SentencePoolingConfig(...) to from_pretrained to pool it yourself"
+            )
         if stop_at_layer is not None and return_type not in ("embeddings", None):
             raise ValueError("stop_at_layer returns the residual stream: use return_type='embeddings'")
         batch = self.tokenize(input, one_zero_attention_mask, token_type_ids)
@@ -284,6 +437,11 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         if return_type == "nsp":
             assert self.pooler is not None and self.nsp_head is not None
             return self.nsp_head(self.pooler(resid))
+        if return_type == "classification":
+            return self._classify(resid)
+        if return_type == "sentence_embedding":
+            assert self.sentence_pooler is not None
+            return self.sentence_pooler(resid, batch.attention_mask)
         if return_type == "all":
             pooled = self.pooler(resid) if self.pooler is not None else None
             return EncoderOutput(
@@ -292,6 +450,10 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
                 pooled=pooled,
                 nsp_logits=self.nsp_head(pooled) if self.nsp_head is not None and pooled is not None else None,
                 attention_mask=batch.attention_mask,
+                classifier_logits=self._classify(resid, pooled) if self.classifier is not None else None,
+                sentence_embedding=(
+                    self.sentence_pooler(resid, batch.attention_mask) if self.sentence_pooler is not None else None
+                ),
             )
         assert self.mlm_head is not None
         logits = self.mlm_head(resid)
@@ -299,6 +461,45 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             return logits
         preds = self._predictions(batch, logits, top_k)
         return preds[0] if isinstance(input, str) or (isinstance(input, Tensor) and input.ndim == 1) else preds
+
+    def _classify(self, resid: Float[Tensor, "batch pos d_model"], pooled: Tensor | None = None) -> Tensor:
+        assert self.classifier is not None
+        head = self.classifier.cfg
+        if head.task == "token":
+            return self.classifier(resid)
+        if head.input == "pooler":
+            assert self.pooler is not None
+            return self.classifier(self.pooler(resid) if pooled is None else pooled)
+        return self.classifier(resid[:, 0])
+
+    def predict_labels(self, input: Any, one_zero_attention_mask: Any = None, token_type_ids: Any = None) -> list[Any]:
+        """Predicted label names from the classification head.
+
+        Single-label heads give the argmax label, multi-label heads the list of labels whose logit is
+        positive (sigmoid > 0.5). Sequence heads give one entry per text; token heads a list per text
+        (padding dropped). Regression heads have no labels: use ``return_type="classification"``.
+
+        Example:
+            >>> model.predict_labels(["great film", "dull"])  # e.g. ['POSITIVE', 'NEGATIVE']
+        """
+        if self.classifier is None:
+            raise ValueError("predict_labels needs a classification head, and this checkpoint has none")
+        head = self.classifier.cfg
+        if head.problem_type == "regression":
+            raise ValueError("this head is a regression head (no labels); use return_type='classification'")
+        batch = self.tokenize(input, one_zero_attention_mask, token_type_ids)
+        with torch.no_grad():  # names only: no graph needed (hooks still fire)
+            logits = self._classify(self.encode(batch))
+        labels = head.labels
+
+        def name(row: Tensor) -> Any:
+            if head.problem_type == "multi_label_classification":
+                return [labels[j] for j in (row > 0).nonzero().flatten().tolist()]
+            return labels[int(row.argmax())]
+
+        if head.task == "sequence":
+            return [name(row) for row in logits]
+        return [[name(v) for v in row[m.bool()]] for row, m in zip(logits, batch.attention_mask)]
 
     def _predictions(self, batch: TextBatch, logits: Tensor, top_k: int) -> list[list[MaskPrediction]]:
         tok = self.tokenizer
@@ -312,6 +513,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
                 f"no {tok.mask_token} token in the input; put {tok.mask_token} where a prediction is wanted"
             )
         probs = logits.float().softmax(-1)
+        marker = _word_start_marker(tok)
         out: list[list[MaskPrediction]] = []
         for b in range(batch.tokens.shape[0]):
             row = batch.tokens[b][batch.attention_mask[b].bool()]
@@ -320,8 +522,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
                 p, ids = probs[b, pos].topk(top_k)
                 id_list = ids.tolist()
                 tokens = tok.convert_ids_to_tokens(id_list)
-                cont = [t.startswith("##") for t in tokens]
-                words = [t[2:] if c else t for t, c in zip(tokens, cont)]
+                cont, words = _split_pieces(tok, tokens, marker)
                 filled = row.clone()
                 filled[pos] = id_list[0]
                 seq = tok.decode(filled.tolist(), skip_special_tokens=True)
@@ -342,13 +543,17 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             )
             if hp is not None
         )
+        pre_ln = self.cfg.stack.norm_position == "pre"
+        if pre_ln and self.embed_ln is not None:
+            # pre-LN with an embedding norm (ModernBERT): the normalised embedding is the stream's first summand
+            embed_hooks = ("hook_full_embed",)
         return StreamSpec(
             prefix="",
             n_layers=self.cfg.n_layers,
             n_heads=self.cfg.n_heads,
             norm_position=self.cfg.stack.norm_position,
             embed_hooks=embed_hooks,
-            embed_normalized=self.embed_ln is not None,
+            embed_normalized=self.embed_ln is not None and not pre_ln,
             final_norm="ln_final" if self.ln_final is not None else None,
             has_cross_attention=False,
             blocks=self.blocks,

@@ -1,0 +1,191 @@
+"""ModernBERT (``ModernBertModel``, ``ModernBertForMaskedLM``) -> :class:`HookedEncoder`.
+
+ModernBERT is a pre-LN encoder: token embedding -> LayerNorm, then blocks with rotary attention
+(alternating sliding-window "local" layers and "global" layers with their own rope theta), a GeGLU
+MLP and no biases by default, then a final norm. Block 0 has no norm before attention (HF's
+``attn_norm`` is ``Identity`` there; the embedding norm plays that role).
+
+Mapping notes:
+
+- ``Wqkv`` is split into Q, K, V (in that order); ``Wi`` produces ``2 * d_mlp``: HF computes
+  ``act(first half) * second half``, so the first half is our ``W_gate`` and the second our ``W_in``.
+- Local layers see keys within ``local_attention // 2`` positions (HF's ``sliding_window``).
+- The MLM head ``dense -> act -> norm -> decoder`` maps to :class:`MLMHead`; when the checkpoint has no
+  dense bias (``classifier_bias=False``, the default) or no decoder bias, those are loaded as zeros.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from encoderlens.config import (
+    ACTIVATIONS,
+    AttentionConfig,
+    EmbeddingConfig,
+    EncoderConfig,
+    MLMHeadConfig,
+    MLPConfig,
+    NormConfig,
+    RotaryConfig,
+    StackConfig,
+)
+from encoderlens.convert.common import head_bias, head_in_weight, head_out_weight, linear_weight
+from encoderlens.convert.registry import WeightReader, register, require
+
+ARCH = "modernbert"
+_GLOBAL, _LOCAL = "full_attention", "sliding_attention"
+
+
+def _layer_types(hf: Any) -> list[str]:
+    types = getattr(hf, "layer_types", None)
+    if types is None:  # transformers < 5: an int period
+        every = getattr(hf, "global_attn_every_n_layers", 3)
+        types = [_LOCAL if i % every else _GLOBAL for i in range(hf.num_hidden_layers)]
+    types = list(types)
+    require(len(types) == hf.num_hidden_layers, ARCH, "len(layer_types)", len(types), "num_hidden_layers")
+    for t in types:
+        require(t in (_GLOBAL, _LOCAL), ARCH, "layer_types entry", t, f"{_GLOBAL!r}, {_LOCAL!r}")
+    return types
+
+
+def _rope_theta(hf: Any, layer_type: str) -> float:
+    params = getattr(hf, "rope_parameters", None)
+    if isinstance(params, dict) and layer_type in params:
+        p = params[layer_type] or {}
+        rope_type = p.get("rope_type", "default")
+        require(rope_type == "default", ARCH, f"rope_parameters[{layer_type!r}].rope_type", rope_type, "'default'")
+        require(
+            p.get("partial_rotary_factor", 1.0) == 1.0,
+            ARCH,
+            "partial_rotary_factor",
+            p.get("partial_rotary_factor"),
+            "1.0 (HF ModernBERT ignores it)",
+        )
+        return float(p["rope_theta"])
+    # transformers < 5
+    require(getattr(hf, "rope_scaling", None) is None, ARCH, "rope_scaling", getattr(hf, "rope_scaling", None), "None")
+    name = "global_rope_theta" if layer_type == _GLOBAL else "local_rope_theta"
+    return float(getattr(hf, name))
+
+
+def modernbert_config(hf: Any, architecture: str, mlm: bool, tied: bool) -> EncoderConfig:
+    """Map and check an HF ``ModernBertConfig``."""
+    require(
+        hf.hidden_activation in ACTIVATIONS, ARCH, "hidden_activation", hf.hidden_activation, ", ".join(ACTIVATIONS)
+    )
+    require(
+        hf.hidden_size % hf.num_attention_heads == 0,
+        ARCH,
+        "hidden_size",
+        hf.hidden_size,
+        "a multiple of num_attention_heads",
+    )
+    # our gated MLP has no bias on the gate branch, which HF's Wi.bias would need
+    require(not hf.mlp_bias, ARCH, "mlp_bias", hf.mlp_bias, "False (every released ModernBERT)")
+    require(getattr(hf, "local_attention", 0) >= 0, ARCH, "local_attention", hf.local_attention, ">= 0")
+    if mlm:
+        act = hf.classifier_activation
+        require(act in ACTIVATIONS, ARCH, "classifier_activation", act, ", ".join(ACTIVATIONS))
+    norm = NormConfig("layernorm", eps=hf.norm_eps, bias=bool(hf.norm_bias))
+    d_model, n_heads = hf.hidden_size, hf.num_attention_heads
+    d_head = d_model // n_heads
+    types = _layer_types(hf)
+    bias = bool(hf.attention_bias)
+    attn = {
+        t: AttentionConfig(
+            n_heads=n_heads,
+            d_head=d_head,
+            qkv_bias=bias,
+            out_bias=bias,
+            rotary=RotaryConfig(base=_rope_theta(hf, t)),
+            local_window=hf.local_attention // 2 if t == _LOCAL else None,
+        )
+        for t in set(types)
+    }
+    global_attn = attn.get(_GLOBAL) or AttentionConfig(
+        n_heads=n_heads, d_head=d_head, qkv_bias=bias, out_bias=bias, rotary=RotaryConfig(base=_rope_theta(hf, _GLOBAL))
+    )
+    return EncoderConfig(
+        architecture=architecture,
+        model_type=hf.model_type,
+        embed=EmbeddingConfig(d_vocab=hf.vocab_size, norm=norm, pad_token_id=getattr(hf, "pad_token_id", None)),
+        stack=StackConfig(
+            n_layers=hf.num_hidden_layers,
+            d_model=d_model,
+            attn=global_attn,
+            mlp=MLPConfig(d_mlp=hf.intermediate_size, act_fn=hf.hidden_activation, gated=True, bias=False),
+            norm=norm,
+            norm_position="pre",
+            final_norm=True,
+            layer_attn=tuple(attn[t] for t in types),
+            first_block_attn_norm=False,
+        ),
+        mlm_head=MLMHeadConfig(act_fn=hf.classifier_activation, norm=norm, tied=tied) if mlm else None,
+    )
+
+
+def _take_norm(r: WeightReader, theirs: str, ours: str, bias: bool, out: dict[str, Tensor]) -> None:
+    out[ours + ".w"] = r.take(theirs + ".weight")
+    if bias:
+        out[ours + ".b"] = r.take(theirs + ".bias")
+
+
+@register("ModernBertModel", "ModernBertForMaskedLM", model_types=["modernbert"])
+def convert(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderConfig, dict[str, Tensor]]:
+    """Convert a ModernBERT checkpoint; the MLM head follows the weights present."""
+    r = WeightReader(state_dict, ARCH)
+    r.strip_prefix("model.")
+    mlm = r.has("head.dense.weight")
+    if not mlm and (r.has("decoder.weight") or r.has("decoder.bias")):
+        raise ValueError("modernbert checkpoint has decoder weights but no head.dense; the checkpoint is incomplete")
+    emb = r.take("embeddings.tok_embeddings.weight")
+    decoder = r.take_optional("decoder.weight") if mlm else None
+    tied = decoder is None or decoder.equal(emb)
+    if not tied and getattr(hf_config, "tie_word_embeddings", True):
+        raise ValueError(
+            "modernbert decoder.weight differs from the token embeddings although tie_word_embeddings=True; "
+            "HF would tie them. Fix the checkpoint's config (tie_word_embeddings=False) to load the separate decoder"
+        )
+    arch = (getattr(hf_config, "architectures", None) or ["ModernBertModel"])[0]
+    cfg = modernbert_config(hf_config, arch, mlm=mlm, tied=tied)
+    h, nb = cfg.n_heads, cfg.stack.norm.bias
+    attn_bias = cfg.stack.attn.qkv_bias
+    d_mlp = cfg.stack.mlp.d_mlp
+    out: dict[str, Tensor] = {"embed.W_E": emb}
+    _take_norm(r, "embeddings.norm", "embed_ln", nb, out)
+    for i in range(cfg.n_layers):
+        p, o = f"layers.{i}.", f"blocks.{i}."
+        if i > 0:
+            _take_norm(r, p + "attn_norm", o + "ln1", nb, out)
+        wq, wk, wv = r.take(p + "attn.Wqkv.weight").chunk(3, dim=0)
+        for ours, w in (("Q", wq), ("K", wk), ("V", wv)):
+            out[o + f"attn.W_{ours}"] = head_in_weight(w, h)
+        out[o + "attn.W_O"] = head_out_weight(r.take(p + "attn.Wo.weight"), h)
+        if attn_bias:
+            bq, bk, bv = r.take(p + "attn.Wqkv.bias").chunk(3, dim=0)
+            for ours, b in (("Q", bq), ("K", bk), ("V", bv)):
+                out[o + f"attn.b_{ours}"] = head_bias(b, h)
+            out[o + "attn.b_O"] = r.take(p + "attn.Wo.bias")
+        _take_norm(r, p + "mlp_norm", o + "ln2", nb, out)
+        wi = r.take(p + "mlp.Wi.weight")
+        require(wi.shape[0] == 2 * d_mlp, ARCH, "mlp.Wi rows", wi.shape[0], f"2 * intermediate_size = {2 * d_mlp}")
+        out[o + "mlp.W_gate"] = linear_weight(wi[:d_mlp])  # HF: act(first half) * second half
+        out[o + "mlp.W_in"] = linear_weight(wi[d_mlp:])
+        out[o + "mlp.W_out"] = linear_weight(r.take(p + "mlp.Wo.weight"))
+    _take_norm(r, "final_norm", "ln_final", nb, out)
+    if mlm:
+        dense = r.take("head.dense.weight")
+        out["mlm_head.W_transform"] = linear_weight(dense)
+        dense_bias = r.take_optional("head.dense.bias")
+        out["mlm_head.b_transform"] = dense_bias if dense_bias is not None else torch.zeros(dense.shape[0])
+        _take_norm(r, "head.norm", "mlm_head.ln", nb, out)
+        if not tied:
+            assert decoder is not None
+            out["mlm_head.W_U_untied"] = linear_weight(decoder)
+        dec_bias = r.take_optional("decoder.bias")
+        out["mlm_head.b_U"] = dec_bias if dec_bias is not None else torch.zeros(emb.shape[0])
+    r.finish()
+    return cfg, out

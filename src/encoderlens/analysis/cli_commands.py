@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 import encoderlens.cli as _cli
+from encoderlens.analysis.families import AUDIO
 
 
 def _err(msg: str) -> None:
@@ -72,7 +73,7 @@ def _dummy_input(model: Any) -> tuple[Any, dict[str, Any], str]:
         if model.tokenizer is not None:
             return "Hello world", {}, "the text 'Hello world'"
         return torch.tensor([[1, 2, 3, 4]]) % model.cfg.d_vocab, {}, "4 token ids"
-    if fam == "audio":
+    if fam == AUDIO:
         rate = int(getattr(model, "sampling_rate", None) or getattr(model.cfg, "sampling_rate", 16000) or 16000)
         g = torch.Generator().manual_seed(0)
         return torch.randn(1, rate, generator=g) * 0.1, {}, f"1 s of noise at {rate} Hz"
@@ -195,7 +196,7 @@ def _predict_cmd(args: argparse.Namespace) -> int:
             for i, row in enumerate(sims.tolist()):
                 print(f"  {i}: " + " ".join(f"{v:+.3f}" for v in row))
         return 0
-    if fam == "audio":
+    if fam == AUDIO:
         transcribe = getattr(model, "transcribe", None)
         if not callable(transcribe):
             raise NotImplementedError(f"{type(model).__name__} has no transcribe(); predict needs a CTC checkpoint")
@@ -222,7 +223,7 @@ def _predict_cmd(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- cache
 def _input_for(model: Any, inputs: Sequence[str], decoder_input: str | None) -> tuple[Any, dict[str, Any]]:
-    if model.family == "audio":
+    if model.family == AUDIO:
         for p in inputs:
             if not Path(p).exists():
                 raise FileNotFoundError(f"no such audio file: {p} (speech models take audio file paths)")

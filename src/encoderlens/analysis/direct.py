@@ -150,10 +150,11 @@ class _Walk:
 
 
 def _embed_norm(model: Any, stream: StreamName) -> tuple[str, Any] | None:
-    # the only family whose embedding norm path we know for sure; others fall back to one "embed" part
-    if family_of(model) == "encoder" and getattr(model, "embed_ln", None) is not None:
-        return "embed_ln", model.embed_ln
-    return None
+    """The norm between the embedding summands and block 0 (BERT, wav2vec2/HuBERT base), if it is hooked."""
+    path = f"{prefix_of(stream)}embed_ln"
+    if f"{path}.hook_scale" not in getattr(model, "hook_dict", {}):
+        return None
+    return path, model.get_submodule(path)
 
 
 def decompose(
@@ -204,7 +205,14 @@ def _decompose(
     p = prefix_of(stream)
     embeds = set(spec.embed_hooks)
     # only what the walk reads: block outputs, norm scales, z for heads, the residual itself
-    suffixes = ("hook_attn_out", "hook_cross_attn_out", "hook_mlp_out", "hook_scale", "hook_resid_pre", "hook_resid_post")
+    suffixes = (
+        "hook_attn_out",
+        "hook_cross_attn_out",
+        "hook_mlp_out",
+        "hook_scale",
+        "hook_resid_pre",
+        "hook_resid_post",
+    )
     suffixes += ("attn.hook_z",) if heads else ()
     _, cache = run_with_cache(model, prepared, names_filter=lambda n: n in embeds or n.endswith(suffixes))
     ref = cache[f"{p}blocks.0.hook_resid_pre"]
@@ -334,7 +342,7 @@ def direct_logit_attribution(
             head_offset=float(val - contrib.sum()),
         )
     elif spec.unembed is not None:
-        W_U, b_U = spec.unembed
+        W_U, b_U = (t.detach() if t is not None else None for t in spec.unembed)
         d = W_U[:, good] - (W_U[:, bad] if bad is not None else 0.0)
         contrib = parts @ d.to(parts)
         actual = float(x @ d.to(x))

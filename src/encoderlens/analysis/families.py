@@ -3,33 +3,32 @@
 Everything in :mod:`encoderlens.analysis` is written against a few generic things: hook names
 (``{prefix}blocks.{i}.attn.hook_z``...), ``run_with_hooks`` / ``run_with_cache``, the model's
 ``stream_spec(stream)`` (:class:`~encoderlens.cache.StreamSpec`) and, from this module, a
-:class:`Prepared` input: the exact tensors a forward takes, a 0/1 mask of real positions for every
+:class:`Prepared` input: the exact arguments a forward takes, a 0/1 mask of real positions for every
 residual stream, and a label for every position. This module is the one place that knows how a family
 turns user input (text, waveforms, text pairs for encoder-decoders) into those.
 
-Families and what this module expects of them:
+Families and what this module uses of them:
 
 - ``"encoder"`` (:class:`~encoderlens.HookedEncoder`): ``model.tokenize(input, one_zero_attention_mask,
   token_type_ids) -> TextBatch``; ``model(tokens, one_zero_attention_mask=..., token_type_ids=...,
-  return_type=...)``. Fully supported and tested.
-- ``"audio"`` (HookedAudioEncoder, merged separately): a float waveform tensor ``(batch, samples)`` is passed
-  straight to ``model(waveform, return_type=...)``; every frame counts as real. For padded batches of
-  unequal lengths the model must offer ``prepare_audio(input, **kw)`` returning an object with
-  ``input_values``, ``attention_mask`` (samples) and ``frame_mask`` (frames). Frame labels come from
-  ``model.frame_times(n_frames)`` when it exists.
-- ``"encoder_decoder"`` (HookedEncoderDecoder, merged separately): ``model.tokenize`` for the encoder side;
-  the decoder side is a ``decoder_input`` (token ids, or text turned into ids by the model's
-  ``decoder_input_from_text`` helper); ``model(tokens, decoder_input=..., one_zero_attention_mask=...,
-  decoder_attention_mask=..., return_type="logits")``. Streams ``("encoder", "decoder")``.
+  return_type=...)``.
+- ``"audio_encoder"`` (``HookedAudioEncoder``): ``model.prepare(input, **audio_options) -> AudioBatch``
+  (waveforms, files, lists of unequal lengths), ``model(batch, return_type=...)``; frames are positions,
+  real frames from ``model.frame_mask(batch.lengths, n_frames)``, labelled with their start time
+  (``model.frame_times(n, span="hop")``).
+- ``"encoder_decoder"`` (``HookedEncoderDecoder``): ``model.tokenize(input, mask)`` for the encoder;
+  ``decoder_input`` as target text (``model.decoder_input_from_targets``: start token + shift right), a
+  ``TextBatch`` or token ids used as given; ``model(tokens, decoder_input=TextBatch,
+  one_zero_attention_mask=..., return_type=...)``. Streams ``("encoder", "decoder")``.
 
-Where a family's model lacks what is expected, the error names the missing method and this module.
-A family can also take over completely by defining ``model.prepare_analysis_input(input, **kw) -> Prepared``.
+Where a model lacks what is expected, the error names the missing method and this module. A family can
+also take over completely by defining ``model.prepare_analysis_input(input, **kw) -> Prepared``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import torch
@@ -38,11 +37,14 @@ from torch import Tensor
 
 StreamName = str | None
 
-_SUPPORTED = ("encoder", "audio", "encoder_decoder")
+ENCODER = "encoder"
+AUDIO = "audio_encoder"
+SEQ2SEQ = "encoder_decoder"
+_SUPPORTED = (ENCODER, AUDIO, SEQ2SEQ)
 
 
 def family_of(model: Any) -> str:
-    """The model's family (``"encoder"``, ``"audio"``, ``"encoder_decoder"``), checked."""
+    """The model's family (``"encoder"``, ``"audio_encoder"``, ``"encoder_decoder"``), checked."""
     fam = getattr(model, "family", None)
     if fam not in _SUPPORTED:
         raise TypeError(
@@ -121,6 +123,9 @@ class Prepared:
         def rep(v: Any) -> Any:
             if isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == b:
                 return v.repeat(k, *([1] * (v.ndim - 1)))
+            if is_dataclass(v) and not isinstance(v, type):
+                # e.g. AudioBatch / TextBatch: repeat every per-item tensor field
+                return replace(v, **{f.name: rep(getattr(v, f.name)) for f in fields(v)})
             return v
 
         return replace(
@@ -174,9 +179,9 @@ def prepare(model: Any, input: Any, **kw: Any) -> Prepared:
     if callable(custom):
         return custom(input, **kw)
     fam = family_of(model)
-    if fam == "encoder":
+    if fam == ENCODER:
         return _prepare_encoder(model, input, **kw)
-    if fam == "audio":
+    if fam == AUDIO:
         return _prepare_audio(model, input, **kw)
     return _prepare_encoder_decoder(model, input, **kw)
 
@@ -202,24 +207,23 @@ def _prepare_encoder(
 
 
 def _prepare_audio(model: Any, input: Any, **kw: Any) -> Prepared:
-    if isinstance(input, Tensor) and input.dtype.is_floating_point and input.ndim in (1, 2) and not kw:
-        wave = input[None] if input.ndim == 1 else input
-        return Prepared("audio", (wave,), {}, {None: None}, {None: None}, batch_size=int(wave.shape[0]))
-    prep = _require(model, "prepare_audio", "for audio that is not one float tensor of equal-length waveforms")
-    batch = prep(input, **kw)
-    for attr in ("input_values", "attention_mask", "frame_mask"):
+    prep = _require(model, "prepare", "to turn audio into a padded batch")
+    batch = input if type(input).__name__ == "AudioBatch" and not kw else prep(input, **kw)
+    for attr in ("input_values", "lengths"):
         if not hasattr(batch, attr):
             raise NotImplementedError(
-                f"{type(model).__name__}.prepare_audio returned {type(batch).__name__} without {attr!r}; "
-                "the analysis toolkit needs input_values, attention_mask (samples) and frame_mask (frames)"
+                f"{type(model).__name__}.prepare returned {type(batch).__name__} without {attr!r}; "
+                "see encoderlens/analysis/families.py"
             )
+    n_frames = int(_require(model, "num_frames", "to size the frame mask")(int(batch.input_values.shape[1])))
+    frame_mask = _require(model, "frame_mask", "to tell real frames from padding")(batch.lengths, n_frames).long()
+    labels = None
+    times = getattr(model, "frame_times", None)
+    if callable(times):
+        starts = times(n_frames, span="hop")[:, 0].tolist()
+        labels = [[f"{t:.3f}s" if m else "<pad>" for t, m in zip(starts, row)] for row in frame_mask.tolist()]
     return Prepared(
-        "audio",
-        (batch.input_values,),
-        {"attention_mask": batch.attention_mask},
-        {None: batch.frame_mask.long()},
-        {None: None},
-        batch_size=int(batch.input_values.shape[0]),
+        AUDIO, (batch,), {}, {None: frame_mask}, {None: labels}, batch_size=int(batch.input_values.shape[0])
     )
 
 
@@ -233,66 +237,69 @@ def _prepare_encoder_decoder(
 ) -> Prepared:
     if kw:
         raise TypeError(f"unexpected options for an encoder-decoder: {sorted(kw)}")
-    if decoder_input is None:
-        raise ValueError(
-            "an encoder-decoder needs decoder_input= (target text or token ids) to run the decoder; "
-            "e.g. prepare(model, 'translate English to German: Hello', decoder_input='Hallo')"
-        )
     tokenize = _require(model, "tokenize", "to tokenize the encoder input")
     enc = tokenize(input, one_zero_attention_mask)
-    if isinstance(decoder_input, (str, list)) and decoder_input and isinstance(_first(decoder_input), str):
-        make = _require(model, "decoder_input_from_text", "to build decoder input ids from target text")
-        dec = make(decoder_input)
-    else:
-        dec = decoder_input
-    dec_tokens = dec.tokens if hasattr(dec, "tokens") else torch.as_tensor(dec)
-    if dec_tokens.ndim == 1:
-        dec_tokens = dec_tokens[None]
-    dec_mask = getattr(dec, "attention_mask", None)
-    if decoder_attention_mask is not None:
-        dec_mask = torch.as_tensor(decoder_attention_mask).long()
-    if dec_mask is None:
-        dec_mask = torch.ones_like(dec_tokens)
-    if dec_tokens.shape[0] != enc.tokens.shape[0]:
-        raise ValueError(
-            f"encoder batch has {enc.tokens.shape[0]} items but decoder_input has {dec_tokens.shape[0]}; "
-            "pass one decoder input per encoder input"
-        )
     tok = getattr(model, "tokenizer", None)
+    streams = streams_of(model)
+    masks: dict[StreamName, Tensor | None] = {"encoder": enc.attention_mask}
+    labels: dict[StreamName, list[list[str]] | None] = {"encoder": _text_labels(tok, enc.tokens, enc.attention_mask)}
+    ids: dict[StreamName, Tensor] = {"encoder": enc.tokens}
+    kwargs: dict[str, Any] = {"one_zero_attention_mask": enc.attention_mask}
+    if "decoder" in streams:
+        if decoder_input is None:
+            raise ValueError(
+                "an encoder-decoder needs decoder_input= (target text, or decoder token ids starting with the start "
+                "token) to run the decoder; e.g. prepare(model, 'translate English to German: Hello', "
+                "decoder_input='Hallo')"
+            )
+        if type(decoder_input).__name__ == "TextBatch":
+            dec = decoder_input
+        elif isinstance(decoder_input, str) or (
+            isinstance(decoder_input, (list, tuple)) and decoder_input and isinstance(decoder_input[0], str)
+        ):
+            dec = _require(model, "decoder_input_from_targets", "to build decoder inputs from target text")(
+                decoder_input
+            )
+        else:
+            from encoderlens.io.text import TextBatch, as_token_tensor, check_mask
+
+            t = as_token_tensor(decoder_input)
+            m = torch.ones_like(t) if decoder_attention_mask is None else check_mask(decoder_attention_mask, t.shape)
+            dec = TextBatch(t, m, None)
+        dec_tokens = dec.tokens.to(enc.tokens.device)
+        dec_mask = dec.attention_mask.to(enc.tokens.device).long()
+        if dec_tokens.shape[0] != enc.tokens.shape[0]:
+            raise ValueError(
+                f"encoder batch has {enc.tokens.shape[0]} items but decoder_input has {dec_tokens.shape[0]}; "
+                "pass one decoder input per encoder input"
+            )
+        kwargs["decoder_input"] = type(dec)(dec_tokens, dec_mask, None)
+        masks["decoder"] = dec_mask
+        labels["decoder"] = _text_labels(tok, dec_tokens, dec_mask)
+        ids["decoder"] = dec_tokens
+    elif decoder_input is not None:
+        raise ValueError("this checkpoint is encoder-only; do not pass decoder_input")
     return Prepared(
-        family="encoder_decoder",
+        family=SEQ2SEQ,
         args=(enc.tokens,),
-        kwargs={
-            "decoder_input": dec_tokens.to(enc.tokens.device),
-            "one_zero_attention_mask": enc.attention_mask,
-            "decoder_attention_mask": dec_mask.to(enc.tokens.device),
-        },
-        masks={"encoder": enc.attention_mask, "decoder": dec_mask.long()},
-        labels={
-            "encoder": _text_labels(tok, enc.tokens, enc.attention_mask),
-            "decoder": _text_labels(tok, dec_tokens, dec_mask),
-        },
-        token_ids={"encoder": enc.tokens, "decoder": dec_tokens},
+        kwargs=kwargs,
+        masks=masks,
+        labels=labels,
+        token_ids=ids,
         batch_size=int(enc.tokens.shape[0]),
     )
-
-
-def _first(x: Any) -> Any:
-    return x if isinstance(x, str) else x[0]
 
 
 def default_return_type(model: Any) -> str:
     """The forward ``return_type`` that gives the model's main output as a tensor."""
     fam = family_of(model)
-    if fam == "encoder":
+    if fam == ENCODER:
         return "logits" if getattr(model, "mlm_head", None) is not None else "embeddings"
-    if fam == "audio":
-        return "logits" if _has_ctc_head(model) else "hidden"
-    return "logits"
-
-
-def _has_ctc_head(model: Any) -> bool:
-    return any(getattr(model, name, None) is not None for name in ("ctc_head", "lm_head", "head"))
+    if fam == AUDIO:
+        return "logits" if getattr(model, "ctc_head", None) is not None else "hidden"
+    if getattr(model, "decoder", None) is None:
+        return "encoder_output"
+    return "logits" if getattr(model, "lm_head", None) is not None else "decoder_output"
 
 
 def run(

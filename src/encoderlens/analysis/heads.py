@@ -40,6 +40,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from encoderlens.analysis.families import (
+    AUDIO,
     StreamName,
     check_stream,
     family_of,
@@ -73,7 +74,7 @@ def default_detectors(family: str, attn: str = "attn") -> tuple[str, ...]:
     """The detectors that make sense for a family (and for cross-attention)."""
     if attn == "cross_attn":
         return ("first_token", "last_token", "special", "entropy")
-    if family == "audio":
+    if family == AUDIO:
         return ("local_window", "self", "previous_token", "next_token", "first_token", "entropy", "mean_distance")
     return (
         "previous_token",

@@ -25,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from encoderlens.analysis.families import (
+    AUDIO,
     Prepared,
     StreamName,
     check_stream,
@@ -293,7 +294,8 @@ def ctc_collapse(ids: Sequence[int], blank_id: int) -> list[int]:
 
 def _blank_id(model: Any) -> int:
     tok = getattr(model, "tokenizer", None)
-    for src in (getattr(model, "cfg", None), tok):
+    cfg = getattr(model, "cfg", None)
+    for src in (getattr(cfg, "ctc_head", None), cfg, tok):
         for name in ("blank_id", "pad_token_id"):
             v = getattr(src, name, None)
             if isinstance(v, int):
@@ -312,7 +314,7 @@ def ctc_lens(
     each frame's argmax is collapsed (repeats merged, blanks dropped) and decoded by the tokenizer.
     Padded frames are left out.
     """
-    if family_of(model) != "audio":
+    if family_of(model) != AUDIO:
         raise ValueError(f"ctc_lens is for speech encoders with a CTC head; this is a {family_of(model)} model")
     lens = logit_lens(model, input, **input_kwargs)
     blank = _blank_id(model) if blank_id is None else blank_id

@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from encoderlens.analysis.families import family_of, prefix_of, prepare, run_with_cache, spec_of, streams_of
+from encoderlens.analysis.families import AUDIO, family_of, prefix_of, prepare, run_with_cache, spec_of, streams_of
 
 
 @dataclass
@@ -183,7 +183,7 @@ def attention_html(
     for key, label, stream, attn, kstream in views_wanted:
         pats = torch.stack([cache[f"{prefix_of(stream)}blocks.{i}.{attn}.hook_pattern"] for i in layer_sel[key]])
         qm, km = prepared.mask(stream), prepared.mask(kstream)
-        axis = "time" if fam == "audio" else "tokens"
+        axis = "time" if fam == AUDIO else "tokens"
         fs = frame_seconds if frame_seconds is not None else (_frame_seconds(model) if axis == "time" else None)
         views.append(
             AttentionView(
@@ -220,14 +220,10 @@ def attention_html(
 
 
 def _frame_seconds(model: Any) -> float:
-    times = getattr(model, "frame_times", None)
-    if callable(times):
-        try:
-            starts, _ = times(2)
-            return float(starts[1] - starts[0])
-        except Exception:  # an unexpected signature: fall back to the usual hop
-            pass
-    return 0.02
+    hop, rate = getattr(model, "hop_length", None), getattr(model, "sampling_rate", None)
+    if isinstance(hop, int) and isinstance(rate, int) and rate > 0:
+        return hop / rate
+    return 0.02  # the 20 ms hop of wav2vec2 / HuBERT at 16 kHz
 
 
 _CSS = """

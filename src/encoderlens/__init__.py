@@ -7,7 +7,7 @@ from typing import Any
 from encoderlens.cache import ActivationCache
 from encoderlens.factored_matrix import FactoredMatrix
 from encoderlens.hooks import HookedRootModule, HookPoint, get_act_name
-from encoderlens.models import HookedEncoder
+from encoderlens.models import HookedEncoder, HookedEncoderDecoder
 from encoderlens.models.base import HookedModel
 
 __version__ = "0.1.0"
@@ -27,6 +27,7 @@ __all__ = [
     "FactoredMatrix",
     "HookPoint",
     "HookedEncoder",
+    "HookedEncoderDecoder",
     "HookedModel",
     "HookedRootModule",
     "from_pretrained",

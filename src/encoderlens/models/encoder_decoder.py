@@ -64,7 +64,20 @@ class EncoderDecoderOutput:
     decoder_attention_mask: Int[Tensor, "batch pos"] | None
 
 
-class Stack(StackWeightsMixin, nn.Module):
+class _PropertyErrors:
+    """Keep a property's own AttributeError message (``nn.Module.__getattr__`` would replace it)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)  # type: ignore[misc]
+        except AttributeError:
+            prop = getattr(type(self), name, None)
+            if isinstance(prop, property) and prop.fget is not None:
+                prop.fget(self)  # raises the property's explanatory AttributeError
+            raise
+
+
+class Stack(_PropertyErrors, StackWeightsMixin, nn.Module):
     """One side of an encoder-decoder: embeddings, position bias, blocks and final norm.
 
     The token embedding is the model's shared :class:`Embed`, held in a list so it is registered
@@ -187,7 +200,7 @@ class LMHead(nn.Module):
 
 
 @register_family("encoder_decoder")
-class HookedEncoderDecoder(HookedModel):
+class HookedEncoderDecoder(_PropertyErrors, HookedModel):
     """A sequence-to-sequence transformer with a hook point on every activation, both stacks.
 
     Submodules ``encoder`` and ``decoder`` (see the module docstring and ``docs/encoder_decoder.md``
@@ -248,6 +261,25 @@ class HookedEncoderDecoder(HookedModel):
         """``scale * W_U``: logits are exactly ``decoder_output @ effective_W_U() + b_U``."""
         head = self._head()
         return head.W_U * head.cfg.scale
+
+    def folded_unembed(self) -> tuple[Float[Tensor, "d_model d_vocab"], Float[Tensor, " d_vocab"]]:
+        """``(W_U, b_U)`` acting on the decoder's *normalised* final stream (before the final norm's weight).
+
+        The final norm's weight ``w`` (and bias ``b``, LayerNorm) and the head's ``scale`` are folded in:
+        ``W = diag(w) @ W_U * scale``, ``bias = b_U + (b @ W_U) * scale``, so
+        ``logits = normalized @ W + bias`` with ``normalized`` the final norm's ``hook_normalized``
+        (what :meth:`ActivationCache.apply_ln_to_stack` produces from residual components). This is the
+        unembedding :meth:`ActivationCache.logit_attrs` uses on ``cache.decoder``.
+        """
+        W = self.effective_W_U()
+        bias = self.b_U
+        stack = self._decoder()
+        if stack.ln_final is not None:
+            norm = stack.ln_final
+            if getattr(norm, "b", None) is not None:
+                bias = bias + norm.b @ W
+            W = norm.w[:, None] * W
+        return W, bias
 
     def _head(self) -> LMHead:
         if self.lm_head is None:
@@ -423,6 +455,11 @@ class HookedEncoderDecoder(HookedModel):
                 return_type = "encoder_output"
             else:
                 return_type = "logits" if self.lm_head is not None else "decoder_output"
+        if self.decoder is None and return_type not in ("encoder_output", None):
+            raise ValueError(
+                f"this {self.cfg.architecture} checkpoint is encoder-only: return_type={return_type!r} needs a "
+                "decoder; use return_type='encoder_output' (the default for this model)"
+            )
         if return_type == "logits" and self.lm_head is None:
             raise ValueError(
                 f"return_type='logits' needs an LM head, and this {self.cfg.architecture} checkpoint has none; "
@@ -433,11 +470,7 @@ class HookedEncoderDecoder(HookedModel):
             if decoder_input is not None:
                 raise ValueError("return_type='encoder_output' runs the encoder only; do not pass decoder_input")
             return self.encoder(enc.tokens, enc.attention_mask)
-        if self.decoder is None:
-            raise ValueError(
-                f"this {self.cfg.architecture} checkpoint is encoder-only: return_type={return_type!r} needs a "
-                "decoder; use return_type='encoder_output' (the default for this model)"
-            )
+        assert self.decoder is not None
         dec = self._decoder_batch(decoder_input, decoder_attention_mask)
         if dec.tokens.shape[0] != enc.tokens.shape[0]:
             raise ValueError(
@@ -697,7 +730,7 @@ class HookedEncoderDecoder(HookedModel):
             note = f"this {self.cfg.architecture} checkpoint has no LM head"
         else:
             note = ""
-            unembed = (self.effective_W_U(), self.b_U)
+            unembed = self.folded_unembed()
         return StreamSpec(
             prefix=p,
             n_layers=st.cfg.n_layers,

@@ -175,3 +175,26 @@ def bart_tokenizer():
     vocab["\u0120"] = len(vocab)
     vocab["<mask>"] = len(vocab)
     return BartTokenizer(vocab=vocab, merges=[])
+
+
+def sharpen_t5(hf, factor: float = 8.0):
+    """Scale attention/MLP output weights so a random T5 stops repeating one token under greedy decoding."""
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith(("wo.weight", ".o.weight")):
+                p.mul_(factor)
+    return hf
+
+
+def untie_head(hf, seed: int = 0):
+    """Give a BART-like model a random untied head: a tied random head mostly copies the current token."""
+    hf.config.tie_word_embeddings = False
+    g = torch.Generator().manual_seed(seed)
+    hf.lm_head.weight = torch.nn.Parameter(torch.randn(hf.lm_head.weight.shape, generator=g))
+    return hf
+
+
+def generating_hf(kind: str):
+    """A variant whose greedy output varies (random tiny models otherwise repeat one token)."""
+    hf = make_hf(kind)
+    return sharpen_t5(hf) if kind in ("t5", "t5_gated", "mt5") else untie_head(hf)

@@ -158,7 +158,8 @@ def t5_tokenizer():
     """A real (tokenizers-backed) T5 tokenizer built offline from a word list; it appends ``</s>``."""
     from transformers import T5Tokenizer
 
-    words = "the cat sat on mat dog ran a house is big small das haus ist gross hallo welt".split()
+    words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "a", "house", "is", "big", "small"]
+    words += ["das", "haus", "ist", "gross", "hallo", "welt"]
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(f"\u2581{w}", -float(i)) for i, w in enumerate(words)]
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 

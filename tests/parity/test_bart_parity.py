@@ -61,7 +61,10 @@ def test_bart_parity_every_layer(tmp_path, kind, via):
         assert masked_max_diff(last, hidden[n], mask) < ATOL, side
     assert masked_max_diff(res.encoder_output, out.encoder_last_hidden_state, src_mask) < ATOL
     for i in range(2):
-        assert pattern_max_diff(cache[f"decoder.blocks.{i}.cross_attn.hook_pattern"], out.cross_attentions[i], tgt_mask) < ATOL
+        assert (
+            pattern_max_diff(cache[f"decoder.blocks.{i}.cross_attn.hook_pattern"], out.cross_attentions[i], tgt_mask)
+            < ATOL
+        )
     assert cache["decoder.blocks.0.cross_attn.hook_pattern"].shape == (3, 3 if pre_ln else 2, 23, 25)
     assert ("encoder.hook_final_norm" in cache) is pre_ln
 

@@ -69,12 +69,13 @@ def test_t5_parity_every_layer(tmp_path, kind, via):
     compare_stack(
         cache, "encoder", out.encoder_hidden_states, out.encoder_attentions, src_mask, 3, out.encoder_last_hidden_state
     )
-    compare_stack(
-        cache, "decoder", out.decoder_hidden_states, out.decoder_attentions, tgt_mask, 2, res.decoder_output
-    )
+    compare_stack(cache, "decoder", out.decoder_hidden_states, out.decoder_attentions, tgt_mask, 2, res.decoder_output)
     for i in range(2):
         # cross-attention: decoder queries over encoder keys (padded encoder keys get ~0 in both)
-        assert pattern_max_diff(cache["decoder.blocks.%d.cross_attn.hook_pattern" % i], out.cross_attentions[i], tgt_mask) < ATOL
+        assert (
+            pattern_max_diff(cache[f"decoder.blocks.{i}.cross_attn.hook_pattern"], out.cross_attentions[i], tgt_mask)
+            < ATOL
+        )
     assert cache["decoder.blocks.0.cross_attn.hook_pattern"].shape == (3, 3, 23, 25)
     assert cache["decoder.blocks.1.hook_resid_mid_cross"].shape == (3, 23, 36)
 

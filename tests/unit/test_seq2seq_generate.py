@@ -39,7 +39,9 @@ def test_greedy_equals_hf_on_a_padded_batch(kind):
     end_steps = {int(r.nonzero()[0]) if r.any() else None for r in hits}
     assert len(end_steps) >= 2 and end_steps != {None}
     # the cache-free path (whole decoder recomputed each step) agrees token for token
-    slow = model.generate(src, one_zero_attention_mask=src_mask, max_new_tokens=MAX_NEW, eos_token_id=eos, use_cache=False)
+    slow = model.generate(
+        src, one_zero_attention_mask=src_mask, max_new_tokens=MAX_NEW, eos_token_id=eos, use_cache=False
+    )
     assert torch.equal(slow, ours)
 
 
@@ -54,7 +56,7 @@ def test_generation_cache_equals_full_forward(kind):
     with torch.no_grad():
         logits, full = model.run_with_cache(src, tokens[:, :-1], one_zero_attention_mask=src_mask)
     assert set(gen_cache.keys()) == set(full.keys())
-    for name in full.keys():
+    for name in full:
         assert gen_cache[name].shape == full[name].shape, name
         assert torch.allclose(gen_cache[name], full[name], atol=1e-4, rtol=1e-5), name
     # greedy picks are the argmax of the full forward's logits
@@ -83,7 +85,9 @@ def test_hooks_fire_every_step_and_can_steer(t5_pair):
         ablated = model.generate(src, one_zero_attention_mask=src_mask, max_new_tokens=MAX_NEW, eos_token_id=())
     assert not torch.equal(clean, ablated)
     # hooks are gone after the context: generation is back to the clean result
-    assert torch.equal(model.generate(src, one_zero_attention_mask=src_mask, max_new_tokens=MAX_NEW, eos_token_id=()), clean)
+    assert torch.equal(
+        model.generate(src, one_zero_attention_mask=src_mask, max_new_tokens=MAX_NEW, eos_token_id=()), clean
+    )
 
 
 def test_self_attention_cache_grows_and_position_bias_rows(t5_pair):
@@ -100,11 +104,15 @@ def test_decoder_prefix_and_eos_handling(t5_pair):
     src, src_mask, _, _ = padded_seq2seq_batch()
     full = model.generate(src, one_zero_attention_mask=src_mask, max_new_tokens=8, eos_token_id=())
     # continuing from a prefix of the greedy output reproduces the rest
-    cont = model.generate(src, one_zero_attention_mask=src_mask, max_new_tokens=5, decoder_input=full[:, :4], eos_token_id=())
+    cont = model.generate(
+        src, one_zero_attention_mask=src_mask, max_new_tokens=5, decoder_input=full[:, :4], eos_token_id=()
+    )
     assert torch.equal(cont, full[:, :9])
     # stop_at_eos=False generates max_new_tokens even past EOS, without padding
     eos = int(full[0, 2])
-    no_stop = model.generate(src, one_zero_attention_mask=src_mask, max_new_tokens=8, eos_token_id=eos, stop_at_eos=False)
+    no_stop = model.generate(
+        src, one_zero_attention_mask=src_mask, max_new_tokens=8, eos_token_id=eos, stop_at_eos=False
+    )
     assert torch.equal(no_stop, full)
 
 

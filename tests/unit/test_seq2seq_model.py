@@ -18,7 +18,9 @@ def run(kind):
     model = HookedEncoderDecoder.from_pretrained(hf_model=hf)
     src, src_mask, tgt, tgt_mask = padded_seq2seq_batch(first_token=model.cfg.decoder_start_token_id)
     with torch.no_grad():
-        logits, cache = model.run_with_cache(src, tgt, one_zero_attention_mask=src_mask, decoder_attention_mask=tgt_mask)
+        logits, cache = model.run_with_cache(
+            src, tgt, one_zero_attention_mask=src_mask, decoder_attention_mask=tgt_mask
+        )
     return model, logits, cache
 
 
@@ -72,10 +74,10 @@ def test_post_ln_bart_explains_instead_of_failing():
     model, logits, cache = run("bart")
     for c in (cache.encoder, cache.decoder):
         for call in (
-            lambda: c.decompose_resid(),
-            lambda: c.get_full_resid_decomposition(),
-            lambda: c.apply_ln_to_stack(c.accumulated_resid()),
-            lambda: c.stack_head_results(incl_remainder=True),
+            c.decompose_resid,
+            c.get_full_resid_decomposition,
+            lambda c=c: c.apply_ln_to_stack(c.accumulated_resid()),
+            lambda c=c: c.stack_head_results(incl_remainder=True),
         ):
             with pytest.raises(ValueError, match="post-LN") as info:
                 call()

@@ -71,8 +71,12 @@ class RelativePositionBias(nn.Module):
         device = self.W_rel.device
         q_pos = torch.arange(query_len, device=device)[:, None] + past_len
         k_pos = torch.arange(key_len, device=device)[None, :]
-        return relative_position_bucket(k_pos - q_pos, self.cfg.bidirectional, self.cfg.num_buckets, self.cfg.max_distance)
+        return relative_position_bucket(
+            k_pos - q_pos, self.cfg.bidirectional, self.cfg.num_buckets, self.cfg.max_distance
+        )
 
-    def forward(self, query_len: int, key_len: int, past_len: int = 0) -> Float[Tensor, "1 head_index query_pos key_pos"]:
+    def forward(
+        self, query_len: int, key_len: int, past_len: int = 0
+    ) -> Float[Tensor, "1 head_index query_pos key_pos"]:
         values = nn.functional.embedding(self.buckets(query_len, key_len, past_len), self.W_rel)
         return values.permute(2, 0, 1)[None]

@@ -60,9 +60,7 @@ def _check_config(hf: Any, arch: str, pre_ln: bool) -> None:
     for flag, expected in (("normalize_before", pre_ln), ("add_final_layer_norm", pre_ln)):
         value = getattr(hf, flag, None)
         require(value is None or bool(value) == expected, arch, flag, value, f"{expected} for {hf.model_type}")
-    require(
-        not getattr(hf, "add_bias_logits", False), arch, "add_bias_logits", True, "False (final_logits_bias only)"
-    )
+    require(not getattr(hf, "add_bias_logits", False), arch, "add_bias_logits", True, "False (final_logits_bias only)")
 
 
 def _take_attn(r: WeightReader, out: dict[str, Tensor], n_heads: int, src: str, dst: str) -> None:
@@ -195,7 +193,9 @@ def convert_mbart_lm(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[Enc
 
 
 @register("MBartModel")
-def convert_mbart_model(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
+def convert_mbart_model(
+    hf_config: Any, state_dict: dict[str, Tensor]
+) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """mBART without a head."""
     return convert_bart(hf_config, state_dict, mbart=True, head=False)
 

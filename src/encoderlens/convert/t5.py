@@ -54,7 +54,9 @@ def t5_stack(hf: Any, n_layers: int, decoder: bool) -> StackConfig:
         n_layers=n_layers,
         d_model=hf.d_model,
         # T5 folds 1/sqrt(d_head) into its initialisation: scores are plain q.k
-        attn=AttentionConfig(n_heads=hf.num_heads, d_head=hf.d_kv, causal=decoder, qkv_bias=False, out_bias=False, scale=1.0),
+        attn=AttentionConfig(
+            n_heads=hf.num_heads, d_head=hf.d_kv, causal=decoder, qkv_bias=False, out_bias=False, scale=1.0
+        ),
         mlp=MLPConfig(d_mlp=hf.d_ff, act_fn=act, gated=gated, bias=False),
         norm=norm,
         norm_position="pre",
@@ -150,7 +152,9 @@ def convert_t5(
     _take_tied(r, "encoder.embed_tokens.weight", shared, arch, "encoder")
     stacks = [("encoder", hf_config.num_layers)] + ([("decoder", n_dec)] if decoder else [])
     for side, n in stacks:
-        out[f"{side}.position_bias.W_rel"] = r.take(f"{side}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+        out[f"{side}.position_bias.W_rel"] = r.take(
+            f"{side}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        )
         for i in range(n):
             _take_layer(r, out, n_heads, gated, f"{side}.block.{i}", f"{side}.blocks.{i}")
         out[f"{side}.ln_final.w"] = r.take(f"{side}.final_layer_norm.weight")

@@ -160,9 +160,7 @@ class Stack(_PropertyErrors, StackWeightsMixin, nn.Module):
         if self.cfg.cross_attention:
             if encoder_out is None or encoder_mask is None:
                 raise ValueError("the decoder needs the encoder output and its mask")
-            cross_mask = build_additive_mask(
-                encoder_mask.bool(), q_len, encoder_out.shape[1], False, x.dtype, x.device
-            )
+            cross_mask = build_additive_mask(encoder_mask.bool(), q_len, encoder_out.shape[1], False, x.dtype, x.device)
         for i, block in enumerate(self.blocks):
             x = block(
                 x,
@@ -275,10 +273,10 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
         bias = self.b_U
         stack = self._decoder()
         if stack.ln_final is not None:
-            norm = stack.ln_final
-            if getattr(norm, "b", None) is not None:
-                bias = bias + norm.b @ W
-            W = norm.w[:, None] * W
+            norm_b = getattr(stack.ln_final, "b", None)  # LayerNorm (mBART) has a bias, RMSNorm (T5) none
+            if isinstance(norm_b, Tensor):
+                bias = bias + norm_b @ W
+            W = stack.ln_final.w[:, None] * W
         return W, bias
 
     def _head(self) -> LMHead:
@@ -747,9 +745,7 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
 
 
 def _is_text(x: Any) -> bool:
-    return isinstance(x, str) or (
-        isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(s, str) for s in x)
-    )
+    return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(s, str) for s in x))
 
 
 def _as_text_list(x: Any) -> str | list[str]:

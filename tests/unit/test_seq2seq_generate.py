@@ -144,3 +144,49 @@ def test_generation_bad_inputs(t5_pair):
         model.generate(src, return_type="logits")
     with pytest.raises(ValueError, match="needs a tokenizer"):
         model.generate(src, return_type="str", max_new_tokens=2)
+
+
+@pytest.mark.parametrize(
+    "kind,num_beams,length_penalty,early_stopping",
+    [("t5", 2, 2.0, "never"), ("t5_gated", 4, 0.5, True), ("bart", 3, 0.5, "never"), ("mbart", 3, 1.0, False)],
+)
+def test_beam_search_equals_hf(kind, num_beams, length_penalty, early_stopping):
+    hf = generating_hf(kind)
+    model = HookedEncoderDecoder.from_pretrained(hf_model=hf)
+    src, src_mask, _, _ = padded_seq2seq_batch()
+    free = model.generate(src, one_zero_attention_mask=src_mask, max_new_tokens=12, eos_token_id=())
+    eos = pick_eos(free)
+    gen_cfg = greedy_config(hf)
+    gen_cfg.update(eos_token_id=eos, num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping)
+    hf.generation_config = gen_cfg
+    with torch.no_grad():
+        theirs = hf.generate(input_ids=src, attention_mask=src_mask, max_new_tokens=12)
+    kw = dict(
+        one_zero_attention_mask=src_mask,
+        max_new_tokens=12,
+        eos_token_id=eos,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+    )
+    ours = model.generate(src, **kw)
+    assert ours.shape == theirs.shape
+    # after a hypothesis' EOS we put the pad token; HF puts `pad_token_id or eos_token_id`, i.e. EOS when pad is 0
+    ended = torch.cumsum((ours == eos).long(), dim=1) - (ours == eos).long() > 0
+    assert torch.equal(ours[~ended], theirs[~ended]), (ours.tolist(), theirs.tolist())
+    assert bool((ours[ended] == model.cfg.pad_token_id).all())
+    assert bool((ours == eos).any()), "no hypothesis ended with EOS: the test would not cover finished beams"
+    assert torch.equal(model.generate(src, use_cache=False, **kw), ours)
+
+
+def test_beam_search_rejects_what_it_does_not_do(t5_pair):
+    _, model = t5_pair
+    src = torch.randint(3, 99, (2, 7))
+    with pytest.raises(ValueError, match="beam sampling is not implemented"):
+        model.generate(src, num_beams=2, do_sample=True)
+    with pytest.raises(ValueError, match="return_cache is not available with beam search"):
+        model.generate(src, num_beams=2, return_cache=True)
+    with pytest.raises(ValueError, match="num_beams must be a positive int"):
+        model.generate(src, num_beams=0)
+    with pytest.raises(ValueError, match="early_stopping"):
+        model.generate(src, num_beams=2, early_stopping="sometimes")

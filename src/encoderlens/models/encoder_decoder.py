@@ -497,6 +497,8 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
         top_k: int | None = None,
         top_p: float | None = None,
         num_beams: int = 1,
+        length_penalty: float = 1.0,
+        early_stopping: bool | Literal["never"] = False,
         eos_token_id: int | Sequence[int] | None = None,
         stop_at_eos: bool = True,
         decoder_input: Any = None,
@@ -521,7 +523,13 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
             temperature: Divides the logits before sampling (``do_sample`` only).
             top_k: Sample among the ``top_k`` most likely tokens only.
             top_p: Sample from the smallest set of tokens whose probability reaches ``top_p``.
-            num_beams: Must be 1 (beam search is not implemented).
+            num_beams: Beams for beam search (1: greedy or sampling). Beam search follows HF's algorithm
+                (``2 * num_beams`` candidates per step, finished hypotheses scored by
+                ``sum_logprobs / generated_len ** length_penalty``) and returns the best hypothesis per input.
+            length_penalty: Exponent of the length normalisation of finished beams (beam search only).
+            early_stopping: Beam search stopping rule, as in HF: False (stop when no running beam can beat
+                the worst finished one, judged at the current length), True (stop once ``num_beams``
+                hypotheses are finished), ``"never"`` (judge at the maximum length when ``length_penalty > 0``).
             eos_token_id: Token(s) that end a sequence (default: the checkpoint's).
             stop_at_eos: Stop a sequence at EOS (later positions get the pad token) and stop when every
                 sequence has ended. False: always generate ``max_new_tokens``.
@@ -546,10 +554,20 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
         stack = self._decoder()
         if self.lm_head is None:
             raise ValueError(f"generate needs an LM head; this {self.cfg.architecture} checkpoint has none")
-        if num_beams != 1:
-            raise ValueError(
-                f"num_beams={num_beams}: beam search is not implemented; use num_beams=1 (greedy or sampling)"
-            )
+        if not isinstance(num_beams, int) or num_beams < 1:
+            raise ValueError(f"num_beams must be a positive int, got {num_beams!r}")
+        if num_beams > 1:
+            if do_sample:
+                raise ValueError("beam sampling is not implemented: use num_beams > 1 with do_sample=False")
+            if return_cache:
+                raise ValueError(
+                    "return_cache is not available with beam search (beams are reordered every step); "
+                    "run model.run_with_cache(input, tokens[:, :-1]) on the returned tokens instead"
+                )
+            if not stop_at_eos:
+                raise ValueError("stop_at_eos=False is not available with beam search")
+        if early_stopping not in (True, False, "never"):
+            raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         if do_sample:
@@ -591,6 +609,12 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
             gen = torch.Generator(device=enc.tokens.device).manual_seed(seed)
         with self.hooks(fwd_hooks=fwd):
             enc_out = self.encoder(enc.tokens, enc.attention_mask)
+            if num_beams > 1:
+                tokens = self._beam_search(
+                    enc_out, enc.attention_mask, prefix, max_new_tokens, num_beams, eos, pad, length_penalty,
+                    early_stopping, use_cache,
+                )  # fmt: skip
+                return self._format_generated(tokens, input, return_type)
             tokens = prefix
             finished = torch.zeros(batch_size, dtype=torch.bool, device=tokens.device)
             kv = [(KVCache(), KVCache(static=True)) for _ in stack.blocks] if use_cache else None
@@ -616,16 +640,115 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
                 if stop_at_eos and eos and bool(finished.all()):
                     break
 
-        out: Any = tokens
-        if return_type == "str" or (return_type == "input" and _is_text(input)):
-            if self.tokenizer is None:
-                raise ValueError("return_type='str' needs a tokenizer; this model was loaded without one")
-            texts = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in tokens]
-            out = texts[0] if isinstance(input, str) else texts
+        out = self._format_generated(tokens, input, return_type)
         if return_cache:
             cache_dict = self._merge_steps(records, tokens.shape[1] - 1, use_cache)
             return out, ActivationCache(cache_dict, self)
         return out
+
+    def _format_generated(self, tokens: Tensor, input: Any, return_type: str) -> Any:
+        if return_type == "str" or (return_type == "input" and _is_text(input)):
+            if self.tokenizer is None:
+                raise ValueError("return_type='str' needs a tokenizer; this model was loaded without one")
+            texts = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in tokens]
+            return texts[0] if isinstance(input, str) else texts
+        return tokens
+
+    def _beam_search(
+        self,
+        enc_out: Float[Tensor, "batch enc_pos d_model"],
+        enc_mask: Int[Tensor, "batch enc_pos"],
+        prefix: Int[Tensor, "batch prefix_pos"],
+        max_new_tokens: int,
+        num_beams: int,
+        eos: tuple[int, ...],
+        pad: int,
+        length_penalty: float,
+        early_stopping: bool | str,
+        use_cache: bool,
+    ) -> Int[Tensor, "batch pos"]:
+        """Beam search with HF's (vectorised, transformers >= 4.50) semantics; returns the best beam per input.
+
+        State per input: ``num_beams`` running beams (log-prob sums) and the ``num_beams`` best finished
+        hypotheses (length-normalised scores). Each step keeps the top ``max(2, 1 + n_eos) * num_beams``
+        continuations so that enough unfinished ones remain; candidates ending in EOS (or at the length
+        limit) among the top ``num_beams`` become finished hypotheses.
+        """
+        stack = self._decoder()
+        assert self.lm_head is not None
+        batch, prompt_len = prefix.shape
+        k, device = num_beams, prefix.device
+        max_len = prompt_len + max_new_tokens
+        n_keep = max(2, 1 + len(eos)) * k
+        neg = -1.0e9
+        # every beam of one input reads the same encoder output
+        enc_out = enc_out.repeat_interleave(k, dim=0)
+        enc_mask = enc_mask.repeat_interleave(k, dim=0)
+        running = torch.full((batch, k, max_len), pad, dtype=torch.long, device=device)
+        running[:, :, :prompt_len] = prefix[:, None]
+        running_scores = torch.zeros(batch, k, device=device)
+        running_scores[:, 1:] = neg  # only the first beam is live at the start: no duplicate beams
+        finished = running.clone()
+        finished_scores = torch.full((batch, k), neg, device=device)
+        finished_len = torch.full((batch, k), max_len, dtype=torch.long, device=device)
+        is_finished = torch.zeros(batch, k, dtype=torch.bool, device=device)
+        can_improve = torch.ones(batch, 1, dtype=torch.bool, device=device)
+        top_k_mask = torch.arange(n_keep, device=device) < k
+        eos_t = torch.tensor(eos, dtype=torch.long, device=device)
+        kv = [(KVCache(), KVCache(static=True)) for _ in stack.blocks] if use_cache else None
+        cur = prompt_len
+        while True:
+            flat = running[:, :, :cur].reshape(batch * k, cur)
+            past = kv[0][0].length if kv is not None else 0
+            dec_out = stack(flat[:, past:], torch.ones_like(flat), enc_out, enc_mask, kv, past)
+            logits = self.lm_head(dec_out[:, -1:])[:, 0].float()
+            vocab = logits.shape[-1]
+            log_probs = logits.log_softmax(-1).view(batch, k, vocab) + running_scores[:, :, None]
+            top_scores, top_idx = log_probs.view(batch, k * vocab).topk(n_keep, dim=-1)
+            src_beam, new_tok = top_idx // vocab, top_idx % vocab
+            cand = running.gather(1, src_beam[:, :, None].expand(-1, -1, max_len)).clone()
+            cand[:, :, cur] = new_tok
+            ends = torch.isin(new_tok, eos_t) | (cur + 1 >= max_len)
+
+            # running beams for the next step: the best candidates that did not just end
+            live_scores = top_scores + ends.float() * neg
+            keep = live_scores.topk(k, dim=-1).indices
+            running = cand.gather(1, keep[:, :, None].expand(-1, -1, max_len))
+            running_scores = live_scores.gather(1, keep)
+            parent = src_beam.gather(1, keep)
+
+            # finished hypotheses: merge the new ones (among the top k only) with the kept ones
+            just_ended = ends & top_k_mask[None]
+            scored = top_scores / float(cur + 1 - prompt_len) ** length_penalty
+            if early_stopping is True:
+                scored = scored + (is_finished.all(-1, keepdim=True)).float() * neg
+            scored = scored + (~can_improve).float() * neg + (~just_ended).float() * neg
+            merged_scores = torch.cat([finished_scores, scored], dim=1)
+            best = merged_scores.topk(k, dim=-1).indices
+            finished = torch.cat([finished, cand], dim=1).gather(1, best[:, :, None].expand(-1, -1, max_len))
+            finished_scores = merged_scores.gather(1, best)
+            cand_len = torch.full_like(new_tok, cur + 1)
+            finished_len = torch.cat([finished_len, cand_len], dim=1).gather(1, best)
+            is_finished = torch.cat([is_finished, just_ended], dim=1).gather(1, best)
+
+            if kv is not None:
+                # the self-attention caches follow their beams; cross-attention caches are equal across beams
+                order = (parent + torch.arange(batch, device=device)[:, None] * k).reshape(-1)
+                for self_cache, _ in kv:
+                    assert self_cache.k is not None and self_cache.v is not None
+                    self_cache.k = self_cache.k.index_select(0, order)
+                    self_cache.v = self_cache.v.index_select(0, order)
+            cur += 1
+            # can a running beam still beat the worst finished hypothesis?
+            hyp_len = max_len - prompt_len if early_stopping == "never" and length_penalty > 0 else cur - prompt_len
+            best_running = running_scores[:, :1] / float(hyp_len) ** length_penalty
+            worst_done = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True).values, neg)
+            can_improve = can_improve & (best_running > worst_done).any(-1, keepdim=True)
+            open_beams = not (bool(is_finished.all()) and early_stopping is True)
+            if not (bool(can_improve.any()) and open_beams and not bool(ends.all())):
+                break
+        out_len = int(finished_len[:, 0].max())
+        return finished[:, 0, :out_len]
 
     def _generation_prefix(self, decoder_input: Any, batch_size: int) -> Tensor:
         device = self.embed.W_E.device

@@ -214,8 +214,10 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
 
     Differs from HF:
         - A missing decoder input raises (HF's BART silently builds one from the encoder input).
-        - ``generate`` is plain greedy / sampling: the checkpoint's generation config (forced BOS/EOS,
-          ``no_repeat_ngram_size``, ``min_length``, beam search) is not applied.
+        - ``generate`` does what its arguments say (greedy, sampling or beam search): the checkpoint's
+          generation config (forced BOS/EOS, ``no_repeat_ngram_size``, ``min_length``, default beams) is not
+          applied.
+        - Text passed as ``decoder_input`` is treated as targets (see :meth:`decoder_input_from_targets`).
     """
 
     cfg: EncoderDecoderConfig

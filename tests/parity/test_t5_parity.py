@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import T5EncoderModel, T5Model
+from transformers import MT5Config, MT5EncoderModel, T5EncoderModel, T5Model
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from encoderlens import HookedEncoderDecoder
+import encoderlens
+from encoderlens import HookedEncoder, HookedEncoderDecoder
 from encoderlens.components.position import relative_position_bucket
 from tests.conftest import masked_max_diff, pattern_max_diff, randomize_norms, save_tiny
 from tests.seq2seq_helpers import MAX_DISTANCE, N_BUCKETS, make_hf, padded_seq2seq_batch, t5_config
@@ -137,7 +138,8 @@ def test_t5_model_without_head(tmp_path):
     torch.manual_seed(0)
     hf = T5Model(t5_config(feed_forward_proj="gated-gelu")).eval()
     randomize_norms(hf)
-    model = HookedEncoderDecoder.from_pretrained(save_tiny(hf, tmp_path))
+    model = encoderlens.from_pretrained(save_tiny(hf, tmp_path))  # the family follows the checkpoint
+    assert isinstance(model, HookedEncoderDecoder)
     assert model.lm_head is None
     src, src_mask, tgt, tgt_mask = padded_seq2seq_batch(first_token=0)
     with torch.no_grad():
@@ -150,9 +152,10 @@ def test_t5_model_without_head(tmp_path):
         _ = model.W_U
 
 
-def test_t5_encoder_model_is_encoder_only(tmp_path):
+@pytest.mark.parametrize("mt5", [False, True])
+def test_t5_encoder_model_is_encoder_only(tmp_path, mt5):
     torch.manual_seed(0)
-    hf = T5EncoderModel(t5_config()).eval()
+    hf = (MT5EncoderModel(t5_config(MT5Config)) if mt5 else T5EncoderModel(t5_config())).eval()
     randomize_norms(hf)
     model = HookedEncoderDecoder.from_pretrained(save_tiny(hf, tmp_path))
     assert model.decoder is None and model.streams == ("encoder",)
@@ -235,3 +238,8 @@ def test_relative_attention_max_distance_is_honoured():
         theirs = hf(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt, decoder_attention_mask=tgt_mask)
         ours = model(src, tgt, one_zero_attention_mask=src_mask, decoder_attention_mask=tgt_mask)
     assert masked_max_diff(ours, theirs.logits, tgt_mask) < ATOL
+
+
+def test_wrong_family_class_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="encoder_decoder model, not a HookedEncoder"):
+        HookedEncoder.from_pretrained(save_tiny(make_hf("t5"), tmp_path))

@@ -71,10 +71,10 @@ def test_bart_parity_every_layer(tmp_path, kind, via):
 
 def test_bart_model_without_head(tmp_path):
     torch.manual_seed(0)
-    hf = BartModel(bart_config()).eval()
+    hf = BartModel(bart_config(scale_embedding=False)).eval()  # bart-base/large do not scale embeddings
     randomize_norms(hf)
     model = HookedEncoderDecoder.from_pretrained(save_tiny(hf, tmp_path))
-    assert model.lm_head is None
+    assert model.lm_head is None and model.cfg.encoder_embed.scale == 1.0
     src, src_mask, tgt, tgt_mask = padded_seq2seq_batch(first_token=2)
     with torch.no_grad():
         theirs = hf(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt, decoder_attention_mask=tgt_mask)

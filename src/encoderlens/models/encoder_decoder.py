@@ -660,7 +660,7 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
         self,
         enc_out: Float[Tensor, "batch enc_pos d_model"],
         enc_mask: Int[Tensor, "batch enc_pos"],
-        prefix: Int[Tensor, "batch prefix_pos"],
+        prefix: Int[Tensor, "batch pos"],
         max_new_tokens: int,
         num_beams: int,
         eos: tuple[int, ...],

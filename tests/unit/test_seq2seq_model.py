@@ -219,7 +219,7 @@ def test_text_with_a_bart_tokenizer(tmp_path):
     assert dec.tokens[0, :2].tolist() == [2, 0]  # BART decoder inputs start with </s> <s>
 
 
-def test_generate_with_an_untied_bart_batch_and_encoder_padding():
+def test_batched_generation_rows_match_single_runs():
     """Rows padded on the encoder side generate what they generate alone (the cross mask hides padding)."""
     model = HookedEncoderDecoder.from_pretrained(hf_model=make_hf("bart"))
     src, src_mask, _, _ = padded_seq2seq_batch()

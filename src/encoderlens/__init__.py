@@ -7,7 +7,7 @@ from typing import Any
 from encoderlens.cache import ActivationCache
 from encoderlens.factored_matrix import FactoredMatrix
 from encoderlens.hooks import HookedRootModule, HookPoint, get_act_name
-from encoderlens.models import HookedAudioEncoder, HookedEncoder
+from encoderlens.models import HookedAudioEncoder, HookedEncoder, HookedEncoderDecoder
 from encoderlens.models.base import HookedModel
 
 __version__ = "0.1.0"
@@ -28,6 +28,7 @@ __all__ = [
     "HookPoint",
     "HookedAudioEncoder",
     "HookedEncoder",
+    "HookedEncoderDecoder",
     "HookedModel",
     "HookedRootModule",
     "from_pretrained",

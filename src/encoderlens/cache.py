@@ -356,6 +356,12 @@ class ActivationCache:
             ``(layer * head_index, batch, pos, d_model)`` (and labels ``"L{l}H{h}"``).
         """
         spec = self._spec()
+        if attn not in ("attn", "cross_attn"):
+            raise ValueError(f"attn must be 'attn' or 'cross_attn', got {attn!r}")
+        if attn == "cross_attn" and not spec.has_cross_attention:
+            raise ValueError(
+                "attn='cross_attn': this stream has no cross-attention (only a decoder stream has; use cache.decoder)"
+            )
         n = spec.n_layers if layer == -1 else self._n_layers(spec, layer)
         p = spec.prefix
         comps: list[Tensor] = []

@@ -7,6 +7,7 @@ batch          items in a batch
 pos            token (or audio frame) positions
 query_pos      positions that attend (queries)
 key_pos        positions attended to (keys / values)
+enc_pos        encoder positions, as the decoder's cross-attention sees them
 head_index     attention heads
 d_model        residual stream width
 d_head         width of one head

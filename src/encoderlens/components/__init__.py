@@ -14,6 +14,7 @@ from encoderlens.components.embed import Embed, EmbedProjection, PosEmbed, Token
 from encoderlens.components.heads import ClassifierHead, MLMHead, NSPHead, Pooler, SentencePooler
 from encoderlens.components.mlp import MLP, get_activation
 from encoderlens.components.norm import LayerNorm, RMSNorm, make_norm
+from encoderlens.components.position import RelativePositionBias, relative_position_bucket
 
 __all__ = [
     "MLP",
@@ -36,10 +37,12 @@ __all__ = [
     "Pooler",
     "RMSNorm",
     "SentencePooler",
+    "RelativePositionBias",
     "TokenTypeEmbed",
     "TransformerBlock",
     "build_additive_mask",
     "get_activation",
     "make_norm",
     "position_ids",
+    "relative_position_bucket",
 ]

@@ -2,6 +2,7 @@
 
 # one line per architecture file: importing runs its @register lines
 import encoderlens.convert.albert
+import encoderlens.convert.bart
 import encoderlens.convert.bert
 import encoderlens.convert.deberta_v2
 import encoderlens.convert.distilbert
@@ -9,6 +10,7 @@ import encoderlens.convert.electra
 import encoderlens.convert.hubert
 import encoderlens.convert.modernbert
 import encoderlens.convert.roberta
+import encoderlens.convert.t5
 import encoderlens.convert.wav2vec2  # noqa: F401
 from encoderlens.convert.registry import find_converter, register, supported_architectures
 

@@ -2,12 +2,15 @@
 
 from encoderlens.models.audio_encoder import AudioEncoderOutput, HookedAudioEncoder, Transcription
 from encoderlens.models.encoder import EncoderOutput, HookedEncoder, MaskPrediction
+from encoderlens.models.encoder_decoder import EncoderDecoderOutput, HookedEncoderDecoder
 
 __all__ = [
     "AudioEncoderOutput",
+    "EncoderDecoderOutput",
     "EncoderOutput",
     "HookedAudioEncoder",
     "HookedEncoder",
+    "HookedEncoderDecoder",
     "MaskPrediction",
     "Transcription",
 ]

@@ -205,7 +205,7 @@ def _decompose(
     p = prefix_of(stream)
     embeds = set(spec.embed_hooks)
     # only what the walk reads: block outputs, norm scales, z for heads, the residual itself
-    suffixes = (
+    suffixes: tuple[str, ...] = (
         "hook_attn_out",
         "hook_cross_attn_out",
         "hook_mlp_out",
@@ -342,7 +342,8 @@ def direct_logit_attribution(
             head_offset=float(val - contrib.sum()),
         )
     elif spec.unembed is not None:
-        W_U, b_U = (t.detach() if t is not None else None for t in spec.unembed)
+        W_U = spec.unembed[0].detach()
+        b_U = spec.unembed[1].detach() if spec.unembed[1] is not None else None
         d = W_U[:, good] - (W_U[:, bad] if bad is not None else 0.0)
         contrib = parts @ d.to(parts)
         actual = float(x @ d.to(x))

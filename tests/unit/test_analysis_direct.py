@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from encoderlens.analysis import component_norms, decompose, direct_logit_attribution
+from encoderlens.analysis import component_norms, decompose, direct_logit_attribution, head_fn
 from tests.unit.analysis_helpers import linear_head_encoder, padded_tokens, pre_ln_encoder, tiny_mlm
 
 
@@ -57,19 +57,23 @@ def test_pre_ln_is_exact_and_agrees_with_the_cache():
     assert raw.frozen_norms == [] and raw.target_name == "blocks.2.hook_resid_post" and raw.max_error() < 1e-5
 
 
-def test_dla_is_exact_for_a_linear_head():
+def test_dla_through_a_declared_unembedding():
+    """No family head: the declared unembedding is read through the (nonlinear) final norm, to first order."""
     m = linear_head_encoder(seed=4)
     tokens, mask = padded_tokens()
     res = direct_logit_attribution(
         m, tokens, 10, wrong_token=11, position=3, item=1, heads=True, one_zero_attention_mask=mask
     )
-    assert res.axes == ("component",) and res.meta["linearised"] is False
+    assert res.axes == ("component",) and res.meta["linearised"] is True
     with torch.no_grad():
-        x = m(tokens, one_zero_attention_mask=mask, return_type="embeddings")  # after ln_final
-        logits = x @ m.W_U_lin + m.b_U_lin
+        resid = m(tokens, one_zero_attention_mask=mask, return_type="embeddings", stop_at_layer=None)
+        _, cache = m.run_with_cache(tokens, one_zero_attention_mask=mask, return_type="embeddings")
+        logits = head_fn(m)(cache["blocks.2.hook_resid_post"])
+    assert resid.shape[-1] == m.cfg.d_model
     actual = float(logits[1, 3, 10] - logits[1, 3, 11])
     assert res.meta["actual"] == pytest.approx(actual, abs=1e-4)
-    assert res.values.sum().item() + res.meta["unembed_bias"] == pytest.approx(actual, abs=1e-4)
+    assert res.meta["first_order_total"] + res.meta["head_offset"] == pytest.approx(actual, abs=1e-4)
+    assert res.values.sum().item() == pytest.approx(res.meta["first_order_total"], abs=1e-4)
 
 
 def test_dla_through_the_mlm_head_is_first_order_and_says_so(post_ln):

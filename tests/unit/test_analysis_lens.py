@@ -79,13 +79,15 @@ def test_lens_reads_through_the_final_norm_of_pre_ln_stacks():
     torch.testing.assert_close(lens.logits[1], expected, atol=1e-5, rtol=0)
 
 
-def test_linear_unembedding_path():
-    """Streams that declare (W_U, b_U) (T5 decoders, CTC heads) are read as final_norm(x) @ W_U + b_U."""
+def test_declared_linear_unembedding_path():
+    """A stream that declares (W_U, b_U) but no family head: W_U reads the final norm without its affine part."""
     m = linear_head_encoder()
     tokens, mask = padded_tokens()
     fn = head_fn(m)
     x = torch.randn(2, 3, m.cfg.d_model)
-    torch.testing.assert_close(fn(x), m.ln_final(x) @ m.W_U_lin + m.b_U_lin)
+    c = x - x.mean(-1, keepdim=True)
+    normalized = c / (c.pow(2).mean(-1, keepdim=True) + m.ln_final.eps).sqrt()
+    torch.testing.assert_close(fn(x), normalized @ m.W_U_lin + m.b_U_lin)
     lens = logit_lens(m, tokens, one_zero_attention_mask=mask)
     assert lens.logits.shape == (4, 2, 9, 99)
 

@@ -42,13 +42,12 @@ from encoderlens.analysis.families import (
     Prepared,
     StreamName,
     check_stream,
-    family_of,
     prefix_of,
     prepare,
     run_with_cache,
     spec_of,
 )
-from encoderlens.analysis.lens import _final_norm
+from encoderlens.analysis.lens import _final_norm, head_fn, output_head
 from encoderlens.analysis.results import Labelled
 
 
@@ -302,7 +301,11 @@ def direct_logit_attribution(
         :class:`Labelled` with axis ``("component",)``.
     """
     stream = check_stream(model, stream)
-    dec = decompose(model, input, stream=stream, heads=heads, **input_kwargs)
+    module, linear = output_head(model, stream)
+    if module is None:
+        head_fn(model, stream)  # raises with the reason when there is no head at all
+    # family heads read the final norm's output: decompose that; a declared unembedding reads the raw stream
+    dec = decompose(model, input, stream=stream, heads=heads, apply_final_norm=module is not None, **input_kwargs)
     n_pos = dec.target.shape[1]
     if not -n_pos <= position < n_pos:
         raise ValueError(f"position {position} out of range for {n_pos} positions")
@@ -322,47 +325,31 @@ def direct_logit_attribution(
 
     good = tid(token)
     bad = tid(wrong_token) if wrong_token is not None else None
-    spec = spec_of(model, stream)
-    x = dec.target[item, position]
+    fn = module if module is not None else head_fn(model, stream)
+    x = dec.target[item, position].detach()
     parts = dec.components[:, item, position]
-    mlm = getattr(model, "mlm_head", None) if family_of(model) == "encoder" else None
-    meta: dict[str, Any] = {}
-    if mlm is not None:
-        xg = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            logits = mlm(xg[None, None])[0, 0]
-            val = logits[good] - (logits[bad] if bad is not None else 0.0)
-            (g,) = torch.autograd.grad(val, xg)
-        val = val.detach()
-        contrib = parts @ g
-        meta.update(
-            linearised=True,
-            actual=float(val),
-            first_order_total=float(contrib.sum()),
-            head_offset=float(val - contrib.sum()),
-        )
-    elif spec.unembed is not None:
-        W_U = spec.unembed[0].detach()
-        b_U = spec.unembed[1].detach() if spec.unembed[1] is not None else None
-        d = W_U[:, good] - (W_U[:, bad] if bad is not None else 0.0)
-        contrib = parts @ d.to(parts)
-        actual = float(x @ d.to(x))
-        if b_U is not None:
-            offset = float(b_U[good] - (b_U[bad] if bad is not None else 0.0))
-            actual += offset
-            meta["unembed_bias"] = offset
-        meta.update(linearised=False, actual=actual, first_order_total=float(contrib.sum()))
-    else:
-        raise ValueError(
-            f"direct logit attribution needs an output head; this model has none ({spec.unembed_note}). "
-            "Use decompose(...).project(direction) with a direction of your choice"
-        )
+    xg = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = fn(xg[None, None])[0, 0]
+        val = logits[good] - (logits[bad] if bad is not None else 0.0)
+        (g,) = torch.autograd.grad(val, xg)
+    actual = float(val.detach())
+    contrib = (parts @ g).detach()
+    # a linear head is its gradient plus its bias: then parts . g + offset is exact
+    offset = actual - float(contrib.sum())
+    meta: dict[str, Any] = {
+        "linearised": not linear,
+        "actual": actual,
+        "first_order_total": float(contrib.sum()),
+        "head_offset": offset,
+    }
+    if linear:
+        meta["unembed_bias"] = offset
     meta.update(frozen_norms=dec.frozen_norms, decomposition_max_error=dec.max_error())
-    labels = [*dec.labels]
     return Labelled(
-        contrib.detach().cpu(),
+        contrib.cpu(),
         ("component",),
-        {"component": labels},
+        {"component": list(dec.labels)},
         f"direct logit attribution at position {position}",
         meta,
     )

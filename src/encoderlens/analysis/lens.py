@@ -26,6 +26,8 @@ from torch import Tensor
 
 from encoderlens.analysis.families import (
     AUDIO,
+    ENCODER,
+    SEQ2SEQ,
     Prepared,
     StreamName,
     check_stream,
@@ -46,37 +48,65 @@ def _final_norm(model: Any, spec: Any) -> Callable[[Tensor], Tensor] | None:
     return model.get_submodule(path)
 
 
+def output_head(model: Any, stream: StreamName = None) -> tuple[Any, bool]:
+    """The module a family applies to the output of the stream's final norm, and whether it is linear.
+
+    ``mlm_head`` (text encoders, nonlinear), ``ctc_head`` (speech encoders), ``lm_head`` (decoder stream of
+    encoder-decoders); ``(None, False)`` where the stream has none.
+    """
+    fam = family_of(model)
+    if fam == ENCODER and stream in (None, "encoder"):
+        return getattr(model, "mlm_head", None), False
+    if fam == AUDIO:
+        return getattr(model, "ctc_head", None), True
+    if fam == SEQ2SEQ and stream == "decoder":
+        return getattr(model, "lm_head", None), True
+    return None, False
+
+
+def _normalize_only(norm: Any, x: Tensor) -> Tensor:
+    """A norm without its affine weight and bias (what a folded unembedding reads)."""
+    if getattr(norm.cfg, "kind", "layernorm") == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+    return x / (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+
+
 def head_fn(model: Any, stream: StreamName = None) -> Callable[[Tensor], Tensor]:
     """The function from a stream's residual (before any final norm) to the model's output logits.
+
+    The family's own head module after the stream's final norm (exactly the model's last step); for other
+    models the stream's declared linear unembedding ``(W_U, b_U)``, which by the
+    :class:`~encoderlens.cache.StreamSpec` convention reads the final norm's output *without* its affine
+    weight and bias (they are folded into ``W_U`` / ``b_U``, as ``ActivationCache.logit_attrs`` expects).
 
     Raises:
         ValueError: When the stream has no output head (a sentence-embedding checkpoint, an encoder stream).
     """
     spec = spec_of(model, stream)
     norm = _final_norm(model, spec)
-    mlm = getattr(model, "mlm_head", None) if stream in (None, "encoder") else None
-    if mlm is not None and family_of(model) == "encoder":
-        head: Callable[[Tensor], Tensor] = mlm
-    elif spec.unembed is not None:
+    module, _ = output_head(model, stream)
+    if module is not None:
+
+        def fn(x: Tensor) -> Tensor:
+            return module(norm(x) if norm is not None else x)
+
+        return fn
+    if spec.unembed is not None:
         W_U, b_U = spec.unembed
 
-        def head(x: Tensor) -> Tensor:
-            out = x @ W_U.to(x.device, x.dtype)
-            return out + b_U.to(x.device, x.dtype) if b_U is not None else out
+        def folded(x: Tensor) -> Tensor:
+            y = _normalize_only(norm, x) if norm is not None else x
+            out = y @ W_U.to(y.device, y.dtype)
+            return out + b_U.to(y.device, y.dtype) if b_U is not None else out
 
-    else:
-        note = spec.unembed_note or "it has no output head"
-        where = f"the {stream} stream" if stream else "this model"
-        raise ValueError(
-            f"the logit lens needs an output head, and {where} has none usable ({note}). Load a checkpoint "
-            "with a head (e.g. *ForMaskedLM, *ForCTC, *ForConditionalGeneration), or for sentence-embedding "
-            "models compare layers with encoderlens.analysis.similarity.similarity_by_layer"
-        )
-
-    def fn(x: Tensor) -> Tensor:
-        return head(norm(x) if norm is not None else x)
-
-    return fn
+        return folded
+    note = spec.unembed_note or "it has no output head"
+    where = f"the {stream} stream" if stream else "this model"
+    raise ValueError(
+        f"the logit lens needs an output head, and {where} has none usable ({note}). Load a checkpoint "
+        "with a head (e.g. *ForMaskedLM, *ForCTC, *ForConditionalGeneration), or for sentence-embedding "
+        "models compare layers with encoderlens.analysis.similarity.similarity_by_layer"
+    )
 
 
 @dataclass

@@ -1,0 +1,180 @@
+"""The analysis toolkit on encoder-decoders (tiny random T5 and BART): both streams and cross-attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from encoderlens import HookedEncoderDecoder
+from encoderlens.analysis import (
+    attention_html,
+    attribute_heads,
+    attribute_residual,
+    decompose,
+    direct_logit_attribution,
+    embedding_noise_hook,
+    head_scores,
+    logit_lens,
+    patch_block_outputs,
+    patch_heads,
+    patch_residual,
+    prepare,
+)
+from encoderlens.cli import main
+from tests.seq2seq_helpers import make_hf, padded_seq2seq_batch, t5_tokenizer
+
+KINDS = ["t5", "bart"]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {k: HookedEncoderDecoder.from_pretrained(hf_model=make_hf(k)) for k in KINDS}
+
+
+def batch(kind: str):
+    src, src_mask, tgt, tgt_mask = padded_seq2seq_batch(first_token=0 if kind == "t5" else 2)
+    return src, {"one_zero_attention_mask": src_mask, "decoder_input": tgt, "decoder_attention_mask": tgt_mask}
+
+
+def metric(logits):
+    return logits[:, 3, 5].mean() - logits[:, 3, 6].mean()
+
+
+def test_prepared_input_has_both_streams(models):
+    src, kw = batch("t5")
+    p = prepare(models["t5"], src, **kw)
+    assert p.family == "encoder_decoder" and set(p.masks) == {"encoder", "decoder"}
+    assert torch.equal(p.mask("encoder"), kw["one_zero_attention_mask"])
+    assert torch.equal(p.mask("decoder"), kw["decoder_attention_mask"])
+    assert p.repeat(2).kwargs["decoder_input"].tokens.shape == (6, 23)
+    with pytest.raises(ValueError, match="decoder_input"):
+        prepare(models["t5"], src)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_patching_both_streams_and_cross_attention(models, kind):
+    model = models[kind]
+    src, kw = batch(kind)
+    corrupt = src.clone()
+    corrupt[:, 2] = 7
+    common = {"input_kwargs": kw, "normalize": False}
+    enc = patch_residual(model, src, corrupt, metric, stream="encoder", positions=[1, 2], **common)
+    assert enc.axes == ("layer", "pos") and enc.shape == (3, 2)
+    dec = patch_residual(model, src, corrupt, metric, stream="decoder", **common)
+    assert dec.shape == (2, 23)
+    cross = patch_heads(model, src, corrupt, metric, attn="cross_attn", act="z", **common)
+    n_heads = model.stream_spec("decoder").n_heads
+    assert cross.shape == (2, n_heads)
+    cross_out = patch_block_outputs(model, src, corrupt, metric, component="cross_attn", **common)
+    assert cross_out.shape == (2,)
+    # one entry against a hand-made run: decoder layer 1 cross-attention head 1 from the clean run
+    p_clean, p_corrupt = prepare(model, src, **kw), prepare(model, corrupt, **kw)
+    name = "decoder.blocks.1.cross_attn.hook_z"
+    with torch.no_grad():
+        _, cc = model.run_with_cache(*p_clean.args, names_filter=name, **p_clean.kwargs)
+
+    def put(z, hook):
+        z = z.clone()
+        z[:, :, 1] = cc[name][:, :, 1]
+        return z
+
+    with torch.no_grad():
+        manual = float(metric(model.run_with_hooks(*p_corrupt.args, fwd_hooks=[(name, put)], **p_corrupt.kwargs)))
+    assert cross.values[1, 1].item() == pytest.approx(manual, abs=1e-5)
+    # the swapped encoder token reaches the decoder only through cross-attention
+    assert enc.values[0, 1].item() == pytest.approx(enc.meta["metric_clean"], abs=1e-4)
+    by_key = patch_heads(model, src, corrupt, metric, attn="cross_attn", act="v", by_pos=True, layers=[0], **common)
+    assert by_key.shape == (1, n_heads, 25)  # cross-attention values live on encoder positions
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_attribution_tracks_patching(models, kind):
+    model = models[kind]
+    src, kw = batch(kind)
+    std = 0.01 if kind == "bart" else 0.5  # T5 embeddings are ~N(0, 1), BART's ~N(0, 0.2) scaled
+    common = {
+        "input_kwargs": kw,
+        "normalize": False,
+        "corrupt_hooks": [embedding_noise_hook(std, hook="encoder.hook_embed")],
+    }
+    for patch_fn, attr_fn, extra in (
+        (patch_residual, attribute_residual, {"stream": "decoder"}),
+        (patch_heads, attribute_heads, {"attn": "cross_attn"}),
+    ):
+        real = patch_fn(model, src, None, metric, **extra, **common)
+        est = attr_fn(model, src, None, metric, **extra, **common)
+        base = real.meta["metric_corrupt"]
+        a, b = (real.values - base).flatten(), (est.values - base).flatten()
+        assert a.abs().max() > 1e-5
+        assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9, (kind, patch_fn.__name__)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lens_and_direct_attribution_on_the_decoder(models, kind):
+    model = models[kind]
+    src, kw = batch(kind)
+    lens = logit_lens(model, src, **kw)
+    assert lens.layer_labels == ["embed", "L0", "L1"] and lens.meta["final_max_abs_diff"] < 1e-4
+    with pytest.raises(ValueError, match="encoder stream is not unembedded"):
+        logit_lens(model, src, stream="encoder", **kw)
+    dec = decompose(model, src, heads=True, **kw)
+    assert dec.max_error() < 1e-4
+    assert "L1X0" in dec.labels and "L1H0" in dec.labels
+    enc = decompose(model, src, stream="encoder", **kw)
+    assert enc.max_error() < 1e-4
+    res = direct_logit_attribution(model, src, 5, wrong_token=6, position=3, item=1, **kw)
+    with torch.no_grad():
+        logits = model(src, return_type="logits", **kw)
+    actual = float(logits[1, 3, 5] - logits[1, 3, 6])
+    assert res.meta["actual"] == pytest.approx(actual, abs=1e-4)
+    assert res.values.sum().item() + res.meta.get("unembed_bias", 0.0) == pytest.approx(actual, abs=1e-4)
+
+
+def test_head_scores_and_views(models):
+    model = models["bart"]
+    src, kw = batch("bart")
+    self_scores = head_scores(model, src, **kw)  # decoder self-attention by default
+    assert self_scores["previous_token"].shape == (2, model.stream_spec("decoder").n_heads)
+    enc_scores = head_scores(model, src, ["previous_token"], stream="encoder", **kw)
+    assert enc_scores["previous_token"].shape == (3, model.stream_spec("encoder").n_heads)
+    cross = head_scores(model, src, attn="cross_attn", **kw)
+    assert set(cross) == {"first_token", "last_token", "entropy"}  # no tokenizer: no special-token detector
+    with pytest.raises(ValueError, match="differ in cross-attention"):
+        head_scores(model, src, ["previous_token"], attn="cross_attn", **kw)
+    doc = attention_html(model, src, **kw)
+    for key in ('"encoder":', '"decoder":', '"cross":'):
+        assert key in doc
+
+
+def test_cli_on_a_t5_folder(tmp_path, capsys):
+    hf = make_hf("t5")
+    tok = t5_tokenizer()
+    hf.resize_token_embeddings(len(tok)) if len(tok) > hf.config.vocab_size else None
+    folder = tmp_path / "t5"
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    assert main(["inspect", str(folder), "--hooks", "decoder.blocks.0.cross_attn.hook_pattern"]) == 0
+    out = capsys.readouterr().out
+    assert "encoder_decoder" in out and "decoder.blocks.0.cross_attn.hook_pattern" in out
+    assert main(["predict", str(folder), "the cat sat", "--max-new-tokens", "4"]) == 0
+    assert "->" in capsys.readouterr().out
+    out_file = tmp_path / "acts.safetensors"
+    code = main(
+        [
+            "cache",
+            str(folder),
+            "the cat sat",
+            "--decoder-input",
+            "das haus",
+            "--hooks",
+            "decoder.blocks.*.cross_attn.hook_pattern",
+            "--out",
+            str(out_file),
+        ]
+    )
+    assert code == 0 and out_file.exists()
+    assert main(["cache", str(folder), "the cat", "--hooks", "encoder.hook_embed", "--out", str(out_file)]) == 2
+    assert "--decoder-input" in capsys.readouterr().err
+    page = tmp_path / "a.html"
+    assert main(["attention", str(folder), "the cat sat", "--decoder-input", "das haus", "--html", str(page)]) == 0
+    assert '"cross":' in page.read_text()

@@ -10,7 +10,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# one thread per pytest-xdist worker: two workers with two threads each on two cores spin-wait each other
+# (tiny models ran ~100x slower measured in CPU time); a plain run keeps up to two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
 
 
 @pytest.fixture(autouse=True)

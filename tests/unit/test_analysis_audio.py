@@ -183,5 +183,19 @@ def test_cli_on_audio_files(post, tmp_path, capsys):
     assert out_file.exists()
     assert main(["attention", str(path), str(wav), "--html", str(tmp_path / "a.html")]) == 0
     assert main(["predict", str(path), str(tmp_path / "missing.wav")]) == 2
-    assert main(["patch", str(path), "--clean", "a", "--corrupt", "b"]) == 1
-    assert "supports text encoders" in capsys.readouterr().err
+    capsys.readouterr()
+    noisy = tmp_path / "noisy.wav"
+    sf.write(
+        str(noisy), waves()[0] + 0.05 * np.random.default_rng(1).standard_normal(LENGTHS[0]).astype(np.float32), 16000
+    )
+    assert (
+        main(["patch", str(path), "--clean", str(wav), "--corrupt", str(noisy), "--target", "mlp", "--no-progress"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "clean run's frame predictions" in out and "mlp_out by layer and position" in out
+    short = tmp_path / "short.wav"
+    sf.write(str(short), waves()[1], 16000)
+    assert main(["patch", str(path), "--clean", str(wav), "--corrupt", str(short)]) == 2
+    assert "different shapes" in capsys.readouterr().err
+    assert main(["patch", str(path), "--clean", str(wav), "--corrupt", str(noisy), "--target", "cross"]) == 2

@@ -175,6 +175,31 @@ def test_cli_on_a_t5_folder(tmp_path, capsys):
     assert code == 0 and out_file.exists()
     assert main(["cache", str(folder), "the cat", "--hooks", "encoder.hook_embed", "--out", str(out_file)]) == 2
     assert "--decoder-input" in capsys.readouterr().err
+    capsys.readouterr()
+    base = ["patch", str(folder), "--clean", "the cat sat on the mat", "--corrupt", "the dog sat on the mat"]
+    assert main([*base, "--decoder-input", "das haus ist gross", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "mean log-probability of 'das haus ist gross'" in out and "1:▁cat/▁dog" in out
+    assert (
+        main(
+            [
+                *base,
+                "--decoder-input",
+                "das haus",
+                "--target",
+                "cross",
+                "--no-progress",
+                "--json",
+                str(tmp_path / "x.json"),
+            ]
+        )
+        == 0
+    )
+    assert "cross_attn heads" in capsys.readouterr().out
+    assert main([*base, "--decoder-input", "das haus", "--stream", "decoder", "--target", "mlp", "--no-progress"]) == 0
+    assert "decoder.mlp_out" in capsys.readouterr().out
+    assert main(base) == 2
+    assert "--decoder-input" in capsys.readouterr().err
     page = tmp_path / "a.html"
     assert main(["attention", str(folder), "the cat sat", "--decoder-input", "das haus", "--html", str(page)]) == 0
     assert '"cross":' in page.read_text()

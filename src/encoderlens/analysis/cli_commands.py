@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 import encoderlens.cli as _cli
-from encoderlens.analysis.families import AUDIO
+from encoderlens.analysis.families import AUDIO, ENCODER, SEQ2SEQ
 
 
 def _err(msg: str) -> None:
@@ -69,7 +69,7 @@ def _sentence_encoder(model: Any, name: str) -> Any:
 
 def _dummy_input(model: Any) -> tuple[Any, dict[str, Any], str]:
     fam = model.family
-    if fam == "encoder":
+    if fam == ENCODER:
         if model.tokenizer is not None:
             return "Hello world", {}, "the text 'Hello world'"
         return torch.tensor([[1, 2, 3, 4]]) % model.cfg.d_vocab, {}, "4 token ids"
@@ -113,7 +113,7 @@ def _inspect_cmd(args: argparse.Namespace) -> int:
 
     model = _load(args.model)
     info = _describe(model)
-    enc = _sentence_encoder(model, args.model) if model.family == "encoder" else None
+    enc = _sentence_encoder(model, args.model) if model.family == ENCODER else None
     if enc is not None:
         p = enc.pooling
         info.append(
@@ -159,7 +159,7 @@ def _inspect_cmd(args: argparse.Namespace) -> int:
 def _predict_cmd(args: argparse.Namespace) -> int:
     model = _load(args.model)
     fam = model.family
-    if fam == "encoder":
+    if fam == ENCODER:
         if model.mlm_head is not None:
             tok = model.tokenizer
             for text in args.text:
@@ -315,22 +315,11 @@ def _token_id(tokenizer: Any, word: str) -> int:
     return int(ids[0])
 
 
-def _patch_cmd(args: argparse.Namespace) -> int:
+def _text_metric(model: Any, args: argparse.Namespace, clean: Any) -> tuple[Any, str, str]:
+    """Metric for text encoders: MLM logit difference at the mask, or sentence-embedding similarity."""
     from encoderlens.analysis import patching as P
-    from encoderlens.analysis.families import prepare
 
-    model = _load(args.model)
-    if model.family != "encoder":
-        raise NotImplementedError(
-            f"`encoderlens patch` supports text encoders for now (this is a {model.family} model); "
-            "use encoderlens.analysis.patching from Python with a metric of your own"
-        )
     tok = model.tokenizer
-    if tok is None:
-        raise ValueError("this checkpoint has no tokenizer; `patch` takes text")
-    clean = prepare(model, args.clean)
-    corrupt = prepare(model, args.corrupt)
-    P.check_compatible(clean, corrupt)
     if model.mlm_head is not None:
         if tok.mask_token not in args.clean:
             raise ValueError(f"with an MLM model the clean text needs a {tok.mask_token} whose prediction is measured")
@@ -345,29 +334,97 @@ def _patch_cmd(args: argparse.Namespace) -> int:
                 f"clean and corrupted runs both predict {tok.convert_ids_to_tokens(good)!r} at the mask; "
                 "pass --answer and --wrong"
             )
-        metric = P.logit_diff(pos, good, bad)
         what = f"logit({tok.convert_ids_to_tokens(good)}) - logit({tok.convert_ids_to_tokens(bad)}) at position {pos}"
-        rt = "logits"
-    else:
-        enc = _sentence_encoder(model, args.model)
-        if enc is None:
-            from encoderlens.analysis.similarity import Pooling, SentenceEncoder
+        return P.logit_diff(pos, good, bad), what, "logits"
+    enc = _sentence_encoder(model, args.model)
+    if enc is None:
+        from encoderlens.analysis.similarity import Pooling, SentenceEncoder
 
-            enc = SentenceEncoder(model, Pooling(("mean",), normalize=True))
-            _err("no sentence-transformers pooling declared; using mean pooling")
-        ref_text = args.reference if args.reference else args.clean
-        ref = enc.embed(ref_text)
-        per_item = enc.reference_metric(clean, ref)
-        metric = lambda out: per_item(out).mean()  # noqa: E731  (one text: a scalar)
-        what = (
-            f"cosine similarity of the sentence embedding to {'the reference' if args.reference else 'the clean run'}"
-        )
-        rt = "embeddings"
-    common: dict[str, Any] = dict(normalize=not args.no_normalize, return_type=rt, progress=not args.no_progress)
+        enc = SentenceEncoder(model, Pooling(("mean",), normalize=True))
+        _err("no sentence-transformers pooling declared; using mean pooling")
+    ref = enc.embed(args.reference if args.reference else args.clean)
+    per_item = enc.reference_metric(clean, ref)
+    what = f"cosine similarity of the sentence embedding to {'the reference' if args.reference else 'the clean run'}"
+    return (lambda out: per_item(out).mean()), what, "embeddings"
+
+
+def _seq2seq_metric(model: Any, args: argparse.Namespace, clean: Any) -> tuple[Any, str, str]:
+    """Metric for encoder-decoders: mean log-probability of the target under teacher forcing."""
+    if getattr(model, "lm_head", None) is None:
+        raise ValueError("`patch` on an encoder-decoder needs an LM head (a *ForConditionalGeneration checkpoint)")
+    tok = model.tokenizer
+    dec = clean.kwargs["decoder_input"]
+    # decoder_input_from_targets shifts the targets right: position t predicts target token t
+    labels = torch.as_tensor(tok([args.decoder_input])["input_ids"], device=dec.tokens.device)
+    if labels.shape != dec.tokens.shape:
+        raise ValueError("--decoder-input must be target text (it is tokenized, then shifted right)")
+    real = dec.attention_mask.bool()
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        lp = logits.log_softmax(-1).gather(-1, labels[..., None].expand(logits.shape[0], -1, 1))[..., 0]
+        return lp[real.expand_as(lp)].mean()
+
+    return metric, f"mean log-probability of {args.decoder_input!r} (teacher forcing)", "logits"
+
+
+def _audio_metric(model: Any, clean: Any) -> tuple[Any, str, str]:
+    """Metric for speech encoders with a CTC head: agreement with the clean run's frame predictions."""
+    from encoderlens.analysis.families import run
+
+    if getattr(model, "ctc_head", None) is None:
+        raise ValueError("`patch` on a speech encoder needs a CTC head (a *ForCTC checkpoint)")
+    with torch.no_grad():
+        labels = run(model, clean, "logits").argmax(-1)
+    real = clean.mask(None).bool()
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        lp = logits.log_softmax(-1).gather(-1, labels[..., None])[..., 0]
+        return lp[real].mean()
+
+    return metric, "mean log-probability of the clean run's frame predictions (CTC, real frames)", "logits"
+
+
+def _patch_cmd(args: argparse.Namespace) -> int:
+    from encoderlens.analysis import patching as P
+    from encoderlens.analysis.families import prepare
+
+    model = _load(args.model)
+    fam = model.family
+    kw: dict[str, Any] = {}
+    if fam == SEQ2SEQ:
+        if args.decoder_input is None:
+            raise ValueError("encoder-decoders need --decoder-input TEXT: the target whose probability is measured")
+        kw["decoder_input"] = args.decoder_input
+    elif args.decoder_input is not None:
+        raise ValueError("--decoder-input is for encoder-decoders only")
+    if args.target == "cross" and fam != SEQ2SEQ:
+        raise ValueError("--target cross (cross-attention heads) needs an encoder-decoder")
+    if fam != AUDIO and getattr(model, "tokenizer", None) is None:
+        raise ValueError("this checkpoint has no tokenizer; `patch` takes text")
+    if fam == AUDIO:
+        for path in (args.clean, args.corrupt):
+            if not Path(path).exists():
+                raise FileNotFoundError(f"no such audio file: {path} (speech models take audio file paths)")
+    clean = prepare(model, args.clean, **kw)
+    corrupt = prepare(model, args.corrupt, **kw)
+    P.check_compatible(clean, corrupt)
+    if fam == ENCODER:
+        metric, what, rt = _text_metric(model, args, clean)
+    elif fam == SEQ2SEQ:
+        metric, what, rt = _seq2seq_metric(model, args, clean)
+    else:
+        metric, what, rt = _audio_metric(model, clean)
+    stream = None if fam != SEQ2SEQ else args.stream
+    common: dict[str, Any] = dict(
+        normalize=not args.no_normalize, return_type=rt, progress=not args.no_progress, stream=stream
+    )
     if args.target == "resid":
         res = P.patch_residual(model, clean, corrupt, metric, hook="resid_pre", **common)
     elif args.target == "heads":
         res = P.patch_heads(model, clean, corrupt, metric, **common)
+    elif args.target == "cross":
+        common["stream"] = "decoder"
+        res = P.patch_heads(model, clean, corrupt, metric, attn="cross_attn", **common)
     else:
         res = P.patch_residual(model, clean, corrupt, metric, hook=f"{args.target}_out", **common)
     print(f"metric: {what}")
@@ -418,11 +475,19 @@ def setup(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decoder-input", default=None, help="encoder-decoders: target text for the decoder")
     p.set_defaults(func=_guard("attention", _attention_cmd))
 
-    p = sub.add_parser("patch", help="activation patching for a clean/corrupted text pair")
+    p = sub.add_parser("patch", help="activation patching for a clean/corrupted pair")
     p.add_argument("model", help=model_help)
-    p.add_argument("--clean", required=True, help="clean text (with [MASK] for MLM models)")
-    p.add_argument("--corrupt", required=True, help="corrupted text, same number of tokens")
-    p.add_argument("--target", choices=("resid", "attn", "mlp", "heads"), default="resid", help="what to patch")
+    p.add_argument("--clean", required=True, help="clean text (with [MASK] for MLM models), or audio file")
+    p.add_argument("--corrupt", required=True, help="corrupted text with as many tokens (or audio of equal length)")
+    p.add_argument(
+        "--target",
+        choices=("resid", "attn", "mlp", "heads", "cross"),
+        default="resid",
+        help="what to patch: residual by layer x position, attention / MLP outputs by position, heads, "
+        "or cross-attention heads (encoder-decoders)",
+    )
+    p.add_argument("--decoder-input", default=None, help="encoder-decoders: target text whose probability is measured")
+    p.add_argument("--stream", choices=("encoder", "decoder"), default="encoder", help="encoder-decoders: stream")
     p.add_argument("--answer", default=None, help="MLM: token whose logit is measured (default: clean top-1)")
     p.add_argument("--wrong", default=None, help="MLM: token subtracted (default: corrupted top-1)")
     p.add_argument("--reference", default=None, help="embedding models: measure similarity to this text")

@@ -6,10 +6,11 @@ layer: the final norm (pre-LN stacks that have one) and then the head. No lens i
 - Text encoders with an MLM head: ``mlm_head(final_norm(resid_l))``, the head's own dense -> act -> LN ->
   unembed. In post-LN encoders (BERT) every layer's output is already normalised, so this reads the
   stream as the head would read a last layer.
-- Encoder-decoders (T5/BART decoders): the decoder stream's final norm and its linear unembedding from
-  ``model.stream_spec("decoder").unembed`` (``W_U``, ``b_U``).
-- Speech encoders with a CTC head: the same linear path per frame; :func:`ctc_lens` greedy-decodes each
-  layer into a transcript.
+- Encoder-decoders (T5/BART decoders): the decoder's final norm, then ``lm_head`` (scale and bias included).
+- Speech encoders with a CTC head: the final norm (pre-LN) and ``ctc_head`` per frame; :func:`ctc_lens`
+  greedy-decodes each layer into a transcript.
+- Other streams declaring a linear unembedding in their ``StreamSpec``: read as
+  ``ActivationCache.logit_attrs`` reads it (see :func:`head_fn`).
 
 The last entry of the lens equals the model's own logits (checked: ``result.meta["final_max_abs_diff"]``).
 """

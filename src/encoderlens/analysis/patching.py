@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Literal
 
 import torch
@@ -122,6 +122,24 @@ def log_prob(
 
 
 # ---------------------------------------------------------------------- validation
+def _tensors(v: Any) -> list[Tensor]:
+    """Tensors of an argument, looking inside dataclasses (TextBatch, AudioBatch)."""
+    if isinstance(v, Tensor):
+        return [v]
+    if is_dataclass(v) and not isinstance(v, type):
+        return [t for f in fields(v) for t in _tensors(getattr(v, f.name))]
+    return []
+
+
+def _fix_hint(clean: Prepared) -> str:
+    if clean.family == "audio_encoder":
+        return "Give both recordings the same length (trim or pad the corrupted audio)."
+    return (
+        "Corrupt by swapping tokens for tokens of the same count (check model.to_str_tokens), "
+        "or pad both to one length."
+    )
+
+
 def check_compatible(clean: Prepared, corrupt: Prepared) -> None:
     """Raise a ValueError unless clean and corrupted inputs line up position by position."""
     if clean.family != corrupt.family:
@@ -133,13 +151,13 @@ def check_compatible(clean: Prepared, corrupt: Prepared) -> None:
         )
     pairs = list(zip(clean.args, corrupt.args)) + [(clean.kwargs[k], corrupt.kwargs.get(k)) for k in clean.kwargs]
     for a, b in pairs:
-        if isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape != b.shape:
-            raise ValueError(
-                f"clean and corrupted inputs have different shapes {tuple(a.shape)} vs {tuple(b.shape)}; "
-                "patching compares position p of one with position p of the other, so both need the same "
-                "length. Corrupt by swapping tokens for tokens of the same length (check model.to_str_tokens), "
-                f"or pad both to one length.{_token_hint(clean, corrupt)}"
-            )
+        for ta, tb in zip(_tensors(a), _tensors(b)):
+            if ta.shape != tb.shape:
+                raise ValueError(
+                    f"clean and corrupted inputs have different shapes {tuple(ta.shape)} vs {tuple(tb.shape)}; "
+                    "patching compares position p of one with position p of the other, so both need the same "
+                    f"length. {_fix_hint(clean)}{_token_hint(clean, corrupt)}"
+                )
     for stream in clean.masks:
         a, b = clean.masks[stream], corrupt.masks.get(stream)
         if a is None or b is None:
@@ -149,15 +167,14 @@ def check_compatible(clean: Prepared, corrupt: Prepared) -> None:
             where = "" if stream is None else f" in the {stream} stream"
             raise ValueError(
                 f"clean and corrupted inputs have different padding{where} (items {bad}); patching needs the "
-                "same real positions in both. Make each corrupted text tokenize to as many tokens as its clean "
-                f"text.{_token_hint(clean, corrupt)}"
+                f"same real positions in both. {_fix_hint(clean)}{_token_hint(clean, corrupt)}"
             )
 
 
 def _token_hint(clean: Prepared, corrupt: Prepared) -> str:
     for stream, labs in clean.labels.items():
         other = corrupt.labels.get(stream)
-        if labs is None or other is None:
+        if labs is None or other is None or stream not in clean.token_ids:
             continue
         for i, (x, y) in enumerate(zip(labs, other)):
             xs = [t for t in x if t != "<pad>"]

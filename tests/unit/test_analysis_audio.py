@@ -24,6 +24,7 @@ from encoderlens.analysis import (
 )
 from encoderlens.cli import main
 from tests.parity.test_audio_parity import randomize_all, save_checkpoint, tiny_kwargs
+from tests.unit.test_analysis_views import assert_renders, needs_chromium
 
 LENGTHS = (617, 403)
 
@@ -167,6 +168,14 @@ def test_attention_page_has_a_time_axis(post):
     model, _ = post
     doc = attention_html(model, waves())
     assert '"axis":"time"' in doc and f'"frame_seconds":{model.hop_length / model.sampling_rate}' in doc
+
+
+@needs_chromium
+def test_real_audio_page_renders(post, tmp_path):
+    model, _ = post
+    page = tmp_path / "audio.html"
+    attention_html(model, waves(), page)
+    assert_renders(page, tmp_path, "#item=1&layer=2&head=0&query=5", expect={"item": "1", "layer": "2", "head": "0"})
 
 
 def test_cli_on_audio_files(post, tmp_path, capsys):

@@ -22,6 +22,7 @@ from encoderlens.analysis import (
 )
 from encoderlens.cli import main
 from tests.seq2seq_helpers import make_hf, padded_seq2seq_batch, t5_tokenizer
+from tests.unit.test_analysis_views import assert_renders, needs_chromium
 
 KINDS = ["t5", "bart"]
 
@@ -144,6 +145,14 @@ def test_head_scores_and_views(models):
     doc = attention_html(model, src, **kw)
     for key in ('"encoder":', '"decoder":', '"cross":'):
         assert key in doc
+
+
+@needs_chromium
+def test_real_seq2seq_page_renders(models, tmp_path):
+    src, kw = batch("t5")
+    page = tmp_path / "t5.html"
+    attention_html(models["t5"], src, page, **kw)
+    assert_renders(page, tmp_path, "#view=cross&item=2&layer=1&query=1", expect={"view": "cross", "item": "2"})
 
 
 def test_cli_on_a_t5_folder(tmp_path, capsys):

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from encoderlens.analysis.families import (
+    AUDIO,
     Prepared,
     StreamName,
     check_stream,
@@ -132,7 +133,7 @@ def _tensors(v: Any) -> list[Tensor]:
 
 
 def _fix_hint(clean: Prepared) -> str:
-    if clean.family == "audio_encoder":
+    if clean.family == AUDIO:
         return "Give both recordings the same length (trim or pad the corrupted audio)."
     return (
         "Corrupt by swapping tokens for tokens of the same count (check model.to_str_tokens), "

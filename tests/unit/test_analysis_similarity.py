@@ -56,6 +56,10 @@ def test_embeddings_match_hf_with_the_declared_pooling(encoder):
     ours = encoder.embed(texts)
     assert (ours - expected).abs().max().item() < 1e-5
     assert encoder.similarity(A, B) > encoder.similarity(A, C) + 0.3
+    # the same vectors as the model's own sentence-embedding head
+    with torch.no_grad():
+        own = default_model()(texts, return_type="sentence_embedding")
+    assert (ours - own).abs().max().item() < 1e-6
 
 
 def test_sentence_transformers_folder_with_dense_and_concatenated_modes(tmp_path):
@@ -114,7 +118,9 @@ def test_unsupported_checkpoints_are_explained(tmp_path):
     (folder / "modules.json").write_text(
         json.dumps([{"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}])
     )
-    with pytest.raises(ValueError, match="enables no pooling mode"):
+    assert pooling_from_checkpoint(folder).modes == ("mean",)  # sentence-transformers' fallback
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "cls", "include_prompt": False}))
+    with pytest.raises(NotImplementedError, match="include_prompt"):
         pooling_from_checkpoint(folder)
     with pytest.raises(ValueError, match="unknown pooling mode"):
         Pooling(("median",))

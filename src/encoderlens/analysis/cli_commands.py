@@ -58,11 +58,12 @@ def _folder(name: str) -> Path | None:
 
 
 def _sentence_encoder(model: Any, name: str) -> Any:
-    """A SentenceEncoder when the checkpoint folder declares sentence-transformers pooling, else None."""
+    """A SentenceEncoder when the model or its folder declares sentence-transformers pooling, else None."""
     from encoderlens.analysis.similarity import SentenceEncoder
 
     folder = _folder(name)
-    if folder is None or not (folder / "modules.json").exists():
+    declared = folder is not None and (folder / "modules.json").exists()
+    if getattr(model.cfg, "sentence_pooling", None) is None and not declared:
         return None
     return SentenceEncoder.from_model(model, folder)
 

@@ -3,8 +3,11 @@
 A sentence-transformers checkpoint folder lists its modules in ``modules.json``: the transformer, then a
 ``Pooling`` module (its ``config.json`` says CLS / mean / max / mean-sqrt-len / weighted-mean / last-token
 pooling, several modes being concatenated), optional ``Dense`` layers, and an optional ``Normalize``.
-:func:`pooling_from_checkpoint` reads exactly that; :class:`SentenceEncoder` pairs it with the hooked
-model (``max_seq_length`` from ``sentence_bert_config.json`` is honoured).
+:class:`SentenceEncoder` pairs the hooked model with that pipeline: the model's own sentence pooling
+(``HookedEncoder.cfg.sentence_pooling``, read by ``from_pretrained`` from such a folder) when it has one,
+else :func:`pooling_from_checkpoint`, which also reads ``Dense`` layers. The pooling arithmetic is the
+model's :class:`~encoderlens.components.heads.SentencePooler` in both cases; ``max_seq_length`` and
+``do_lower_case`` from ``sentence_bert_config.json`` are honoured.
 
 :func:`attribute_similarity` explains ``cos(embed(a), embed(b))``:
 
@@ -40,13 +43,14 @@ from torch import Tensor
 from encoderlens.analysis.families import Prepared, family_of, prepare, run
 from encoderlens.analysis.patching import Target, run_patches
 from encoderlens.analysis.results import Labelled
+from encoderlens.components.heads import SentencePooler
+from encoderlens.config import POOLING_MODES, SentencePoolingConfig
 
-POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len", "weightedmean", "lasttoken")
 _ST_KEYS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
     "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
@@ -87,7 +91,7 @@ class Pooling:
     modes: tuple[str, ...] = ("mean",)
     normalize: bool = False
     dense: tuple[Dense, ...] = ()
-    source: str = "explicit"
+    source: str = field(default="explicit", compare=False)
 
     def __post_init__(self) -> None:
         if not self.modes:
@@ -96,28 +100,17 @@ class Pooling:
             if m not in POOLING_MODES:
                 raise ValueError(f"unknown pooling mode {m!r}; choose from {POOLING_MODES}")
 
+    @classmethod
+    def from_config(cls, cfg: SentencePoolingConfig, source: str = "model") -> Pooling:
+        """The pooling a model's ``SentencePoolingConfig`` describes."""
+        return cls(tuple(cfg.modes), cfg.normalize, (), source)
+
     def pool(
         self, x: Float[Tensor, "batch pos d_model"], mask: Int[Tensor, "batch pos"]
     ) -> Float[Tensor, "batch d_out"]:
         """Pooling modes only (no Dense / Normalize): ``(batch, pos, d) -> (batch, d * len(modes))``."""
-        m = mask.to(x.device)[..., None].to(x.dtype)
-        outs = []
-        for mode in self.modes:
-            if mode == "cls":
-                outs.append(x[:, 0])
-            elif mode == "max":
-                outs.append(torch.where(m.bool(), x, torch.full_like(x, -1e9)).amax(1))
-            elif mode in ("mean", "mean_sqrt_len"):
-                s = (x * m).sum(1)
-                n = m.sum(1).clamp_min(1e-9)
-                outs.append(s / n if mode == "mean" else s / n.sqrt())
-            elif mode == "weightedmean":
-                w = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype)[None, :, None] * m
-                outs.append((x * w).sum(1) / w.sum(1).clamp_min(1e-9))
-            else:  # lasttoken
-                last = (mask.long().to(x.device) * torch.arange(x.shape[1], device=x.device)).amax(1)
-                outs.append(x[torch.arange(x.shape[0], device=x.device), last])
-        return torch.cat(outs, -1)
+        # the model's own pooler (left padding, weighted means...), without its normalisation
+        return SentencePooler(SentencePoolingConfig(tuple(self.modes)))(x, mask.to(x.device))
 
     def __call__(
         self, x: Float[Tensor, "batch pos d_model"], mask: Int[Tensor, "batch pos"]
@@ -192,12 +185,14 @@ def pooling_from_checkpoint(path: str | Path) -> Pooling:
             continue
         if kind == "Pooling":
             cfg = _read_json(sub / "config.json")
-            if "pooling_mode" in cfg and isinstance(cfg["pooling_mode"], str):
-                modes = (cfg["pooling_mode"].replace("mean_sqrt_len_tokens", "mean_sqrt_len"),)
+            mode = cfg.get("pooling_mode")
+            if mode is not None:
+                modes = (mode,) if isinstance(mode, str) else tuple(mode)
             else:
-                modes = tuple(mode for key, mode in _ST_KEYS.items() if cfg.get(key))
-            if not modes:
-                raise ValueError(f"{sub / 'config.json'} enables no pooling mode")
+                modes = tuple(m for key, m in _ST_KEYS.items() if cfg.get(key))
+            modes = modes or ("mean",)  # sentence-transformers' own fallback
+            if not cfg.get("include_prompt", True):
+                raise NotImplementedError(f"{sub / 'config.json'} has include_prompt=false, which is not reproduced")
         elif kind == "Dense":
             dense.append(_load_dense(sub))
         elif kind == "Normalize":
@@ -220,7 +215,9 @@ class SentenceEncoder:
         >>> enc.similarity("A man plays guitar.", "Someone performs music.")
     """
 
-    def __init__(self, model: Any, pooling: Pooling, max_seq_length: int | None = None) -> None:
+    def __init__(
+        self, model: Any, pooling: Pooling, max_seq_length: int | None = None, do_lower_case: bool = False
+    ) -> None:
         if family_of(model) != "encoder":
             raise TypeError(f"SentenceEncoder needs a text encoder, got a {family_of(model)} model")
         if not isinstance(pooling, Pooling):
@@ -228,6 +225,7 @@ class SentenceEncoder:
         self.model = model
         self.pooling = pooling
         self.max_seq_length = max_seq_length
+        self.do_lower_case = do_lower_case
 
     @classmethod
     def from_pretrained(
@@ -242,15 +240,27 @@ class SentenceEncoder:
         return cls.from_model(model, folder, pooling)
 
     @classmethod
-    def from_model(cls, model: Any, folder: str | Path, pooling: Pooling | None = None) -> SentenceEncoder:
-        """Wrap an already-loaded model with the pooling its checkpoint folder declares."""
-        folder = Path(folder)
-        pool = pooling if pooling is not None else pooling_from_checkpoint(folder)
-        msl = None
-        st_cfg = folder / "sentence_bert_config.json"
-        if st_cfg.exists():
-            msl = json.loads(st_cfg.read_text()).get("max_seq_length")
-        return cls(model, pool, msl)
+    def from_model(
+        cls, model: Any, folder: str | Path | None = None, pooling: Pooling | None = None
+    ) -> SentenceEncoder:
+        """Wrap an already-loaded model: ``pooling`` if given, else the model's own sentence pooling, else
+        what its checkpoint ``folder`` declares (this also reads ``Dense`` layers the model does not run)."""
+        sp = getattr(model.cfg, "sentence_pooling", None)
+        st: dict[str, Any] = {}
+        if folder is not None and (Path(folder) / "sentence_bert_config.json").exists():
+            st = json.loads((Path(folder) / "sentence_bert_config.json").read_text())
+        if pooling is None and sp is not None:
+            pooling = Pooling.from_config(sp)
+        if pooling is None:
+            if folder is None:
+                raise ValueError(
+                    "this model declares no sentence pooling; pass its checkpoint folder or "
+                    "pooling=Pooling(('mean',), normalize=True)"
+                )
+            pooling = pooling_from_checkpoint(folder)
+        msl = st.get("max_seq_length", sp.max_seq_length if sp is not None else None)
+        lower = bool(st.get("do_lower_case", sp.do_lower_case if sp is not None else False))
+        return cls(model, pooling, msl, lower)
 
     def prepare(self, texts: str | Sequence[str]) -> Prepared:
         """Tokenise (truncating to ``max_seq_length`` like sentence-transformers) into a prepared input."""
@@ -262,7 +272,10 @@ class SentenceEncoder:
         tok = self.model.tokenizer
         if tok is None:
             raise ValueError("this model has no tokenizer; SentenceEncoder needs text input")
-        limit = self.max_seq_length or self.model.max_positions
+        if self.do_lower_case:
+            texts = [t.lower() for t in texts]
+        known = [n for n in (self.max_seq_length, self.model.max_positions) if n is not None]
+        limit = min(known) if known else None
         enc = tok(texts, padding=True, truncation=limit is not None, max_length=limit, return_tensors="pt")
         kw: dict[str, Any] = {"one_zero_attention_mask": enc["attention_mask"]}
         if "token_type_ids" in enc and self.model.token_type_embed is not None:

@@ -35,6 +35,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from encoderlens.io.audio import AudioBatch
+from encoderlens.io.text import TextBatch, as_token_tensor, check_mask
+
 StreamName = str | None
 
 ENCODER = "encoder"
@@ -208,7 +211,7 @@ def _prepare_encoder(
 
 def _prepare_audio(model: Any, input: Any, **kw: Any) -> Prepared:
     prep = _require(model, "prepare", "to turn audio into a padded batch")
-    batch = input if type(input).__name__ == "AudioBatch" and not kw else prep(input, **kw)
+    batch = input if isinstance(input, AudioBatch) and not kw else prep(input, **kw)
     for attr in ("input_values", "lengths"):
         if not hasattr(batch, attr):
             raise NotImplementedError(
@@ -252,7 +255,7 @@ def _prepare_encoder_decoder(
                 "token) to run the decoder; e.g. prepare(model, 'translate English to German: Hello', "
                 "decoder_input='Hallo')"
             )
-        if type(decoder_input).__name__ == "TextBatch":
+        if isinstance(decoder_input, TextBatch):
             dec = decoder_input
         elif isinstance(decoder_input, str) or (
             isinstance(decoder_input, (list, tuple)) and decoder_input and isinstance(decoder_input[0], str)
@@ -261,8 +264,6 @@ def _prepare_encoder_decoder(
                 decoder_input
             )
         else:
-            from encoderlens.io.text import TextBatch, as_token_tensor, check_mask
-
             t = as_token_tensor(decoder_input)
             m = torch.ones_like(t) if decoder_attention_mask is None else check_mask(decoder_attention_mask, t.shape)
             dec = TextBatch(t, m, None)
@@ -273,7 +274,7 @@ def _prepare_encoder_decoder(
                 f"encoder batch has {enc.tokens.shape[0]} items but decoder_input has {dec_tokens.shape[0]}; "
                 "pass one decoder input per encoder input"
             )
-        kwargs["decoder_input"] = type(dec)(dec_tokens, dec_mask, None)
+        kwargs["decoder_input"] = TextBatch(dec_tokens, dec_mask, None)
         masks["decoder"] = dec_mask
         labels["decoder"] = _text_labels(tok, dec_tokens, dec_mask)
         ids["decoder"] = dec_tokens

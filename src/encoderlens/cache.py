@@ -51,7 +51,10 @@ class StreamSpec:
         final_norm: Module path of the norm after the last block, or None.
         has_cross_attention: Whether blocks have cross-attention (decoders).
         blocks: The stream's blocks (for ``W_O`` and norms).
-        unembed: ``(W_U, b_U)`` when logits are a linear function of the final normalised stream.
+        unembed: ``(W_U, b_U)`` when logits are a linear function of the stream. With a final norm, they
+            act on that norm's ``hook_normalized`` (what :meth:`ActivationCache.apply_ln_to_stack`
+            gives), so the norm's weight and bias must be folded in (:func:`fold_norm_into_unembed`);
+            without one, on the final stream itself.
         unembed_note: Why there is no linear unembedding, when there is none.
     """
 
@@ -66,6 +69,19 @@ class StreamSpec:
     blocks: nn.ModuleList
     unembed: tuple[Tensor, Tensor] | None = None
     unembed_note: str = ""
+
+
+def fold_norm_into_unembed(norm: nn.Module | None, W_U: Tensor, b_U: Tensor) -> tuple[Tensor, Tensor]:
+    """Fold a final norm's affine ``(w, b)`` into an unembedding: ``W = diag(w) W_U``, ``b' = b_U + b W_U``.
+
+    Then ``logits = normalized @ W + b'`` with ``normalized`` the norm's output before its affine.
+    """
+    if norm is None:
+        return W_U, b_U
+    bias = getattr(norm, "b", None)
+    if isinstance(bias, Tensor):
+        b_U = b_U + bias @ W_U
+    return norm.w[:, None] * W_U, b_U
 
 
 def _slice_pos(t: Tensor, pos_slice: Any, dim: int) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from encoderlens.cache import StreamSpec
+from encoderlens.cache import StreamSpec, fold_norm_into_unembed
 from encoderlens.components.attention import build_additive_mask
 from encoderlens.components.audio_frontend import AudioFrontend, frame_mask_from_lengths
 from encoderlens.components.audio_heads import CTCHead, QuantizerHead, QuantizerOutput
@@ -465,6 +465,10 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
             final_norm="ln_final" if self.ln_final is not None else None,
             has_cross_attention=False,
             blocks=self.blocks,
-            unembed=(self.ctc_head.W_U, self.ctc_head.b_U) if self.ctc_head is not None else None,
+            unembed=(
+                fold_norm_into_unembed(self.ln_final, self.ctc_head.W_U, self.ctc_head.b_U)
+                if self.ctc_head is not None
+                else None
+            ),
             unembed_note="" if self.ctc_head is not None else "this checkpoint has no CTC head",
         )

@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from encoderlens.cache import ActivationCache, StreamSpec
+from encoderlens.cache import ActivationCache, StreamSpec, fold_norm_into_unembed
 from encoderlens.components.attention import KVCache, build_additive_mask, mask_value
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.embed import Embed, PosEmbed
@@ -271,15 +271,7 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
         (what :meth:`ActivationCache.apply_ln_to_stack` produces from residual components). This is the
         unembedding :meth:`ActivationCache.logit_attrs` uses on ``cache.decoder``.
         """
-        W = self.effective_W_U()
-        bias = self.b_U
-        stack = self._decoder()
-        if stack.ln_final is not None:
-            norm_b = getattr(stack.ln_final, "b", None)  # LayerNorm (mBART) has a bias, RMSNorm (T5) none
-            if isinstance(norm_b, Tensor):
-                bias = bias + norm_b @ W
-            W = stack.ln_final.w[:, None] * W
-        return W, bias
+        return fold_norm_into_unembed(self._decoder().ln_final, self.effective_W_U(), self.b_U)
 
     def _head(self) -> LMHead:
         if self.lm_head is None:

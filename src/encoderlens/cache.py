@@ -81,7 +81,9 @@ def fold_norm_into_unembed(norm: nn.Module | None, W_U: Tensor, b_U: Tensor) -> 
     bias = getattr(norm, "b", None)
     if isinstance(bias, Tensor):
         b_U = b_U + bias @ W_U
-    return norm.w[:, None] * W_U, b_U
+    weight = norm.w
+    assert isinstance(weight, Tensor)
+    return weight[:, None] * W_U, b_U
 
 
 def _slice_pos(t: Tensor, pos_slice: Any, dim: int) -> Tensor:

@@ -11,6 +11,7 @@ additive mask). Hooks on q/k/v/z/result still fire on that path. Both paths give
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,55 @@ def build_additive_mask(
     return torch.where(allowed, zero, neg)
 
 
+class FlatWeights(NamedTuple):
+    """Projection weights in matmul layout: ``y = x @ W + b`` with heads flattened ``(head_index, d_head)``.
+
+    Attributes:
+        q: ``(d_model, head_index * d_head)``.
+        kv: ``(d_kv, 2 * head_index * d_head)``, keys then values.
+        qkv: ``(d_model, 3 * head_index * d_head)`` when ``d_kv == d_model`` (``q`` and ``kv`` are its
+            column slices), else None.
+        b_q, b_kv, b_qkv, b_k, b_v: The matching biases (None without ``qkv_bias``).
+    """
+
+    q: Tensor
+    kv: Tensor
+    qkv: Tensor | None
+    b_q: Tensor | None
+    b_kv: Tensor | None
+    b_qkv: Tensor | None
+
+    @property
+    def b_k(self) -> Tensor | None:
+        return None if self.b_kv is None else self.b_kv[: self.b_kv.shape[0] // 2]
+
+    @property
+    def b_v(self) -> Tensor | None:
+        return None if self.b_kv is None else self.b_kv[self.b_kv.shape[0] // 2 :]
+
+    @staticmethod
+    def build(
+        W_Q: Tensor, W_K: Tensor, W_V: Tensor, b_Q: Tensor | None, b_K: Tensor | None, b_V: Tensor | None
+    ) -> FlatWeights:
+        h, _, dh = W_Q.shape
+        hd = h * dh
+
+        def flat(W: Tensor) -> Tensor:
+            return W.permute(1, 0, 2).reshape(W.shape[1], hd)
+
+        qkv: Tensor | None = None
+        if W_Q.shape[1] == W_K.shape[1]:
+            qkv = torch.cat([flat(W_Q), flat(W_K), flat(W_V)], dim=1)
+            q, kv = qkv[:, :hd], qkv[:, hd:]
+        else:
+            q, kv = flat(W_Q), torch.cat([flat(W_K), flat(W_V)], dim=1)
+        b_qkv = b_q = b_kv = None
+        if b_Q is not None and b_K is not None and b_V is not None:
+            b_qkv = torch.cat([b_Q.reshape(hd), b_K.reshape(hd), b_V.reshape(hd)])
+            b_q, b_kv = b_qkv[:hd], b_qkv[hd:]
+        return FlatWeights(q, kv, qkv, b_q, b_kv, b_qkv)
+
+
 class Attention(nn.Module):
     """Multi-head (self or cross) attention.
 
@@ -114,12 +164,42 @@ class Attention(nn.Module):
         self.hook_rot_q = HookPoint() if cfg.rotary is not None else None
         self.hook_rot_k = HookPoint() if cfg.rotary is not None else None
 
-    @staticmethod
-    def _project(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
-        h, d_in, dh = W.shape
-        out = x @ W.permute(1, 0, 2).reshape(d_in, h * dh)
-        out = out.view(*x.shape[:-1], h, dh)
-        return out + b if b is not None else out
+    #: Keep the fused projection weights between forwards when no gradient is needed. Set to False
+    #: (class-wide or per instance) to save that copy's memory at some speed.
+    cache_fused_weights: bool = True
+
+    def flat_weights(self) -> FlatWeights:
+        """The projection weights laid out for one matmul each (see :class:`FlatWeights`).
+
+        Why cached: the per-head layout ``(head_index, d_model, d_head)`` must be permuted and copied
+        for a single matmul, which costs a few percent of a forward. The copy is kept while the
+        parameters are unchanged: the key holds each parameter's identity, storage address and
+        version counter, so ``param.copy_(...)``, ``param[...] = ...`` (under ``torch.no_grad()``),
+        ``load_state_dict`` and ``model.to(...)`` all invalidate it. Writes through ``param.data``
+        bypass PyTorch's version counter: call :meth:`clear_weight_cache` after those. When a
+        gradient may flow to the weights the layout is rebuilt on each call (differentiably), never cached.
+        """
+        params = (self.W_Q, self.W_K, self.W_V, self.b_Q, self.b_K, self.b_V)
+        grad = torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params)
+        use_cache = self.cache_fused_weights and not grad and not _is_compiling()
+        key: tuple | None = None
+        if use_cache:
+            key = tuple((id(p), p.data_ptr(), p._version) if p is not None else None for p in params)
+            cached = self.__dict__.get("_flat_cache")
+            if cached is not None and cached[0] == key:
+                return cached[1]
+        flat = FlatWeights.build(self.W_Q, self.W_K, self.W_V, self.b_Q, self.b_K, self.b_V)
+        if use_cache:
+            self.__dict__["_flat_cache"] = (key, flat)
+        return flat
+
+    def clear_weight_cache(self) -> None:
+        """Drop the cached fused projection weights (needed only after writes through ``param.data``)."""
+        self.__dict__.pop("_flat_cache", None)
+
+    def needs_explicit_qkv(self) -> bool:
+        """Whether q, k, v must be separate tensors (they are hooked or cached); else one fused matmul."""
+        return self.hook_q.has_hooks() or self.hook_k.has_hooks() or self.hook_v.has_hooks()
 
     def needs_explicit_pattern(self) -> bool:
         """Whether scores/pattern must be materialised (they are hooked or cached)."""
@@ -142,7 +222,18 @@ class Attention(nn.Module):
             position_bias: Added to the scores (T5 relative bias).
             kv_cache: Generation cache; updated in place.
         """
-        q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
+        w = self.flat_weights()
+        h, dh = self.cfg.n_heads, self.cfg.d_head
+        hd = h * dh
+        static_hit = kv_cache is not None and kv_cache.static and kv_cache.k is not None
+        kv_new: tuple[Tensor, Tensor] | None = None
+        if kv_input is None and w.qkv is not None and not static_hit and not self.needs_explicit_qkv():
+            # self-attention and nothing reads q/k/v: one matmul; q, k, v are views of its output
+            qkv = F.linear(x, w.qkv.t(), w.b_qkv).unflatten(-1, (3, h, dh))
+            q = self.hook_q(qkv[..., 0, :, :])
+            kv_new = (self.hook_k(qkv[..., 1, :, :]), self.hook_v(qkv[..., 2, :, :]))
+        else:
+            q = self.hook_q(F.linear(x, w.q.t(), w.b_q).unflatten(-1, (h, dh)))
         src = x if kv_input is None else kv_input
         # generation: new queries and keys sit after the cached positions
         past_len = kv_cache.length if kv_cache is not None and not kv_cache.static else 0
@@ -151,16 +242,23 @@ class Attention(nn.Module):
             assert self.hook_rot_q is not None
             q_pos = torch.arange(past_len, past_len + q.shape[1], device=q.device)
             q = self.hook_rot_q(apply_rotary(q, q_pos, rotary))
-        if kv_cache is not None and kv_cache.static and kv_cache.k is not None:
+        if static_hit:
+            assert kv_cache is not None and kv_cache.k is not None and kv_cache.v is not None
             k, v = kv_cache.k, kv_cache.v
-            assert v is not None
         else:
-            k = self.hook_k(self._project(src, self.W_K, self.b_K))
+            if kv_new is not None:
+                k, v = kv_new
+            elif self.hook_k.has_hooks() or self.hook_v.has_hooks():
+                # separate (contiguous) tensors, so a cached k does not keep v's memory alive
+                k = self.hook_k(F.linear(src, w.kv[:, :hd].t(), w.b_k).unflatten(-1, (h, dh)))
+                v = self.hook_v(F.linear(src, w.kv[:, hd:].t(), w.b_v).unflatten(-1, (h, dh)))
+            else:
+                kv = F.linear(src, w.kv.t(), w.b_kv).unflatten(-1, (2, h, dh))
+                k, v = self.hook_k(kv[..., 0, :, :]), self.hook_v(kv[..., 1, :, :])
             if rotary is not None:
                 assert self.hook_rot_k is not None
                 k_pos = torch.arange(past_len, past_len + k.shape[1], device=k.device)
                 k = self.hook_rot_k(apply_rotary(k, k_pos, rotary))
-            v = self.hook_v(self._project(src, self.W_V, self.b_V))
             if kv_cache is not None:
                 if not kv_cache.static and kv_cache.k is not None:
                     assert kv_cache.v is not None
@@ -192,6 +290,11 @@ class Attention(nn.Module):
             result = self.hook_result(torch.einsum("bqhd,hdm->bqhm", z, self.W_O))
             out = result.sum(dim=2)
         else:
-            h, dh, dm = self.W_O.shape
-            out = z.reshape(*z.shape[:2], h * dh) @ self.W_O.reshape(h * dh, dm)
+            # heads flattened: one matmul, the bias fused in (W_O (h, d_head, d_model) -> (h*d_head, d_model) is a view)
+            return F.linear(z.reshape(*z.shape[:2], hd), self.W_O.reshape(hd, -1).t(), self.b_O)
         return out + self.b_O if self.b_O is not None else out
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())

@@ -68,14 +68,12 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        lin = x @ self.W_in
-        if self.b_in is not None:
-            lin = lin + self.b_in
+        # F.linear on W.t() is one matmul with the bias fused in, no weight copy
+        lin = F.linear(x, self.W_in.t(), self.b_in)
         if self.W_gate is not None:
-            pre = self.hook_pre(x @ self.W_gate)
+            pre = self.hook_pre(F.linear(x, self.W_gate.t()))
             assert self.hook_pre_linear is not None
             post = self.hook_post(self.act(pre) * self.hook_pre_linear(lin))
         else:
             post = self.hook_post(self.act(self.hook_pre(lin)))
-        out = post @ self.W_out
-        return out + self.b_out if self.b_out is not None else out
+        return F.linear(post, self.W_out.t(), self.b_out)

@@ -1,0 +1,130 @@
+"""HookedEncoder vs HF BertModel on a BERT-base config (random weights), CPU, fp32.
+
+Prints ratios measured in one process (see ``common.py`` for the timing method):
+
+- no-hook forward vs HF eager (target <= 1.05) and vs HF sdpa;
+- full ``run_with_cache`` (every hook point) vs HF with ``output_hidden_states=True,
+  output_attentions=True`` (target <= 1.3);
+- TransformerLens' HookedEncoder side by side, when ``transformer_lens`` is installed.
+
+Run: ``python benchmarks/bench_encoder.py [--threads 2 --repeats 7]``.
+"""
+
+from __future__ import annotations
+
+import common  # noqa: F401  (sets up paths and offline mode first)
+import torch
+from common import Ratio, parse_args, print_table, print_times, ratio_rows, setup, time_interleaved, tmpdir
+
+TITLE = "BERT-base encoder, batch 8 x seq 128"
+
+
+def bert_config(quick: bool):  # type: ignore[no-untyped-def]
+    from transformers import BertConfig
+
+    if quick:
+        return BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    return BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+
+
+def tl_encoder(hf_cfg, path: str):  # type: ignore[no-untyped-def]
+    """TransformerLens' HookedEncoder with the same sizes, or None with a reason printed."""
+    from common import transformer_lens
+
+    tl = transformer_lens()
+    if tl is None:
+        print("TransformerLens: not installed (pip install transformer-lens to time it side by side)")
+        return None
+    try:
+        from transformer_lens.pretrained.weight_conversions import convert_bert_weights
+        from transformers import BertForMaskedLM
+
+        cfg = tl.HookedTransformerConfig(
+            d_model=hf_cfg.hidden_size,
+            d_head=hf_cfg.hidden_size // hf_cfg.num_attention_heads,
+            n_heads=hf_cfg.num_attention_heads,
+            d_mlp=hf_cfg.intermediate_size,
+            n_layers=hf_cfg.num_hidden_layers,
+            n_ctx=hf_cfg.max_position_embeddings,
+            d_vocab=hf_cfg.vocab_size,
+            act_fn="gelu",
+            normalization_type="LN",
+            attention_dir="bidirectional",
+            original_architecture="BertForMaskedLM",
+            model_name="bert-bench",
+        )
+        hf_mlm = BertForMaskedLM.from_pretrained(path, attn_implementation="eager").eval()
+        model = tl.HookedEncoder(cfg)
+        model.load_state_dict(convert_bert_weights(hf_mlm, cfg), strict=False)
+        return model.eval()
+    except Exception as e:  # TL's API moves between versions; report, do not fail the benchmark
+        print(f"TransformerLens: installed but could not be built here ({type(e).__name__}: {e})")
+        return None
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "")
+    setup(args.threads)
+    from transformers import BertModel
+
+    from encoderlens import HookedEncoder
+
+    hf_cfg = bert_config(args.quick)
+    path = tmpdir("bert")
+    BertModel(hf_cfg).save_pretrained(path)
+    hf_eager = BertModel.from_pretrained(path, attn_implementation="eager").eval()
+    hf_sdpa = BertModel.from_pretrained(path, attn_implementation="sdpa").eval()
+    ours = HookedEncoder.from_pretrained(path)
+    batch, seq = (2, 16) if args.quick else (8, 128)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, hf_cfg.vocab_size, (batch, seq), generator=g)
+    mask = torch.ones_like(tokens)
+    n_hooks = len(ours.hook_names())
+
+    def patch_resid(x: torch.Tensor, hook: object) -> torch.Tensor:
+        return x * 1.0
+
+    fns = {
+        "hf_eager": lambda: hf_eager(input_ids=tokens, attention_mask=mask),
+        "hf_sdpa": lambda: hf_sdpa(input_ids=tokens, attention_mask=mask),
+        "hf_eager_full": lambda: hf_eager(
+            input_ids=tokens, attention_mask=mask, output_hidden_states=True, output_attentions=True
+        ),
+        "ours": lambda: ours(tokens, one_zero_attention_mask=mask, return_type="embeddings"),
+        "ours_cache_all": lambda: ours.run_with_cache(tokens, one_zero_attention_mask=mask, return_type="embeddings"),
+        "ours_cache_resid_pattern": lambda: ours.run_with_cache(
+            tokens,
+            one_zero_attention_mask=mask,
+            return_type="embeddings",
+            names_filter=lambda n: n.endswith(("hook_resid_post", "hook_pattern")),
+        ),
+        "ours_hook_every_resid": lambda: ours.run_with_hooks(
+            tokens,
+            one_zero_attention_mask=mask,
+            return_type="embeddings",
+            fwd_hooks=[(lambda n: n.endswith("hook_resid_post"), patch_resid)],
+        ),
+    }
+    tl_model = tl_encoder(hf_cfg, path) if not args.quick else None
+    if tl_model is not None:
+        fns["tl"] = lambda: tl_model(tokens, one_zero_attention_mask=mask, return_type=None)
+        fns["tl_cache_all"] = lambda: tl_model.run_with_cache(tokens, one_zero_attention_mask=mask, return_type=None)
+
+    times = time_interleaved(
+        fns, repeats=2 if args.quick else args.repeats, warmup=1 if args.quick else args.warmup, clock=args.clock
+    )
+    rows = [
+        Ratio("forward, no hooks / HF eager", "ours", "hf_eager", 1.05),
+        Ratio("forward, no hooks / HF sdpa", "ours", "hf_sdpa"),
+        Ratio(f"run_with_cache (all {n_hooks} hooks) / HF eager + hidden states + attentions", "ours_cache_all", "hf_eager_full", 1.3),
+        Ratio("run_with_cache (resid_post + pattern) / HF eager + hidden states + attentions", "ours_cache_resid_pattern", "hf_eager_full"),
+        Ratio("hook on every resid_post / HF eager", "ours_hook_every_resid", "hf_eager"),
+        Ratio("TransformerLens forward / HF eager", "tl", "hf_eager"),
+        Ratio("TransformerLens run_with_cache / HF eager + hidden states + attentions", "tl_cache_all", "hf_eager_full"),
+    ]
+    print_table(f"{TITLE} (threads={args.threads}, fp32, {args.clock} clock, {len(times['ours'])} rounds)", ratio_rows(times, rows))
+    print_times("times", times)
+
+
+if __name__ == "__main__":
+    main()

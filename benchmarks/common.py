@@ -1,0 +1,159 @@
+"""Shared benchmark machinery: interleaved timing, ratio tables, optional TransformerLens.
+
+Why interleaved: on a shared machine the load changes during a run. Each round runs every candidate
+once (in a rotating order), and each ratio is the median over rounds of ``ours / reference`` measured
+in the same round, so slow periods hit both sides of a ratio alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# benchmarks run from a checkout without installing: put src/ first on the path
+_SRC = Path(__file__).resolve().parents[1] / "src"
+if _SRC.is_dir() and str(_SRC) not in sys.path:
+    sys.path.insert(0, str(_SRC))
+
+import torch  # noqa: E402
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--repeats", type=int, default=7, help="timed rounds (median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time (the targets); cpu: process CPU time, steadier on a shared machine with --threads 1",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes, 2 rounds: checks the script runs")
+    return p.parse_args()
+
+
+def setup(threads: int) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - older transformers
+        pass
+
+
+def tmpdir(prefix: str) -> str:
+    return tempfile.mkdtemp(prefix=f"encoderlens-bench-{prefix}-")
+
+
+def has_encoderlens(attr: str) -> bool:
+    """Whether ``encoderlens`` exports ``attr`` (families land in separate branches)."""
+    try:
+        mod = importlib.import_module("encoderlens")
+    except ImportError:
+        return False
+    return hasattr(mod, attr)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, clock: str = "wall"
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, one call of each per round, rotating the order.
+
+    ``clock="wall"`` measures elapsed time; ``clock="cpu"`` the process's CPU time, which other
+    processes on a loaded machine disturb less (use it with one thread: with several, threads
+    spinning while they wait for each other count as work).
+    """
+    timer = time.perf_counter if clock == "wall" else time.process_time
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    with torch.inference_mode():
+        for r in range(warmup + repeats):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for n in order:
+                t0 = timer()
+                fns[n]()
+                dt = timer() - t0
+                if r >= warmup:
+                    times[n].append(dt)
+    return times
+
+
+@dataclass
+class Ratio:
+    """One row of a ratio table: ``ours / ref`` with an optional target (pass if ratio <= target)."""
+
+    label: str
+    ours: str
+    ref: str
+    target: float | None = None
+
+
+def ratio_rows(times: dict[str, list[float]], rows: list[Ratio]) -> list[dict[str, object]]:
+    out = []
+    for row in rows:
+        if row.ours not in times or row.ref not in times:
+            continue
+        per_round = [a / b for a, b in zip(times[row.ours], times[row.ref])]
+        ratio = statistics.median(per_round)
+        out.append(
+            {
+                "case": row.label,
+                "ours_ms": 1e3 * statistics.median(times[row.ours]),
+                "ref_ms": 1e3 * statistics.median(times[row.ref]),
+                "ratio": ratio,
+                "spread": (min(per_round), max(per_round)),
+                "target": row.target,
+                "ok": None if row.target is None else ratio <= row.target,
+            }
+        )
+    return out
+
+
+def print_table(title: str, rows: list[dict[str, object]]) -> None:
+    print(f"\n## {title}\n")
+    print("| case | ours ms | ref ms | ratio (median) | min..max | target | ok |")
+    print("|---|---:|---:|---:|---|---:|---|")
+    for r in rows:
+        lo, hi = r["spread"]  # type: ignore[misc]
+        target = "" if r["target"] is None else f"<= {r['target']:.2f}"
+        ok = "" if r["ok"] is None else ("yes" if r["ok"] else "NO")
+        print(
+            f"| {r['case']} | {r['ours_ms']:.1f} | {r['ref_ms']:.1f} | {r['ratio']:.3f} | "
+            f"{lo:.2f}..{hi:.2f} | {target} | {ok} |"
+        )
+    sys.stdout.flush()
+
+
+def print_times(title: str, times: dict[str, list[float]]) -> None:
+    print(f"\n{title}: median ms per call")
+    for n, ts in times.items():
+        print(f"  {n:<40} {1e3 * statistics.median(ts):9.1f}   (min {1e3 * min(ts):.1f}, n={len(ts)})")
+    sys.stdout.flush()
+
+
+def skipped(title: str, why: str) -> None:
+    print(f"\n## {title}\n\nskipped: {why}")
+    sys.stdout.flush()
+
+
+def transformer_lens() -> object | None:
+    """The ``transformer_lens`` module if installed, else None (its timings are then left out)."""
+    try:
+        return importlib.import_module("transformer_lens")
+    except Exception:
+        return None

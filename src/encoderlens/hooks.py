@@ -133,6 +133,10 @@ class HookedRootModule(nn.Module):
 
     hook_dict: dict[str, HookPoint]
     mod_dict: dict[str, nn.Module]
+    #: Hook points that ``run_with_cache(names_filter=None)`` leaves out, because hooking them makes the
+    #: model compute something extra: ``hook_result`` is ``n_heads`` times the size of the residual
+    #: stream. Name them (a list, a name or a callable filter) to cache them.
+    opt_in_hooks: tuple[str, ...] = ("hook_result",)
 
     def setup(self) -> None:
         """Name every HookPoint after its path and index modules by name."""
@@ -273,6 +277,8 @@ class HookedRootModule(nn.Module):
             for n in names_filter:
                 self.check_hook_name(n)
         match = _name_matcher(names_filter)
+        if names_filter is None:
+            match = lambda name: not name.endswith(self.opt_in_hooks)
         store: dict[str, Tensor] = {} if cache is None else cache
 
         def saver(suffix: str) -> HookFn:
@@ -305,7 +311,8 @@ class HookedRootModule(nn.Module):
         """Run the model and cache activations.
 
         Args:
-            names_filter: None (all hooks), a hook name, a list of names, or a callable on names.
+            names_filter: None (every hook point but the :attr:`opt_in_hooks`, i.e. ``hook_result``),
+                a hook name, a list of names, or a callable on names.
             device: Move cached tensors there as they are produced (e.g. ``"cpu"`` to offload).
             remove_batch_dim: Drop the batch dimension (batch size must be 1).
             incl_bwd: Also cache gradients (``name_grad``); the output must be a scalar-reducible tensor

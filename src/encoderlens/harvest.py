@@ -445,7 +445,7 @@ def harvest(
     progress_path = out / "_progress" / f"{_rank_file(rank)}.json"
     _write_json_atomic(progress_path, mine)
     if rank == 0:
-        _write_manifest(out, complete=False)
+        _write_manifest(out, final=False)
 
     hook_info: dict[str, dict[str, Any]] = mine["hooks"]
     buf = _Buffer()
@@ -557,7 +557,7 @@ def harvest(
         )
         _write_json_atomic(progress_path, mine)
         if rank == 0:
-            _write_manifest(out, complete=False)
+            _write_manifest(out, final=False)
         buf.clear()
         if _after_shard is not None:
             _after_shard(len(mine["shards"]))
@@ -600,14 +600,15 @@ def harvest(
     _write_json_atomic(progress_path, mine)
 
     if dist_on and world_size > 1:
+        # every rank has committed its share: rank 0 merges one manifest, which must cover every item
         torch.distributed.barrier()
-    if rank == 0:
-        manifest = _write_manifest(out, complete=True, world_size=world_size)
-    if dist_on and world_size > 1:
+        if rank == 0:
+            _write_manifest(out, final=True, world_size=world_size, strict=True)
         torch.distributed.barrier()
-    if rank != 0:
-        manifest = json.loads((out / "manifest.json").read_text())
-    return manifest
+        return json.loads((out / "manifest.json").read_text())
+    # one process, or ranks run separately without torch.distributed: whoever finishes last
+    # writes the complete manifest (each merge reads every rank's progress file)
+    return _write_manifest(out, final=True, world_size=world_size)
 
 
 def _len_or_none(data: Any) -> int | None:
@@ -663,8 +664,13 @@ def _remove_orphans(out: Path, rank: int, keep: set[str]) -> None:
         p.unlink()
 
 
-def _write_manifest(out: Path, complete: bool, world_size: int | None = None) -> dict[str, Any]:
-    """Merge every rank's progress file into ``manifest.json`` (atomically); check no item is stored twice."""
+def _write_manifest(out: Path, final: bool, world_size: int | None = None, strict: bool = False) -> dict[str, Any]:
+    """Merge every rank's progress file into ``manifest.json`` (atomically).
+
+    ``complete`` is true when ``final`` and the stored items are exactly ``0 .. n-1`` for the item
+    count ``n`` the finished ranks saw. ``strict``: raise if not complete. Raises if an item is
+    stored twice.
+    """
     states = [json.loads(p.read_text()) for p in sorted((out / "_progress").glob("rank*.json"))]
     shards = sorted((sh for st in states for sh in st["shards"]), key=lambda sh: (sh["items"][0][0], sh["file"]))
     seen: set[int] = set()
@@ -683,11 +689,12 @@ def _write_manifest(out: Path, complete: bool, world_size: int | None = None) ->
     for sh in shards:
         for a, n in sh["n_rows"].items():
             n_rows[a] = n_rows.get(a, 0) + n
-    n_seen = [st.get("n_seen") for st in states if st.get("done")]
+    n_seen = [st["n_seen"] for st in states if st.get("done") and "n_seen" in st]
     n_total = max(n_seen) if n_seen else None
-    if complete and n_total is not None and len(seen) != n_total:
-        missing = sorted(set(range(n_total)) - seen)[:10]
-        raise RuntimeError(f"harvest incomplete: {n_total - len(seen)} of {n_total} items missing (e.g. {missing})")
+    complete = final and n_total is not None and seen == set(range(n_total))
+    if strict and not complete:
+        missing = sorted(set(range(n_total or 0)) - seen)[:10]
+        raise RuntimeError(f"harvest incomplete: {len(seen)} of {n_total} items stored (missing e.g. {missing})")
     first = states[0] if states else {}
     manifest = {
         "format": FORMAT,
@@ -697,6 +704,7 @@ def _write_manifest(out: Path, complete: bool, world_size: int | None = None) ->
         "settings": first.get("settings", {}),
         "world_size": world_size,
         "n_items": len(seen),
+        "n_items_expected": n_total,
         "n_rows": n_rows,
         "hooks": {n: hooks[n] for n in first.get("settings", {}).get("hooks", []) if n in hooks},
         "alignments": _alignment_doc(n_rows, bool(first.get("settings", {}).get("include_padding"))),

@@ -110,6 +110,17 @@ class HookedModel(HookedRootModule):
     def materialize_buffers(self) -> None:
         """Recreate non-persistent buffers after loading onto the meta device (override if any)."""
 
+    def clear_weight_caches(self) -> None:
+        """Drop derived weight layouts kept for speed (attention's fused q/k/v weights).
+
+        Needed only after writing weights through ``param.data``, which PyTorch's version counter
+        does not see; in-place edits of the parameters themselves are detected automatically.
+        """
+        for module in self.modules():
+            clear = getattr(module, "clear_weight_cache", None)
+            if callable(clear):
+                clear()
+
 
 class StackWeights:
     """Stacked weight views over a list of blocks (``model.W_Q[layer, head]``...).

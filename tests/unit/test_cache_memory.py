@@ -1,0 +1,69 @@
+"""Cache memory: only what names_filter asks, offload as produced, honest sizes, opt-in hook_result."""
+
+from __future__ import annotations
+
+import torch
+
+TEXTS = ["the cat sat on the mat", "a dog ran over the lazy fox"]
+
+
+def _kw(model):
+    batch = model.tokenize(TEXTS)
+    return batch, dict(one_zero_attention_mask=batch.attention_mask, return_type="embeddings")
+
+
+def test_cache_holds_exactly_the_filtered_names(tiny_mlm):
+    model, _, _ = tiny_mlm
+    batch, kw = _kw(model)
+    wanted = ["blocks.0.hook_resid_post", "blocks.2.attn.hook_pattern", "blocks.1.mlp.hook_post"]
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(batch.tokens, names_filter=wanted, **kw)
+        _, by_fn = model.run_with_cache(batch.tokens, names_filter=lambda n: n.endswith("hook_q"), **kw)
+    assert sorted(cache.keys()) == sorted(wanted)
+    assert sorted(by_fn.keys()) == [f"blocks.{i}.attn.hook_q" for i in range(model.cfg.n_layers)]
+    assert model.active_hook_names() == []
+
+
+def test_default_cache_leaves_out_hook_result_but_head_results_still_work(tiny_mlm):
+    model, _, _ = tiny_mlm
+    batch, kw = _kw(model)
+    kw["return_type"] = "logits"  # runs the MLM head too, so every hook point fires
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(batch.tokens, **kw)
+        _, res = model.run_with_cache(batch.tokens, names_filter=lambda n: n.endswith("hook_result"), **kw)
+    expected = {n for n in model.hook_names() if not n.endswith("hook_result")}
+    assert set(cache.keys()) == expected
+    assert len(res) == model.cfg.n_layers
+    # stack_head_results (from hook_z) equals the explicitly requested per-head results
+    stacked = cache.stack_head_results()
+    explicit = torch.cat([res["result", i].movedim(2, 0) for i in range(model.cfg.n_layers)])
+    assert (stacked - explicit).abs().max() < 1e-5
+
+
+def test_nbytes_counts_real_memory_of_cached_tensors(tiny_mlm):
+    model, _, _ = tiny_mlm
+    batch, kw = _kw(model)
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(batch.tokens, names_filter=lambda n: n.endswith(("hook_q", "hook_k", "hook_v")), **kw)
+    # q/k/v are separate tensors when cached (not views into a fused q|k|v buffer that would hold 3x)
+    for name, t in cache.items():
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), name
+    assert cache.nbytes() == sum(t.numel() * t.element_size() for t in cache.values())
+    report = cache.size_report()
+    assert "blocks.0.attn.hook_q" in report and f"total: {len(cache)} tensors" in report
+
+
+def test_device_moves_each_tensor_as_it_is_produced(tiny_mlm):
+    model, _, _ = tiny_mlm
+    batch, kw = _kw(model)
+    seen = []
+
+    def spy(x, hook):
+        seen.append(x.device.type)
+
+    # the meta device stands in for "cpu" on a GPU machine: the copy happens inside the hook
+    with torch.inference_mode(), model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", spy)]):
+        out, cache = model.run_with_cache(batch.tokens, names_filter=lambda n: "resid" in n, device="meta", **kw)
+    assert out.device.type == "cpu" and seen == ["cpu"]
+    assert len(cache) > 0 and all(t.device.type == "meta" for t in cache.values())
+    assert cache.nbytes() == sum(t.numel() * t.element_size() for t in cache.values())

@@ -1,0 +1,208 @@
+"""harvest(): rows and alignment match run_with_cache, shards bounded, resumable, rank split, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from encoderlens.harvest import TextAdapter, harvest, load_harvest
+from tests.conftest import WORDS, randomize_norms, save_tiny, tiny_bert_tokenizer
+
+HOOKS = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_q", "pooler.hook_pooled"]
+
+
+@pytest.fixture
+def model(tmp_path):
+    from transformers import BertConfig, BertForPreTraining
+
+    from encoderlens import HookedEncoder
+
+    cfg = BertConfig(
+        vocab_size=99,
+        hidden_size=36,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=37,
+        max_position_embeddings=40,
+        attn_implementation="eager",
+    )
+    hf = BertForPreTraining(cfg).eval()
+    randomize_norms(hf)
+    return HookedEncoder.from_pretrained(save_tiny(hf, tmp_path, tiny_bert_tokenizer(tmp_path)))
+
+
+def texts(n: int, seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        k = int(torch.randint(1, 12, (1,), generator=g))
+        out.append(" ".join(WORDS[int(i)] for i in torch.randint(0, 30, (k,), generator=g)))
+    return out
+
+
+def expected_rows(model, items, hook):
+    """Each item alone through run_with_cache: its real-token rows (or its vector), concatenated."""
+    rows = []
+    with torch.inference_mode():
+        for text in items:
+            _, cache = model.run_with_cache([text], names_filter=[hook], return_type="all")
+            rows.append(cache[hook][0] if hook.startswith("pooler") else cache[hook][0])
+    return torch.stack(rows) if hook.startswith("pooler") else torch.cat(rows)
+
+
+def test_rows_alignment_and_values_match_run_with_cache(model, tmp_path):
+    data = texts(11)
+    man = harvest(model, data, HOOKS, tmp_path / "h", batch_size=4, dtype="fp32", items_per_shard=4, progress=False)
+    assert man["complete"] and man["n_items"] == 11 and man["n_items_expected"] == 11
+    assert [sh["n_items"] for sh in man["shards"]] == [4, 4, 3]
+    h = load_harvest(tmp_path / "h")
+    lengths = [len(model.to_str_tokens(t)) for t in data]
+    assert man["n_rows"] == {"token": sum(lengths), "item": 11}
+    assert man["hooks"]["blocks.1.attn.hook_q"] == {
+        "alignment": "token", "shape": [3, 12], "dtype": "float32", "source_dtype": "float32"
+    }  # fmt: skip
+    rows = h.rows("token")
+    assert rows["item"].tolist() == [i for i, n in enumerate(lengths) for _ in range(n)]
+    assert rows["pos"].tolist() == [p for n in lengths for p in range(n)]
+    assert h.rows("item")["item"].tolist() == list(range(11))
+    for hook in HOOKS:
+        assert (h.load(hook) - expected_rows(model, data, hook)).abs().max() < 1e-5, hook
+    assert h.item_ids() == {i: i for i in range(11)}
+    assert not list((tmp_path / "h").glob(".*tmp*"))
+
+
+def test_storage_dtypes_and_padding_flags(model, tmp_path):
+    data = texts(5)
+    harvest(model, data, ["blocks.0.hook_resid_post"], tmp_path / "a", batch_size=5, dtype="bf16", progress=False)
+    ref = load_harvest(tmp_path / "a")
+    assert ref.load("blocks.0.hook_resid_post").dtype == torch.bfloat16
+    man = harvest(
+        model, data, ["blocks.0.hook_resid_post"], tmp_path / "b", batch_size=5, dtype="fp16", include_padding=True,
+        progress=False,
+    )  # fmt: skip
+    h = load_harvest(tmp_path / "b")
+    padded_len = model.tokenize(data).tokens.shape[1]
+    assert man["n_rows"]["token"] == 5 * padded_len
+    rows = h.rows("token")
+    assert rows["pad"].tolist() == (~model.tokenize(data).attention_mask.bool()).flatten().tolist()
+    acts = h.load("blocks.0.hook_resid_post")
+    assert acts.dtype == torch.float16
+    real = acts[~rows["pad"]].float()
+    assert (real - ref.load("blocks.0.hook_resid_post").float()).abs().max() < 2e-2  # fp16 vs bf16 rounding
+
+
+def test_dict_items_with_ids_and_token_items(model, tmp_path):
+    data = [{"id": f"doc-{i}", "text": t} for i, t in enumerate(texts(4))]
+    harvest(model, data, ["blocks.1.hook_resid_post"], tmp_path / "d", batch_size=3, dtype="fp32", progress=False)
+    assert load_harvest(tmp_path / "d").item_ids() == {i: f"doc-{i}" for i in range(4)}
+    tokens = [model.tokenize(d["text"]).tokens[0].tolist() for d in data]
+    harvest(model, iter(tokens), ["blocks.1.hook_resid_post"], tmp_path / "t", batch_size=3, dtype="fp32", progress=False)
+    a = load_harvest(tmp_path / "d").load("blocks.1.hook_resid_post")
+    b = load_harvest(tmp_path / "t").load("blocks.1.hook_resid_post")
+    assert (a - b).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="content"):
+        harvest(model, [{"content": "x"}], ["blocks.0.hook_resid_post"], tmp_path / "e", progress=False)
+    harvest(model, [{"content": "the cat"}], ["blocks.0.hook_resid_post"], tmp_path / "f", adapter=TextAdapter("content"), progress=False)  # fmt: skip
+
+
+def test_streaming_keeps_memory_bounded_and_stops_early(model, tmp_path):
+    pulled = []
+
+    def gen():
+        for i, t in enumerate(texts(40)):
+            pulled.append(i)
+            yield t
+
+    at_first_shard = []
+    later_layer_calls = []
+    model.add_hook("blocks.1.hook_resid_pre", lambda x, hook: later_layer_calls.append(1))
+    try:
+        man = harvest(
+            model, gen(), ["blocks.0.hook_resid_post"], tmp_path / "s", batch_size=4, dtype="fp32",
+            shard_mb=0.002, progress=False, _after_shard=lambda k: at_first_shard.append(len(pulled)) if k == 1 else None,
+        )  # fmt: skip
+    finally:
+        model.reset_hooks()
+    assert at_first_shard == [4]  # the generator is consumed batch by batch, not read ahead
+    assert len(man["shards"]) == 10  # 0.002 MiB < one batch: one shard per batch
+    assert max(sh["bytes"] for sh in man["shards"]) < 4 * 12 * 36 * 4 + 4096  # one batch of rows + header
+    assert later_layer_calls == []  # the forward stopped after the last requested hook
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_a_crash_finishes_without_duplicates(model, tmp_path):
+    data = texts(13)
+    kw = dict(batch_size=2, dtype="fp32", items_per_shard=2, progress=False)
+
+    def crash(k):
+        if k == 3:
+            raise Crash
+
+    out = tmp_path / "r"
+    with pytest.raises(Crash):
+        harvest(model, data, HOOKS, out, _after_shard=crash, **kw)
+    man = json.loads((out / "manifest.json").read_text())
+    assert not man["complete"] and man["n_items"] == 6 and len(man["shards"]) == 3
+    # debris a kill can leave: a shard renamed into place but not yet listed, and a temp file
+    (out / "rank000-00003.safetensors").write_bytes(b"partial")
+    (out / ".rank000-00004.safetensors.tmp-999").write_bytes(b"partial")
+    seen = []
+    man = harvest(model, (seen.append(i) or t for i, t in enumerate(data)), HOOKS, out, **kw)
+    assert man["complete"] and man["n_items"] == 13 and len(man["shards"]) == 7
+    assert not (out / ".rank000-00004.safetensors.tmp-999").exists()
+    items = [i for sh in man["shards"] for r in sh["items"] for i in range(*r)]
+    assert sorted(items) == list(range(13))
+    full = tmp_path / "full"
+    harvest(model, data, HOOKS, full, **kw)
+    for hook in HOOKS:
+        assert torch.equal(load_harvest(out).load(hook), load_harvest(full).load(hook)), hook
+    # a finished harvest resumed again does nothing
+    again = harvest(model, data, HOOKS, out, **kw)
+    assert again["shards"] == man["shards"]
+
+
+def test_ranks_take_disjoint_shares_and_merge_one_manifest(model, tmp_path):
+    data = texts(9)
+    kw = dict(batch_size=2, dtype="fp32", progress=False)
+    first = harvest(model, data, HOOKS, tmp_path / "m", rank=1, world_size=2, **kw)
+    assert not first["complete"] and first["n_items"] == 4  # rank 1: items 1, 3, 5, 7
+    man = harvest(model, data, HOOKS, tmp_path / "m", rank=0, world_size=2, **kw)
+    assert man["complete"] and man["n_items"] == 9
+    assert {sh["rank"] for sh in man["shards"]} == {0, 1}
+    harvest(model, data, HOOKS, tmp_path / "one", **kw)
+    for hook in HOOKS:
+        a, b = load_harvest(tmp_path / "m").load(hook), load_harvest(tmp_path / "one").load(hook)
+        assert (a - b).abs().max() < 1e-5, hook
+
+
+def test_bad_settings_are_refused(model, tmp_path):
+    data = texts(3)
+    harvest(model, data, ["blocks.0.hook_resid_post"], tmp_path / "x", dtype="fp32", progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        harvest(model, data, ["blocks.0.hook_resid_post"], tmp_path / "x", dtype="fp16", progress=False)
+    with pytest.raises(ValueError, match="resume=True"):
+        harvest(model, data, ["blocks.0.hook_resid_post"], tmp_path / "x", dtype="fp32", resume=False, progress=False)
+    with pytest.raises(ValueError, match="two position axes"):
+        harvest(model, data, ["blocks.0.attn.hook_pattern"], tmp_path / "p", progress=False)
+    with pytest.raises(ValueError, match="did you mean"):
+        harvest(model, data, ["blocks.0.hook_resid_psot"], tmp_path / "q", progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        harvest(model, data, ["blocks.0.hook_resid_post"], tmp_path / "y", dtype="int8", progress=False)
+    with pytest.raises(TypeError, match="single string"):
+        harvest(model, "the cat", ["blocks.0.hook_resid_post"], tmp_path / "z", progress=False)
+
+
+def test_transform_makes_patterns_harvestable(model, tmp_path):
+    data = texts(4)
+    man = harvest(
+        model, data, ["blocks.0.attn.hook_pattern"], tmp_path / "p", dtype="fp32", progress=False,
+        transforms={"blocks.0.attn.hook_pattern": lambda p, batch: p.amax(-1).transpose(1, 2)},
+    )  # fmt: skip
+    assert man["hooks"]["blocks.0.attn.hook_pattern"]["shape"] == [3]
+    acts = load_harvest(tmp_path / "p").load("blocks.0.attn.hook_pattern")
+    assert acts.shape == (man["n_rows"]["token"], 3) and bool((acts <= 1).all())

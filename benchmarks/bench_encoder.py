@@ -116,13 +116,27 @@ def main() -> None:
     rows = [
         Ratio("forward, no hooks / HF eager", "ours", "hf_eager", 1.05),
         Ratio("forward, no hooks / HF sdpa", "ours", "hf_sdpa"),
-        Ratio(f"run_with_cache (all {n_hooks} hooks) / HF eager + hidden states + attentions", "ours_cache_all", "hf_eager_full", 1.3),
-        Ratio("run_with_cache (resid_post + pattern) / HF eager + hidden states + attentions", "ours_cache_resid_pattern", "hf_eager_full"),
+        Ratio(
+            f"run_with_cache (all {n_hooks} hooks) / HF eager + hidden states + attentions",
+            "ours_cache_all",
+            "hf_eager_full",
+            1.3,
+        ),
+        Ratio(
+            "run_with_cache (resid_post + pattern) / HF eager + hidden states + attentions",
+            "ours_cache_resid_pattern",
+            "hf_eager_full",
+        ),
         Ratio("hook on every resid_post / HF eager", "ours_hook_every_resid", "hf_eager"),
         Ratio("TransformerLens forward / HF eager", "tl", "hf_eager"),
-        Ratio("TransformerLens run_with_cache / HF eager + hidden states + attentions", "tl_cache_all", "hf_eager_full"),
+        Ratio(
+            "TransformerLens run_with_cache / HF eager + hidden states + attentions", "tl_cache_all", "hf_eager_full"
+        ),
     ]
-    print_table(f"{TITLE} (threads={args.threads}, fp32, {args.clock} clock, {len(times['ours'])} rounds)", ratio_rows(times, rows))
+    print_table(
+        f"{TITLE} (threads={args.threads}, fp32, {args.clock} clock, {len(times['ours'])} rounds)",
+        ratio_rows(times, rows),
+    )
     print_times("times", times)
 
 

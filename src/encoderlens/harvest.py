@@ -156,6 +156,10 @@ class HarvestAdapter:
         """Settings recorded in the manifest (a resumed harvest must use the same)."""
         return {"name": self.name}
 
+    def alignment_info(self, model: Any) -> dict[str, dict[str, Any]]:
+        """Per alignment, what a position means (written to the manifest's ``alignments``)."""
+        return {}
+
 
 class TextAdapter(HarvestAdapter):
     """Text encoders: items are strings, ``(text_a, text_b)`` pairs, token id sequences, or dicts.
@@ -230,28 +234,102 @@ class TextAdapter(HarvestAdapter):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "text_key": self.text_key, "tokens_key": self.tokens_key}
 
+    def alignment_info(self, model: Any) -> dict[str, dict[str, Any]]:
+        return {"token": {"position": "token index in the tokenised item (model.to_str_tokens(item)[pos])"}}
 
-_ADAPTERS: dict[str, Callable[[], HarvestAdapter]] = {"encoder": TextAdapter}
+
+class AudioAdapter(HarvestAdapter):
+    """Speech encoders: items are waveforms (1-D arrays at the model's rate), file paths, or dicts.
+
+    Dict items give the audio as ``item[audio_key]``: an array, a path, or a ``datasets``-style
+    ``{"array": ..., "sampling_rate": ...}``; the source id as ``item["id"]``. Alignments:
+    ``"frame"`` (transformer frames: rows of ``(batch, frames, ...)`` activations; frame ``p`` covers
+    samples ``[p * hop, p * hop + receptive_field)``) and ``"sample"`` (``hook_waveform``).
+    Conv-layer hooks before the last have their own lengths: reduce them with a transform.
+
+    For checkpoints that take no attention mask (group-norm front ends such as HuBERT-base), padding
+    changes shorter items' activations slightly, as in HF: use ``batch_size=1`` for exact per-item values.
+    """
+
+    name = "audio"
+
+    def __init__(self, audio_key: str = "audio", sampling_rate: int | None = None, resample: bool = False) -> None:
+        self.audio_key = audio_key
+        self.sampling_rate = sampling_rate
+        self.resample = resample
+
+    def _input_of(self, item: Any) -> tuple[Any, int | None]:
+        if isinstance(item, dict):
+            if self.audio_key not in item:
+                raise ValueError(
+                    f"dict item has no {self.audio_key!r} (keys: {sorted(item)}); "
+                    "pass AudioAdapter(audio_key=...) naming the field that holds the audio"
+                )
+            item = item[self.audio_key]
+            if isinstance(item, dict) and "array" in item:
+                return item["array"], item.get("sampling_rate")
+        return item, None
+
+    def prepare(self, model: Any, items: list[Any]) -> PreparedBatch:
+        pairs = [self._input_of(it) for it in items]
+        rates = {r for _, r in pairs if r is not None}
+        if len(rates) > 1:
+            raise ValueError(f"a batch mixes sampling rates {sorted(rates)}; resample the items to one rate first")
+        rate = rates.pop() if rates else self.sampling_rate
+        waves = [torch.as_tensor(w) if not isinstance(w, (str, os.PathLike)) else w for w, _ in pairs]
+        batch = model.prepare(waves, sampling_rate=rate, resample=self.resample)
+        n_frames = int(model.num_frames(batch.input_values.shape[1]))
+        frames = model.frame_mask(batch.lengths.cpu(), n_frames).to(batch.input_values.device)
+        return PreparedBatch(inputs=batch, masks={"frame": frames.bool(), "sample": batch.sample_mask.bool()})
+
+    def forward(self, model: Any, batch: PreparedBatch) -> None:
+        model(batch.inputs, return_type="all")
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "audio_key": self.audio_key, "sampling_rate": self.sampling_rate}
+
+    def alignment_info(self, model: Any) -> dict[str, dict[str, Any]]:
+        return {
+            "frame": {
+                "position": "transformer frame index",
+                "sampling_rate": int(model.sampling_rate),
+                "hop_length": int(model.hop_length),
+                "receptive_field": int(model.receptive_field),
+                "span": "frame p covers samples [p * hop_length, p * hop_length + receptive_field)",
+            },
+            "sample": {
+                "position": "sample index of the normalised, padded waveform",
+                "sampling_rate": int(model.sampling_rate),
+            },
+        }
 
 
-def register_adapter(family: str) -> Callable[[Callable[[], HarvestAdapter]], Callable[[], HarvestAdapter]]:
-    """Decorator: the default adapter (class or factory) for models of ``family`` (``model.family``)."""
+_ADAPTERS: dict[str, Callable[..., HarvestAdapter]] = {"encoder": TextAdapter, "audio_encoder": AudioAdapter}
 
-    def deco(factory: Callable[[], HarvestAdapter]) -> Callable[[], HarvestAdapter]:
+
+def register_adapter(family: str) -> Callable[[Callable[..., HarvestAdapter]], Callable[..., HarvestAdapter]]:
+    """Decorator: the default adapter (class or factory) for models of ``family`` (``model.family``).
+
+    The factory takes an optional first argument: the dict field that holds an item's input (the CLI's
+    ``--field``).
+    """
+
+    def deco(factory: Callable[..., HarvestAdapter]) -> Callable[..., HarvestAdapter]:
         _ADAPTERS[family] = factory
         return factory
 
     return deco
 
 
-def default_adapter(model: Any) -> HarvestAdapter:
+def default_adapter(model: Any, *args: Any) -> HarvestAdapter:
+    """The registered adapter for ``model.family``, built with ``args`` (e.g. the item field name)."""
     family = getattr(model, "family", "")
     if family not in _ADAPTERS:
         raise ValueError(
             f"no harvest adapter for model family {family!r} (known: {sorted(_ADAPTERS)}); "
             "pass adapter=... (a HarvestAdapter subclass instance)"
         )
-    return _ADAPTERS[family]()
+    return _ADAPTERS[family](*args)
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -435,7 +513,7 @@ def harvest(
     }
     state = _load_state(out, settings, resume)
     mine = state.get(rank, {"rank": rank, "shards": [], "hooks": {}})
-    mine.update(settings=settings, model=model_info, done=False)
+    mine.update(settings=settings, model=model_info, alignment_info=adapter.alignment_info(model), done=False)
     mine.pop("n_seen", None)
     committed: set[int] = set()
     for st in state.values():
@@ -707,21 +785,24 @@ def _write_manifest(out: Path, final: bool, world_size: int | None = None, stric
         "n_items_expected": n_total,
         "n_rows": n_rows,
         "hooks": {n: hooks[n] for n in first.get("settings", {}).get("hooks", []) if n in hooks},
-        "alignments": _alignment_doc(n_rows, bool(first.get("settings", {}).get("include_padding"))),
+        "alignments": _alignment_doc(
+            n_rows, bool(first.get("settings", {}).get("include_padding")), first.get("alignment_info", {})
+        ),
         "shards": shards,
     }
     _write_json_atomic(out / "manifest.json", manifest)
     return manifest
 
 
-def _alignment_doc(n_rows: dict[str, int], include_padding: bool) -> dict[str, Any]:
+def _alignment_doc(n_rows: dict[str, int], include_padding: bool, info: dict[str, Any]) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     for a in n_rows:
-        cols = {"item": f"_rows.{a}.item: int64 global item index (position in the input stream)"}
+        cols: dict[str, Any] = {"item": f"_rows.{a}.item: int64 global item index (position in the input stream)"}
         if a != "item":
             cols["pos"] = f"_rows.{a}.pos: int32 position within the item"
             if include_padding:
                 cols["pad"] = f"_rows.{a}.pad: bool, True where the row is a padding position"
+        cols.update(info.get(a, {}))
         doc[a] = cols
     return doc
 
@@ -802,6 +883,7 @@ def load_harvest(out_dir: str | os.PathLike[str]) -> Harvest:
 
 
 __all__ = [
+    "AudioAdapter",
     "Harvest",
     "HarvestAdapter",
     "PreparedBatch",
@@ -815,8 +897,9 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def _read_items(path: str, text_key: str) -> Iterator[Any]:
-    """Stream items from a ``.jsonl`` (one JSON object or string per line) or text file (one text per line)."""
+def _read_items(path: str, field: str) -> Iterator[Any]:
+    """Stream items from a ``.jsonl`` (one JSON object or string per line) or a text file (one input per
+    line: a text, or an audio path; item id = line number)."""
     p = Path(path)
     if not p.exists():
         raise ValueError(f"input file {path!r} does not exist")
@@ -832,7 +915,7 @@ def _read_items(path: str, text_key: str) -> Iterator[Any]:
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{n + 1}: not valid JSON ({e})") from None
             else:
-                yield {"id": n, text_key: line}
+                yield {"id": n, field: line}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -853,7 +936,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--shard-mb", type=float, default=256.0)
     ap.add_argument("--items-per-shard", type=int, default=None)
     ap.add_argument("--max-items", type=int, default=None)
-    ap.add_argument("--text-key", default="text")
+    ap.add_argument(
+        "--field", default=None, help="item field holding the input (default: 'text' for text, 'audio' for speech)"
+    )
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -880,14 +965,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         model = encoderlens.from_pretrained(args.model, device=device)
+        adapter = default_adapter(model, *([args.field] if args.field else []))
+        field = args.field or getattr(adapter, "text_key", None) or getattr(adapter, "audio_key", "input")
         manifest = harvest(
             model,
-            _read_items(args.input, args.text_key),
+            _read_items(args.input, field),
             args.hooks,
             args.out,
             args.batch_size,
             dtype=args.dtype,
-            adapter=TextAdapter(text_key=args.text_key) if getattr(model, "family", "") == "encoder" else None,
+            adapter=adapter,
             include_padding=args.include_padding,
             shard_mb=args.shard_mb,
             items_per_shard=args.items_per_shard,

@@ -44,7 +44,9 @@ def test_nbytes_counts_real_memory_of_cached_tensors(tiny_mlm):
     model, _, _ = tiny_mlm
     batch, kw = _kw(model)
     with torch.inference_mode():
-        _, cache = model.run_with_cache(batch.tokens, names_filter=lambda n: n.endswith(("hook_q", "hook_k", "hook_v")), **kw)
+        _, cache = model.run_with_cache(
+            batch.tokens, names_filter=lambda n: n.endswith(("hook_q", "hook_k", "hook_v")), **kw
+        )
     # q/k/v are separate tensors when cached (not views into a fused q|k|v buffer that would hold 3x)
     for name, t in cache.items():
         assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), name

@@ -98,7 +98,9 @@ def test_dict_items_with_ids_and_token_items(model, tmp_path):
     harvest(model, data, ["blocks.1.hook_resid_post"], tmp_path / "d", batch_size=3, dtype="fp32", progress=False)
     assert load_harvest(tmp_path / "d").item_ids() == {i: f"doc-{i}" for i in range(4)}
     tokens = [model.tokenize(d["text"]).tokens[0].tolist() for d in data]
-    harvest(model, iter(tokens), ["blocks.1.hook_resid_post"], tmp_path / "t", batch_size=3, dtype="fp32", progress=False)
+    harvest(
+        model, iter(tokens), ["blocks.1.hook_resid_post"], tmp_path / "t", batch_size=3, dtype="fp32", progress=False
+    )
     a = load_harvest(tmp_path / "d").load("blocks.1.hook_resid_post")
     b = load_harvest(tmp_path / "t").load("blocks.1.hook_resid_post")
     assert (a - b).abs().max() < 1e-5
@@ -206,3 +208,36 @@ def test_transform_makes_patterns_harvestable(model, tmp_path):
     assert man["hooks"]["blocks.0.attn.hook_pattern"]["shape"] == [3]
     acts = load_harvest(tmp_path / "p").load("blocks.0.attn.hook_pattern")
     assert acts.shape == (man["n_rows"]["token"], 3) and bool((acts <= 1).all())
+
+
+def test_audio_adapter_frames_match_per_item_runs(tmp_path):
+    import numpy as np
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from encoderlens import HookedAudioEncoder
+
+    cfg = Wav2Vec2Config(
+        hidden_size=36, num_hidden_layers=2, num_attention_heads=3, intermediate_size=37, conv_dim=(7, 11),
+        conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=5, num_conv_pos_embedding_groups=3,
+        do_stable_layer_norm=True, feat_extract_norm="layer", attn_implementation="eager",
+    )  # fmt: skip
+    hf = Wav2Vec2Model(cfg).eval()
+    randomize_norms(hf)
+    path = save_tiny(hf, tmp_path)
+    Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(path)  # masked: batching is exact
+    model = HookedAudioEncoder.from_pretrained(path)
+    g = np.random.default_rng(0)
+    waves = [(0.3 * g.standard_normal(n)).astype(np.float32) for n in (400, 1000, 250, 731, 600)]
+    data = [{"id": f"utt{i}", "audio": {"array": w, "sampling_rate": 16000}} for i, w in enumerate(waves)]
+    hooks = ["blocks.1.hook_resid_post", "frontend.conv.1.hook_out", "hook_waveform"]
+    man = harvest(model, data, hooks, tmp_path / "a", batch_size=3, dtype="fp32", progress=False)
+    frames = [int(model.num_frames(len(w))) for w in waves]
+    assert man["n_rows"] == {"frame": sum(frames), "sample": sum(len(w) for w in waves)}
+    assert man["alignments"]["frame"]["hop_length"] == 10 and man["hooks"]["hook_waveform"]["shape"] == []
+    h = load_harvest(tmp_path / "a")
+    assert h.item_ids() == {i: f"utt{i}" for i in range(5)}
+    assert h.rows("frame")["pos"].tolist() == [p for n in frames for p in range(n)]
+    with torch.inference_mode():
+        for hook in hooks:
+            alone = [model.run_with_cache(w, names_filter=[hook], return_type="hidden")[1][hook][0] for w in waves]
+            assert (h.load(hook) - torch.cat(alone)).abs().max() < 1e-4, hook

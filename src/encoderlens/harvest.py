@@ -966,10 +966,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = encoderlens.from_pretrained(args.model, device=device)
         adapter = default_adapter(model, *([args.field] if args.field else []))
-        field = args.field or getattr(adapter, "text_key", None) or getattr(adapter, "audio_key", "input")
+        item_field = args.field or getattr(adapter, "text_key", None) or getattr(adapter, "audio_key", "input")
         manifest = harvest(
             model,
-            _read_items(args.input, field),
+            _read_items(args.input, item_field),
             args.hooks,
             args.out,
             args.batch_size,

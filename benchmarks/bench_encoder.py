@@ -27,39 +27,57 @@ def bert_config(quick: bool):  # type: ignore[no-untyped-def]
     return BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 
 
-def tl_encoder(hf_cfg, path: str):  # type: ignore[no-untyped-def]
-    """TransformerLens' HookedEncoder with the same sizes, or None with a reason printed."""
+def tl_cases(path: str, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[dict, list[Ratio]]:
+    """TransformerLens timings on the same weights, when it is installed (else nothing, with a note).
+
+    TransformerLens computes the MLM logits, so its reference is HF ``BertForMaskedLM`` (eager) on the
+    same weights: the ratios say what TransformerLens adds to the HF model, as ours do.
+    """
     from common import transformer_lens
 
     tl = transformer_lens()
     if tl is None:
         print("TransformerLens: not installed (pip install transformer-lens to time it side by side)")
-        return None
-    try:
-        from transformer_lens.pretrained.weight_conversions import convert_bert_weights
-        from transformers import BertForMaskedLM
+        return {}, []
+    from transformers import BertForMaskedLM
 
-        cfg = tl.HookedTransformerConfig(
-            d_model=hf_cfg.hidden_size,
-            d_head=hf_cfg.hidden_size // hf_cfg.num_attention_heads,
-            n_heads=hf_cfg.num_attention_heads,
-            d_mlp=hf_cfg.intermediate_size,
-            n_layers=hf_cfg.num_hidden_layers,
-            n_ctx=hf_cfg.max_position_embeddings,
-            d_vocab=hf_cfg.vocab_size,
-            act_fn="gelu",
-            normalization_type="LN",
-            attention_dir="bidirectional",
-            original_architecture="BertForMaskedLM",
-            model_name="bert-bench",
-        )
-        hf_mlm = BertForMaskedLM.from_pretrained(path, attn_implementation="eager").eval()
-        model = tl.HookedEncoder(cfg)
-        model.load_state_dict(convert_bert_weights(hf_mlm, cfg), strict=False)
-        return model.eval()
-    except Exception as e:  # TL's API moves between versions; report, do not fail the benchmark
-        print(f"TransformerLens: installed but could not be built here ({type(e).__name__}: {e})")
-        return None
+    hf_mlm = BertForMaskedLM.from_pretrained(path, attn_implementation="eager").eval()
+    try:
+        from transformer_lens.model_bridge import TransformerBridge  # TransformerLens >= 4
+
+        tl_model = TransformerBridge.boot_transformers(path, hf_model=hf_mlm)
+        run = lambda: tl_model(tokens, attention_mask=mask)  # noqa: E731
+        cache = lambda: tl_model.run_with_cache(tokens, attention_mask=mask)  # noqa: E731
+        kind = "TransformerBridge"
+    except ImportError:
+        try:  # TransformerLens 2.x / 3.x
+            from transformer_lens import HookedEncoder as TLHookedEncoder
+
+            tl_model = TLHookedEncoder.from_pretrained("bert-base-cased", hf_model=hf_mlm).eval()
+            run = lambda: tl_model(tokens, one_zero_attention_mask=mask)  # noqa: E731
+            cache = lambda: tl_model.run_with_cache(tokens, one_zero_attention_mask=mask)  # noqa: E731
+            kind = "HookedEncoder"
+        except Exception as e:  # its API moves between versions: report, do not fail the benchmark
+            print(f"TransformerLens: installed but could not be built here ({type(e).__name__}: {e})")
+            return {}, []
+    print(f"TransformerLens {getattr(tl, '__version__', '?')}: {kind}")
+    fns = {
+        "hf_mlm": lambda: hf_mlm(input_ids=tokens, attention_mask=mask),
+        "hf_mlm_full": lambda: hf_mlm(
+            input_ids=tokens, attention_mask=mask, output_hidden_states=True, output_attentions=True
+        ),
+        "tl": run,
+        "tl_cache_all": cache,
+    }
+    rows = [
+        Ratio(f"TransformerLens {kind} forward / HF MLM eager", "tl", "hf_mlm"),
+        Ratio(
+            f"TransformerLens {kind} run_with_cache / HF MLM eager + hidden states + attentions",
+            "tl_cache_all",
+            "hf_mlm_full",
+        ),
+    ]
+    return fns, rows
 
 
 def main() -> None:
@@ -109,10 +127,8 @@ def main() -> None:
             fwd_hooks=[(lambda n: n.endswith("hook_resid_post"), patch_resid)],
         ),
     }
-    tl_model = tl_encoder(hf_cfg, path) if not args.quick else None
-    if tl_model is not None:
-        fns["tl"] = lambda: tl_model(tokens, one_zero_attention_mask=mask, return_type=None)
-        fns["tl_cache_all"] = lambda: tl_model.run_with_cache(tokens, one_zero_attention_mask=mask, return_type=None)
+    tl_fns, tl_rows = tl_cases(path, tokens, mask) if not args.tl_off else ({}, [])
+    fns.update(tl_fns)
 
     times = time_interleaved(
         fns, repeats=2 if args.quick else args.repeats, warmup=1 if args.quick else args.warmup, clock=args.clock
@@ -127,7 +143,7 @@ def main() -> None:
             1.3,
         ),
         Ratio(
-            f"run_with_cache (every hook point: all {n_hooks}, hook_result included)",
+            f"run_with_cache (all {n_hooks} hook points, hook_result too) / HF eager + hidden states + attentions",
             "ours_cache_every",
             "hf_eager_full",
         ),
@@ -137,10 +153,7 @@ def main() -> None:
             "hf_eager_full",
         ),
         Ratio("hook on every resid_post / HF eager", "ours_hook_every_resid", "hf_eager"),
-        Ratio("TransformerLens forward / HF eager", "tl", "hf_eager"),
-        Ratio(
-            "TransformerLens run_with_cache / HF eager + hidden states + attentions", "tl_cache_all", "hf_eager_full"
-        ),
+        *tl_rows,
     ]
     print_table(
         f"{TITLE} (threads={args.threads}, fp32, {args.clock} clock, {len(times['ours'])} rounds)",

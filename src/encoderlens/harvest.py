@@ -119,13 +119,14 @@ class HarvestAdapter:
     def forward(self, model: Any, batch: PreparedBatch) -> None:
         raise NotImplementedError
 
-    #: Name prefixes of hooks that hold one vector per item (no position axis), e.g. ``("pooler.",)``.
+    #: Name prefixes of head hooks that hold one vector per item when 2-D ``(batch, features)``, e.g.
+    #: ``("pooler.",)``; a ``(batch, pos, ...)`` activation under them (a token classifier) is per position.
     item_hooks: tuple[str, ...] = ()
 
     def alignment(self, hook_name: str, act: Tensor, batch: PreparedBatch) -> tuple[str, int | None]:
         """``(alignment name, position axis)`` of one activation; ``("item", None)`` for per-item ones.
 
-        The default: hooks named by :attr:`item_hooks` are per item; any other activation must be
+        The default: 2-D hooks named by :attr:`item_hooks` are per item; any other activation must be
         ``(batch, pos, ...)`` for one of the batch's masks (the first that fits; an adapter with
         several masks of possibly equal shape should decide by hook name instead).
         """
@@ -135,11 +136,14 @@ class HarvestAdapter:
                 "cannot be stored as one row per position; pass transforms={name: fn} that reduces it to "
                 "(batch, pos, ...), e.g. lambda p, batch: p.amax(-1).transpose(1, 2) (each head's max attention)"
             )
-        if hook_name.startswith(self.item_hooks):
+        per_item = hook_name.startswith(self.item_hooks)
+        if per_item and act.ndim == 2:
             return "item", None
         for name, mask in batch.masks.items():
             if act.ndim >= 2 and tuple(act.shape[:2]) == tuple(mask.shape):
                 return name, 1
+        if per_item:
+            return "item", None
         raise ValueError(
             f"cannot align {hook_name!r} of shape {tuple(act.shape)} to the batch: expected (batch, pos, ...) "
             f"matching one of the masks { {k: tuple(v.shape) for k, v in batch.masks.items()} }; "
@@ -171,7 +175,7 @@ class TextAdapter(HarvestAdapter):
     """
 
     name = "text"
-    item_hooks = ("pooler.", "nsp_head.")
+    item_hooks = ("pooler.", "nsp_head.", "classifier.")
 
     def __init__(self, text_key: str = "text", tokens_key: str = "tokens") -> None:
         self.text_key = text_key
@@ -252,6 +256,7 @@ class AudioAdapter(HarvestAdapter):
     """
 
     name = "audio"
+    item_hooks = ("classifier.",)
 
     def __init__(self, audio_key: str = "audio", sampling_rate: int | None = None, resample: bool = False) -> None:
         self.audio_key = audio_key

@@ -459,7 +459,8 @@ def harvest(
         model: An encoderlens model (its ``family`` picks the default adapter).
         data: Items, streamed once in order: a list, a generator, a ``datasets`` dataset... For text
             encoders: strings, ``(a, b)`` pairs, token id sequences, or dicts with ``"text"`` (or
-            ``"tokens"``) and optionally ``"id"``. The order must be the same when resuming.
+            ``"tokens"``) and optionally ``"id"``; for speech encoders: waveforms, file paths, or dicts
+            with ``"audio"`` and optionally ``"id"``. The order must be the same when resuming.
         hooks: Hook names or globs (``"blocks.*.hook_resid_post"``).
         out_dir: Output folder (created). An existing harvest there is resumed.
         batch_size: Items per forward.
@@ -843,7 +844,7 @@ class Harvest:
         for p in self.shard_paths():
             yield load_file(str(p))
 
-    def _order(self, align: str) -> tuple[list[Tensor], Tensor]:
+    def _order(self, align: str) -> tuple[list[dict[str, Tensor]], Tensor]:
         from safetensors.torch import load_file
 
         cols = [load_file(str(p)) for p in self.shard_paths()]
@@ -971,7 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = encoderlens.from_pretrained(args.model, device=device)
         adapter = default_adapter(model, *([args.field] if args.field else []))
-        item_field = args.field or getattr(adapter, "text_key", None) or getattr(adapter, "audio_key", "input")
+        item_field = str(args.field or getattr(adapter, "text_key", None) or getattr(adapter, "audio_key", "input"))
         manifest = harvest(
             model,
             _read_items(args.input, item_field),

@@ -191,3 +191,18 @@ def test_model_weight_edit_after_forward_changes_next_forward(tiny_mlm):
     assert (edited - slow)[mask].abs().max() < ATOL
     model.clear_weight_caches()
     assert all("_flat_cache" not in b.attn.__dict__ for b in model.blocks)
+
+
+def test_copies_do_not_share_the_fused_weight_cache():
+    import copy
+    import pickle
+
+    attn = make_attn(d_model=20)
+    x = torch.randn(2, 4, 20)
+    with torch.no_grad():
+        attn(x)
+        for clone in (copy.deepcopy(attn), pickle.loads(pickle.dumps(attn))):
+            assert "_flat_cache" not in clone.__dict__
+            clone.W_Q.mul_(0.5)
+            assert (clone(x) - reference(clone, x, None, None)).abs().max() < ATOL
+        assert (attn(x) - reference(attn, x, None, None)).abs().max() < ATOL

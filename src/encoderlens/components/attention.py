@@ -193,6 +193,12 @@ class Attention(nn.Module):
             self.__dict__["_flat_cache"] = (key, flat)
         return flat
 
+    def __getstate__(self) -> dict:
+        # copies and pickles rebuild the fused weights from their own parameters
+        state = self.__dict__.copy()
+        state.pop("_flat_cache", None)
+        return state
+
     def clear_weight_cache(self) -> None:
         """Drop the cached fused projection weights (needed only after writes through ``param.data``)."""
         self.__dict__.pop("_flat_cache", None)

@@ -109,7 +109,7 @@ def main() -> None:
         a, b = ours_generate(new_tokens[0]), hf_generate(new_tokens[0])
     same = torch.equal(torch.as_tensor(a), b)
     times = time_interleaved(
-        fns, repeats=2 if args.quick else args.repeats, warmup=1 if args.quick else args.warmup, clock=args.clock
+        fns, repeats=1 if args.quick else args.repeats, warmup=0 if args.quick else args.warmup, clock=args.clock
     )
     rows = [
         Ratio("forward (logits), no hooks / HF eager", "ours", "hf_eager", 1.05),

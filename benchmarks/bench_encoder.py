@@ -131,7 +131,7 @@ def main() -> None:
     fns.update(tl_fns)
 
     times = time_interleaved(
-        fns, repeats=2 if args.quick else args.repeats, warmup=1 if args.quick else args.warmup, clock=args.clock
+        fns, repeats=1 if args.quick else args.repeats, warmup=0 if args.quick else args.warmup, clock=args.clock
     )
     rows = [
         Ratio("forward, no hooks / HF eager", "ours", "hf_eager", 1.05),

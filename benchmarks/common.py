@@ -42,7 +42,7 @@ def parse_args(description: str) -> argparse.Namespace:
         default="wall",
         help="wall: elapsed time (the targets); cpu: process CPU time, steadier on a shared machine with --threads 1",
     )
-    p.add_argument("--quick", action="store_true", help="tiny sizes, 2 rounds: checks the script runs")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one round: checks that the script runs")
     p.add_argument("--tl-off", action="store_true", help="do not time TransformerLens even if it is installed")
     return p.parse_args()
 

@@ -1,0 +1,26 @@
+"""The benchmark scripts run (tiny sizes, no timing assertions), so they do not rot as the API moves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_run_all_quick_prints_a_table_per_family():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--tl-off"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for title in ("BERT-base encoder", "T5-small encoder-decoder", "HuBERT-base audio encoder"):
+        assert f"## {title}" in r.stdout
+    # each family either prints its ratio table or says it is not available in this encoderlens
+    assert r.stdout.count("| case |") + r.stdout.count("skipped: not available") == 3

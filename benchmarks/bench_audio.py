@@ -18,6 +18,7 @@ import torch
 from common import (
     Ratio,
     has_encoderlens,
+    opt_in_hooks,
     parse_args,
     print_table,
     print_times,
@@ -67,7 +68,7 @@ def main() -> None:
     batch = ours.prepare(waves)
     values = batch.input_values
     n_hooks = len(ours.hook_names())
-    n_cached = sum(not n.endswith(getattr(ours, "opt_in_hooks", ())) for n in ours.hook_names())
+    n_cached = sum(not n.endswith(opt_in_hooks()) for n in ours.hook_names())
 
     fns = {
         "hf_eager": lambda: hf_eager(input_values=values),

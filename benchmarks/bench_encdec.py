@@ -21,6 +21,7 @@ import torch
 from common import (
     Ratio,
     has_encoderlens,
+    opt_in_hooks,
     parse_args,
     print_table,
     print_times,
@@ -69,7 +70,7 @@ def main() -> None:
     dec = torch.randint(2, cfg.vocab_size, (batch, tgt), generator=g)
     dec[:, 0] = 0  # T5 starts decoding with the pad token
     n_hooks = len(ours.hook_names())
-    n_cached = sum(not n.endswith(getattr(ours, "opt_in_hooks", ())) for n in ours.hook_names())
+    n_cached = sum(not n.endswith(opt_in_hooks()) for n in ours.hook_names())
 
     def noop(x: torch.Tensor, hook: object) -> None:
         return None

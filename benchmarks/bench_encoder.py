@@ -14,7 +14,17 @@ from __future__ import annotations
 
 import common  # noqa: F401  (sets up paths and offline mode first)
 import torch
-from common import Ratio, parse_args, print_table, print_times, ratio_rows, setup, time_interleaved, tmpdir
+from common import (
+    Ratio,
+    opt_in_hooks,
+    parse_args,
+    print_table,
+    print_times,
+    ratio_rows,
+    setup,
+    time_interleaved,
+    tmpdir,
+)
 
 TITLE = "BERT-base encoder, batch 8 x seq 128"
 
@@ -98,7 +108,7 @@ def main() -> None:
     tokens = torch.randint(0, hf_cfg.vocab_size, (batch, seq), generator=g)
     mask = torch.ones_like(tokens)
     n_hooks = len(ours.hook_names())
-    n_cached = sum(not n.endswith(getattr(ours, "opt_in_hooks", ())) for n in ours.hook_names())
+    n_cached = sum(not n.endswith(opt_in_hooks()) for n in ours.hook_names())
 
     def patch_resid(x: torch.Tensor, hook: object) -> torch.Tensor:
         return x * 1.0

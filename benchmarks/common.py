@@ -161,3 +161,11 @@ def transformer_lens() -> object | None:
         return importlib.import_module("transformer_lens")
     except Exception:
         return None
+
+
+def opt_in_hooks() -> tuple[str, ...]:
+    """Hook points ``run_with_cache(names_filter=None)`` leaves out (none in older encoderlens)."""
+    try:
+        return tuple(getattr(importlib.import_module("encoderlens.hooks"), "OPT_IN_HOOKS", ()))
+    except ImportError:
+        return ()

@@ -109,9 +109,15 @@ class _BackwardCall:
         return self.fn(grad, hook=self.hook)
 
 
+#: Hook points that ``names_filter=None`` ("cache everything") leaves out, because hooking them makes
+#: the model compute something extra: ``hook_result`` (every head's output) is ``n_heads`` times the
+#: size of the residual stream. Name them (a name, a list or a callable filter) to cache them.
+OPT_IN_HOOKS: tuple[str, ...] = ("hook_result",)
+
+
 def _name_matcher(names_filter: NameFilter) -> Callable[[str], bool]:
     if names_filter is None:
-        return lambda name: True
+        return lambda name: not name.endswith(OPT_IN_HOOKS)
     if isinstance(names_filter, str):
         target = names_filter
         return lambda name: name == target
@@ -133,10 +139,6 @@ class HookedRootModule(nn.Module):
 
     hook_dict: dict[str, HookPoint]
     mod_dict: dict[str, nn.Module]
-    #: Hook points that ``run_with_cache(names_filter=None)`` leaves out, because hooking them makes the
-    #: model compute something extra: ``hook_result`` is ``n_heads`` times the size of the residual
-    #: stream. Name them (a list, a name or a callable filter) to cache them.
-    opt_in_hooks: tuple[str, ...] = ("hook_result",)
 
     def setup(self) -> None:
         """Name every HookPoint after its path and index modules by name."""
@@ -277,8 +279,6 @@ class HookedRootModule(nn.Module):
             for n in names_filter:
                 self.check_hook_name(n)
         match = _name_matcher(names_filter)
-        if names_filter is None:
-            match = lambda name: not name.endswith(self.opt_in_hooks)
         store: dict[str, Tensor] = {} if cache is None else cache
 
         def saver(suffix: str) -> HookFn:
@@ -311,7 +311,7 @@ class HookedRootModule(nn.Module):
         """Run the model and cache activations.
 
         Args:
-            names_filter: None (every hook point but the :attr:`opt_in_hooks`, i.e. ``hook_result``),
+            names_filter: None (every hook point but the :data:`OPT_IN_HOOKS`, i.e. ``hook_result``),
                 a hook name, a list of names, or a callable on names.
             device: Move cached tensors there as they are produced (e.g. ``"cpu"`` to offload).
             remove_batch_dim: Drop the batch dimension (batch size must be 1).

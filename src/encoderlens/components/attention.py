@@ -203,6 +203,14 @@ class Attention(nn.Module):
         """Drop the cached fused projection weights (needed only after writes through ``param.data``)."""
         self.__dict__.pop("_flat_cache", None)
 
+    @staticmethod
+    def _project(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
+        """``x @ W`` per head (``W: (head_index, d_in, d_head)``), for subclasses and odd inputs."""
+        h, d_in, dh = W.shape
+        out = x @ W.permute(1, 0, 2).reshape(d_in, h * dh)
+        out = out.view(*x.shape[:-1], h, dh)
+        return out + b if b is not None else out
+
     def needs_explicit_qkv(self) -> bool:
         """Whether q, k, v must be separate tensors (they are hooked or cached); else one fused matmul."""
         return self.hook_q.has_hooks() or self.hook_k.has_hooks() or self.hook_v.has_hooks()

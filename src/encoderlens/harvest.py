@@ -64,7 +64,7 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 #: Hooks whose activation has two position axes (query and key): not token rows.
-_PAIRWISE_HOOKS = ("hook_attn_scores", "hook_pattern")
+_PAIRWISE_HOOKS = ("_scores", "hook_pattern", "hook_position_bias")
 
 
 def storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -112,6 +112,8 @@ class HarvestAdapter:
     #: Whether the forward may be stopped once every requested hook has fired (True when each hook
     #: fires once per forward and nothing after it is needed).
     early_stop: bool = True
+    #: Added to the error raised when a requested hook did not fire.
+    missing_hint: str = "is the adapter calling the model?"
 
     def prepare(self, model: Any, items: list[Any]) -> PreparedBatch:
         raise NotImplementedError
@@ -130,7 +132,7 @@ class HarvestAdapter:
         ``(batch, pos, ...)`` for one of the batch's masks (the first that fits; an adapter with
         several masks of possibly equal shape should decide by hook name instead).
         """
-        if any(hook_name.endswith(s) for s in _PAIRWISE_HOOKS) and act.ndim == 4:
+        if hook_name.endswith(_PAIRWISE_HOOKS) and act.ndim == 4:
             raise ValueError(
                 f"{hook_name!r} has two position axes (query, key) whose key length changes with padding, so it "
                 "cannot be stored as one row per position; pass transforms={name: fn} that reduces it to "
@@ -309,7 +311,115 @@ class AudioAdapter(HarvestAdapter):
         }
 
 
-_ADAPTERS: dict[str, Callable[..., HarvestAdapter]] = {"encoder": TextAdapter, "audio_encoder": AudioAdapter}
+class Seq2SeqAdapter(HarvestAdapter):
+    """Encoder-decoders (T5, BART): items are sources, ``(source, target)`` tuples, or dicts.
+
+    Dict items give ``item[source_key]``, optionally ``item[target_key]`` and ``item["id"]``. Sources
+    and targets are text or token ids. Without targets only the encoder runs (harvest ``encoder.*``
+    hooks); with them the decoder runs by teacher forcing on
+    :meth:`~encoderlens.models.encoder_decoder.HookedEncoderDecoder.decoder_input_from_targets`
+    (the targets shifted right after the start token), so decoder position ``p`` is the decoder input
+    whose output predicts target token ``p``: an item has one row per target token.
+
+    Alignments: ``"token"`` (source tokens: ``encoder.*`` hooks and the decoder's cross-attention
+    keys and values) and ``"target_token"`` (every other ``decoder.*`` hook).
+    """
+
+    name = "seq2seq"
+    missing_hint = "decoder.* hooks need items with a target (a (source, target) tuple or a dict with a target)"
+
+    def __init__(self, source_key: str = "source", target_key: str = "target") -> None:
+        self.source_key = source_key
+        self.target_key = target_key
+
+    def _input_of(self, item: Any) -> tuple[Any, Any]:
+        if isinstance(item, dict):
+            if self.source_key not in item:
+                raise ValueError(
+                    f"dict item has no {self.source_key!r} (keys: {sorted(item)}); "
+                    "pass Seq2SeqAdapter(source_key=..., target_key=...) naming the fields"
+                )
+            return item[self.source_key], item.get(self.target_key)
+        if isinstance(item, tuple) and len(item) == 2:
+            return item
+        return item, None
+
+    def prepare(self, model: Any, items: list[Any]) -> PreparedBatch:
+        from encoderlens.io.text import TextBatch
+
+        pairs = [self._input_of(it) for it in items]
+        sources = [s for s, _ in pairs]
+        targets = [t for _, t in pairs]
+        if all(isinstance(x, str) for x in sources):
+            enc = model.tokenize(sources)
+        else:
+            seqs = [torch.as_tensor(x).long() for x in sources]
+            pad = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
+            tokens = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad)
+            mask = torch.zeros_like(tokens)
+            for i, t in enumerate(seqs):
+                mask[i, : len(t)] = 1
+            enc = model.tokenize(tokens, one_zero_attention_mask=mask)
+        masks = {"token": enc.attention_mask.bool()}
+        dec: TextBatch | None = None
+        if any(t is not None for t in targets):
+            if any(t is None for t in targets):
+                raise ValueError("some items have a target and some do not; give every item a target, or none")
+            if all(isinstance(t, str) for t in targets):
+                tgt = model.tokenize(targets)  # the same tokenisation decoder_input_from_targets applies
+                tokens, tmask = tgt.tokens, tgt.attention_mask
+            else:
+                seqs = [torch.as_tensor(t).long() for t in targets]
+                tokens = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=0)
+                tmask = torch.zeros_like(tokens)
+                for i, t in enumerate(seqs):
+                    tmask[i, : len(t)] = 1
+            dec = model.decoder_input_from_targets(tokens.cpu(), attention_mask=tmask.cpu())
+            # rows: the decoder positions whose output predicts a real target token (one per target
+            # token, however the batch was padded)
+            masks["target_token"] = tmask.bool().to(enc.attention_mask.device)
+        return PreparedBatch(inputs=(enc, dec), masks=masks)
+
+    def forward(self, model: Any, batch: PreparedBatch) -> None:
+        enc, dec = batch.inputs
+        if dec is None:
+            model(enc, return_type="encoder_output")
+        else:
+            model(enc, decoder_input=dec, return_type="all")
+
+    def alignment(self, hook_name: str, act: Tensor, batch: PreparedBatch) -> tuple[str, int | None]:
+        super().alignment(hook_name, act, batch)  # refuses pairwise and unalignable activations
+        # source and target lengths may coincide: decide by name
+        source_side = not hook_name.startswith("decoder.") or hook_name.endswith(
+            (".cross_attn.hook_k", ".cross_attn.hook_v")
+        )
+        align = "token" if source_side else "target_token"
+        mask = batch.masks.get(align)
+        if mask is None or tuple(act.shape[:2]) != tuple(mask.shape):
+            raise ValueError(
+                f"{hook_name!r} of shape {tuple(act.shape)} does not follow the {align} positions "
+                f"({None if mask is None else tuple(mask.shape)}); pass a transform for it"
+            )
+        return align, 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "source_key": self.source_key, "target_key": self.target_key}
+
+    def alignment_info(self, model: Any) -> dict[str, dict[str, Any]]:
+        return {
+            "token": {"position": "source token index (encoder input)"},
+            "target_token": {
+                "position": "decoder input index: the start token, then the targets shifted right; "
+                "its output predicts target token pos"
+            },
+        }
+
+
+_ADAPTERS: dict[str, Callable[..., HarvestAdapter]] = {
+    "encoder": TextAdapter,
+    "audio_encoder": AudioAdapter,
+    "encoder_decoder": Seq2SeqAdapter,
+}
 
 
 def register_adapter(family: str) -> Callable[[Callable[..., HarvestAdapter]], Callable[..., HarvestAdapter]]:
@@ -591,7 +701,7 @@ def harvest(
             adapter.forward(model, batch)
         missing = [n for n in names if n not in current["acts"]]
         if missing:
-            raise RuntimeError(f"hooks {missing} did not fire during the forward; is the adapter calling the model?")
+            raise RuntimeError(f"hooks {missing} did not fire during the forward; {adapter.missing_hint}")
         for name in names:
             buf.acts.setdefault(name, []).append(current["acts"][name])
             buf.nbytes += current["acts"][name].numel() * current["acts"][name].element_size()
@@ -893,6 +1003,7 @@ __all__ = [
     "Harvest",
     "HarvestAdapter",
     "PreparedBatch",
+    "Seq2SeqAdapter",
     "TextAdapter",
     "default_adapter",
     "harvest",
@@ -972,7 +1083,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = encoderlens.from_pretrained(args.model, device=device)
         adapter = default_adapter(model, *([args.field] if args.field else []))
-        item_field = str(args.field or getattr(adapter, "text_key", None) or getattr(adapter, "audio_key", "input"))
+        item_field = str(
+            args.field
+            or getattr(adapter, "text_key", None)
+            or getattr(adapter, "audio_key", None)
+            or getattr(adapter, "source_key", "input")
+        )
         manifest = harvest(
             model,
             _read_items(args.input, item_field),

@@ -241,3 +241,51 @@ def test_audio_adapter_frames_match_per_item_runs(tmp_path):
         for hook in hooks:
             alone = [model.run_with_cache(w, names_filter=[hook], return_type="hidden")[1][hook][0] for w in waves]
             assert (h.load(hook) - torch.cat(alone)).abs().max() < 1e-4, hook
+
+
+def test_seq2seq_adapter_aligns_source_and_target_sides(tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from encoderlens import HookedEncoderDecoder
+
+    cfg = T5Config(
+        vocab_size=99, d_model=36, d_kv=12, d_ff=37, num_layers=2, num_decoder_layers=2, num_heads=3,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    hf = T5ForConditionalGeneration(cfg).eval()
+    randomize_norms(hf)
+    model = HookedEncoderDecoder.from_pretrained(hf_model=hf)
+    g = torch.Generator().manual_seed(4)
+    src_len, tgt_len = [7, 3, 5, 9, 4], [4, 6, 2, 5, 3]
+    data = [
+        {"id": f"pair{i}", "source": torch.randint(2, 99, (s,), generator=g).tolist(),
+         "target": torch.randint(2, 99, (t,), generator=g).tolist()}
+        for i, (s, t) in enumerate(zip(src_len, tgt_len))
+    ]  # fmt: skip
+    hooks = [
+        "encoder.blocks.1.hook_resid_post",
+        "decoder.blocks.0.hook_resid_post",
+        "decoder.blocks.1.cross_attn.hook_k",
+        "decoder.blocks.1.cross_attn.hook_q",
+    ]
+    man = harvest(model, data, hooks, tmp_path / "s2s", batch_size=2, dtype="fp32", progress=False)
+    assert man["n_rows"] == {"token": sum(src_len), "target_token": sum(tgt_len)}
+    assert man["hooks"]["decoder.blocks.1.cross_attn.hook_k"]["alignment"] == "token"
+    assert man["hooks"]["decoder.blocks.1.cross_attn.hook_q"]["alignment"] == "target_token"
+    h = load_harvest(tmp_path / "s2s")
+    assert h.rows("target_token")["pos"].tolist() == [p for n in tgt_len for p in range(n)]
+    with torch.inference_mode():
+        for hook in hooks:
+            alone = []
+            for d in data:
+                dec = model.decoder_input_from_targets(torch.tensor([d["target"]]))
+                _, cache = model.run_with_cache(torch.tensor([d["source"]]), dec, names_filter=[hook])
+                alone.append(cache[hook][0])
+            assert (h.load(hook) - torch.cat(alone)).abs().max() < 1e-5, hook
+    # sources only: the encoder alone runs; decoder hooks then say what they need
+    enc_only = [{"source": d["source"]} for d in data]
+    harvest(model, enc_only, ["encoder.blocks.0.hook_resid_post"], tmp_path / "enc", dtype="fp32", progress=False)
+    with pytest.raises(RuntimeError, match="need items with a target"):
+        harvest(model, enc_only, ["decoder.blocks.0.hook_resid_post"], tmp_path / "dec", progress=False)
+    with pytest.raises(ValueError, match="two position axes"):
+        harvest(model, data, ["encoder.hook_position_bias"], tmp_path / "pb", progress=False)

@@ -1054,7 +1054,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--items-per-shard", type=int, default=None)
     ap.add_argument("--max-items", type=int, default=None)
     ap.add_argument(
-        "--field", default=None, help="item field holding the input (default: 'text' for text, 'audio' for speech)"
+        "--field",
+        default=None,
+        help="item field holding the input (default: 'text' for text, 'audio' for speech, 'source' for seq2seq)",
     )
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--no-progress", action="store_true")

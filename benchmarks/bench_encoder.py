@@ -70,7 +70,13 @@ def tl_cases(path: str, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[dict,
         except Exception as e:  # its API moves between versions: report, do not fail the benchmark
             print(f"TransformerLens: installed but could not be built here ({type(e).__name__}: {e})")
             return {}, []
-    print(f"TransformerLens {getattr(tl, '__version__', '?')}: {kind}")
+    try:
+        from importlib.metadata import version
+
+        tl_version = version("transformer-lens")
+    except Exception:
+        tl_version = getattr(tl, "__version__", "?")
+    print(f"TransformerLens {tl_version}: {kind}")
     fns = {
         "hf_mlm": lambda: hf_mlm(input_ids=tokens, attention_mask=mask),
         "hf_mlm_full": lambda: hf_mlm(

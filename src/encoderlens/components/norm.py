@@ -29,10 +29,10 @@ class LayerNorm(nn.Module):
     def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         if not (self.hook_scale.has_hooks() or self.hook_normalized.has_hooks()):
             return nn.functional.layer_norm(x, (x.shape[-1],), self.w, self.b, self.eps)
-        # hooked: the same arithmetic in four passes (var_mean, sub, div, addcmul)
-        var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
-        scale = self.hook_scale((var + self.eps).sqrt())
-        x = self.hook_normalized((x - mean) / scale)
+        # hooked: two-pass statistics (torch.var_mean is many times slower on CPU); affine in one addcmul
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        x = self.hook_normalized(x / scale)
         return torch.addcmul(self.b, x, self.w) if self.b is not None else x * self.w
 
 

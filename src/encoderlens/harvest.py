@@ -1043,7 +1043,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("model", help="checkpoint folder or hub name (anything encoderlens.from_pretrained takes)")
     ap.add_argument(
-        "--input", required=True, help=".jsonl (objects with 'text'/'tokens' and 'id') or .txt (one text per line)"
+        "--input",
+        required=True,
+        help=".jsonl (one object per line: the input under --field, optional 'id'; seq2seq also 'target') "
+        "or .txt (one text or audio path per line)",
     )
     ap.add_argument("--hooks", required=True, nargs="+", help="hook names or globs, e.g. 'blocks.*.hook_resid_post'")
     ap.add_argument("--out", required=True, help="output folder (resumed if it holds a harvest)")

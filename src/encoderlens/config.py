@@ -393,8 +393,30 @@ class SentencePoolingConfig:
             raise ValueError(f"max_seq_length must be positive, got {self.max_seq_length}")
 
 
+class _SingleStackDims:
+    """``d_model``, ``n_layers``, ``n_heads``, ``d_head`` of a model with one block stack (``self.stack``)."""
+
+    stack: StackConfig
+
+    @property
+    def d_model(self) -> int:
+        return self.stack.d_model
+
+    @property
+    def n_layers(self) -> int:
+        return self.stack.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.stack.attn.n_heads
+
+    @property
+    def d_head(self) -> int:
+        return self.stack.attn.d_head
+
+
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(_SingleStackDims):
     """A bidirectional text encoder (BERT family).
 
     Attributes:
@@ -444,22 +466,6 @@ class EncoderConfig:
     def d_embed(self) -> int:
         """Width of the embeddings (``d_model`` unless factorised)."""
         return self.stack.d_model if self.embed.d_embed is None else self.embed.d_embed
-
-    @property
-    def d_model(self) -> int:
-        return self.stack.d_model
-
-    @property
-    def n_layers(self) -> int:
-        return self.stack.n_layers
-
-    @property
-    def n_heads(self) -> int:
-        return self.stack.attn.n_heads
-
-    @property
-    def d_head(self) -> int:
-        return self.stack.attn.d_head
 
     @property
     def d_vocab(self) -> int:
@@ -582,7 +588,7 @@ class QuantizerConfig:
 
 
 @dataclass(frozen=True)
-class AudioEncoderConfig:
+class AudioEncoderConfig(_SingleStackDims):
     """A speech encoder (wav2vec2 / HuBERT): conv front end + transformer stack (+ optional heads).
 
     The two HF layouts differ only in where the norms sit, which ``stack.norm_position`` says:
@@ -620,22 +626,6 @@ class AudioEncoderConfig:
             raise ValueError("a pre-LN audio encoder has no embedding norm (its norm is the final one)")
         if not pre and self.embed_norm is None:
             raise ValueError("a post-LN audio encoder normalises projected + pos_conv: set embed_norm")
-
-    @property
-    def d_model(self) -> int:
-        return self.stack.d_model
-
-    @property
-    def n_layers(self) -> int:
-        return self.stack.n_layers
-
-    @property
-    def n_heads(self) -> int:
-        return self.stack.attn.n_heads
-
-    @property
-    def d_head(self) -> int:
-        return self.stack.attn.d_head
 
     @property
     def d_vocab(self) -> int | None:

@@ -37,6 +37,7 @@ from encoderlens.analysis.patching import (
     _per_copy,
     _pos_labels,
     _positions,
+    head_targets,
     setup_runs,
 )
 from encoderlens.analysis.results import Labelled
@@ -201,15 +202,7 @@ def attribute_heads(
     input_kwargs: dict[str, Any] | None = None,
 ) -> Labelled:
     """Gradient estimate of :func:`~encoderlens.analysis.patching.patch_heads` (same arguments and axes)."""
-    acts = ("z", "pattern", "q", "k", "v", "result")
-    if act not in acts:
-        raise ValueError(f"act must be one of {acts}, got {act!r}")
-    stream = check_stream(model, stream)
-    spec = spec_of(model, stream)
-    if attn == "cross_attn" and not spec.has_cross_attention:
-        raise ValueError("attn='cross_attn' needs a stream with cross-attention (the decoder of an encoder-decoder)")
-    lays = _layers(spec.n_layers, layers)
-    names = [get_act_name(act, i, attn, stream=stream) for i in lays]
+    stream, spec, lays, names = head_targets(model, stream, attn, act, layers)
     setup = _setup(
         model,
         clean,

@@ -438,6 +438,23 @@ def _pos_labels(setup: PatchSetup, stream: StreamName, n: int, item: int = 0) ->
     return out
 
 
+def head_targets(
+    model: Any, stream: Any, attn: str, act: str, layers: Sequence[int] | None
+) -> tuple[Any, Any, list[int], list[str]]:
+    """Validate a per-head target and return ``(stream, spec, layers, hook names)``."""
+    acts = ("z", "pattern", "q", "k", "v", "result")
+    if act not in acts:
+        raise ValueError(f"act must be one of {acts}, got {act!r}")
+    if attn not in ("attn", "cross_attn"):
+        raise ValueError(f"attn must be 'attn' or 'cross_attn', got {attn!r}")
+    stream = check_stream(model, stream)
+    spec = spec_of(model, stream)
+    if attn == "cross_attn" and not spec.has_cross_attention:
+        raise ValueError("attn='cross_attn' needs a stream with cross-attention (the decoder of an encoder-decoder)")
+    lays = _layers(spec.n_layers, layers)
+    return stream, spec, lays, [get_act_name(act, i, attn, stream=stream) for i in lays]
+
+
 def _layers(n_layers: int, layers: Sequence[int] | None) -> list[int]:
     if layers is None:
         return list(range(n_layers))
@@ -605,17 +622,7 @@ def patch_heads(
     Returns:
         :class:`Labelled` with axes ``("layer", "head")`` or ``("layer", "head", "pos")``.
     """
-    acts = ("z", "pattern", "q", "k", "v", "result")
-    if act not in acts:
-        raise ValueError(f"act must be one of {acts}, got {act!r}")
-    if attn not in ("attn", "cross_attn"):
-        raise ValueError(f"attn must be 'attn' or 'cross_attn', got {attn!r}")
-    stream = check_stream(model, stream)
-    spec = spec_of(model, stream)
-    if attn == "cross_attn" and not spec.has_cross_attention:
-        raise ValueError("attn='cross_attn' needs a stream with cross-attention (the decoder of an encoder-decoder)")
-    lays = _layers(spec.n_layers, layers)
-    names = [get_act_name(act, i, attn, stream=stream) for i in lays]
+    stream, spec, lays, names = head_targets(model, stream, attn, act, layers)
     setup = setup_runs(
         model,
         clean,

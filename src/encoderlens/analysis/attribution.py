@@ -25,23 +25,21 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from encoderlens.analysis.families import StreamName, check_stream, layout, prefix_of, run, spec_of
+from encoderlens.analysis.families import StreamName, layout, prefix_of, run
 from encoderlens.analysis.patching import (
-    _RESID_HOOKS,
     Direction,
     HookList,
     Metric,
     PatchSetup,
     _finish,
-    _layers,
     _per_copy,
     _pos_labels,
     _positions,
     head_targets,
+    resid_targets,
     setup_runs,
 )
 from encoderlens.analysis.results import Labelled
-from encoderlens.hooks import get_act_name
 
 
 def base_gradients(
@@ -99,10 +97,6 @@ def _attribute(
     return prod if per_item else prod.sum(0, keepdim=True)
 
 
-def _setup(model: Any, clean: Any, corrupt: Any, metric: Metric, names: list[str], **kw: Any) -> PatchSetup:
-    return setup_runs(model, clean, corrupt, metric, names, **kw)
-
-
 def attribute_residual(
     model: Any,
     clean: Any,
@@ -126,13 +120,8 @@ def attribute_residual(
     comparable with raw patching values. ``sum_positions`` estimates patching every position at once
     (axes ``("layer",)``).
     """
-    if hook not in _RESID_HOOKS:
-        raise ValueError(f"hook must be one of {_RESID_HOOKS}, got {hook!r}")
-    stream = check_stream(model, stream)
-    spec = spec_of(model, stream)
-    lays = _layers(spec.n_layers, layers)
-    names = [get_act_name(hook, i, stream=stream) for i in lays]
-    setup = _setup(
+    stream, lays, names = resid_targets(model, stream, hook, layers)
+    setup = setup_runs(
         model,
         clean,
         corrupt,
@@ -203,7 +192,7 @@ def attribute_heads(
 ) -> Labelled:
     """Gradient estimate of :func:`~encoderlens.analysis.patching.patch_heads` (same arguments and axes)."""
     stream, spec, lays, names = head_targets(model, stream, attn, act, layers)
-    setup = _setup(
+    setup = setup_runs(
         model,
         clean,
         corrupt,

@@ -438,6 +438,18 @@ def _pos_labels(setup: PatchSetup, stream: StreamName, n: int, item: int = 0) ->
     return out
 
 
+_RESID_HOOKS = ("resid_pre", "resid_mid", "resid_mid_cross", "resid_post", "attn_out", "cross_attn_out", "mlp_out")
+
+
+def resid_targets(model: Any, stream: Any, hook: str, layers: Sequence[int] | None) -> tuple[Any, list[int], list[str]]:
+    """Validate a per-block residual target and return ``(stream, layers, hook names)``."""
+    if hook not in _RESID_HOOKS:
+        raise ValueError(f"hook must be one of {_RESID_HOOKS}, got {hook!r}")
+    stream = check_stream(model, stream)
+    lays = _layers(spec_of(model, stream).n_layers, layers)
+    return stream, lays, [get_act_name(hook, i, stream=stream) for i in lays]
+
+
 def head_targets(
     model: Any, stream: Any, attn: str, act: str, layers: Sequence[int] | None
 ) -> tuple[Any, Any, list[int], list[str]]:
@@ -496,7 +508,6 @@ def _finish(
 
 
 # ---------------------------------------------------------------------- public patching functions
-_RESID_HOOKS = ("resid_pre", "resid_mid", "resid_mid_cross", "resid_post", "attn_out", "cross_attn_out", "mlp_out")
 
 
 def patch_residual(
@@ -544,12 +555,7 @@ def patch_residual(
         ...                      logit_diff(6, paris_id, rome_id))
         >>> print(res.to_text())
     """
-    if hook not in _RESID_HOOKS:
-        raise ValueError(f"hook must be one of {_RESID_HOOKS}, got {hook!r}")
-    stream = check_stream(model, stream)
-    spec = spec_of(model, stream)
-    lays = _layers(spec.n_layers, layers)
-    names = [get_act_name(hook, i, stream=stream) for i in lays]
+    stream, lays, names = resid_targets(model, stream, hook, layers)
     setup = setup_runs(
         model,
         clean,

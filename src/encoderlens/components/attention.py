@@ -287,8 +287,26 @@ class Attention(nn.Module):
             bias = position_bias if bias is None else bias + position_bias
 
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        z = self._attend(qh, kh, vh, bias, self.cfg.attn_scale)
+        return self._output(z)
+
+    def _attend(
+        self,
+        qh: Float[Tensor, "batch head_index query_pos d_head"],
+        kh: Float[Tensor, "batch head_index key_pos d_head"],
+        vh: Float[Tensor, "batch head_index key_pos d_head"],
+        bias: Float[Tensor, "batch_or_1 head_or_1 query_pos key_pos"] | None,
+        scale: float,
+        content_scores_hook: HookPoint | None = None,
+    ) -> Float[Tensor, "batch query_pos head_index d_head"]:
+        """Softmax attention (explicit when scores/pattern are needed, SDPA otherwise), through ``hook_z``.
+
+        ``content_scores_hook`` sees the scaled ``q . k`` scores before ``bias`` is added (DeBERTa's c2c term).
+        """
         if self.needs_explicit_pattern():
-            scores = (qh @ kh.transpose(-1, -2)) * self.cfg.attn_scale
+            scores = (qh @ kh.transpose(-1, -2)) * scale
+            if content_scores_hook is not None:
+                scores = content_scores_hook(scores)
             if bias is not None:
                 scores = scores + bias
             scores = self.hook_attn_scores(scores)
@@ -297,16 +315,20 @@ class Attention(nn.Module):
         else:
             if bias is not None and bias.dtype != qh.dtype:
                 bias = bias.to(qh.dtype)
-            z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias, scale=self.cfg.attn_scale)
-        z = self.hook_z(z.transpose(1, 2))
+            z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias, scale=scale)
+        return self.hook_z(z.transpose(1, 2))
 
+    def _output(
+        self, z: Float[Tensor, "batch query_pos head_index d_head"]
+    ) -> Float[Tensor, "batch query_pos d_model"]:
+        """Output projection: per-head results through ``hook_result`` when hooked, else one fused matmul."""
         if self.hook_result.has_hooks():
             result = self.hook_result(torch.einsum("bqhd,hdm->bqhm", z, self.W_O))
             out = result.sum(dim=2)
-        else:
-            # heads flattened: one matmul, the bias fused in (W_O (h, d_head, d_model) -> (h*d_head, d_model) is a view)
-            return F.linear(z.reshape(*z.shape[:2], hd), self.W_O.reshape(hd, -1).t(), self.b_O)
-        return out + self.b_O if self.b_O is not None else out
+            return out + self.b_O if self.b_O is not None else out
+        # heads flattened: one matmul, the bias fused in (W_O (h, d_head, d_model) -> (h*d_head, d_model) is a view)
+        hd = self.W_O.shape[0] * self.W_O.shape[1]
+        return F.linear(z.reshape(*z.shape[:2], hd), self.W_O.reshape(hd, -1).t(), self.b_O)
 
 
 def _is_compiling() -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
@@ -192,27 +191,5 @@ class DisentangledAttention(Attention):
             if extra is not None:
                 bias = extra if bias is None else bias + extra
 
-        if self.needs_explicit_pattern():
-            scores = self.hook_c2c_scores((qh @ kh.transpose(-1, -2)) * scale)
-            if bias is not None:
-                scores = scores + bias
-            scores = self.hook_attn_scores(scores)
-            pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(scores.dtype))
-            z = pattern @ vh
-        else:
-            if bias is not None and bias.dtype != qh.dtype:
-                bias = bias.to(qh.dtype)
-            z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias, scale=scale)
-        z = self.hook_z(z.transpose(1, 2))
+        z = self._attend(qh, kh, vh, bias, scale, content_scores_hook=self.hook_c2c_scores)
         return self._output(z)
-
-    def _output(
-        self, z: Float[Tensor, "batch query_pos head_index d_head"]
-    ) -> Float[Tensor, "batch query_pos d_model"]:
-        if self.hook_result.has_hooks():
-            result = self.hook_result(torch.einsum("bqhd,hdm->bqhm", z, self.W_O))
-            out = result.sum(dim=2)
-        else:
-            h, dh, dm = self.W_O.shape
-            out = z.reshape(*z.shape[:2], h * dh) @ self.W_O.reshape(h * dh, dm)
-        return out + self.b_O if self.b_O is not None else out

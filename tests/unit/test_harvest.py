@@ -303,3 +303,20 @@ def test_seq2seq_adapter_aligns_source_and_target_sides(tmp_path):
         harvest(model, enc_only, ["decoder.blocks.0.hook_resid_post"], tmp_path / "dec", progress=False)
     with pytest.raises(ValueError, match="two position axes"):
         harvest(model, data, ["encoder.hook_position_bias"], tmp_path / "pb", progress=False)
+
+
+def test_encoderlens_harvest_command_equals_the_function(model, tmp_path, capsys):
+    from encoderlens.cli import main
+
+    data = [{"id": f"doc-{i}", "text": t} for i, t in enumerate(texts(5, seed=3))]
+    inp = tmp_path / "items.jsonl"
+    inp.write_text("\n".join(json.dumps(d) for d in data) + "\n")
+    argv = ["harvest", str(tmp_path / "ckpt"), "--input", str(inp), "--hooks", "blocks.*.hook_resid_post"]
+    argv += ["--out", str(tmp_path / "cli"), "--batch-size", "2", "--dtype", "fp32", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    assert "harvested 5 items" in capsys.readouterr().err
+    harvest(model, data, ["blocks.*.hook_resid_post"], tmp_path / "api", batch_size=2, dtype="fp32", progress=False)
+    a, b = load_harvest(tmp_path / "cli"), load_harvest(tmp_path / "api")
+    assert a.complete and a.item_ids() == {i: f"doc-{i}" for i in range(5)}
+    for hook in b.hooks:
+        assert torch.equal(a.load(hook), b.load(hook)), hook

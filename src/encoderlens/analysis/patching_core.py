@@ -346,6 +346,7 @@ def _meta(setup: PatchSetup, normalize: bool, **extra: Any) -> dict[str, Any]:
 
 
 def position_labels(setup: PatchSetup, stream: StreamName, n: int, item: int = 0) -> list[str]:
+    """``"p:token"`` per position of ``stream`` (``"p:clean/corrupt"`` where the two runs differ)."""
     clean = setup.clean.labels.get(stream)
     corrupt = setup.corrupt.labels.get(stream)
     if clean is None:
@@ -388,6 +389,7 @@ def head_targets(
 
 
 def select_layers(n_layers: int, layers: Sequence[int] | None) -> list[int]:
+    """``layers`` checked against ``n_layers`` and made non-negative (None: every layer)."""
     if layers is None:
         return list(range(n_layers))
     out = []
@@ -399,6 +401,7 @@ def select_layers(n_layers: int, layers: Sequence[int] | None) -> list[int]:
 
 
 def select_positions(n_pos: int, positions: Sequence[int] | None) -> list[int]:
+    """``positions`` checked against ``n_pos`` and made non-negative (None: every position)."""
     if positions is None:
         return list(range(n_pos))
     out = []
@@ -419,6 +422,8 @@ def finish_result(
     title: str,
     **meta: Any,
 ) -> Labelled:
+    """The patching result: ``values`` normalised (if asked), shaped by ``axes``, with a trailing ``item`` axis
+    for a per-item metric, and the run's raw metric values in ``meta``."""
     values = normalise(values, setup, normalize)
     if values.ndim == 2:  # per-item metric
         shape = [*shape, values.shape[1]]

@@ -20,6 +20,7 @@ MODEL_HELP = "hub name, local checkpoint folder, or 'default' (embedded all-Mini
 
 
 def err(msg: str) -> None:
+    """Print a message to stderr."""
     print(msg, file=sys.stderr)
 
 
@@ -40,6 +41,7 @@ def guard(name: str, fn: Callable[[argparse.Namespace], int]) -> Callable[[argpa
 
 
 def load_model(name: str) -> Any:
+    """Load ``name`` with :func:`encoderlens.from_pretrained`, saying so on stderr."""
     import encoderlens
 
     err(f"loading {name} ...")
@@ -47,6 +49,7 @@ def load_model(name: str) -> Any:
 
 
 def checkpoint_folder(name: str) -> Path | None:
+    """The local folder ``name`` resolves to, or None (a hub name not downloaded)."""
     from encoderlens.convert.loading import resolve_path
 
     try:
@@ -67,6 +70,7 @@ def sentence_encoder(model: Any, name: str) -> Any:
 
 
 def dummy_input(model: Any) -> tuple[Any, dict[str, Any], str]:
+    """A small input the model accepts, its forward keyword arguments, and a description."""
     fam = model.family
     if fam == ENCODER:
         if model.tokenizer is not None:
@@ -82,6 +86,7 @@ def dummy_input(model: Any) -> tuple[Any, dict[str, Any], str]:
 
 
 def input_for(model: Any, inputs: Sequence[str], decoder_input: str | None) -> tuple[Any, dict[str, Any]]:
+    """The model input (and keyword arguments) for the command-line ``inputs`` and ``--decoder-input``."""
     if model.family == AUDIO:
         for p in inputs:
             if not Path(p).exists():

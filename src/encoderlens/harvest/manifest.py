@@ -17,6 +17,7 @@ FORMAT_VERSION = 1
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
@@ -46,11 +47,13 @@ def to_runs(indices: Sequence[int]) -> list[list[int]]:
 
 
 def from_runs(runs: Iterable[Sequence[int]]) -> Iterator[int]:
+    """The ints of :func:`to_runs` runs, in order."""
     for start, stop, step in runs:
         yield from range(start, stop, step)
 
 
 def rank_file(rank: int) -> str:
+    """File name stem of a rank's shards and progress file: ``rank000``."""
     return f"rank{rank:03d}"
 
 

@@ -60,10 +60,12 @@ def storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"float16"``."""
     return str(dtype).removeprefix("torch.")
 
 
 def save_shard_atomic(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    """Write one safetensors shard atomically (temporary file, fsync, ``os.replace``)."""
     from safetensors.torch import save_file
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -26,17 +26,17 @@ import torch
 from torch import Tensor
 
 from encoderlens.analysis.families import StreamName, layout, prefix_of, run
-from encoderlens.analysis.patching import (
+from encoderlens.analysis.patching_core import (
     Direction,
     HookList,
     Metric,
     PatchSetup,
-    _finish,
-    _per_copy,
-    _pos_labels,
-    _positions,
+    finish_result,
     head_targets,
+    per_copy,
+    position_labels,
     resid_targets,
+    select_positions,
     setup_runs,
 )
 from encoderlens.analysis.results import Labelled
@@ -69,7 +69,7 @@ def base_gradients(
             model,
             setup.base,
             setup.return_type,
-            fwd_hooks=[*((n, _per_copy(f, b)) for n, f in setup.base_hooks), *((n, keep) for n in names)],
+            fwd_hooks=[*((n, per_copy(f, b)) for n, f in setup.base_hooks), *((n, keep) for n in names)],
         )
         value = metric(out)
         if not isinstance(value, Tensor) or not value.requires_grad:
@@ -135,7 +135,7 @@ def attribute_residual(
     grads, value = base_gradients(model, setup, names, metric)
     per_item = value.ndim == 1
     n_pos = int(setup.base.mask(stream).shape[1])
-    poss = _positions(n_pos, positions)
+    poss = select_positions(n_pos, positions)
     rows = []
     for nm in names:
         a = _attribute(setup, grads, nm, [2], per_item)  # (batch|1, pos)
@@ -146,7 +146,7 @@ def attribute_residual(
         vals = vals[:, 0]
     if sum_positions:
         vals = vals.reshape(len(lays), len(poss), *vals.shape[1:]).sum(1)
-        return _finish(
+        return finish_result(
             vals + setup.metric_base,
             [len(lays)],
             ["layer"],
@@ -158,8 +158,8 @@ def attribute_residual(
             stream=stream,
             method="attribution patching (first-order)",
         )
-    labels = _pos_labels(setup, stream, n_pos)
-    return _finish(
+    labels = position_labels(setup, stream, n_pos)
+    return finish_result(
         vals + setup.metric_base,
         [len(lays), len(poss)],
         ["layer", "pos"],
@@ -226,14 +226,14 @@ def attribute_heads(
         shape.append(n_pos)
         axes.append("pos")
         pos_stream = "encoder" if attn == "cross_attn" and act in ("k", "v") else stream
-        labels["pos"] = _pos_labels(setup, pos_stream, n_pos)
+        labels["pos"] = position_labels(setup, pos_stream, n_pos)
         vals = vals.permute(0, 2, 3, 1)
     else:
         vals = vals.permute(0, 2, 1)
     vals = vals.reshape(-1, vals.shape[-1]).cpu()
     if not per_item:
         vals = vals[:, 0]
-    return _finish(
+    return finish_result(
         vals + setup.metric_base,
         shape,
         axes,

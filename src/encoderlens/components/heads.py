@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from encoderlens.components.embed import Embed
 from encoderlens.components.mlp import get_activation
 from encoderlens.components.norm import make_norm
-from encoderlens.config import ClassifierHeadConfig, MLMHeadConfig, SentencePoolingConfig
+from encoderlens.config import ClassifierHeadConfig, MLMHeadConfig, SentencePoolingConfig, UnembedConfig
 from encoderlens.hooks import HookPoint
 
 
@@ -153,3 +153,24 @@ class SentencePooler(nn.Module):
         if self.hook_normalized is None:
             return pooled
         return self.hook_normalized(nn.functional.normalize(pooled, p=2, dim=1))
+
+
+class LMHead(nn.Module):
+    """``logits = (x * scale) @ W_U + b_U``; tied: ``W_U`` is ``W_E.T`` (the same parameter)."""
+
+    def __init__(self, d_model: int, d_vocab: int, cfg: UnembedConfig, embed: Embed) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self._embed = [embed]
+        self.W_U_untied = None if cfg.tied else nn.Parameter(torch.empty(d_model, d_vocab))
+        self.b_U = nn.Parameter(torch.zeros(d_vocab)) if cfg.bias else None
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self._embed[0].W_E.T if self.W_U_untied is None else self.W_U_untied
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        if self.cfg.scale != 1.0:
+            x = x * self.cfg.scale
+        logits = x @ self.W_U
+        return logits + self.b_U if self.b_U is not None else logits

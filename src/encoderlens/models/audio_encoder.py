@@ -20,6 +20,7 @@ from encoderlens.components.audio_frontend import AudioFrontend, frame_mask_from
 from encoderlens.components.audio_heads import CTCHead, QuantizerHead, QuantizerOutput
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.norm import make_norm
+from encoderlens.components.stack import run_blocks
 from encoderlens.config import AudioEncoderConfig
 from encoderlens.convert.loading import Checkpoint, load_tokenizer
 from encoderlens.hooks import HookPoint
@@ -289,10 +290,7 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
             x = self.embed_ln(x)
         x = self.hook_full_embed(x)
         additive = build_additive_mask(attn_mask, n_frames, n_frames, False, x.dtype, x.device)
-        for block in self.blocks[:stop_at_layer]:
-            x = block(x, additive_mask=additive)
-        if stop_at_layer is None and self.ln_final is not None:
-            x = self.ln_final(x)
+        x = run_blocks(self.blocks, x, additive_mask=additive, stop_at_layer=stop_at_layer, final_norm=self.ln_final)
         return x, frame_mask, features, normed if self.hook_features_normed is not None else None
 
     def _apply_time_mask(self, x: Tensor, mask_time_indices: Any) -> Tensor:

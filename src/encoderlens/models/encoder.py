@@ -18,6 +18,7 @@ from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.embed import Embed, EmbedProjection, PosEmbed, TokenTypeEmbed, position_ids
 from encoderlens.components.heads import ClassifierHead, MLMHead, NSPHead, Pooler, SentencePooler
 from encoderlens.components.norm import make_norm
+from encoderlens.components.stack import run_blocks
 from encoderlens.config import EncoderConfig, SentencePoolingConfig
 from encoderlens.convert.loading import Checkpoint, load_tokenizer
 from encoderlens.convert.sentence_pooling import read_sentence_transformer_spec
@@ -369,11 +370,14 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             batch.attention_mask.bool(), x.shape[1], x.shape[1], self.cfg.stack.attn.causal, x.dtype, x.device
         )
         rel = self.rel_embed(x.shape[1], x.shape[1]) if self.rel_embed is not None else None
-        for block in self.blocks[:stop_at_layer]:
-            x = block(x, additive_mask=mask, rel_embeddings=rel)
-        if stop_at_layer is None and self.ln_final is not None:
-            x = self.ln_final(x)
-        return x
+        return run_blocks(
+            self.blocks,
+            x,
+            additive_mask=mask,
+            stop_at_layer=stop_at_layer,
+            rel_embeddings=rel,
+            final_norm=self.ln_final,
+        )
 
     def forward(
         self,

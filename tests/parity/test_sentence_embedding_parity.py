@@ -11,7 +11,7 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from encoderlens import HookedEncoder
 from encoderlens.config import SentencePoolingConfig
-from encoderlens.convert.loading import default_model_path
+from encoderlens.io.checkpoint import default_model_path
 from tests.conftest import randomize_norms
 
 WORDS = [

@@ -17,7 +17,7 @@ from encoderlens.analysis import (
     pooling_from_checkpoint,
     similarity_by_layer,
 )
-from encoderlens.convert.loading import default_model_path
+from encoderlens.io.checkpoint import default_model_path
 from tests.unit.analysis_helpers import default_model, tiny_mlm_folder
 
 A = "A man is playing a guitar on stage."

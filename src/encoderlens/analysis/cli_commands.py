@@ -49,7 +49,7 @@ def _load(name: str) -> Any:
 
 
 def _folder(name: str) -> Path | None:
-    from encoderlens.convert.loading import resolve_path
+    from encoderlens.io.checkpoint import resolve_path
 
     try:
         return resolve_path(name)

@@ -166,7 +166,7 @@ def pooling_from_checkpoint(path: str | Path) -> Pooling:
         ValueError: The folder has no ``modules.json`` (not a sentence-transformers checkpoint), or a file is
             missing. NotImplementedError: a module type this reader does not handle.
     """
-    from encoderlens.convert.loading import resolve_path
+    from encoderlens.io.checkpoint import resolve_path
 
     folder = resolve_path(path) if not Path(str(path)).is_dir() else Path(path)
     modules_file = folder / "modules.json"
@@ -233,7 +233,7 @@ class SentenceEncoder:
     ) -> SentenceEncoder:
         """Load the model and the pooling (and ``max_seq_length``) its folder declares."""
         from encoderlens import HookedEncoder
-        from encoderlens.convert.loading import resolve_path
+        from encoderlens.io.checkpoint import resolve_path
 
         folder = resolve_path(name_or_path)
         model = HookedEncoder.from_pretrained(str(folder), **kwargs)

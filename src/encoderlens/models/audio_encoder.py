@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Bool, Float
@@ -21,10 +21,10 @@ from encoderlens.components.audio_heads import CTCHead, QuantizerHead, Quantizer
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.norm import make_norm
 from encoderlens.config import AudioEncoderConfig
-from encoderlens.convert.loading import Checkpoint, load_tokenizer
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.hooks import HookPoint
 from encoderlens.io.audio import AudioBatch, AudioInput, AudioPreprocessing, prepare_audio
-from encoderlens.models.base import HookedModel, StackWeightsMixin, register_family
+from encoderlens.models.base import HookedModel, StackWeightsMixin
 
 AudioReturnType = Literal["auto", "logits", "hidden", "all", "pretraining"]
 _RETURN_TYPES = ("auto", "logits", "hidden", "all", "pretraining", None)
@@ -71,7 +71,6 @@ class Transcription:
     end_times: list[float]
 
 
-@register_family("audio_encoder")
 class HookedAudioEncoder(StackWeightsMixin, HookedModel):
     """A wav2vec2 / HuBERT encoder with a hook point on every activation, from raw samples to logits.
 
@@ -96,6 +95,8 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
         >>> cache["pattern", 0].shape  # (batch, head_index, query_frame, key_frame)
         >>> model.transcribe("speech.flac")
     """
+
+    family: ClassVar[str] = "audio_encoder"
 
     cfg: AudioEncoderConfig
 

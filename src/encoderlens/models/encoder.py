@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -19,7 +19,7 @@ from encoderlens.components.embed import Embed, EmbedProjection, PosEmbed, Token
 from encoderlens.components.heads import ClassifierHead, MLMHead, NSPHead, Pooler, SentencePooler
 from encoderlens.components.norm import make_norm
 from encoderlens.config import EncoderConfig, SentencePoolingConfig
-from encoderlens.convert.loading import Checkpoint, load_tokenizer
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.convert.sentence_pooling import read_sentence_transformer_spec
 from encoderlens.hooks import HookPoint
 from encoderlens.io.text import (
@@ -30,7 +30,7 @@ from encoderlens.io.text import (
     check_tokens,
     tokenize,
 )
-from encoderlens.models.base import HookedModel, StackWeightsMixin, register_family
+from encoderlens.models.base import HookedModel, StackWeightsMixin
 
 EncoderReturnType = Literal[
     "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all"
@@ -104,7 +104,6 @@ def _split_pieces(tok: Any, tokens: list[str], marker: str | None) -> tuple[list
     return cont, [tok.convert_tokens_to_string([t]).strip() for t in tokens]
 
 
-@register_family("encoder")
 class HookedEncoder(StackWeightsMixin, HookedModel):
     """A bidirectional text encoder with a hook point on every activation.
 
@@ -132,6 +131,8 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         >>> emb, cache = model.run_with_cache("The cat sat.", return_type="embeddings")
         >>> cache["pattern", 0].shape  # (batch, head_index, query_pos, key_pos)
     """
+
+    family: ClassVar[str] = "encoder"
 
     cfg: EncoderConfig
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -33,10 +33,10 @@ from encoderlens.components.embed import Embed, PosEmbed
 from encoderlens.components.norm import make_norm
 from encoderlens.components.position import RelativePositionBias
 from encoderlens.config import EmbeddingConfig, EncoderDecoderConfig, StackConfig, UnembedConfig
-from encoderlens.convert.loading import Checkpoint, load_tokenizer
-from encoderlens.hooks import HookPoint, NameFilter, _name_matcher
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
+from encoderlens.hooks import HookPoint, KeepPropertyErrors, NameFilter, _name_matcher
 from encoderlens.io.text import TextBatch, as_token_tensor, check_mask, check_tokens, tokenize
-from encoderlens.models.base import HookedModel, StackWeights, StackWeightsMixin, register_family
+from encoderlens.models.base import HookedModel, StackWeights, StackWeightsMixin
 
 ReturnType = Literal["auto", "logits", "encoder_output", "decoder_output", "all"]
 _RETURN_TYPES = ("auto", "logits", "encoder_output", "decoder_output", "all", None)
@@ -64,20 +64,7 @@ class EncoderDecoderOutput:
     decoder_attention_mask: Int[Tensor, "batch pos"] | None
 
 
-class _PropertyErrors:
-    """Keep a property's own AttributeError message (``nn.Module.__getattr__`` would replace it)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)  # type: ignore[misc]
-        except AttributeError:
-            prop = getattr(type(self), name, None)
-            if isinstance(prop, property) and prop.fget is not None:
-                prop.fget(self)  # raises the property's explanatory AttributeError
-            raise
-
-
-class Stack(_PropertyErrors, StackWeightsMixin, nn.Module):
+class Stack(KeepPropertyErrors, StackWeightsMixin, nn.Module):
     """One side of an encoder-decoder: embeddings, position bias, blocks and final norm.
 
     The token embedding is the model's shared :class:`Embed`, held in a list so it is registered
@@ -197,8 +184,7 @@ class LMHead(nn.Module):
         return logits + self.b_U if self.b_U is not None else logits
 
 
-@register_family("encoder_decoder")
-class HookedEncoderDecoder(_PropertyErrors, HookedModel):
+class HookedEncoderDecoder(HookedModel):
     """A sequence-to-sequence transformer with a hook point on every activation, both stacks.
 
     Submodules ``encoder`` and ``decoder`` (see the module docstring and ``docs/encoder_decoder.md``
@@ -219,6 +205,8 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
           applied.
         - Text passed as ``decoder_input`` is treated as targets (see :meth:`decoder_input_from_targets`).
     """
+
+    family: ClassVar[str] = "encoder_decoder"
 
     cfg: EncoderDecoderConfig
 

@@ -21,9 +21,9 @@ from encoderlens.components.audio_heads import CTCHead, QuantizerHead, Quantizer
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.norm import make_norm
 from encoderlens.config import AudioEncoderConfig
-from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.hooks import HookPoint
 from encoderlens.io.audio import AudioBatch, AudioInput, AudioPreprocessing, prepare_audio
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.models.base import HookedModel, StackWeightsMixin
 
 AudioReturnType = Literal["auto", "logits", "hidden", "all", "pretraining"]

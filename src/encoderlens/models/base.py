@@ -15,9 +15,10 @@ from torch import Tensor, nn
 
 from encoderlens.cache import ActivationCache
 from encoderlens.convert import find_converter
-from encoderlens.io.checkpoint import Checkpoint, read_checkpoint
 from encoderlens.factored_matrix import FactoredMatrix
 from encoderlens.hooks import HookedRootModule
+from encoderlens.io.checkpoint import Checkpoint, read_checkpoint
+
 
 class HookedModel(HookedRootModule):
     """Base of every encoderlens model. Subclasses implement ``__init__(cfg, **extras)`` and forward.

@@ -19,9 +19,9 @@ from encoderlens.components.embed import Embed, EmbedProjection, PosEmbed, Token
 from encoderlens.components.heads import ClassifierHead, MLMHead, NSPHead, Pooler, SentencePooler
 from encoderlens.components.norm import make_norm
 from encoderlens.config import EncoderConfig, SentencePoolingConfig
-from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.convert.sentence_pooling import read_sentence_transformer_spec
 from encoderlens.hooks import HookPoint
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.io.text import (
     TextBatch,
     as_token_tensor,

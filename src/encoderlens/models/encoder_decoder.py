@@ -33,8 +33,8 @@ from encoderlens.components.embed import Embed, PosEmbed
 from encoderlens.components.norm import make_norm
 from encoderlens.components.position import RelativePositionBias
 from encoderlens.config import EmbeddingConfig, EncoderDecoderConfig, StackConfig, UnembedConfig
-from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.hooks import HookPoint, KeepPropertyErrors, NameFilter, _name_matcher
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.io.text import TextBatch, as_token_tensor, check_mask, check_tokens, tokenize
 from encoderlens.models.base import HookedModel, StackWeights, StackWeightsMixin
 

@@ -36,12 +36,14 @@ from encoderlens.config.encoder_decoder import (
     UnembedConfig,
 )
 from encoderlens.config.heads import (
+    DENSE_ACTIVATIONS,
     POOLING_MODES,
     ClassifierHeadConfig,
     ClassifierInput,
     ClassifierTask,
     MLMHeadConfig,
     ProblemType,
+    SentenceDenseConfig,
     SentencePoolingConfig,
 )
 from encoderlens.config.stack import (
@@ -64,6 +66,7 @@ __all__ = [
     "ClassifierInput",
     "ClassifierTask",
     "ConvNorm",
+    "DENSE_ACTIVATIONS",
     "DecoderShift",
     "DisentangledConfig",
     "EmbeddingConfig",
@@ -80,6 +83,7 @@ __all__ = [
     "QuantizerConfig",
     "RelativePositionConfig",
     "RotaryConfig",
+    "SentenceDenseConfig",
     "SentencePoolingConfig",
     "StackConfig",
     "UnembedConfig",

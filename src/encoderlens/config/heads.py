@@ -74,6 +74,31 @@ class ClassifierHeadConfig:
 
 #: Sentence-transformers pooling modes, in the order they are concatenated when several are set.
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+#: Activations of sentence-transformers ``Dense`` layers (``Tanh``, ``Identity``, ``ReLU``, ``GELU``).
+DENSE_ACTIVATIONS = ("tanh", "identity", "relu", "gelu")
+
+
+@dataclass(frozen=True)
+class SentenceDenseConfig:
+    """A sentence-transformers ``Dense`` layer after the pooling: ``y = act(x @ W + b)``.
+
+    Attributes:
+        in_features: Input size (the pooled size for the first layer).
+        out_features: Output size.
+        bias: Whether the layer has a bias.
+        activation: One of :data:`DENSE_ACTIVATIONS`.
+    """
+
+    in_features: int
+    out_features: int
+    bias: bool = True
+    activation: str = "tanh"
+
+    def __post_init__(self) -> None:
+        if self.in_features < 1 or self.out_features < 1:
+            raise ValueError(f"Dense sizes must be positive, got in={self.in_features} out={self.out_features}")
+        if self.activation not in DENSE_ACTIVATIONS:
+            raise ValueError(f"Dense activation must be one of {DENSE_ACTIVATIONS}, got {self.activation!r}")
 
 
 @dataclass(frozen=True)
@@ -85,12 +110,14 @@ class SentencePoolingConfig:
         normalize: Whether a ``Normalize`` module (L2 normalisation) follows the pooling.
         max_seq_length: Texts are truncated to this many tokens (``sentence_bert_config.json``), or None.
         do_lower_case: Whether texts are lower-cased before tokenisation.
+        dense: ``Dense`` layers applied after the pooling and before the normalisation, in order.
     """
 
     modes: tuple[str, ...] = ("mean",)
     normalize: bool = False
     max_seq_length: int | None = None
     do_lower_case: bool = False
+    dense: tuple[SentenceDenseConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.modes:
@@ -100,3 +127,8 @@ class SentencePoolingConfig:
             raise ValueError(f"unknown sentence pooling mode(s) {bad}; expected some of {POOLING_MODES}")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise ValueError(f"max_seq_length must be positive, got {self.max_seq_length}")
+        for a, b in zip(self.dense, self.dense[1:]):
+            if a.out_features != b.in_features:
+                raise ValueError(
+                    f"Dense layers do not chain: one gives {a.out_features} features, the next expects {b.in_features}"
+                )

@@ -39,6 +39,13 @@ class HookedModel(HookedRootModule):
         """Objects besides weights a model needs (tokenizer, feature extractor...)."""
         return {}
 
+    def weights_from_checkpoint(self, ckpt: Checkpoint) -> dict[str, Tensor]:
+        """Converted weights that live outside the HF state dict (a sentence head's Dense layers).
+
+        Called on the built model (so its final config decides), before :meth:`load_converted`.
+        """
+        return {}
+
     @classmethod
     def from_pretrained(
         cls,
@@ -137,7 +144,7 @@ def load_pretrained(
     kwargs = {**model_cls.extras_from_checkpoint(ckpt), **extras}
     with torch.device("meta"):
         model = model_cls(cfg, **kwargs)
-    model.load_converted(state_dict)
+    model.load_converted({**state_dict, **model.weights_from_checkpoint(ckpt)})
     model.to(device=device, dtype=dtype)
     model.eval()
     return model

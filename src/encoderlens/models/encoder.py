@@ -19,9 +19,9 @@ from encoderlens.components.embed import Embed, EmbedProjection, PosEmbed, Token
 from encoderlens.components.heads import ClassifierHead, MLMHead, NSPHead, Pooler, SentencePooler
 from encoderlens.components.norm import make_norm
 from encoderlens.config import EncoderConfig, SentencePoolingConfig
-from encoderlens.convert.sentence_pooling import read_sentence_transformer_spec
 from encoderlens.hooks import HookPoint
 from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
+from encoderlens.io.sentence_transformers import read_sentence_transformer
 from encoderlens.io.text import (
     TextBatch,
     as_token_tensor,
@@ -184,17 +184,38 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         self.pooler = Pooler(d) if cfg.pooler else None
         self.nsp_head = NSPHead(d) if cfg.nsp_head else None
         self.classifier = ClassifierHead(d, cfg.classifier) if cfg.classifier is not None else None
-        self.sentence_pooler = SentencePooler(cfg.sentence_pooling) if cfg.sentence_pooling is not None else None
+        sp = cfg.sentence_pooling
+        self.sentence_pooler = SentencePooler(sp, d) if sp is not None else None
         self.setup()
 
     @classmethod
     def extras_from_checkpoint(cls, ckpt: Checkpoint) -> dict[str, Any]:
-        spec = read_sentence_transformer_spec(ckpt.path)
+        spec = read_sentence_transformer(ckpt.path)
         return {
             "tokenizer": load_tokenizer(ckpt.path, ckpt.config),
             "sentence_pooling": spec.pooling,
             "sentence_pooling_note": spec.note,
         }
+
+    def weights_from_checkpoint(self, ckpt: Checkpoint) -> dict[str, Tensor]:
+        """The sentence head's ``Dense`` weights, read from the checkpoint's sentence-transformers folder."""
+        sp = self.cfg.sentence_pooling
+        if sp is None or not sp.dense:
+            return {}
+        spec = read_sentence_transformer(ckpt.path)
+        if spec.pooling is None or spec.pooling.dense != sp.dense:
+            raise ValueError(
+                f"sentence_pooling declares Dense layers {sp.dense}, but the checkpoint folder "
+                f"{'declares ' + str(spec.pooling.dense) if spec.pooling is not None else 'has no usable modules.json'}; "
+                "Dense weights are read from the folder's own modules, so pass a sentence_pooling without dense layers "
+                "or load the folder as it is"
+            )
+        out: dict[str, Tensor] = {}
+        for i, (W, b) in enumerate(spec.dense_weights):
+            out[f"sentence_pooler.dense.{i}.W"] = W
+            if b is not None:
+                out[f"sentence_pooler.dense.{i}.b"] = b
+        return out
 
     # ------------------------------------------------------------------ shared layers
     def _tie_shared_blocks(self) -> None:

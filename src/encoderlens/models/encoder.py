@@ -22,14 +22,7 @@ from encoderlens.config import EncoderConfig, SentencePoolingConfig
 from encoderlens.hooks import HookPoint
 from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.io.sentence_transformers import read_sentence_transformer
-from encoderlens.io.text import (
-    TextBatch,
-    as_token_tensor,
-    check_mask,
-    check_token_types,
-    check_tokens,
-    tokenize,
-)
+from encoderlens.io.text import TextBatch, as_token_tensor, text_batch
 from encoderlens.models.base import HookedModel, StackWeightsMixin
 
 EncoderReturnType = Literal[
@@ -303,36 +296,26 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         one_zero_attention_mask: Any = None,
         token_type_ids: Any = None,
     ) -> TextBatch:
-        """Turn strings, sentence pairs or token ids into a validated :class:`TextBatch`.
+        """Turn strings, sentence pairs, tokenizer output or token ids into a validated :class:`TextBatch`.
 
         Strings are padded (right) and truncated to the position table with a warning. Pairs
-        ``(text_a, text_b)`` get segment ids. Token tensors are checked, never modified.
+        ``(text_a, text_b)`` get segment ids. A tokenizer's output (``BatchEncoding`` or a dict with
+        ``input_ids``) gives ids, mask and segment ids. Token tensors are checked, never modified.
+        Decided by :func:`encoderlens.io.text.text_batch`.
         """
+        batch = text_batch(
+            input,
+            one_zero_attention_mask,
+            token_type_ids,
+            tokenizer=self.tokenizer,
+            d_vocab=self.cfg.d_vocab,
+            max_positions=self.max_positions,
+            n_token_types=self.cfg.embed.n_token_types,
+            max_length=self._text_max_length(),
+            text_transform=self._prepare_text,
+        )
         device = self.embed.W_E.device
-        if isinstance(input, str) or (
-            isinstance(input, (list, tuple)) and input and isinstance(input[0], (str, tuple))
-        ):
-            if one_zero_attention_mask is not None:
-                raise ValueError(
-                    "one_zero_attention_mask is built from text automatically; pass it with token ids only"
-                )
-            batch = tokenize(self.tokenizer, self._prepare_text(input), max_length=self._text_max_length())
-            tt = batch.token_type_ids if token_type_ids is None else token_type_ids
-            if tt is not None and self.token_type_embed is None:
-                tt = None
-            batch = TextBatch(batch.tokens, batch.attention_mask, tt)
-        else:
-            tokens = as_token_tensor(input)
-            mask = (
-                torch.ones_like(tokens)
-                if one_zero_attention_mask is None
-                else check_mask(one_zero_attention_mask, tokens.shape)
-            )
-            batch = TextBatch(tokens, mask, token_type_ids)
-        check_tokens(batch.tokens, self.cfg.d_vocab, self.max_positions)
-        tt = batch.token_type_ids
-        if tt is not None:
-            tt = check_token_types(tt, batch.tokens.shape, self.cfg.embed.n_token_types).to(device)
+        tt = batch.token_type_ids.to(device) if batch.token_type_ids is not None else None
         return TextBatch(batch.tokens.to(device), batch.attention_mask.to(device), tt)
 
     def to_tokens(self, input: str | Sequence[str] | tuple[str, str]) -> Int[Tensor, "batch pos"]:

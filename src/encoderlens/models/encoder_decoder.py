@@ -35,7 +35,7 @@ from encoderlens.components.position import RelativePositionBias
 from encoderlens.config import EmbeddingConfig, EncoderDecoderConfig, StackConfig, UnembedConfig
 from encoderlens.hooks import HookPoint, KeepPropertyErrors, NameFilter, _name_matcher
 from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
-from encoderlens.io.text import TextBatch, as_token_tensor, check_mask, check_tokens, tokenize
+from encoderlens.io.text import TextBatch, as_token_tensor, check_mask, is_text, is_tokenizer_output, text_batch
 from encoderlens.models.base import HookedModel, StackWeights, StackWeightsMixin
 
 ReturnType = Literal["auto", "logits", "encoder_output", "decoder_output", "all"]
@@ -280,29 +280,23 @@ class HookedEncoderDecoder(HookedModel):
     # ------------------------------------------------------------------ inputs
     def tokenize(self, input: Any, one_zero_attention_mask: Any = None) -> TextBatch:
         """Encoder input: strings (padded right, truncated to the position table with a warning),
-        token ids ``(pos,)`` / ``(batch, pos)`` with an optional mask, or a :class:`TextBatch`."""
+        token ids ``(pos,)`` / ``(batch, pos)`` with an optional mask, a tokenizer's output
+        (``BatchEncoding`` / dict with ``input_ids``) or a :class:`TextBatch`
+        (decided by :func:`encoderlens.io.text.text_batch`)."""
         return self._batch(input, one_zero_attention_mask, self.encoder, "input", "one_zero_attention_mask")
 
     def _batch(self, input: Any, mask: Any, stack: Stack, what: str, mask_name: str) -> TextBatch:
+        batch = text_batch(
+            input,
+            mask,
+            tokenizer=self.tokenizer,
+            d_vocab=self.cfg.d_vocab,
+            max_positions=stack.max_positions,
+            pairs=False,
+            what=what,
+            mask_name=mask_name,
+        )
         device = self.embed.W_E.device
-        if isinstance(input, TextBatch):
-            if mask is not None:
-                raise ValueError(f"{what} is a TextBatch, which carries its own mask; do not also pass {mask_name}")
-            batch = TextBatch(
-                as_token_tensor(input.tokens), check_mask(input.attention_mask, input.tokens.shape, mask_name), None
-            )
-        elif _is_text(input):
-            if mask is not None:
-                raise ValueError(f"{mask_name} is built from text automatically; pass it with token ids only")
-            batch = tokenize(self.tokenizer, _as_text_list(input), max_length=stack.max_positions)
-            batch = TextBatch(batch.tokens, batch.attention_mask, None)
-        else:
-            if input is None:
-                raise TypeError(f"{what} is None; pass a string, a list of strings or token ids")
-            tokens = as_token_tensor(input)
-            m = torch.ones_like(tokens) if mask is None else check_mask(mask, tokens.shape, mask_name)
-            batch = TextBatch(tokens, m, None)
-        check_tokens(batch.tokens, self.cfg.d_vocab, stack.max_positions)
         return TextBatch(batch.tokens.to(device), batch.attention_mask.to(device), None)
 
     def decoder_input_from_targets(self, targets: Any, attention_mask: Any = None) -> TextBatch:
@@ -326,7 +320,9 @@ class HookedEncoderDecoder(HookedModel):
         """
         self._decoder()
         pad = self.cfg.pad_token_id
-        if isinstance(targets, Tensor) or (not _is_text(targets) and not isinstance(targets, TextBatch)):
+        if isinstance(targets, Tensor) or not (
+            is_text(targets, pairs=False) or isinstance(targets, TextBatch) or is_tokenizer_output(targets)
+        ):
             tokens = as_token_tensor(targets).clone()
             ignored = tokens == -100
             if bool(ignored.any()):
@@ -366,7 +362,7 @@ class HookedEncoderDecoder(HookedModel):
                 "(start token + shift right); for free generation use model.generate(input); "
                 "for the encoder alone use return_type='encoder_output'"
             )
-        if _is_text(decoder_input):
+        if is_text(decoder_input, pairs=False):
             if decoder_attention_mask is not None:
                 raise ValueError("decoder_attention_mask is built from text automatically; pass it with token ids")
             return self.decoder_input_from_targets(decoder_input)
@@ -629,7 +625,7 @@ class HookedEncoderDecoder(HookedModel):
         return out
 
     def _format_generated(self, tokens: Tensor, input: Any, return_type: str) -> Any:
-        if return_type == "str" or (return_type == "input" and _is_text(input)):
+        if return_type == "str" or (return_type == "input" and is_text(input, pairs=False)):
             if self.tokenizer is None:
                 raise ValueError("return_type='str' needs a tokenizer; this model was loaded without one")
             texts = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in tokens]
@@ -847,15 +843,6 @@ class HookedEncoderDecoder(HookedModel):
             unembed=unembed,
             unembed_note=note,
         )
-
-
-def _is_text(x: Any) -> bool:
-    return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(s, str) for s in x))
-
-
-def _as_text_list(x: Any) -> str | list[str]:
-    # a tuple of strings is a batch here (there are no sentence pairs in seq2seq inputs)
-    return x if isinstance(x, str) else list(x)
 
 
 def _as_id_tuple(x: int | Sequence[int]) -> tuple[int, ...]:

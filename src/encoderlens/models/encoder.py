@@ -267,7 +267,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
     def class_labels(self) -> tuple[str, ...]:
         """Label names of the classification head, in logit order (HF ``config.id2label``)."""
         if self.classifier is None:
-            # ValueError, not AttributeError: nn.Module.__getattr__ would replace the message
+            # ValueError, like the other missing-head errors of this model (predict_labels, return_type)
             raise ValueError("this checkpoint has no classification head, hence no class labels")
         return self.classifier.cfg.labels
 

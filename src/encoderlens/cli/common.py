@@ -50,7 +50,7 @@ def load_model(name: str) -> Any:
 
 def checkpoint_folder(name: str) -> Path | None:
     """The local folder ``name`` resolves to, or None (a hub name not downloaded)."""
-    from encoderlens.convert.loading import resolve_path
+    from encoderlens.io.checkpoint import resolve_path
 
     try:
         return resolve_path(name)

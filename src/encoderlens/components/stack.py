@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -18,7 +16,7 @@ from encoderlens.components.norm import make_norm
 from encoderlens.components.position import RelativePositionBias
 from encoderlens.components.stack_weights import StackWeights, StackWeightsMixin
 from encoderlens.config import EmbeddingConfig, StackConfig
-from encoderlens.hooks import HookPoint
+from encoderlens.hooks import HookPoint, KeepPropertyErrors
 
 
 def run_blocks(
@@ -70,20 +68,7 @@ def run_blocks(
     return x
 
 
-class PropertyErrorsMixin:
-    """Keep a property's own AttributeError message (``nn.Module.__getattr__`` would replace it)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)  # type: ignore[misc]
-        except AttributeError:
-            prop = getattr(type(self), name, None)
-            if isinstance(prop, property) and prop.fget is not None:
-                prop.fget(self)  # raises the property's explanatory AttributeError
-            raise
-
-
-class Stack(PropertyErrorsMixin, StackWeightsMixin, nn.Module):
+class Stack(KeepPropertyErrors, StackWeightsMixin, nn.Module):
     """One side of an encoder-decoder: embeddings, position bias, blocks and final norm.
 
     The token embedding is the model's shared :class:`Embed`, held in a list so it is registered

@@ -1,7 +1,9 @@
 """Converter registry: HF ``config.architectures`` / ``model_type`` -> converter function.
 
-Adding an architecture is one converter file plus one ``@register(...)`` line; nothing here lists
-model names. A converter takes the HF config and state dict and returns our config and state dict.
+Adding an architecture is one converter file plus one ``@register(...)`` line, and one import line
+in ``encoderlens/convert/__init__.py``: that list of imports is the table of converter modules
+(importing this module imports the package first, so every converter is registered before a lookup).
+Nothing here imports the package or lists model names. A converter takes the HF config and state dict and returns our config and state dict.
 """
 
 from __future__ import annotations
@@ -36,13 +38,12 @@ def register(*architectures: str, model_types: Iterable[str] = ()) -> Callable[[
 
 
 def supported_architectures() -> list[str]:
-    _load_all()
+    """Every registered HF architecture name, sorted."""
     return sorted(_BY_ARCHITECTURE)
 
 
 def find_converter(hf_config: Any) -> Converter:
     """Pick the converter from ``hf_config.architectures`` (first match), else ``hf_config.model_type``."""
-    _load_all()
     archs = list(getattr(hf_config, "architectures", None) or [])
     for a in archs:
         if a in _BY_ARCHITECTURE:
@@ -54,11 +55,6 @@ def find_converter(hf_config: Any) -> Converter:
         f"no encoderlens converter for architectures={archs} model_type={model_type!r}; "
         f"supported architectures: {', '.join(sorted(_BY_ARCHITECTURE))}"
     )
-
-
-def _load_all() -> None:
-    # importing the package runs every converter module's @register lines
-    import encoderlens.convert  # noqa: F401
 
 
 class WeightReader:

@@ -15,8 +15,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-#: Hooks whose activation has two position axes (query and key): not token rows.
-_PAIRWISE_HOOKS = ("_scores", "hook_pattern", "hook_position_bias")
+from encoderlens.names import is_pairwise
 
 
 @dataclass
@@ -68,7 +67,7 @@ class HarvestAdapter:
         ``(batch, pos, ...)`` for one of the batch's masks (the first that fits; an adapter with
         several masks of possibly equal shape should decide by hook name instead).
         """
-        if hook_name.endswith(_PAIRWISE_HOOKS) and act.ndim == 4:
+        if is_pairwise(hook_name) and act.ndim == 4:
             raise ValueError(
                 f"{hook_name!r} has two position axes (query, key) whose key length changes with padding, so it "
                 "cannot be stored as one row per position; pass transforms={name: fn} that reduces it to "

@@ -44,9 +44,6 @@ _DTYPES: dict[str, torch.dtype] = {
     "float": torch.float32,
 }
 
-#: Hooks whose activation has two position axes (query and key): not token rows.
-_PAIRWISE_HOOKS = ("_scores", "hook_pattern", "hook_position_bias")
-
 
 def storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """``"fp16"``, ``"bf16"``, ``"fp32"`` (or a floating torch dtype) -> torch dtype."""

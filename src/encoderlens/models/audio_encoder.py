@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Bool, Float
@@ -22,10 +22,10 @@ from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.norm import make_norm
 from encoderlens.components.stack import run_blocks
 from encoderlens.config import AudioEncoderConfig
-from encoderlens.convert.loading import Checkpoint, load_tokenizer
 from encoderlens.hooks import HookPoint
-from encoderlens.io.audio import AudioBatch, AudioInput, AudioPreprocessing, prepare_audio
-from encoderlens.models.base import HookedModel, StackWeightsMixin, register_family
+from encoderlens.io.audio import AudioBatch, AudioInput, AudioOptions, AudioPreprocessing, prepare_audio
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
+from encoderlens.models.base import HookedModel, StackWeightsMixin
 
 AudioReturnType = Literal["auto", "logits", "hidden", "all", "pretraining"]
 _RETURN_TYPES = ("auto", "logits", "hidden", "all", "pretraining", None)
@@ -72,7 +72,6 @@ class Transcription:
     end_times: list[float]
 
 
-@register_family("audio_encoder")
 class HookedAudioEncoder(StackWeightsMixin, HookedModel):
     """A wav2vec2 / HuBERT encoder with a hook point on every activation, from raw samples to logits.
 
@@ -97,6 +96,8 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
         >>> cache["pattern", 0].shape  # (batch, head_index, query_frame, key_frame)
         >>> model.transcribe("speech.flac")
     """
+
+    family: ClassVar[str] = "audio_encoder"
 
     cfg: AudioEncoderConfig
 
@@ -228,19 +229,25 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
         attention_mask: Any = None,
         normalize: bool | None = None,
         use_attention_mask: bool | None = None,
+        options: AudioOptions | None = None,
     ) -> AudioBatch:
-        """Validate and convert audio to a padded batch on the model's device (see :func:`prepare_audio`)."""
-        batch = prepare_audio(
-            input,
-            self.preprocessing,
-            min_samples=self.receptive_field,
+        """Validate and convert audio to a padded batch on the model's device (see :func:`prepare_audio`).
+
+        The keyword arguments build an :class:`~encoderlens.io.audio.AudioOptions` (see :meth:`forward`);
+        or pass ``options=`` directly.
+        """
+        opts = AudioOptions.resolve(
+            options,
             sampling_rate=sampling_rate,
             resample=resample,
             channel_axis=channel_axis,
-            attention_mask=attention_mask,
             normalize=normalize,
             use_attention_mask=use_attention_mask,
         )
+        return self._prepare(input, opts, attention_mask)
+
+    def _prepare(self, input: AudioInput, options: AudioOptions, attention_mask: Any) -> AudioBatch:
+        batch = prepare_audio(input, self.preprocessing, self.receptive_field, options, attention_mask)
         p = self.frontend.projection.W
         return AudioBatch(
             batch.input_values.to(device=p.device, dtype=p.dtype),
@@ -322,6 +329,7 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
         use_attention_mask: bool | None = None,
         mask_time_indices: Any = None,
         stop_at_layer: int | None = None,
+        options: AudioOptions | None = None,
     ) -> Any:
         """Run the encoder on audio.
 
@@ -344,6 +352,9 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
                 slightly from the same audio run alone, in HF and here alike.
             mask_time_indices: ``(batch, frames)`` booleans: frames to replace by ``masked_spec_embed``.
             stop_at_layer: Return the residual stream entering this block (``"hidden"`` or None only).
+            options: All of ``sampling_rate``, ``resample``, ``channel_axis``, ``normalize`` and
+                ``use_attention_mask`` as one :class:`~encoderlens.io.audio.AudioOptions` (instead of those
+                keywords, which build it).
         """
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}")
@@ -360,12 +371,23 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
             )
         if stop_at_layer is not None and return_type not in ("hidden", None):
             raise ValueError("stop_at_layer returns the residual stream: use return_type='hidden'")
+        opts = AudioOptions.resolve(
+            options,
+            sampling_rate=sampling_rate,
+            resample=resample,
+            channel_axis=channel_axis,
+            normalize=normalize,
+            use_attention_mask=use_attention_mask,
+        )
         if isinstance(input, AudioBatch):
+            if opts != AudioOptions() or attention_mask is not None:
+                raise ValueError(
+                    "input is an AudioBatch, already prepared: audio options and attention_mask apply when it is "
+                    "made; pass them to model.prepare(...) instead"
+                )
             batch = input
         else:
-            batch = self.prepare(
-                input, sampling_rate, resample, channel_axis, attention_mask, normalize, use_attention_mask
-            )
+            batch = self._prepare(input, opts, attention_mask)
         hidden, frame_mask, features, normed = self.encode(batch, mask_time_indices, stop_at_layer)
         if return_type is None:
             return None

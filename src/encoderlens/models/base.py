@@ -1,6 +1,8 @@
 """Shared model machinery: checkpoint loading through the converter registry.
 
-``StackWeights`` / ``StackWeightsMixin`` (stacked weight views) live in :mod:`encoderlens.components.stack_weights`
+Each family class names its ``family`` (the converted config's ``family``); the table of family
+classes is :data:`encoderlens.models.FAMILIES`, which imports them explicitly. ``StackWeights`` /
+``StackWeightsMixin`` (stacked weight views) live in :mod:`encoderlens.components.stack_weights`
 and are re-exported here.
 """
 
@@ -12,44 +14,38 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from encoderlens.cache import ActivationCache
 from encoderlens.components.stack_weights import StackWeights as StackWeights
 from encoderlens.components.stack_weights import StackWeightsMixin as StackWeightsMixin
-from encoderlens.convert.loading import Checkpoint, read_checkpoint
-from encoderlens.convert.registry import find_converter
+from encoderlens.convert import find_converter
 from encoderlens.hooks import HookedRootModule
-
-_FAMILIES: dict[str, type[HookedModel]] = {}
-
-
-def register_family(name: str) -> Any:
-    """Class decorator: the model class built for configs whose ``family`` is ``name``."""
-
-    def deco(cls: type[HookedModel]) -> type[HookedModel]:
-        _FAMILIES[name] = cls
-        cls.family = name
-        return cls
-
-    return deco
-
-
-def model_class_for(family: str) -> type[HookedModel]:
-    import encoderlens.models  # noqa: F401  (registers the families)
-
-    try:
-        return _FAMILIES[family]
-    except KeyError:
-        raise ValueError(f"no model class for family {family!r}; known: {sorted(_FAMILIES)}") from None
+from encoderlens.io.checkpoint import Checkpoint, read_checkpoint
 
 
 class HookedModel(HookedRootModule):
-    """Base of every encoderlens model. Subclasses implement ``__init__(cfg, **extras)`` and forward."""
+    """Base of every encoderlens model. Subclasses implement ``__init__(cfg, **extras)`` and forward.
+
+    Subclasses set ``family`` to the converted config's ``family`` and are listed in
+    :data:`encoderlens.models.FAMILIES`.
+    """
 
     family: ClassVar[str] = ""
     cfg: Any
 
+    def make_cache(self, store: dict[str, Tensor], has_batch_dim: bool = True) -> ActivationCache:
+        """Wrap cached activations in an :class:`~encoderlens.cache.ActivationCache` (for ``run_with_cache``)."""
+        return ActivationCache(store, self, has_batch_dim=has_batch_dim)
+
     @classmethod
     def extras_from_checkpoint(cls, ckpt: Checkpoint) -> dict[str, Any]:
         """Objects besides weights a model needs (tokenizer, feature extractor...)."""
+        return {}
+
+    def weights_from_checkpoint(self, ckpt: Checkpoint) -> dict[str, Tensor]:
+        """Converted weights that live outside the HF state dict (a sentence head's Dense layers).
+
+        Called on the built model (so its final config decides), before :meth:`load_converted`.
+        """
         return {}
 
     @classmethod
@@ -76,23 +72,12 @@ class HookedModel(HookedRootModule):
         Example:
             >>> model = HookedEncoder.from_pretrained("default")  # packaged all-MiniLM-L6-v2
         """
-        if not isinstance(dtype, torch.dtype):
-            raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
-        ckpt = read_checkpoint(name_or_path, hf_model)
-        cfg, state_dict = find_converter(ckpt.config)(ckpt.config, ckpt.state_dict)
-        model_cls = model_class_for(cfg.family)
-        if cls is not HookedModel and not issubclass(model_cls, cls):
-            raise ValueError(
-                f"this checkpoint ({cfg.architecture}) is a {cfg.family} model, not a {cls.__name__}; "
-                f"load it with {model_cls.__name__}.from_pretrained or encoderlens.from_pretrained"
+        if not cls.family:
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained needs a model family class; use encoderlens.from_pretrained "
+                "(it picks the class from the checkpoint) or HookedEncoder / HookedAudioEncoder / HookedEncoderDecoder"
             )
-        kwargs = {**model_cls.extras_from_checkpoint(ckpt), **extras}
-        with torch.device("meta"):
-            model = model_cls(cfg, **kwargs)
-        model.load_converted(state_dict)
-        model.to(device=device, dtype=dtype)
-        model.eval()
-        return model
+        return load_pretrained(name_or_path, {cls.family: cls}, hf_model, device, dtype, **extras)
 
     def load_converted(self, state_dict: dict[str, Tensor]) -> None:
         """Load a converted state dict; every parameter must be provided with the right shape."""
@@ -124,3 +109,44 @@ class HookedModel(HookedRootModule):
             clear = getattr(module, "clear_weight_cache", None)
             if callable(clear):
                 clear()
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike[str] | None,
+    classes: dict[str, type[HookedModel]],
+    hf_model: Any = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    **extras: Any,
+) -> Any:
+    """Read, convert and build a checkpoint as the class of ``classes`` named by its family.
+
+    Args:
+        name_or_path: Hub name, local folder, or ``"default"`` / None for the embedded model.
+        classes: ``family -> model class`` (one entry when a family class was asked for).
+        hf_model: An already-loaded ``transformers`` model (its weights are converted).
+        device: Where to put the model.
+        dtype: Parameter dtype.
+        **extras: Override loaded extras, e.g. ``tokenizer=...``.
+
+    Raises:
+        ValueError: The checkpoint's family is not in ``classes``.
+    """
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    ckpt = read_checkpoint(name_or_path, hf_model)
+    cfg, state_dict = find_converter(ckpt.config)(ckpt.config, ckpt.state_dict)
+    model_cls = classes.get(cfg.family)
+    if model_cls is None:
+        asked = " or ".join(c.__name__ for c in classes.values())
+        raise ValueError(
+            f"this checkpoint ({cfg.architecture}) is a {cfg.family} model, not a {asked}; "
+            "load it with encoderlens.from_pretrained, which picks the model class from the checkpoint"
+        )
+    kwargs = {**model_cls.extras_from_checkpoint(ckpt), **extras}
+    with torch.device("meta"):
+        model = model_cls(cfg, **kwargs)
+    model.load_converted({**state_dict, **model.weights_from_checkpoint(ckpt)})
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    return model

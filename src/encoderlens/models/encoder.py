@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -20,18 +20,11 @@ from encoderlens.components.heads import ClassifierHead, MLMHead, NSPHead, Poole
 from encoderlens.components.norm import make_norm
 from encoderlens.components.stack import run_blocks
 from encoderlens.config import EncoderConfig, SentencePoolingConfig
-from encoderlens.convert.loading import Checkpoint, load_tokenizer
-from encoderlens.convert.sentence_pooling import read_sentence_transformer_spec
 from encoderlens.hooks import HookPoint
-from encoderlens.io.text import (
-    TextBatch,
-    as_token_tensor,
-    check_mask,
-    check_token_types,
-    check_tokens,
-    tokenize,
-)
-from encoderlens.models.base import HookedModel, StackWeightsMixin, register_family
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
+from encoderlens.io.sentence_transformers import read_sentence_transformer
+from encoderlens.io.text import TextBatch, as_token_tensor, text_batch
+from encoderlens.models.base import HookedModel, StackWeightsMixin
 
 EncoderReturnType = Literal[
     "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all"
@@ -105,7 +98,6 @@ def _split_pieces(tok: Any, tokens: list[str], marker: str | None) -> tuple[list
     return cont, [tok.convert_tokens_to_string([t]).strip() for t in tokens]
 
 
-@register_family("encoder")
 class HookedEncoder(StackWeightsMixin, HookedModel):
     """A bidirectional text encoder with a hook point on every activation.
 
@@ -133,6 +125,8 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         >>> emb, cache = model.run_with_cache("The cat sat.", return_type="embeddings")
         >>> cache["pattern", 0].shape  # (batch, head_index, query_pos, key_pos)
     """
+
+    family: ClassVar[str] = "encoder"
 
     cfg: EncoderConfig
 
@@ -184,17 +178,38 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         self.pooler = Pooler(d) if cfg.pooler else None
         self.nsp_head = NSPHead(d) if cfg.nsp_head else None
         self.classifier = ClassifierHead(d, cfg.classifier) if cfg.classifier is not None else None
-        self.sentence_pooler = SentencePooler(cfg.sentence_pooling) if cfg.sentence_pooling is not None else None
+        sp = cfg.sentence_pooling
+        self.sentence_pooler = SentencePooler(sp, d) if sp is not None else None
         self.setup()
 
     @classmethod
     def extras_from_checkpoint(cls, ckpt: Checkpoint) -> dict[str, Any]:
-        spec = read_sentence_transformer_spec(ckpt.path)
+        spec = read_sentence_transformer(ckpt.path)
         return {
             "tokenizer": load_tokenizer(ckpt.path, ckpt.config),
             "sentence_pooling": spec.pooling,
             "sentence_pooling_note": spec.note,
         }
+
+    def weights_from_checkpoint(self, ckpt: Checkpoint) -> dict[str, Tensor]:
+        """The sentence head's ``Dense`` weights, read from the checkpoint's sentence-transformers folder."""
+        sp = self.cfg.sentence_pooling
+        if sp is None or not sp.dense:
+            return {}
+        spec = read_sentence_transformer(ckpt.path)
+        if spec.pooling is None or spec.pooling.dense != sp.dense:
+            raise ValueError(
+                f"sentence_pooling declares Dense layers {sp.dense}, but the checkpoint folder "
+                f"{'declares ' + str(spec.pooling.dense) if spec.pooling is not None else 'has no usable modules.json'}; "
+                "Dense weights are read from the folder's own modules, so pass a sentence_pooling without dense layers "
+                "or load the folder as it is"
+            )
+        out: dict[str, Tensor] = {}
+        for i, (W, b) in enumerate(spec.dense_weights):
+            out[f"sentence_pooler.dense.{i}.W"] = W
+            if b is not None:
+                out[f"sentence_pooler.dense.{i}.b"] = b
+        return out
 
     # ------------------------------------------------------------------ shared layers
     def _tie_shared_blocks(self) -> None:
@@ -253,7 +268,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
     def class_labels(self) -> tuple[str, ...]:
         """Label names of the classification head, in logit order (HF ``config.id2label``)."""
         if self.classifier is None:
-            # ValueError, not AttributeError: nn.Module.__getattr__ would replace the message
+            # ValueError, like the other missing-head errors of this model (predict_labels, return_type)
             raise ValueError("this checkpoint has no classification head, hence no class labels")
         return self.classifier.cfg.labels
 
@@ -282,36 +297,26 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         one_zero_attention_mask: Any = None,
         token_type_ids: Any = None,
     ) -> TextBatch:
-        """Turn strings, sentence pairs or token ids into a validated :class:`TextBatch`.
+        """Turn strings, sentence pairs, tokenizer output or token ids into a validated :class:`TextBatch`.
 
         Strings are padded (right) and truncated to the position table with a warning. Pairs
-        ``(text_a, text_b)`` get segment ids. Token tensors are checked, never modified.
+        ``(text_a, text_b)`` get segment ids. A tokenizer's output (``BatchEncoding`` or a dict with
+        ``input_ids``) gives ids, mask and segment ids. Token tensors are checked, never modified.
+        Decided by :func:`encoderlens.io.text.text_batch`.
         """
+        batch = text_batch(
+            input,
+            one_zero_attention_mask,
+            token_type_ids,
+            tokenizer=self.tokenizer,
+            d_vocab=self.cfg.d_vocab,
+            max_positions=self.max_positions,
+            n_token_types=self.cfg.embed.n_token_types,
+            max_length=self._text_max_length(),
+            text_transform=self._prepare_text,
+        )
         device = self.embed.W_E.device
-        if isinstance(input, str) or (
-            isinstance(input, (list, tuple)) and input and isinstance(input[0], (str, tuple))
-        ):
-            if one_zero_attention_mask is not None:
-                raise ValueError(
-                    "one_zero_attention_mask is built from text automatically; pass it with token ids only"
-                )
-            batch = tokenize(self.tokenizer, self._prepare_text(input), max_length=self._text_max_length())
-            tt = batch.token_type_ids if token_type_ids is None else token_type_ids
-            if tt is not None and self.token_type_embed is None:
-                tt = None
-            batch = TextBatch(batch.tokens, batch.attention_mask, tt)
-        else:
-            tokens = as_token_tensor(input)
-            mask = (
-                torch.ones_like(tokens)
-                if one_zero_attention_mask is None
-                else check_mask(one_zero_attention_mask, tokens.shape)
-            )
-            batch = TextBatch(tokens, mask, token_type_ids)
-        check_tokens(batch.tokens, self.cfg.d_vocab, self.max_positions)
-        tt = batch.token_type_ids
-        if tt is not None:
-            tt = check_token_types(tt, batch.tokens.shape, self.cfg.embed.n_token_types).to(device)
+        tt = batch.token_type_ids.to(device) if batch.token_type_ids is not None else None
         return TextBatch(batch.tokens.to(device), batch.attention_mask.to(device), tt)
 
     def to_tokens(self, input: str | Sequence[str] | tuple[str, str]) -> Int[Tensor, "batch pos"]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -29,13 +29,13 @@ from torch import Tensor
 from encoderlens.cache import ActivationCache, StreamSpec, fold_norm_into_unembed
 from encoderlens.components.embed import Embed
 from encoderlens.components.heads import LMHead
-from encoderlens.components.stack import PropertyErrorsMixin, Stack
+from encoderlens.components.stack import Stack
 from encoderlens.config import EncoderDecoderConfig
-from encoderlens.convert.loading import Checkpoint, load_tokenizer
 from encoderlens.hooks import HookPoint, NameFilter, _name_matcher
-from encoderlens.io.text import TextBatch, as_token_tensor, check_mask, check_tokens, tokenize
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
+from encoderlens.io.text import TextBatch, as_token_tensor, check_mask, is_text, is_tokenizer_output, text_batch
 from encoderlens.models import generation
-from encoderlens.models.base import HookedModel, register_family
+from encoderlens.models.base import HookedModel
 
 ReturnType = Literal["auto", "logits", "encoder_output", "decoder_output", "all"]
 _RETURN_TYPES = ("auto", "logits", "encoder_output", "decoder_output", "all", None)
@@ -61,8 +61,7 @@ class EncoderDecoderOutput:
     decoder_attention_mask: Int[Tensor, "batch pos"] | None
 
 
-@register_family("encoder_decoder")
-class HookedEncoderDecoder(PropertyErrorsMixin, HookedModel):
+class HookedEncoderDecoder(HookedModel):
     """A sequence-to-sequence transformer with a hook point on every activation, both stacks.
 
     Submodules ``encoder`` and ``decoder`` (see the module docstring and ``docs/encoder_decoder.md``
@@ -83,6 +82,8 @@ class HookedEncoderDecoder(PropertyErrorsMixin, HookedModel):
           applied.
         - Text passed as ``decoder_input`` is treated as targets (see :meth:`decoder_input_from_targets`).
     """
+
+    family: ClassVar[str] = "encoder_decoder"
 
     cfg: EncoderDecoderConfig
 
@@ -156,29 +157,23 @@ class HookedEncoderDecoder(PropertyErrorsMixin, HookedModel):
     # ------------------------------------------------------------------ inputs
     def tokenize(self, input: Any, one_zero_attention_mask: Any = None) -> TextBatch:
         """Encoder input: strings (padded right, truncated to the position table with a warning),
-        token ids ``(pos,)`` / ``(batch, pos)`` with an optional mask, or a :class:`TextBatch`."""
+        token ids ``(pos,)`` / ``(batch, pos)`` with an optional mask, a tokenizer's output
+        (``BatchEncoding`` / dict with ``input_ids``) or a :class:`TextBatch`
+        (decided by :func:`encoderlens.io.text.text_batch`)."""
         return self._batch(input, one_zero_attention_mask, self.encoder, "input", "one_zero_attention_mask")
 
     def _batch(self, input: Any, mask: Any, stack: Stack, what: str, mask_name: str) -> TextBatch:
+        batch = text_batch(
+            input,
+            mask,
+            tokenizer=self.tokenizer,
+            d_vocab=self.cfg.d_vocab,
+            max_positions=stack.max_positions,
+            pairs=False,
+            what=what,
+            mask_name=mask_name,
+        )
         device = self.embed.W_E.device
-        if isinstance(input, TextBatch):
-            if mask is not None:
-                raise ValueError(f"{what} is a TextBatch, which carries its own mask; do not also pass {mask_name}")
-            batch = TextBatch(
-                as_token_tensor(input.tokens), check_mask(input.attention_mask, input.tokens.shape, mask_name), None
-            )
-        elif _is_text(input):
-            if mask is not None:
-                raise ValueError(f"{mask_name} is built from text automatically; pass it with token ids only")
-            batch = tokenize(self.tokenizer, _as_text_list(input), max_length=stack.max_positions)
-            batch = TextBatch(batch.tokens, batch.attention_mask, None)
-        else:
-            if input is None:
-                raise TypeError(f"{what} is None; pass a string, a list of strings or token ids")
-            tokens = as_token_tensor(input)
-            m = torch.ones_like(tokens) if mask is None else check_mask(mask, tokens.shape, mask_name)
-            batch = TextBatch(tokens, m, None)
-        check_tokens(batch.tokens, self.cfg.d_vocab, stack.max_positions)
         return TextBatch(batch.tokens.to(device), batch.attention_mask.to(device), None)
 
     def decoder_input_from_targets(self, targets: Any, attention_mask: Any = None) -> TextBatch:
@@ -202,7 +197,9 @@ class HookedEncoderDecoder(PropertyErrorsMixin, HookedModel):
         """
         self._decoder()
         pad = self.cfg.pad_token_id
-        if isinstance(targets, Tensor) or (not _is_text(targets) and not isinstance(targets, TextBatch)):
+        if isinstance(targets, Tensor) or not (
+            is_text(targets, pairs=False) or isinstance(targets, TextBatch) or is_tokenizer_output(targets)
+        ):
             tokens = as_token_tensor(targets).clone()
             ignored = tokens == -100
             if bool(ignored.any()):
@@ -242,7 +239,7 @@ class HookedEncoderDecoder(PropertyErrorsMixin, HookedModel):
                 "(start token + shift right); for free generation use model.generate(input); "
                 "for the encoder alone use return_type='encoder_output'"
             )
-        if _is_text(decoder_input):
+        if is_text(decoder_input, pairs=False):
             if decoder_attention_mask is not None:
                 raise ValueError("decoder_attention_mask is built from text automatically; pass it with token ids")
             return self.decoder_input_from_targets(decoder_input)
@@ -472,7 +469,7 @@ class HookedEncoderDecoder(PropertyErrorsMixin, HookedModel):
         return out
 
     def _format_generated(self, tokens: Tensor, input: Any, return_type: str) -> Any:
-        if return_type == "str" or (return_type == "input" and _is_text(input)):
+        if return_type == "str" or (return_type == "input" and is_text(input, pairs=False)):
             if self.tokenizer is None:
                 raise ValueError("return_type='str' needs a tokenizer; this model was loaded without one")
             texts = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in tokens]
@@ -541,12 +538,3 @@ class HookedEncoderDecoder(PropertyErrorsMixin, HookedModel):
             unembed=unembed,
             unembed_note=note,
         )
-
-
-def _is_text(x: Any) -> bool:
-    return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(s, str) for s in x))
-
-
-def _as_text_list(x: Any) -> str | list[str]:
-    # a tuple of strings is a batch here (there are no sentence pairs in seq2seq inputs)
-    return x if isinstance(x, str) else list(x)

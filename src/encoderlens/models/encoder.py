@@ -31,6 +31,7 @@ from encoderlens.io.text import (
     tokenize,
 )
 from encoderlens.models.base import HookedModel, StackWeightsMixin, register_family
+from encoderlens.models.contract import ExampleInput, Prepared, Readout, text_position_labels
 
 EncoderReturnType = Literal[
     "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all"
@@ -569,3 +570,57 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
     def _linear_unembed(self) -> tuple[Tensor, Tensor] | None:
         # the BERT MLM head is nonlinear (dense + act + LN): no linear unembedding exists
         return None
+
+    # ------------------------------------------------------------------ model contract
+    def _prepare_input(
+        self, input: Any, one_zero_attention_mask: Any = None, token_type_ids: Any = None, **options: Any
+    ) -> Prepared:
+        """Text, ``(a, b)`` pairs, or token ids (with ``one_zero_attention_mask`` / ``token_type_ids``)."""
+        if options:
+            raise TypeError(
+                f"unexpected options for a text encoder: {sorted(options)}; "
+                "accepted: one_zero_attention_mask, token_type_ids"
+            )
+        batch = self.tokenize(input, one_zero_attention_mask, token_type_ids)
+        kwargs: dict[str, Any] = {"one_zero_attention_mask": batch.attention_mask}
+        if batch.token_type_ids is not None:
+            kwargs["token_type_ids"] = batch.token_type_ids
+        return Prepared(
+            family=self.family,
+            args=(batch.tokens,),
+            kwargs=kwargs,
+            masks={None: batch.attention_mask},
+            labels={None: text_position_labels(self.tokenizer, batch.tokens, batch.attention_mask)},
+            token_ids={None: batch.tokens},
+            batch_size=int(batch.tokens.shape[0]),
+            alignment_hint=(
+                "Corrupt by swapping tokens for tokens of the same count (check model.to_str_tokens), "
+                "or pad both to one length."
+            ),
+        )
+
+    @property
+    def default_return_type(self) -> str:
+        """``"logits"`` (MLM) when the checkpoint has an MLM head, else ``"embeddings"`` (final residual)."""
+        return "logits" if self.mlm_head is not None else "embeddings"
+
+    def readout(self, stream: str | None = None) -> Readout | None:
+        """The MLM head (nonlinear: dense -> act -> LN -> unembed), else a token-classification head."""
+        self.stream_spec(stream)  # validates the stream name
+        if self.mlm_head is not None:
+            return Readout("mlm_head", "mlm", self.mlm_head, linear=False, return_type="logits")
+        if self.classifier is not None and self.classifier.cfg.task == "token":
+            return Readout(
+                "classifier",
+                "classifier",
+                self.classifier,
+                linear=self.classifier.W_hidden is None,
+                return_type="classification",
+                output_labels=tuple(self.classifier.cfg.labels),
+            )
+        return None
+
+    def example_input(self) -> ExampleInput:
+        if self.tokenizer is not None:
+            return ExampleInput("Hello world", {}, "the text 'Hello world'")
+        return ExampleInput(torch.tensor([[1, 2, 3, 4]]) % self.cfg.d_vocab, {}, "4 token ids")

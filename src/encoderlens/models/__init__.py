@@ -1,8 +1,9 @@
 """Model families. Importing this package registers each family with the loader."""
 
 from encoderlens.models.audio_encoder import AudioEncoderOutput, HookedAudioEncoder, Transcription
-from encoderlens.models.encoder import EncoderOutput, HookedEncoder, MaskPrediction
+from encoderlens.models.encoder import EncoderOutput, HookedEncoder
 from encoderlens.models.encoder_decoder import EncoderDecoderOutput, HookedEncoderDecoder
+from encoderlens.models.mask_fill import MaskPrediction
 
 __all__ = [
     "AudioEncoderOutput",

@@ -20,6 +20,12 @@ StreamName = str | None
 """A residual stream: None for single-stream models, ``"encoder"`` / ``"decoder"`` for encoder-decoders."""
 
 
+TOKEN_ALIGNMENT_HINT = (
+    "Corrupt by swapping tokens for tokens of the same count (check model.to_str_tokens), or pad both to one length."
+)
+"""The :attr:`Prepared.alignment_hint` of token inputs."""
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A model input frozen to tensors, with the mask and labels of every residual stream's positions.

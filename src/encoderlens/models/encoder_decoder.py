@@ -37,7 +37,13 @@ from encoderlens.convert.loading import Checkpoint, load_tokenizer
 from encoderlens.hooks import HookPoint, NameFilter, _name_matcher
 from encoderlens.io.text import TextBatch, as_token_tensor, check_mask, check_tokens, tokenize
 from encoderlens.models.base import HookedModel, StackWeights, StackWeightsMixin, register_family
-from encoderlens.models.contract import ExampleInput, Prepared, Readout, text_position_labels
+from encoderlens.models.contract import (
+    TOKEN_ALIGNMENT_HINT,
+    ExampleInput,
+    Prepared,
+    Readout,
+    text_position_labels,
+)
 
 ReturnType = Literal["auto", "logits", "encoder_output", "decoder_output", "all"]
 _RETURN_TYPES = ("auto", "logits", "encoder_output", "decoder_output", "all", None)
@@ -912,10 +918,7 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
             labels=labels,
             token_ids=ids,
             batch_size=int(enc.tokens.shape[0]),
-            alignment_hint=(
-                "Corrupt by swapping tokens for tokens of the same count (check model.to_str_tokens), "
-                "or pad both to one length."
-            ),
+            alignment_hint=TOKEN_ALIGNMENT_HINT,
         )
 
     @property

@@ -943,13 +943,14 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
         return "encoder"
 
     def example_input(self) -> ExampleInput:
+        text = self.tokenizer is not None
+        src: Any = "Hello world" if text else torch.tensor([[1, 2, 3, 4]]) % self.cfg.d_vocab
+        what = "the text 'Hello world'" if text else "4 token ids"
         if self.decoder is None:
-            return ExampleInput("Hello world", {}, "the text 'Hello world' (encoder only)")
+            return ExampleInput(src, {}, f"{what} (encoder only)")
         start = self.cfg.decoder_start_token_id
         start = 0 if start is None else int(start)
-        return ExampleInput(
-            "Hello world", {"decoder_input": torch.tensor([[start, start]])}, "'Hello world' -> 2 decoder tokens"
-        )
+        return ExampleInput(src, {"decoder_input": torch.tensor([[start, start]])}, f"{what} -> 2 decoder tokens")
 
 
 def _is_text(x: Any) -> bool:

@@ -1,11 +1,13 @@
 """Logit lens: read every layer's residual stream through the model's own output head.
 
 For each layer ``l`` the residual stream after it is sent through what the model applies to its last
-layer: the final norm (pre-LN stacks that have one) and then the head. No lens is trained ("tuned-free").
+layer: the final norm (pre-LN stacks that have one) and then the head the model declares for the stream
+(``model.readout(stream)``, part of the model contract). No lens is trained ("tuned-free").
 
 - Text encoders with an MLM head: ``mlm_head(final_norm(resid_l))``, the head's own dense -> act -> LN ->
   unembed. In post-LN encoders (BERT) every layer's output is already normalised, so this reads the
-  stream as the head would read a last layer.
+  stream as the head would read a last layer. Without an MLM head, a token-classification head (outputs
+  named by its labels).
 - Encoder-decoders (T5/BART decoders): the decoder's final norm, then ``lm_head`` (scale and bias included).
 - Speech encoders with a CTC head: the final norm (pre-LN) and ``ctc_head`` per frame; :func:`ctc_lens`
   greedy-decodes each layer into a transcript.

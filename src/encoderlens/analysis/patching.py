@@ -32,13 +32,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from encoderlens.analysis.families import (
-    StreamName,
-    check_stream,
-    layout,
-    prefix_of,
-    spec_of,
-)
 from encoderlens.analysis.patching_core import (
     Direction,
     HookList,
@@ -57,6 +50,9 @@ from encoderlens.analysis.patching_core import (
 )
 from encoderlens.analysis.results import Labelled
 from encoderlens.hooks import get_act_name
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import StreamName
+from encoderlens.names import hook_axes
 
 __all__ = [
     "Direction",
@@ -142,11 +138,9 @@ def log_prob(
     return metric
 
 
-# ---------------------------------------------------------------------- public patching functions
-
-
+# ---------------------------------------------------------------------- validation
 def patch_residual(
-    model: Any,
+    model: HookedModel,
     clean: Any,
     corrupt: Any,
     metric: Metric,
@@ -167,7 +161,7 @@ def patch_residual(
 
     Args:
         model: An encoderlens model.
-        clean, corrupt: Inputs (text, token ids, waveforms, or :class:`~encoderlens.analysis.families.Prepared`);
+        clean, corrupt: Inputs (text, token ids, waveforms, or :class:`~encoderlens.models.contract.Prepared`);
             ``corrupt=None`` with ``corrupt_hooks`` corrupts the clean input through hooks.
         metric: Model output -> scalar (or one value per item).
         hook: Which per-block activation: ``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"``,
@@ -225,14 +219,14 @@ def patch_residual(
         {"layer": [f"L{i}" for i in lays], "pos": [all_labels[p] for p in poss]},
         setup,
         normalize,
-        f"activation patching: {prefix_of(stream)}{hook} by layer and position",
+        f"activation patching: {model.stream_spec(stream).prefix}{hook} by layer and position",
         hook=hook,
         stream=stream,
     )
 
 
 def patch_heads(
-    model: Any,
+    model: HookedModel,
     clean: Any,
     corrupt: Any,
     metric: Metric,
@@ -276,9 +270,9 @@ def patch_heads(
         input_kwargs=input_kwargs,
     )
     n_heads = spec.n_heads
-    lay = layout(names[0])
+    lay = hook_axes(names[0])
     targets: list[Target] = []
-    pos_stream = "encoder" if attn == "cross_attn" and act in ("k", "v") else stream
+    pos_stream = model.cross_attention_source(stream) if attn == "cross_attn" and act in ("k", "v") else stream
     n_pos = int(setup.source_cache[names[0]].shape[lay["pos"]])
     for nm in names:
         for h in range(n_heads):
@@ -312,7 +306,7 @@ def patch_heads(
         labels,
         setup,
         normalize,
-        f"activation patching: {prefix_of(stream)}{attn} heads ({act})",
+        f"activation patching: {spec.prefix}{attn} heads ({act})",
         act=act,
         attn=attn,
         stream=stream,
@@ -320,7 +314,7 @@ def patch_heads(
 
 
 def patch_block_outputs(
-    model: Any,
+    model: HookedModel,
     clean: Any,
     corrupt: Any,
     metric: Metric,
@@ -345,12 +339,12 @@ def patch_block_outputs(
         return patch_residual(
             model, clean, corrupt, metric, hook=hooks[component], stream=stream, layers=layers, **kwargs
         )
-    stream = check_stream(model, stream)
-    spec = spec_of(model, stream)
+    stream = model.resolve_stream(stream)
+    spec = model.stream_spec(stream)
     if component == "cross_attn" and not spec.has_cross_attention:
         raise ValueError("component='cross_attn' needs the decoder stream of an encoder-decoder")
     lays = select_layers(spec.n_layers, layers)
-    names = [get_act_name(hooks[component], i, stream=stream) for i in lays]
+    names = [spec.prefix + get_act_name(hooks[component], i) for i in lays]
     normalize = kwargs.pop("normalize", True)
     chunk_size = kwargs.pop("chunk_size", 8)
     progress = kwargs.pop("progress", False)
@@ -374,18 +368,18 @@ def patch_block_outputs(
         {"layer": [f"L{i}" for i in lays]},
         setup,
         normalize,
-        f"activation patching: {prefix_of(stream)}{hooks[component]} by layer",
+        f"activation patching: {spec.prefix}{hooks[component]} by layer",
         component=component,
         stream=stream,
     )
 
 
-def patch_mlp(model: Any, clean: Any, corrupt: Any, metric: Metric, **kwargs: Any) -> Labelled:
+def patch_mlp(model: HookedModel, clean: Any, corrupt: Any, metric: Metric, **kwargs: Any) -> Labelled:
     """Patch each layer's MLP output (see :func:`patch_block_outputs`)."""
     return patch_block_outputs(model, clean, corrupt, metric, component="mlp", **kwargs)
 
 
-def patch_attn_layers(model: Any, clean: Any, corrupt: Any, metric: Metric, **kwargs: Any) -> Labelled:
+def patch_attn_layers(model: HookedModel, clean: Any, corrupt: Any, metric: Metric, **kwargs: Any) -> Labelled:
     """Patch each layer's attention output (see :func:`patch_block_outputs`)."""
     return patch_block_outputs(model, clean, corrupt, metric, component="attn", **kwargs)
 

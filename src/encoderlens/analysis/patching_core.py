@@ -18,16 +18,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from encoderlens.analysis.families import (
-    AUDIO,
-    Prepared,
-    StreamName,
-    check_stream,
-    prepare,
-    spec_of,
-)
 from encoderlens.analysis.results import Labelled
+from encoderlens.cache import StreamSpec
 from encoderlens.hooks import get_act_name
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import Prepared, StreamName
 
 Metric = Callable[[Any], Tensor | float]
 Direction = Literal["denoise", "noise"]
@@ -42,7 +37,6 @@ class Target:
     index: tuple[Any, ...] = ()
 
 
-# ---------------------------------------------------------------------- validation
 def _tensors(v: Any) -> list[Tensor]:
     """Tensors of an argument, looking inside dataclasses (TextBatch, AudioBatch)."""
     if isinstance(v, Tensor):
@@ -50,15 +44,6 @@ def _tensors(v: Any) -> list[Tensor]:
     if is_dataclass(v) and not isinstance(v, type):
         return [t for f in fields(v) for t in _tensors(getattr(v, f.name))]
     return []
-
-
-def _fix_hint(clean: Prepared) -> str:
-    if clean.family == AUDIO:
-        return "Give both recordings the same length (trim or pad the corrupted audio)."
-    return (
-        "Corrupt by swapping tokens for tokens of the same count (check model.to_str_tokens), "
-        "or pad both to one length."
-    )
 
 
 def check_compatible(clean: Prepared, corrupt: Prepared) -> None:
@@ -77,18 +62,18 @@ def check_compatible(clean: Prepared, corrupt: Prepared) -> None:
                 raise ValueError(
                     f"clean and corrupted inputs have different shapes {tuple(ta.shape)} vs {tuple(tb.shape)}; "
                     "patching compares position p of one with position p of the other, so both need the same "
-                    f"length. {_fix_hint(clean)}{_token_hint(clean, corrupt)}"
+                    f"length. {clean.alignment_hint}{_token_hint(clean, corrupt)}"
                 )
     for stream in clean.masks:
         a, b = clean.masks[stream], corrupt.masks.get(stream)
-        if a is None or b is None:
+        if b is None:
             continue
         if a.shape != b.shape or not torch.equal(a, b):
             bad = (a != b).any(-1).nonzero().flatten().tolist() if a.shape == b.shape else "all"
             where = "" if stream is None else f" in the {stream} stream"
             raise ValueError(
                 f"clean and corrupted inputs have different padding{where} (items {bad}); patching needs the "
-                f"same real positions in both. {_fix_hint(clean)}{_token_hint(clean, corrupt)}"
+                f"same real positions in both. {clean.alignment_hint}{_token_hint(clean, corrupt)}"
             )
 
 
@@ -153,7 +138,7 @@ def _patch_hook(slots: list[tuple[int, tuple[Any, ...]]], source: Tensor, batch:
 
 
 def run_patches(
-    model: Any,
+    model: HookedModel,
     base: Prepared,
     source_acts: dict[str, Tensor],
     targets: Sequence[Target],
@@ -171,7 +156,7 @@ def run_patches(
     ``source_acts``).
 
     Args:
-        model: Any encoderlens model.
+        model: An encoderlens model.
         base: The input run each time.
         source_acts: Hook name -> replacement activation of the base run's shape.
         targets: What to patch, one run each.
@@ -184,8 +169,6 @@ def run_patches(
     Returns:
         ``(n_targets,)`` or ``(n_targets, batch)`` metric values.
     """
-    from encoderlens.analysis.families import run
-
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     for t in targets:
@@ -203,7 +186,7 @@ def run_patches(
             for j, t in enumerate(chunk):
                 slots[t.hook].append((j, tuple(t.index)))
             hooks = [(name, _patch_hook(s, source_acts[name], b)) for name, s in slots.items()]
-            out = run(model, base.repeat(len(chunk)), return_type, fwd_hooks=[*wrapped_base, *hooks])
+            out = model.run_prepared(base.repeat(len(chunk)), return_type, fwd_hooks=[*wrapped_base, *hooks])
             if len(chunk) == 1:
                 results.append(_as_metric_tensor(metric(out), b))
             else:
@@ -256,7 +239,7 @@ class PatchSetup:
 
 
 def setup_runs(
-    model: Any,
+    model: HookedModel,
     clean: Any,
     corrupt: Any,
     metric: Metric,
@@ -268,12 +251,10 @@ def setup_runs(
     input_kwargs: dict[str, Any] | None = None,
 ) -> PatchSetup:
     """Prepare both inputs, check they line up, cache ``hook_names`` in both runs and compute baselines."""
-    from encoderlens.analysis.families import run_with_cache
-
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' (patch clean into corrupted) or 'noise', got {direction!r}")
     kw = dict(input_kwargs or {})
-    clean_p = prepare(model, clean, **kw)
+    clean_p = model.prepare_input(clean, **kw)
     if corrupt is None:
         if not corrupt_hooks:
             raise ValueError(
@@ -282,17 +263,20 @@ def setup_runs(
             )
         corrupt_p = clean_p
     else:
-        corrupt_p = prepare(model, corrupt, **kw)
+        corrupt_p = model.prepare_input(corrupt, **kw)
     check_compatible(clean_p, corrupt_p)
     names = list(dict.fromkeys(hook_names))
     for n in names:
         model.check_hook_name(n)
-    cached = lambda nm: nm in set(names) or nm.endswith("blocks.0.hook_resid_pre")  # noqa: E731
+    cached = set(names)
     with torch.no_grad():
-        clean_out, clean_cache = run_with_cache(model, clean_p, names_filter=cached, return_type=return_type)
+        clean_out, clean_cache = model.run_prepared_with_cache(
+            clean_p, names_filter=cached.__contains__, return_type=return_type
+        )
         with model.hooks(fwd_hooks=list(corrupt_hooks)):
-            corrupt_out, corrupt_cache = run_with_cache(model, corrupt_p, names_filter=cached, return_type=return_type)
-    check_compatible(clean_p, corrupt_p)  # masks resolved from activations now (audio)
+            corrupt_out, corrupt_cache = model.run_prepared_with_cache(
+                corrupt_p, names_filter=cached.__contains__, return_type=return_type
+            )
     b = clean_p.batch_size
     m_clean = _as_metric_tensor(metric(clean_out), b)
     m_corrupt = _as_metric_tensor(metric(corrupt_out), b)
@@ -362,30 +346,33 @@ def position_labels(setup: PatchSetup, stream: StreamName, n: int, item: int = 0
 _RESID_HOOKS = ("resid_pre", "resid_mid", "resid_mid_cross", "resid_post", "attn_out", "cross_attn_out", "mlp_out")
 
 
-def resid_targets(model: Any, stream: Any, hook: str, layers: Sequence[int] | None) -> tuple[Any, list[int], list[str]]:
+def resid_targets(
+    model: HookedModel, stream: StreamName, hook: str, layers: Sequence[int] | None
+) -> tuple[StreamName, list[int], list[str]]:
     """Validate a per-block residual target and return ``(stream, layers, hook names)``."""
     if hook not in _RESID_HOOKS:
         raise ValueError(f"hook must be one of {_RESID_HOOKS}, got {hook!r}")
-    stream = check_stream(model, stream)
-    lays = select_layers(spec_of(model, stream).n_layers, layers)
-    return stream, lays, [get_act_name(hook, i, stream=stream) for i in lays]
+    stream = model.resolve_stream(stream)
+    spec = model.stream_spec(stream)
+    lays = select_layers(spec.n_layers, layers)
+    return stream, lays, [spec.prefix + get_act_name(hook, i) for i in lays]
 
 
 def head_targets(
-    model: Any, stream: Any, attn: str, act: str, layers: Sequence[int] | None
-) -> tuple[Any, Any, list[int], list[str]]:
+    model: HookedModel, stream: StreamName, attn: str, act: str, layers: Sequence[int] | None
+) -> tuple[StreamName, StreamSpec, list[int], list[str]]:
     """Validate a per-head target and return ``(stream, spec, layers, hook names)``."""
     acts = ("z", "pattern", "q", "k", "v", "result")
     if act not in acts:
         raise ValueError(f"act must be one of {acts}, got {act!r}")
     if attn not in ("attn", "cross_attn"):
         raise ValueError(f"attn must be 'attn' or 'cross_attn', got {attn!r}")
-    stream = check_stream(model, stream)
-    spec = spec_of(model, stream)
+    stream = model.resolve_stream(stream)
+    spec = model.stream_spec(stream)
     if attn == "cross_attn" and not spec.has_cross_attention:
         raise ValueError("attn='cross_attn' needs a stream with cross-attention (the decoder of an encoder-decoder)")
     lays = select_layers(spec.n_layers, layers)
-    return stream, spec, lays, [get_act_name(act, i, attn, stream=stream) for i in lays]
+    return stream, spec, lays, [spec.prefix + get_act_name(act, i, attn) for i in lays]
 
 
 def select_layers(n_layers: int, layers: Sequence[int] | None) -> list[int]:

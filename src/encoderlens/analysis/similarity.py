@@ -39,12 +39,13 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from encoderlens.analysis.families import Prepared, family_of, prepare, run
 from encoderlens.analysis.patching import Target, run_patches
 from encoderlens.analysis.results import Labelled
 from encoderlens.components.heads import SentencePooler, dense_activation
 from encoderlens.config import POOLING_MODES, SentencePoolingConfig
 from encoderlens.io.sentence_transformers import read_sentence_transformer
+from encoderlens.models.contract import Prepared
+from encoderlens.models.encoder import HookedEncoder
 
 
 @dataclass(frozen=True)
@@ -145,10 +146,10 @@ class SentenceEncoder:
     """
 
     def __init__(
-        self, model: Any, pooling: Pooling, max_seq_length: int | None = None, do_lower_case: bool = False
+        self, model: HookedEncoder, pooling: Pooling, max_seq_length: int | None = None, do_lower_case: bool = False
     ) -> None:
-        if family_of(model) != "encoder":
-            raise TypeError(f"SentenceEncoder needs a text encoder, got a {family_of(model)} model")
+        if not isinstance(model, HookedEncoder):  # argument validation: it pools a text encoder's tokens
+            raise TypeError(f"SentenceEncoder needs a text encoder (HookedEncoder), got a {type(model).__name__}")
         if not isinstance(pooling, Pooling):
             raise TypeError(f"pooling must be a Pooling, got {type(pooling).__name__}")
         self.model = model
@@ -161,7 +162,6 @@ class SentenceEncoder:
         cls, name_or_path: str = "default", pooling: Pooling | None = None, **kwargs: Any
     ) -> SentenceEncoder:
         """Load the model and the pooling (and ``max_seq_length``) its folder declares."""
-        from encoderlens import HookedEncoder
         from encoderlens.io.checkpoint import resolve_path
 
         folder = resolve_path(name_or_path)
@@ -170,11 +170,11 @@ class SentenceEncoder:
 
     @classmethod
     def from_model(
-        cls, model: Any, folder: str | Path | None = None, pooling: Pooling | None = None
+        cls, model: HookedEncoder, folder: str | Path | None = None, pooling: Pooling | None = None
     ) -> SentenceEncoder:
         """Wrap an already-loaded model: ``pooling`` if given, else the model's own sentence pooling, else
         what its checkpoint ``folder`` declares (read by the same reader as the model's, Dense layers included)."""
-        own = getattr(model.cfg, "sentence_pooling", None)
+        own = model.cfg.sentence_pooling
         declared = read_sentence_transformer(Path(folder)).pooling if folder is not None else None
         if pooling is None and own is not None:
             if not own.dense:
@@ -214,7 +214,7 @@ class SentenceEncoder:
         kw: dict[str, Any] = {"one_zero_attention_mask": enc["attention_mask"]}
         if "token_type_ids" in enc and self.model.token_type_embed is not None:
             kw["token_type_ids"] = enc["token_type_ids"]
-        return prepare(self.model, enc["input_ids"], **kw)
+        return self.model.prepare_input(enc["input_ids"], **kw)
 
     def embed_resid(self, resid: Tensor, mask: Tensor) -> Tensor:
         """Sentence embeddings from a final residual stream ``(batch, pos, d)``."""
@@ -224,7 +224,7 @@ class SentenceEncoder:
         """Sentence embeddings ``(batch, d)`` as the checkpoint computes them."""
         p = texts if isinstance(texts, Prepared) else self.prepare(texts)
         with torch.no_grad():
-            resid = run(self.model, p, "embeddings")
+            resid = self.model.run_prepared(p, "embeddings")
         return self.pooling(resid, p.mask(None))
 
     def similarity(self, a: str, b: str) -> float:
@@ -303,7 +303,7 @@ def similarity_by_layer(encoder: SentenceEncoder, a: str, b: str) -> Labelled:
     n = model.cfg.n_layers
     names = {f"blocks.{i}.hook_resid_pre" for i in range(n)} | {f"blocks.{n - 1}.hook_resid_post"}
     with torch.no_grad():
-        _, cache = model.run_with_cache(*p.args, names_filter=lambda nm: nm in names, return_type=None, **p.kwargs)
+        _, cache = model.run_prepared_with_cache(p, names_filter=names.__contains__, return_type="embeddings")
     stream = [cache[f"blocks.{i}.hook_resid_pre"] for i in range(n)] + [cache[f"blocks.{n - 1}.hook_resid_post"]]
     mask = p.mask(None)
     pooled = [encoder.pooling.pool(x, mask) for x in stream]
@@ -323,7 +323,7 @@ def _token_occlusion(encoder: SentenceEncoder, p: Prepared, sim: float, mode: st
     tokens, mask = p.args[0], p.mask(None)
     tt = p.kwargs.get("token_type_ids")
     with torch.no_grad():
-        base = encoder.pooling(run(model, p, "embeddings"), mask)
+        base = encoder.pooling(model.run_prepared(p, "embeddings"), mask)
     out = []
     for item in (0, 1):
         idx, _ = _real_labels(p, item)
@@ -362,7 +362,7 @@ def _token_grad_x_input(encoder: SentenceEncoder, p: Prepared) -> tuple[Tensor, 
         return x
 
     with torch.enable_grad():
-        resid = run(model, p, "embeddings", fwd_hooks=[("hook_embed", keep)])
+        resid = model.run_prepared(p, "embeddings", fwd_hooks=[("hook_embed", keep)])
         sim = encoder.pair_metric(p)(resid)
         (g,) = torch.autograd.grad(sim, store["embed"])
     scores = (g * store["embed"].detach()).sum(-1).cpu()
@@ -377,7 +377,7 @@ def _token_pairs(encoder: SentenceEncoder, p: Prepared) -> Labelled | None:
     if not encoder.pooling.is_linear_mean:
         return None
     with torch.no_grad():
-        resid = run(encoder.model, p, "embeddings")
+        resid = encoder.model.run_prepared(p, "embeddings")
     ia, la = _real_labels(p, 0)
     ib, lb = _real_labels(p, 1)
     xa, xb = resid[0, ia], resid[1, ib]
@@ -447,9 +447,7 @@ def attribute_similarity(
     head_names = [f"blocks.{i}.attn.hook_z" for i in range(n_layers)] if heads else []
     wanted = set(layer_names) | set(head_names)
     with torch.no_grad():
-        resid, cache = model.run_with_cache(
-            *p.args, names_filter=lambda n: n in wanted, return_type="embeddings", **p.kwargs
-        )
+        resid, cache = model.run_prepared_with_cache(p, names_filter=wanted.__contains__, return_type="embeddings")
     sim = float(metric(resid))
     cache_d = dict(cache.items())
     mask = p.mask(None)
@@ -481,7 +479,7 @@ def attribute_similarity(
             return x
 
         with torch.enable_grad():
-            out = run(model, p, "embeddings", fwd_hooks=[(n, keep) for n in layer_names + head_names])
+            out = model.run_prepared(p, "embeddings", fwd_hooks=[(n, keep) for n in layer_names + head_names])
             value = metric(out)
             grads = dict(zip(acts, torch.autograd.grad(value, list(acts.values()), allow_unused=True)))
         src = _ablation_sources(cache_d, layer_names + head_names, mask, ablation)

@@ -25,7 +25,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from encoderlens.analysis.families import AUDIO, family_of, prefix_of, prepare, run_with_cache, spec_of, streams_of
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import StreamName
 
 
 @dataclass
@@ -127,7 +128,7 @@ def render_attention_html(
 
 
 def attention_html(
-    model: Any,
+    model: HookedModel,
     input: Any,
     path: str | Path | None = None,
     *,
@@ -141,10 +142,10 @@ def attention_html(
 
     Text encoders get one self-attention view; encoder-decoders get encoder self-, decoder self- and
     cross-attention; speech encoders a self-attention view on a time axis (``frame_seconds`` per frame,
-    from the model's ``frame_times`` when it has one, else the 20 ms hop of wav2vec2 / HuBERT).
+    from the times of the prepared input's frames).
 
     Args:
-        model: Any encoderlens model.
+        model: An encoderlens model.
         input: Text or a batch of texts (each becomes an item), token ids, waveforms, or a prepared input.
         path: Write the page here too.
         layers: Layers to include (all by default).
@@ -155,36 +156,38 @@ def attention_html(
     Returns:
         The HTML document.
     """
-    fam = family_of(model)
-    prepared = prepare(model, input, **input_kwargs)
-    views_wanted: list[tuple[str, str, Any, str, Any]] = []  # key, label, stream, attn, key stream
-    for stream in streams_of(model):
-        spec = spec_of(model, stream)
+    prepared = model.prepare_input(input, **input_kwargs)
+    # key, label, stream, attn, key stream
+    views_wanted: list[tuple[str, str, StreamName, str, StreamName]] = []
+    for stream in model.streams:
+        spec = model.stream_spec(stream)
         name = "self" if stream is None else stream
         lab = "self-attention" if stream is None else f"{stream} self-attention"
         views_wanted.append((name, lab, stream, "attn", stream))
         if spec.has_cross_attention:
-            views_wanted.append(("cross", "cross-attention (decoder -> encoder)", stream, "cross_attn", "encoder"))
+            source = model.cross_attention_source(stream)
+            views_wanted.append(("cross", f"cross-attention ({stream} -> {source})", stream, "cross_attn", source))
     hook_names: list[str] = []
     layer_sel: dict[str, list[int]] = {}
     for key, _, stream, attn, _ in views_wanted:
-        n = spec_of(model, stream).n_layers
+        spec = model.stream_spec(stream)
+        n = spec.n_layers
         sel = list(range(n)) if layers is None else [li % n for li in layers if -n <= li < n]
         if not sel:
             raise ValueError(f"layers={list(layers or [])} selects nothing from {n} layers")
         layer_sel[key] = sel
-        hook_names += [f"{prefix_of(stream)}blocks.{i}.{attn}.hook_pattern" for i in sel]
+        hook_names += [f"{spec.prefix}blocks.{i}.{attn}.hook_pattern" for i in sel]
     wanted = set(hook_names)
     with torch.no_grad():
-        _, cache = run_with_cache(
-            model, prepared, names_filter=lambda n: n in wanted or n.endswith("blocks.0.hook_resid_pre")
-        )
+        _, cache = model.run_prepared_with_cache(prepared, names_filter=wanted.__contains__)
     views = []
     for key, label, stream, attn, kstream in views_wanted:
-        pats = torch.stack([cache[f"{prefix_of(stream)}blocks.{i}.{attn}.hook_pattern"] for i in layer_sel[key]])
+        prefix = model.stream_spec(stream).prefix
+        pats = torch.stack([cache[f"{prefix}blocks.{i}.{attn}.hook_pattern"] for i in layer_sel[key]])
         qm, km = prepared.mask(stream), prepared.mask(kstream)
-        axis = "time" if fam == AUDIO else "tokens"
-        fs = frame_seconds if frame_seconds is not None else (_frame_seconds(model) if axis == "time" else None)
+        hop = prepared.seconds_per_position(stream)
+        axis = "time" if stream in prepared.times else "tokens"
+        fs = frame_seconds if frame_seconds is not None else hop
         views.append(
             AttentionView(
                 key,
@@ -200,7 +203,7 @@ def attention_html(
         )
     items = []
     for i in range(prepared.batch_size):
-        labs = prepared.labels.get(streams_of(model)[0])
+        labs = prepared.labels.get(model.streams[0])
         if labs is not None:
             words = [t for t in labs[i] if t != "<pad>"]
             text = " ".join(words)
@@ -210,20 +213,13 @@ def attention_html(
     doc = render_attention_html(
         views,
         items,
-        title or f"attention: {getattr(model.cfg, 'architecture', type(model).__name__)}",
+        title or f"attention: {model.architecture}",
         {k: [f"L{i}" for i in v] for k, v in layer_sel.items()},
         max_bytes,
     )
     if path is not None:
         Path(path).write_text(doc, encoding="utf-8")
     return doc
-
-
-def _frame_seconds(model: Any) -> float:
-    hop, rate = getattr(model, "hop_length", None), getattr(model, "sampling_rate", None)
-    if isinstance(hop, int) and isinstance(rate, int) and rate > 0:
-        return hop / rate
-    return 0.02  # the 20 ms hop of wav2vec2 / HuBERT at 16 kHz
 
 
 _CSS = """

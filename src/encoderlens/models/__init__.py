@@ -9,8 +9,9 @@ import torch
 
 from encoderlens.models.audio_encoder import AudioEncoderOutput, HookedAudioEncoder, Transcription
 from encoderlens.models.base import HookedModel, load_pretrained
-from encoderlens.models.encoder import EncoderOutput, HookedEncoder, MaskPrediction
+from encoderlens.models.encoder import EncoderOutput, HookedEncoder
 from encoderlens.models.encoder_decoder import EncoderDecoderOutput, HookedEncoderDecoder
+from encoderlens.models.mask_fill import MaskPrediction
 
 #: ``family -> model class``: the converted config's ``family`` picks the class. A new family is one
 #: more entry here.

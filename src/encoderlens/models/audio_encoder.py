@@ -26,6 +26,7 @@ from encoderlens.hooks import HookPoint
 from encoderlens.io.audio import AudioBatch, AudioInput, AudioOptions, AudioPreprocessing, prepare_audio
 from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.models.base import HookedModel, StackWeightsMixin
+from encoderlens.models.contract import ExampleInput, Prepared, Readout, frame_position_labels
 
 AudioReturnType = Literal["auto", "logits", "hidden", "all", "pretraining"]
 _RETURN_TYPES = ("auto", "logits", "hidden", "all", "pretraining", None)
@@ -492,3 +493,51 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
             ),
             unembed_note="" if self.ctc_head is not None else "this checkpoint has no CTC head",
         )
+
+    # ------------------------------------------------------------------ model contract
+    def _prepare_input(self, input: AudioInput | AudioBatch, **audio_options: Any) -> Prepared:
+        """Waveforms, files, lists of unequal lengths or an :class:`AudioBatch`; options as :meth:`prepare`.
+
+        Positions are frames: real frames come from :meth:`frame_mask`, labels are their start times.
+        """
+        if isinstance(input, AudioBatch):
+            if audio_options:
+                raise ValueError(
+                    f"an AudioBatch is already prepared; do not also pass audio options {sorted(audio_options)}"
+                )
+            batch = input
+        else:
+            batch = self.prepare(input, **audio_options)
+        n_frames = int(self.num_frames(int(batch.input_values.shape[1])))
+        mask = self.frame_mask(batch.lengths, n_frames).long()
+        # the hop tiling of frame_times(n_frames, span="hop"), kept in float64 so the hop stays exact
+        start = torch.arange(n_frames, dtype=torch.float64) * self.hop_length
+        times = torch.stack([start, start + self.hop_length], dim=-1) / self.sampling_rate
+        return Prepared(
+            family=self.family,
+            args=(batch,),
+            kwargs={},
+            masks={None: mask},
+            labels={None: frame_position_labels(times, mask)},
+            times={None: times},
+            batch_size=int(batch.input_values.shape[0]),
+            alignment_hint="Give both recordings the same length (trim or pad the corrupted audio).",
+        )
+
+    @property
+    def default_return_type(self) -> str:
+        """``"logits"`` (CTC) when the checkpoint has a CTC head, else ``"hidden"`` (final residual)."""
+        return "logits" if self.ctc_head is not None else "hidden"
+
+    def readout(self, stream: str | None = None) -> Readout | None:
+        """The CTC head (linear), read after the final norm where there is one."""
+        self.stream_spec(stream)  # validates the stream name
+        if self.ctc_head is None:
+            return None
+        blank = self.cfg.ctc_head.blank_id if self.cfg.ctc_head is not None else None
+        return Readout("ctc_head", "ctc", self.ctc_head, linear=True, return_type="logits", blank_id=blank)
+
+    def example_input(self) -> ExampleInput:
+        rate = int(self.sampling_rate)
+        g = torch.Generator().manual_seed(0)
+        return ExampleInput(torch.randn(1, rate, generator=g) * 0.1, {}, f"1 s of noise at {rate} Hz")

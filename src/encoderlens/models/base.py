@@ -1,4 +1,4 @@
-"""Shared model machinery: checkpoint loading through the converter registry.
+"""Shared model machinery: the model contract and checkpoint loading through the converter registry.
 
 Each family class names its ``family`` (the converted config's ``family``); the table of family
 classes is :data:`encoderlens.models.FAMILIES`, which imports them explicitly. ``StackWeights`` /
@@ -9,28 +9,143 @@ and are re-exported here.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from encoderlens.cache import ActivationCache
+from encoderlens.cache import ActivationCache, StreamSpec
 from encoderlens.components.stack_weights import StackWeights as StackWeights
 from encoderlens.components.stack_weights import StackWeightsMixin as StackWeightsMixin
 from encoderlens.convert import find_converter
-from encoderlens.hooks import HookedRootModule
+from encoderlens.hooks import HookedRootModule, NameFilter
 from encoderlens.io.checkpoint import Checkpoint, read_checkpoint
+from encoderlens.models.contract import ExampleInput, Prepared, Readout, StreamName
 
 
 class HookedModel(HookedRootModule):
-    """Base of every encoderlens model. Subclasses implement ``__init__(cfg, **extras)`` and forward.
+    """Base of every encoderlens model, and the model contract the analysis toolkit, harvest, views and the
+    CLI use (and nothing else).
 
-    Subclasses set ``family`` to the converted config's ``family`` and are listed in
-    :data:`encoderlens.models.FAMILIES`.
+    A family implements ``__init__(cfg, **extras)``, ``forward``, and the contract:
+
+    - :meth:`_prepare_input`: any accepted input -> :class:`~encoderlens.models.contract.Prepared` (the
+      forward's arguments, a mask and labels for every stream's positions, token ids, times);
+    - :attr:`default_return_type`: the forward ``return_type`` of the family's primary output;
+    - :meth:`readout`: the head that reads a stream into logits (:class:`~encoderlens.models.contract.Readout`);
+    - :attr:`streams` and :meth:`stream_spec`: its residual streams;
+    - :meth:`example_input`: a small valid input.
+
+    Running (:meth:`run_prepared`, :meth:`run_prepared_with_cache`), :meth:`prepare_input` (a prepared
+    input passes through) and :meth:`resolve_stream` are written once, here. Subclasses set ``family`` to
+    the converted config's ``family`` and are listed in :data:`encoderlens.models.FAMILIES`.
     """
 
     family: ClassVar[str] = ""
     cfg: Any
+    tokenizer: Any = None
+    streams: tuple[StreamName, ...] = (None,)
+    """Residual streams: ``(None,)`` for single-stream models, ``("encoder", "decoder")``..."""
+
+    # ------------------------------------------------------------------ the model contract
+    def prepare_input(self, input: Any, **options: Any) -> Prepared:
+        """Turn any input this model accepts into a :class:`Prepared` batch (one passes through unchanged).
+
+        Options are the family's (``one_zero_attention_mask``, ``token_type_ids``, ``decoder_input``,
+        ``sampling_rate``...; see each family's ``_prepare_input``).
+
+        Example:
+            >>> batch = model.prepare_input(["The cat sat.", "A dog."])
+            >>> batch.mask(None), batch.position_labels(None, item=1)
+        """
+        if isinstance(input, Prepared):
+            if options:
+                raise ValueError(
+                    f"got an already prepared input and extra options {sorted(options)}; pass one or the other"
+                )
+            if input.family != self.family:
+                raise ValueError(
+                    f"this input was prepared by a {input.family!r} model, and this is a {self.family!r} model; "
+                    "prepare it with this model's prepare_input"
+                )
+            return input
+        return self._prepare_input(input, **options)
+
+    def _prepare_input(self, input: Any, **options: Any) -> Prepared:
+        """The family's input handling behind :meth:`prepare_input` (never given a :class:`Prepared`)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement _prepare_input(input, **options) -> Prepared, which the "
+            "model contract requires (see docs/architecture.md, 'Adding a family')"
+        )
+
+    @property
+    def default_return_type(self) -> str:
+        """The forward ``return_type`` giving the family's primary output as a tensor (from its heads)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not declare default_return_type, which the model contract requires"
+        )
+
+    def readout(self, stream: StreamName = None) -> Readout | None:
+        """The head reading ``stream``'s final state into logits, or None where the stream has none."""
+        return None
+
+    def stream_spec(self, stream: StreamName = None) -> StreamSpec:
+        """How residual stream ``stream`` is built (prefix, blocks, norms, embeddings, unembedding)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement stream_spec(stream), which the model contract requires"
+        )
+
+    def cross_attention_source(self, stream: StreamName) -> StreamName:
+        """The stream whose positions ``stream``'s cross-attention attends to (its keys and values)."""
+        raise ValueError(f"stream {stream!r} of this {self.architecture} model has no cross-attention")
+
+    def example_input(self) -> ExampleInput:
+        """A small valid input: ``model.prepare_input(ex.input, **ex.options)`` works on it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement example_input(), which the model contract requires"
+        )
+
+    @property
+    def architecture(self) -> str:
+        """The checkpoint's architecture name (``"BertForMaskedLM"``...), or the class name."""
+        return str(getattr(self.cfg, "architecture", None) or type(self).__name__)
+
+    def resolve_stream(self, stream: StreamName) -> StreamName:
+        """Validate a stream name; None means the only stream, or the last (the decoder of an encoder-decoder)."""
+        if stream is None:
+            return self.streams[-1]
+        if stream not in self.streams:
+            raise ValueError(f"unknown stream {stream!r}; this model's streams are {self.streams} (None: the default)")
+        return stream
+
+    def run_prepared(
+        self,
+        batch: Prepared,
+        return_type: str | None = None,
+        fwd_hooks: Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]] = (),
+        bwd_hooks: Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]] = (),
+    ) -> Any:
+        """Run a prepared batch with temporary hooks (``return_type`` None: :attr:`default_return_type`)."""
+        rt = self.default_return_type if return_type is None else return_type
+        return self.run_with_hooks(
+            *batch.args, fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks, return_type=rt, **batch.kwargs
+        )
+
+    def run_prepared_with_cache(
+        self, batch: Prepared, names_filter: NameFilter = None, return_type: str | None = None, **cache_options: Any
+    ) -> tuple[Any, Any]:
+        """``run_with_cache`` on a prepared batch: ``(output, ActivationCache)``.
+
+        ``cache_options`` go to :meth:`~encoderlens.hooks.HookedRootModule.run_with_cache` (``device``,
+        ``incl_bwd``...).
+        """
+        rt = self.default_return_type if return_type is None else return_type
+        return self.run_with_cache(
+            *batch.args, names_filter=names_filter, return_type=rt, **batch.kwargs, **cache_options
+        )
+
+    # ------------------------------------------------------------------ loading
 
     def make_cache(self, store: dict[str, Tensor], has_batch_dim: bool = True) -> ActivationCache:
         """Wrap cached activations in an :class:`~encoderlens.cache.ActivationCache` (for ``run_with_cache``)."""

@@ -23,8 +23,20 @@ from encoderlens.config import EncoderConfig, SentencePoolingConfig
 from encoderlens.hooks import HookPoint
 from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.io.sentence_transformers import read_sentence_transformer
-from encoderlens.io.text import TextBatch, as_token_tensor, text_batch
+from encoderlens.io.text import (
+    TextBatch,
+    as_token_tensor,
+    text_batch,
+)
 from encoderlens.models.base import HookedModel, StackWeightsMixin
+from encoderlens.models.contract import (
+    TOKEN_ALIGNMENT_HINT,
+    ExampleInput,
+    Prepared,
+    Readout,
+    text_position_labels,
+)
+from encoderlens.models.mask_fill import mask_predictions
 
 EncoderReturnType = Literal[
     "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all"
@@ -32,31 +44,6 @@ EncoderReturnType = Literal[
 _RETURN_TYPES = (
     "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all", None
 )  # fmt: skip
-
-
-@dataclass
-class MaskPrediction:
-    """Top-k predictions for one ``[MASK]`` position.
-
-    Attributes:
-        position: Token position of the mask.
-        token_ids: Predicted ids, most likely first.
-        tokens: Predicted tokens as the tokenizer spells them (``"##ing"`` marks a WordPiece continuation;
-            ``"Ġcat"`` / ``"▁cat"`` mark a word start in byte-level BPE / SentencePiece vocabularies).
-        words: Tokens as text, with those markers removed.
-        is_continuation: Whether each token continues the previous word (``##`` pieces, or pieces without
-            the word-start marker).
-        probs: Probabilities.
-        sequence: The input text with this mask filled by the top prediction (word pieces merged).
-    """
-
-    position: int
-    token_ids: list[int]
-    tokens: list[str]
-    words: list[str]
-    is_continuation: list[bool]
-    probs: list[float]
-    sequence: str
 
 
 @dataclass
@@ -74,28 +61,6 @@ class EncoderOutput:
     attention_mask: Int[Tensor, "batch pos"]
     classifier_logits: Tensor | None = None
     sentence_embedding: Float[Tensor, "batch d_sentence"] | None = None
-
-
-def _word_start_marker(tok: Any) -> str | None:
-    """``"Ġ"`` (byte-level BPE: RoBERTa) or ``"▁"`` (SentencePiece: XLM-R, ALBERT) if the tokenizer marks
-    word starts; None for WordPiece (BERT), which marks continuations with ``##`` instead."""
-    try:
-        pieces = tok.tokenize("a b")
-    except Exception:  # a tokenizer without tokenize(): fall back to WordPiece conventions
-        return None
-    for m in ("Ġ", "▁"):
-        if any(p.startswith(m) for p in pieces):
-            return m
-    return None
-
-
-def _split_pieces(tok: Any, tokens: list[str], marker: str | None) -> tuple[list[bool], list[str]]:
-    """Whether each token continues the previous word, and each token as plain text."""
-    if marker is None:
-        cont = [t.startswith("##") for t in tokens]
-        return cont, [t[2:] if c else t for t, c in zip(tokens, cont)]
-    cont = [not t.startswith(marker) for t in tokens]
-    return cont, [tok.convert_tokens_to_string([t]).strip() for t in tokens]
 
 
 class HookedEncoder(StackWeightsMixin, HookedModel):
@@ -468,7 +433,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         logits = self.mlm_head(resid)
         if return_type == "logits":
             return logits
-        preds = self._predictions(batch, logits, top_k)
+        preds = mask_predictions(self.tokenizer, batch, logits, top_k)
         return preds[0] if isinstance(input, str) or (isinstance(input, Tensor) and input.ndim == 1) else preds
 
     def _classify(self, resid: Float[Tensor, "batch pos d_model"], pooled: Tensor | None = None) -> Tensor:
@@ -510,35 +475,6 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             return [name(row) for row in logits]
         return [[name(v) for v in row[m.bool()]] for row, m in zip(logits, batch.attention_mask)]
 
-    def _predictions(self, batch: TextBatch, logits: Tensor, top_k: int) -> list[list[MaskPrediction]]:
-        tok = self.tokenizer
-        if tok is None or tok.mask_token_id is None:
-            raise ValueError("return_type='predictions' needs a tokenizer with a mask token")
-        if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-        is_mask = batch.tokens == tok.mask_token_id
-        if not bool(is_mask.any()):
-            raise ValueError(
-                f"no {tok.mask_token} token in the input; put {tok.mask_token} where a prediction is wanted"
-            )
-        probs = logits.float().softmax(-1)
-        marker = _word_start_marker(tok)
-        out: list[list[MaskPrediction]] = []
-        for b in range(batch.tokens.shape[0]):
-            row = batch.tokens[b][batch.attention_mask[b].bool()]
-            preds = []
-            for pos in is_mask[b].nonzero().flatten().tolist():
-                p, ids = probs[b, pos].topk(top_k)
-                id_list = ids.tolist()
-                tokens = tok.convert_ids_to_tokens(id_list)
-                cont, words = _split_pieces(tok, tokens, marker)
-                filled = row.clone()
-                filled[pos] = id_list[0]
-                seq = tok.decode(filled.tolist(), skip_special_tokens=True)
-                preds.append(MaskPrediction(pos, id_list, tokens, words, cont, p.tolist(), seq))
-            out.append(preds)
-        return out
-
     # ------------------------------------------------------------------ cache support
     def stream_spec(self, stream: str | None = None) -> StreamSpec:
         if stream not in (None, "encoder"):
@@ -578,3 +514,46 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
     def _linear_unembed(self) -> tuple[Tensor, Tensor] | None:
         # the BERT MLM head is nonlinear (dense + act + LN): no linear unembedding exists
         return None
+
+    # ------------------------------------------------------------------ model contract
+    def _prepare_input(
+        self, input: Any, one_zero_attention_mask: Any = None, token_type_ids: Any = None, **options: Any
+    ) -> Prepared:
+        """Text, ``(a, b)`` pairs, or token ids (with ``one_zero_attention_mask`` / ``token_type_ids``)."""
+        if options:
+            raise TypeError(f"unexpected options {sorted(options)}; accepted: one_zero_attention_mask, token_type_ids")
+        batch = self.tokenize(input, one_zero_attention_mask, token_type_ids)
+        kwargs: dict[str, Any] = {"one_zero_attention_mask": batch.attention_mask}
+        if batch.token_type_ids is not None:
+            kwargs["token_type_ids"] = batch.token_type_ids
+        return Prepared(
+            family=self.family,
+            args=(batch.tokens,),
+            kwargs=kwargs,
+            masks={None: batch.attention_mask},
+            labels={None: text_position_labels(self.tokenizer, batch.tokens, batch.attention_mask)},
+            token_ids={None: batch.tokens},
+            batch_size=int(batch.tokens.shape[0]),
+            alignment_hint=TOKEN_ALIGNMENT_HINT,
+        )
+
+    @property
+    def default_return_type(self) -> str:
+        """``"logits"`` (MLM) when the checkpoint has an MLM head, else ``"embeddings"`` (final residual)."""
+        return "logits" if self.mlm_head is not None else "embeddings"
+
+    def readout(self, stream: str | None = None) -> Readout | None:
+        """The MLM head (nonlinear: dense -> act -> LN -> unembed), else a token-classification head."""
+        self.stream_spec(stream)  # validates the stream name
+        if self.mlm_head is not None:
+            return Readout("mlm_head", "mlm", self.mlm_head, linear=False, return_type="logits")
+        head = self.classifier
+        if head is None or head.cfg.task != "token":
+            return None
+        linear = head.W_hidden is None
+        return Readout("classifier", "classifier", head, linear, "classification", output_labels=head.cfg.labels)
+
+    def example_input(self) -> ExampleInput:
+        if self.tokenizer is not None:
+            return ExampleInput("Hello world", {}, "the text 'Hello world'")
+        return ExampleInput(torch.tensor([[1, 2, 3, 4]]) % self.cfg.d_vocab, {}, "4 token ids")

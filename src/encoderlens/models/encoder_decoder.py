@@ -36,6 +36,13 @@ from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.io.text import TextBatch, as_token_tensor, check_mask, is_text, is_tokenizer_output, text_batch
 from encoderlens.models import generation
 from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import (
+    TOKEN_ALIGNMENT_HINT,
+    ExampleInput,
+    Prepared,
+    Readout,
+    text_position_labels,
+)
 
 ReturnType = Literal["auto", "logits", "encoder_output", "decoder_output", "all"]
 _RETURN_TYPES = ("auto", "logits", "encoder_output", "decoder_output", "all", None)
@@ -538,3 +545,108 @@ class HookedEncoderDecoder(HookedModel):
             unembed=unembed,
             unembed_note=note,
         )
+
+    # ------------------------------------------------------------------ model contract
+    def _prepare_input(
+        self,
+        input: Any,
+        decoder_input: Any = None,
+        one_zero_attention_mask: Any = None,
+        decoder_attention_mask: Any = None,
+        **options: Any,
+    ) -> Prepared:
+        """Encoder text or ids, and ``decoder_input``: target text (start token + shift right), a
+        :class:`TextBatch`, or decoder ids (+ ``decoder_attention_mask``) used as given."""
+        if options:
+            raise TypeError(
+                f"unexpected options for an encoder-decoder: {sorted(options)}; accepted: decoder_input, "
+                "one_zero_attention_mask, decoder_attention_mask"
+            )
+        enc = self.tokenize(input, one_zero_attention_mask)
+        masks: dict[str | None, Tensor] = {"encoder": enc.attention_mask}
+        labels: dict[str | None, list[list[str]] | None] = {
+            "encoder": text_position_labels(self.tokenizer, enc.tokens, enc.attention_mask)
+        }
+        ids: dict[str | None, Tensor] = {"encoder": enc.tokens}
+        kwargs: dict[str, Any] = {"one_zero_attention_mask": enc.attention_mask}
+        if self.decoder is not None:
+            if decoder_input is None:
+                raise ValueError(
+                    "an encoder-decoder needs decoder_input= (target text, or decoder token ids starting with the "
+                    "start token) to run the decoder; e.g. prepare(model, 'translate English to German: Hello', "
+                    "decoder_input='Hallo')"
+                )
+            dec = self._decoder_batch(decoder_input, decoder_attention_mask)
+            if dec.tokens.shape[0] != enc.tokens.shape[0]:
+                raise ValueError(
+                    f"encoder batch has {enc.tokens.shape[0]} items but decoder_input has {dec.tokens.shape[0]}; "
+                    "pass one decoder input per encoder input"
+                )
+            dec_mask = dec.attention_mask.long()
+            kwargs["decoder_input"] = TextBatch(dec.tokens, dec_mask, None)
+            masks["decoder"] = dec_mask
+            labels["decoder"] = text_position_labels(self.tokenizer, dec.tokens, dec_mask)
+            ids["decoder"] = dec.tokens
+        elif decoder_input is not None:
+            raise ValueError("this checkpoint is encoder-only; do not pass decoder_input")
+        return Prepared(
+            family=self.family,
+            args=(enc.tokens,),
+            kwargs=kwargs,
+            masks=masks,
+            labels=labels,
+            token_ids=ids,
+            batch_size=int(enc.tokens.shape[0]),
+            alignment_hint=TOKEN_ALIGNMENT_HINT,
+        )
+
+    @property
+    def default_return_type(self) -> str:
+        """``"logits"`` with an LM head, else the output of the last stack (``"decoder_output"`` /
+        ``"encoder_output"`` for encoder-only checkpoints)."""
+        if self.decoder is None:
+            return "encoder_output"
+        return "logits" if self.lm_head is not None else "decoder_output"
+
+    def readout(self, stream: str | None = None) -> Readout | None:
+        """The LM head (linear, scale and bias included) on the decoder stream; the encoder stream has none."""
+        stream = self.resolve_stream(stream)
+        if stream != "decoder" or self.lm_head is None:
+            return None
+        return Readout("lm_head", "lm", self.lm_head, linear=True, return_type="logits")
+
+    def cross_attention_source(self, stream: str | None) -> str | None:
+        """The decoder's cross-attention reads the encoder stream."""
+        if self.resolve_stream(stream) != "decoder":
+            return super().cross_attention_source(stream)
+        return "encoder"
+
+    def example_input(self) -> ExampleInput:
+        text = self.tokenizer is not None
+        src: Any = "Hello world" if text else torch.tensor([[1, 2, 3, 4]]) % self.cfg.d_vocab
+        what = "the text 'Hello world'" if text else "4 token ids"
+        if self.decoder is None:
+            return ExampleInput(src, {}, f"{what} (encoder only)")
+        start = self.cfg.decoder_start_token_id
+        start = 0 if start is None else int(start)
+        return ExampleInput(src, {"decoder_input": torch.tensor([[start, start]])}, f"{what} -> 2 decoder tokens")
+
+
+def _is_text(x: Any) -> bool:
+    return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(s, str) for s in x))
+
+
+def _as_text_list(x: Any) -> str | list[str]:
+    # a tuple of strings is a batch here (there are no sentence pairs in seq2seq inputs)
+    return x if isinstance(x, str) else list(x)
+
+
+def _as_id_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(x, int):
+        return (x,)
+    if isinstance(x, Tensor):
+        return tuple(int(v) for v in x.flatten().tolist())
+    try:
+        return tuple(int(v) for v in x)
+    except TypeError:
+        raise TypeError(f"eos_token_id must be an int or a sequence of ints, got {type(x).__name__}") from None

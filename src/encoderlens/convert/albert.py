@@ -52,7 +52,11 @@ SPEC = BertLike(
         "AlbertForTokenClassification": Classifier("token", "classifier"),
     },
     handled=frozenset({"embedding_size", "num_hidden_groups", "inner_group_num"}),
-    ignored=frozenset({"classifier_dropout_prob"}),
+    # options of the original TF ALBERT code that HF's AlbertModel never reads (released at neutral values)
+    ignored=frozenset(
+        {"classifier_dropout_prob", "down_scale_factor", "gap_size", "net_structure_type", "num_memory_blocks"}
+        | {"layers_to_keep"}
+    ),
     layer_names=LayerNames(
         q="attention.query",
         k="attention.key",

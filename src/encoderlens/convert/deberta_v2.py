@@ -133,6 +133,8 @@ SPEC = BertLike(
             "norm_rel_ebd",
             "share_att_key",
             "conv_kernel_size",
+            "conv_act",  # read only with conv_kernel_size > 0, which is refused
+            "conv_groups",
             "embedding_size",
             "legacy",  # which MLM layout HF builds; we take the one whose weights are present
         }

@@ -64,7 +64,8 @@ SPEC = BertLike(
         n_token_types=None,
     ),
     handled=frozenset({"sinusoidal_pos_embds"}),
-    ignored=frozenset({"dropout", "attention_dropout", "qa_dropout", "seq_classif_dropout"}),
+    # tie_weights_ is a legacy key of the released configs; HF ties by tie_word_embeddings
+    ignored=frozenset({"dropout", "attention_dropout", "qa_dropout", "seq_classif_dropout", "tie_weights_"}),
     layer_names=LayerNames(
         q="attention.q_lin",
         k="attention.k_lin",

@@ -40,8 +40,11 @@ SPEC = BertLike(
         "ElectraForTokenClassification": Classifier("token", "classifier"),
     },
     handled=frozenset({"embedding_size"}),
-    # the sequence-summary options of ElectraConfig are read by no ELECTRA model class
-    ignored=frozenset({"summary_type", "summary_use_proj", "summary_activation", "summary_last_dropout"}),
+    # the sequence-summary options of ElectraConfig are read by no ELECTRA model class; generator_size is
+    # a pre-training hyperparameter of the original ELECTRA code that some released configs carry
+    ignored=frozenset(
+        {"summary_type", "summary_use_proj", "summary_activation", "summary_last_dropout", "generator_size"}
+    ),
     embed_proj="embeddings_project",
     pooler=None,
     mlm=(

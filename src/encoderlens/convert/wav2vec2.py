@@ -116,6 +116,11 @@ IGNORED_KEYS = frozenset(
         "tdnn_kernel",
         "tdnn_dilation",
         "xvector_output_dim",
+        # fairseq-era keys of released configs that HF never reads
+        "freeze_feat_extract_train",
+        "quantize_targets",
+        "sample_rate",
+        "target_feature_length",
     }
 )
 

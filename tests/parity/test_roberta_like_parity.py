@@ -114,7 +114,9 @@ def test_untied_mlm_head(tmp_path, family):
 def test_unsupported_setting_is_refused_naming_the_architecture(tmp_path, family):
     cfg_cls, model_cls, *_ = FAMILIES[family]
     hf = model_cls(tiny(cfg_cls, position_embedding_type="relative_key")).eval()
-    with pytest.raises(ValueError, match=f"^{family} converter does not support position_embedding_type='relative_key'"):
+    with pytest.raises(
+        ValueError, match=f"^{family} converter does not support position_embedding_type='relative_key'"
+    ):
         HookedEncoder.from_pretrained(save_tiny(hf, tmp_path))
 
 

@@ -112,8 +112,8 @@ class MLMLayout:
 class Classifier:
     """A classification head: ``output`` linear, optionally after a ``hidden`` linear + ``hidden_act``.
 
-    ``hidden_act="config"`` uses the config's activation (ELECTRA's discriminator). ``labels`` and
-    ``problem_type`` override what the config says (ELECTRA's one ``replaced`` logit).
+    ``hidden_act="config"`` uses the config's activation (ELECTRA's discriminator). Fixed ``labels``
+    (with their ``problem_type``) replace what the config says (ELECTRA's one ``replaced`` logit).
     """
 
     task: Literal["sequence", "token"]
@@ -122,7 +122,7 @@ class Classifier:
     input: Literal["first_token", "pooler"] = "first_token"
     hidden_act: str | None = None
     labels: tuple[str, ...] | None = None
-    problem_type: ProblemType | None = None
+    problem_type: ProblemType = "single_label_classification"
 
 
 @dataclass(frozen=True)

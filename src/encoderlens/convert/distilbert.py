@@ -60,7 +60,12 @@ SPEC = BertLike(
         "DistilBertForTokenClassification": Classifier("token", "classifier"),
     },
     fields=Fields(
-        d_model="dim", n_heads="n_heads", n_layers="n_layers", d_mlp="hidden_dim", act="activation", eps=EPS,
+        d_model="dim",
+        n_heads="n_heads",
+        n_layers="n_layers",
+        d_mlp="hidden_dim",
+        act="activation",
+        eps=EPS,
         n_token_types=None,
     ),
     handled=frozenset({"sinusoidal_pos_embds"}),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from torch import Tensor
@@ -159,6 +159,7 @@ class BertLike:
         extra_attn: ``cfg -> {ours: HF module}`` extra per-head attention projections per layer.
         layer_plan: ``(hf, n_layers) -> LayerPlan`` when layers are shared (ALBERT).
         missing_positions: ``hf -> table`` when a checkpoint may omit the position table (DistilBERT).
+        model_types: HF ``model_type`` values converted when ``architectures`` names none of ours.
     """
 
     prefix: str
@@ -183,7 +184,7 @@ class BertLike:
     extra_attn: Callable[[EncoderConfig], Mapping[str, str]] | None = None
     layer_plan: Callable[[Any, int], LayerPlan] | None = None
     missing_positions: Callable[[Any], Tensor] | None = None
-    model_types: tuple[str, ...] = field(default=())
+    model_types: tuple[str, ...] = ()
 
     @property
     def default_architecture(self) -> str:
@@ -305,8 +306,8 @@ def convert_bertlike(
     check_config_keys(hf_config, name, *_keys(spec))
     r = WeightReader(state_dict, name, ignore=spec.buffers)
     r.strip_prefix(spec.prefix)
-    for key in [k for k in r.remaining if k.startswith(spec.dropped)] if spec.dropped else []:
-        r.take(key)
+    for key in [k for k in r.remaining if spec.dropped and k.startswith(spec.dropped)]:
+        r.take(key)  # a head HF itself drops on load
     arch = _pick_architecture(hf_config, spec)
     head = spec.architectures.get(arch)
     mlm = next((m for m in spec.mlm if r.has(m.dense + ".weight")), None)

@@ -197,11 +197,13 @@ def check_config_keys(hf: Any, arch: str, handled: Iterable[str], ignored: Itera
             continue
         if key in defaults and defaults[key] == value:
             continue
-        default = f"its default {defaults[key]!r}" if key in defaults else "absent"
+        cls = type(hf).__name__
+        expected = f"{defaults[key]!r}, the {cls} default" if key in defaults else f"absent ({cls} has no such key)"
         raise ValueError(
-            f"{arch} converter does not support {key}={value!r}: the converter neither handles this HF config "
-            f"key nor knows it to be without effect (supported: {default}). Remove it from config.json if it "
-            "changes nothing, or open an issue to have it supported"
+            f"{arch} converter does not support {key}={value!r} (expected: {expected}). The converter neither "
+            "handles this HF config key nor knows it to change nothing, so loading could give a wrong result. "
+            "If it changes nothing for this checkpoint, remove it from config.json; otherwise the converter "
+            "has to implement it"
         )
 
 

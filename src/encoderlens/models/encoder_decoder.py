@@ -30,7 +30,7 @@ from encoderlens.components.heads import LMHead
 from encoderlens.components.stack import Stack
 from encoderlens.config import EncoderDecoderConfig
 from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
-from encoderlens.io.text import TextBatch
+from encoderlens.io.text import TextBatch, is_text
 from encoderlens.models.contract import (
     TOKEN_ALIGNMENT_HINT,
     ExampleInput,
@@ -38,7 +38,7 @@ from encoderlens.models.contract import (
     Readout,
     text_position_labels,
 )
-from encoderlens.models.encoder_decoder_generate import EncoderDecoderGeneration
+from encoderlens.models.encoder_decoder_tl import EncoderDecoderTLNames
 
 ReturnType = Literal["auto", "logits", "encoder_output", "decoder_output", "all"]
 _RETURN_TYPES = ("auto", "logits", "encoder_output", "decoder_output", "all", None)
@@ -64,7 +64,7 @@ class EncoderDecoderOutput:
     decoder_attention_mask: Int[Tensor, "batch pos"] | None
 
 
-class HookedEncoderDecoder(EncoderDecoderGeneration):
+class HookedEncoderDecoder(EncoderDecoderTLNames):
     """A sequence-to-sequence transformer with a hook point on every activation, both stacks.
 
     Submodules ``encoder`` and ``decoder`` (see the module docstring and ``docs/encoder_decoder.md``
@@ -79,11 +79,18 @@ class HookedEncoderDecoder(EncoderDecoderGeneration):
         >>> model.generate("translate English to German: The house is wonderful.", max_new_tokens=10)
 
     Differs from HF:
-        - A missing decoder input raises (HF's BART silently builds one from the encoder input).
+        - A missing decoder input raises with token ids (HF's BART silently builds one from the encoder
+          input); with text, the decoder runs on its start token (TransformerLens's meaning).
         - ``generate`` does what its arguments say (greedy, sampling or beam search): the checkpoint's
           generation config (forced BOS/EOS, ``no_repeat_ngram_size``, ``min_length``, default beams) is not
           applied.
         - Text passed as ``decoder_input`` is treated as targets (see :meth:`decoder_input_from_targets`).
+
+    Differs from TransformerLens (see ``docs/transformerlens.md``):
+        - Hook names are ``encoder.blocks.{i}.*`` / ``encoder.ln_final.*``; TransformerLens's
+          ``encoder.{i}.*``, ``encoder_final_ln.*`` and root ``hook_embed`` are aliases of them.
+        - The decoder's self-attention is causal (and its relative buckets unidirectional), as in HF.
+        - ``generate`` defaults to greedy decoding with a KV cache (HF's defaults).
     """
 
     family: ClassVar[str] = "encoder_decoder"
@@ -141,14 +148,6 @@ class HookedEncoderDecoder(EncoderDecoderGeneration):
         """
         return fold_norm_into_unembed(self._decoder().ln_final, self.effective_W_U(), self.b_U)
 
-    def _head(self) -> LMHead:
-        if self.lm_head is None:
-            raise AttributeError(
-                f"this {self.cfg.architecture} checkpoint has no LM head, hence no unembedding; "
-                "load a *ForConditionalGeneration checkpoint for logits"
-            )
-        return self.lm_head
-
     # ------------------------------------------------------------------ forward
     def encode(self, input: Any, one_zero_attention_mask: Any = None) -> Float[Tensor, "batch enc_pos d_model"]:
         """The encoder output (what cross-attention reads) for text or token ids."""
@@ -170,8 +169,10 @@ class HookedEncoderDecoder(EncoderDecoderGeneration):
                 or a :class:`TextBatch`.
             decoder_input: Decoder token ids (used as given: they must start with the decoder start
                 token), a :class:`TextBatch` from :meth:`decoder_input_from_targets`, or target text
-                (converted by :meth:`decoder_input_from_targets`). Required unless
-                ``return_type="encoder_output"`` or the checkpoint is encoder-only.
+                (converted by :meth:`decoder_input_from_targets`). None with text ``input``: the decoder
+                runs on its start token alone (TransformerLens's meaning; :meth:`start_decoder_input`).
+                Required with token ids unless ``return_type="encoder_output"`` or the checkpoint is
+                encoder-only.
             return_type: ``"logits"``; ``"encoder_output"`` (final encoder states); ``"decoder_output"``
                 (final decoder states); ``"all"`` (:class:`EncoderDecoderOutput`); None (run for hooks);
                 ``"auto"``: logits when the checkpoint has an LM head, else the output of its last stack.
@@ -201,6 +202,9 @@ class HookedEncoderDecoder(EncoderDecoderGeneration):
                 raise ValueError("return_type='encoder_output' runs the encoder only; do not pass decoder_input")
             return self.encoder(enc.tokens, enc.attention_mask)
         assert self.decoder is not None
+        if decoder_input is None and decoder_attention_mask is None and is_text(input, pairs=False):
+            # TransformerLens's meaning: text alone runs the decoder on its start token
+            decoder_input = self.start_decoder_input(enc.tokens.shape[0])
         dec = self._decoder_batch(decoder_input, decoder_attention_mask)
         if dec.tokens.shape[0] != enc.tokens.shape[0]:
             raise ValueError(
@@ -279,11 +283,12 @@ class HookedEncoderDecoder(EncoderDecoderGeneration):
         ids: dict[str | None, Tensor] = {"encoder": enc.tokens}
         kwargs: dict[str, Any] = {"one_zero_attention_mask": enc.attention_mask}
         if self.decoder is not None:
+            if decoder_input is None and decoder_attention_mask is None and is_text(input, pairs=False):
+                decoder_input = self.start_decoder_input(enc.tokens.shape[0])  # as the forward does
             if decoder_input is None:
                 raise ValueError(
                     "an encoder-decoder needs decoder_input= (target text, or decoder token ids starting with the "
-                    "start token) to run the decoder; e.g. prepare(model, 'translate English to German: Hello', "
-                    "decoder_input='Hallo')"
+                    "start token) to run the decoder on token ids; e.g. prepare(model, ids, decoder_input='Hallo')"
                 )
             dec = self._decoder_batch(decoder_input, decoder_attention_mask)
             if dec.tokens.shape[0] != enc.tokens.shape[0]:

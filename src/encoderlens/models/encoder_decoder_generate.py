@@ -44,8 +44,11 @@ class EncoderDecoderGeneration(EncoderDecoderInputs):
         use_cache: bool = True,
         return_cache: bool = False,
         names_filter: NameFilter = None,
-        return_type: Literal["input", "tokens", "str"] = "input",
+        return_type: Literal["input", "tokens", "tensor", "str"] = "input",
         seed: int | None = None,
+        freq_penalty: float = 0.0,
+        verbose: bool = False,
+        **unsupported: Any,
     ) -> Any:
         """Generate decoder tokens, running the encoder once and the decoder with a KV cache.
 
@@ -85,16 +88,28 @@ class EncoderDecoderGeneration(EncoderDecoderInputs):
                 them), ``"str"`` (decoded, special tokens skipped), or ``"input"`` (strings for text
                 input, tokens otherwise).
             seed: Seed of the sampling generator.
+            freq_penalty: Sampling only (TransformerLens's keyword): lower each logit by this times the
+                number of times its token already occurs in the decoder tokens.
+            verbose: Show a progress bar over the steps (TransformerLens's keyword; default off).
+            **unsupported: TransformerLens / HF keywords without an equivalent here raise a ``TypeError``
+                naming what to use instead.
+
+        Differs from TransformerLens: greedy by default (``do_sample=False``, HF's default; TransformerLens
+        samples), ``max_new_tokens=20`` (TransformerLens: 10), a KV cache, and no progress bar by default.
 
         Returns:
             Tokens or strings, and the cache when ``return_cache``.
         """
+        if unsupported:
+            raise TypeError(_unsupported_generate_message(unsupported))
+        if return_type == "tensor":
+            return_type = "tokens"  # TransformerLens's name
         stack = self._decoder()
         if self.lm_head is None:
             raise ValueError(f"generate needs an LM head; this {self.cfg.architecture} checkpoint has none")
         generation.check_generate_args(
             max_new_tokens, do_sample, temperature, top_k, top_p, num_beams, early_stopping, stop_at_eos,
-            return_cache, return_type,
+            return_cache, return_type, freq_penalty,
         )  # fmt: skip
         eos = self.cfg.eos_token_ids if eos_token_id is None else generation.as_id_tuple(eos_token_id)
         pad = self.cfg.pad_token_id if self.cfg.pad_token_id is not None else (eos[0] if eos else 0)
@@ -113,7 +128,7 @@ class EncoderDecoderGeneration(EncoderDecoderInputs):
         records: dict[str, list[Tensor]] = defaultdict(list)
         fwd: list[tuple[str, Any]] = []
         if return_cache:
-            match = _name_matcher(names_filter)
+            match = self._with_aliases(_name_matcher(names_filter))
 
             def record(t: Tensor, hook: HookPoint) -> None:
                 assert hook.name is not None
@@ -141,7 +156,8 @@ class EncoderDecoderGeneration(EncoderDecoderInputs):
             tokens = generation.greedy_or_sample(
                 stack, self.lm_head, enc_out, enc.attention_mask, prefix, max_new_tokens, eos=eos, pad=pad,
                 stop_at_eos=stop_at_eos, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                gen=gen, use_cache=use_cache, on_recompute=forget_decoder_steps,
+                gen=gen, use_cache=use_cache, on_recompute=forget_decoder_steps, freq_penalty=freq_penalty,
+                verbose=verbose,
             )  # fmt: skip
 
         out = self._format_generated(tokens, input, return_type)
@@ -184,3 +200,31 @@ class EncoderDecoderGeneration(EncoderDecoderInputs):
                 "pass one prefix per input (or a single prefix for all)"
             )
         return tokens.contiguous()
+
+
+#: Keywords of TransformerLens's / HF's ``generate`` that have no equivalent here, with what to do instead.
+_UNSUPPORTED_GENERATE = {
+    "use_past_kv_cache": "use use_cache= (a KV cache is on by default)",
+    "prepend_bos": "encoder text is tokenized with the tokenizer's own special tokens; pass token ids to control them",
+    "padding_side": "encoder inputs are padded on the right with a mask; pass token ids and one_zero_attention_mask",
+    "repetition_penalty": "use freq_penalty= with do_sample=True (TransformerLens's penalty)",
+    "no_repeat_ngram_size": "not implemented; post-filter the returned tokens",
+    "min_length": "not implemented; use stop_at_eos=False for a fixed length",
+    "min_new_tokens": "not implemented; use stop_at_eos=False for a fixed length",
+    "num_return_sequences": "call generate once per sample (with seed=) or repeat the input",
+    "attention_mask": "pass one_zero_attention_mask=",
+    "input_ids": "pass the token ids as the first argument",
+}
+
+
+def _unsupported_generate_message(kwargs: dict[str, Any]) -> str:
+    parts = []
+    for key in sorted(kwargs):
+        fix = _UNSUPPORTED_GENERATE.get(key)
+        parts.append(f"{key!r} ({fix})" if fix else repr(key))
+    return (
+        f"generate() got unsupported keyword(s) {', '.join(parts)}; supported: max_new_tokens, do_sample, "
+        "temperature, top_k, top_p, freq_penalty, num_beams, length_penalty, early_stopping, eos_token_id, "
+        "stop_at_eos, decoder_input, one_zero_attention_mask, use_cache, return_cache, names_filter, "
+        "return_type, seed, verbose"
+    )

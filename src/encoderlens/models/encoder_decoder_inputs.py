@@ -125,9 +125,44 @@ class EncoderDecoderInputs(HookedModel):
             return self.decoder_input_from_targets(decoder_input)
         return self._batch(decoder_input, decoder_attention_mask, stack, "decoder_input", "decoder_attention_mask")
 
-    def to_tokens(self, input: str | Sequence[str]) -> Int[Tensor, "batch pos"]:
-        """Token ids of encoder text (padded batch)."""
-        return self.tokenize(input).tokens
+    def to_tokens(
+        self, input: str | Sequence[str], move_to_device: bool = True, truncate: bool = True
+    ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+        """Token ids of encoder text and their attention mask (padded batch), as TransformerLens returns them.
+
+        Args:
+            input: A string or a list of strings.
+            move_to_device: Put them on the model's device (False: on the CPU).
+            truncate: Must be True: text longer than a learned position table is truncated with a
+                warning (T5 has no limit).
+
+        Returns:
+            ``(tokens, attention_mask)``, both ``(batch, pos)``.
+        """
+        if not truncate and self.encoder.max_positions is not None:
+            raise ValueError(
+                "to_tokens(truncate=False) is not supported: text longer than the position table "
+                f"({self.encoder.max_positions}) is always truncated, with a warning"
+            )
+        batch = self.tokenize(input)
+        if not move_to_device:
+            return batch.tokens.cpu(), batch.attention_mask.cpu()
+        return batch.tokens, batch.attention_mask
+
+    def start_decoder_input(self, batch_size: int) -> TextBatch:
+        """One decoder start token per item: what a forward on text uses when ``decoder_input`` is None.
+
+        TransformerLens's meaning (``model(text)`` starts the decoder with T5's start token, the pad id);
+        the logits are then the first target position's.
+        """
+        start = self.cfg.decoder_start_token_id
+        if start is None:
+            raise ValueError(
+                f"this {self.cfg.architecture} checkpoint's config has no decoder_start_token_id; pass "
+                "decoder_input= (e.g. the target-language token id for mBART)"
+            )
+        tokens = torch.full((batch_size, 1), int(start), dtype=torch.long, device=self.embed.W_E.device)
+        return TextBatch(tokens, torch.ones_like(tokens), None)
 
     def to_string(self, tokens: Tensor | Sequence[int]) -> str | list[str]:
         """Decode ids to text, skipping special tokens (one string for 1-D ids, a list for a batch)."""

@@ -70,6 +70,19 @@ class StreamSpec:
     unembed: tuple[Tensor, Tensor] | None = None
     unembed_note: str = ""
 
+    def resid_hook(self, layer: int, where: str = "post") -> str:
+        """Full name of the hook holding the residual stream itself in block ``layer``.
+
+        ``where``: ``"mid"`` (after attention), ``"mid_cross"`` (after cross-attention) or ``"post"`` (the
+        block's output, = the next block's ``hook_resid_pre``). Pre-LN: ``hook_resid_{where}``. Post-LN
+        (as TransformerLens's BertBlock): ``hook_resid_{where}`` is the sum entering the norm, and the
+        stream is ``hook_normalized_resid_{where}``.
+        """
+        if where not in ("mid", "mid_cross", "post"):
+            raise ValueError(f"where must be 'mid', 'mid_cross' or 'post', got {where!r}")
+        kind = "normalized_resid" if self.norm_position == "post" else "resid"
+        return f"{self.prefix}blocks.{layer}.hook_{kind}_{where}"
+
 
 def fold_norm_into_unembed(norm: nn.Module | None, W_U: Tensor, b_U: Tensor) -> tuple[Tensor, Tensor]:
     """Fold a final norm's affine ``(w, b)`` into an unembedding: ``W = diag(w) W_U``, ``b' = b_U + b W_U``.
@@ -247,7 +260,7 @@ class ActivationCache:
         if spec.norm_position != "pre":
             raise ValueError(
                 f"{method} is not defined for this post-LN stream: each block renormalises the residual "
-                "(resid_mid = LN(resid_pre + attn_out), resid_post = LN(resid_mid + mlp_out)), so component outputs "
+                "(the stream is LN(resid_pre + attn_out), then LN(that + mlp_out)), so component outputs "
                 "do not sum to any later residual. Use accumulated_resid (the actual stream per layer) or "
                 "stack_head_results (each head's exact share of its own block's attn_out) instead."
             )
@@ -297,13 +310,13 @@ class ActivationCache:
             comps.append(self._need(f"{p}blocks.{i}.hook_resid_pre", "accumulated_resid"))
             labels.append(f"{i}_pre")
             if incl_mid:
-                comps.append(self._need(f"{p}blocks.{i}.hook_resid_mid", "accumulated_resid"))
+                comps.append(self._need(spec.resid_hook(i, "mid"), "accumulated_resid"))
                 labels.append(f"{i}_mid")
                 if spec.has_cross_attention:
-                    comps.append(self._need(f"{p}blocks.{i}.hook_resid_mid_cross", "accumulated_resid"))
+                    comps.append(self._need(spec.resid_hook(i, "mid_cross"), "accumulated_resid"))
                     labels.append(f"{i}_mid_cross")
         if n == spec.n_layers:
-            comps.append(self._need(f"{p}blocks.{n - 1}.hook_resid_post", "accumulated_resid"))
+            comps.append(self._need(spec.resid_hook(n - 1), "accumulated_resid"))
             labels.append("final_post")
         stack = torch.stack(comps)
         if apply_ln:
@@ -398,7 +411,7 @@ class ActivationCache:
             resid = (
                 self._need(f"{p}blocks.{n}.hook_resid_pre", "stack_head_results")
                 if n < spec.n_layers
-                else self._need(f"{p}blocks.{n - 1}.hook_resid_post", "stack_head_results")
+                else self._need(spec.resid_hook(n - 1), "stack_head_results")
             )
             stack = torch.cat([stack, (resid - stack.sum(0))[None]])
             labels.append("remainder")

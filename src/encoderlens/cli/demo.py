@@ -64,7 +64,7 @@ def run_demo(model_name: str = "default", out: Callable[[str], None] = print) ->
             batch.tokens,
             one_zero_attention_mask=batch.attention_mask,
             return_type="embeddings",
-            names_filter=lambda nm: nm.endswith(("hook_resid_pre", "hook_resid_post")),
+            names_filter=lambda nm: nm.endswith(("hook_resid_pre", "hook_resid_post", "hook_normalized_resid_post")),
         )
         stream = pc.accumulated_resid()
         pooled = _mean_pool(stream, batch.attention_mask)

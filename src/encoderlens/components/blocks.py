@@ -24,18 +24,24 @@ class TransformerBlock(nn.Module):
         resid_mid_cross = resid_mid + cross_attn(ln_cross(resid_mid))      # decoders
         resid_post = resid_mid(_cross) + mlp(ln2(resid_mid(_cross)))
 
-    Post-LN (BERT, BART, wav2vec2-base)::
+    Post-LN (BERT, BART, wav2vec2-base), with TransformerLens's ``BertBlock`` names::
 
-        resid_mid  = ln1(resid_pre + attn(resid_pre))
-        resid_mid_cross = ln_cross(resid_mid + cross_attn(resid_mid))     # decoders
-        resid_post = ln2(resid_mid(_cross) + mlp(resid_mid(_cross)))
+        resid_mid             = resid_pre + attn(resid_pre)                       # the sum entering ln1
+        normalized_resid_mid  = ln1(resid_mid)
+        resid_mid_cross       = normalized_resid_mid + cross_attn(...)            # decoders
+        normalized_resid_mid_cross = ln_cross(resid_mid_cross)
+        resid_post            = normalized_resid_mid(_cross) + mlp(...)           # the sum entering ln2
+        normalized_resid_post = ln2(resid_post)                                   # the block's output
 
-    In both orders ``hook_resid_post`` is exactly what the next block receives (HF's hidden state
-    after this layer). In post-LN blocks the residual stream is renormalised twice per block, so
-    ``resid_post != resid_pre + attn_out + mlp_out``; see :class:`~encoderlens.cache.ActivationCache`.
+    The block's output (what the next block receives, HF's hidden state after this layer) is
+    ``hook_resid_post`` in pre-LN blocks and ``hook_normalized_resid_post`` in post-LN blocks
+    (:meth:`~encoderlens.cache.StreamSpec.resid_hook` names it). In post-LN blocks the residual stream
+    is renormalised twice per block; see :class:`~encoderlens.cache.ActivationCache`.
 
     Hooks: ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid``, ``hook_cross_attn_out``,
-    ``hook_resid_mid_cross`` (decoders), ``hook_mlp_out``, ``hook_resid_post``.
+    ``hook_resid_mid_cross`` (decoders), ``hook_mlp_out``, ``hook_resid_post``; post-LN blocks add
+    ``hook_normalized_resid_mid``, ``hook_normalized_resid_mid_cross`` (decoders) and
+    ``hook_normalized_resid_post``.
 
     ``layer`` selects the block's attention settings (``cfg.attn_for(layer)``) and, with
     ``cfg.first_block_attn_norm=False``, drops ``ln1`` in block 0 (``ln1`` is then None).
@@ -56,6 +62,8 @@ class TransformerBlock(nn.Module):
             self.cross_attn = Attention(d, cross_cfg, kv_d_model=kv_d_model)
             self.hook_cross_attn_out = HookPoint()
             self.hook_resid_mid_cross = HookPoint()
+            if not self.pre_ln:
+                self.hook_normalized_resid_mid_cross = HookPoint()
         self.ln2 = make_norm(d, cfg.norm)
         self.mlp = MLP(d, cfg.mlp)
         self.hook_resid_pre = HookPoint()
@@ -63,6 +71,9 @@ class TransformerBlock(nn.Module):
         self.hook_resid_mid = HookPoint()
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
+        if not self.pre_ln:
+            self.hook_normalized_resid_mid = HookPoint()
+            self.hook_normalized_resid_post = HookPoint()
 
     def forward(
         self,
@@ -83,11 +94,10 @@ class TransformerBlock(nn.Module):
         extra = {"rel_embeddings": rel_embeddings} if isinstance(self.attn, DisentangledAttention) else {}
         attn_out = self.hook_attn_out(self.attn(attn_in, None, additive_mask, position_bias, self_cache, **extra))
         if self.pre_ln:
-            x = x + attn_out
+            x = self.hook_resid_mid(x + attn_out)
         else:
             assert self.ln1 is not None
-            x = self.ln1(x + attn_out)
-        x = self.hook_resid_mid(x)
+            x = self.hook_normalized_resid_mid(self.ln1(self.hook_resid_mid(x + attn_out)))
 
         if self.cfg.cross_attention:
             if encoder_out is None:
@@ -97,10 +107,13 @@ class TransformerBlock(nn.Module):
             c_out = self.hook_cross_attn_out(
                 self.cross_attn(c_in, encoder_out, cross_mask, cross_position_bias, cross_cache)
             )
-            x = x + c_out if self.pre_ln else self.ln_cross(x + c_out)
-            x = self.hook_resid_mid_cross(x)
+            if self.pre_ln:
+                x = self.hook_resid_mid_cross(x + c_out)
+            else:
+                x = self.hook_normalized_resid_mid_cross(self.ln_cross(self.hook_resid_mid_cross(x + c_out)))
 
         mlp_in = self.ln2(x) if self.pre_ln else x
         mlp_out = self.hook_mlp_out(self.mlp(mlp_in))
-        x = x + mlp_out if self.pre_ln else self.ln2(x + mlp_out)
-        return self.hook_resid_post(x)
+        if self.pre_ln:
+            return self.hook_resid_post(x + mlp_out)
+        return self.hook_normalized_resid_post(self.ln2(self.hook_resid_post(x + mlp_out)))

@@ -366,9 +366,8 @@ def test_pre_ln_decomposition_is_exact_and_ctc_logit_attrs(tmp_path):
     # logits from the decomposition: normalise each component by the final norm (its affine is folded
     # into the unembedding the cache uses), project, add the folded bias
     comps = cache.decompose_resid()
-    normed = cache.apply_ln_to_stack(comps)
     tokens = logits.argmax(-1)
-    attrs = cache.logit_attrs(normed, tokens)
+    attrs = cache.logit_attrs(comps, tokens)  # normalises by the cached final-norm scale itself (TL)
     const = (model.ln_final.b @ model.W_U)[tokens] + model.b_U[tokens]
     assert (attrs.sum(0) + const - logits.gather(-1, tokens[..., None])[..., 0]).abs().max() < 1e-4
 

@@ -53,7 +53,7 @@ def build_additive_mask(
     dtype: torch.dtype,
     device: torch.device,
     past_len: int = 0,
-) -> Float[Tensor, "batch 1 query_pos key_pos"] | None:
+) -> Float[Tensor, "#batch 1 #query_pos key_pos"] | None:
     """Combine a key padding mask (True = attend) and a causal mask into an additive mask.
 
     ``past_len`` is the number of cached positions before the first query (generation): query ``i``
@@ -231,7 +231,7 @@ class Attention(nn.Module):
         self,
         x: Float[Tensor, "batch query_pos d_model"],
         kv_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
-        additive_mask: Float[Tensor, "batch 1 query_pos key_pos"] | None = None,
+        additive_mask: Float[Tensor, "#batch 1 #query_pos key_pos"] | None = None,
         position_bias: Float[Tensor, "batch_or_1 head_index query_pos key_pos"] | None = None,
         kv_cache: KVCache | None = None,
     ) -> Float[Tensor, "batch query_pos d_model"]:

@@ -137,7 +137,7 @@ class DisentangledAttention(Attention):
         self,
         x: Float[Tensor, "batch query_pos d_model"],
         kv_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
-        additive_mask: Float[Tensor, "batch 1 query_pos key_pos"] | None = None,
+        additive_mask: Float[Tensor, "#batch 1 #query_pos key_pos"] | None = None,
         position_bias: Float[Tensor, "batch_or_1 head_index query_pos key_pos"] | None = None,
         kv_cache: KVCache | None = None,
         rel_embeddings: RelativeEmbeddings | None = None,

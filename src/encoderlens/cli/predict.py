@@ -24,7 +24,7 @@ def _predict_cmd(args: argparse.Namespace) -> int:
                         f"'Paris is the capital of {tok.mask_token}.'"
                     )
                 with torch.no_grad():
-                    preds = model(text, return_type="predictions", top_k=args.top_k)
+                    preds = model(text, return_type="mask_predictions", top_k=args.top_k)
                 print(text)
                 for pred in preds:
                     cands = ", ".join(f"{w} ({p:.3f})" for w, p in zip(pred.tokens, pred.probs))

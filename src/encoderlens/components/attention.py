@@ -54,7 +54,7 @@ def build_additive_mask(
     dtype: torch.dtype,
     device: torch.device,
     past_len: int = 0,
-) -> Float[Tensor, "batch 1 query_pos key_pos"] | None:
+) -> Float[Tensor, "#batch 1 #query_pos key_pos"] | None:
     """Combine a key padding mask (True = attend) and a causal mask into an additive mask.
 
     ``past_len`` is the number of cached positions before the first query (generation): query ``i``

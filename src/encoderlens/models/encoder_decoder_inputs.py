@@ -52,6 +52,7 @@ class EncoderDecoderInputs(HookedModel):
             pairs=False,
             what=what,
             mask_name=mask_name,
+            warn_unmasked_padding=what == "input",
         )
         device = self.embed.W_E.device
         return TextBatch(batch.tokens.to(device), batch.attention_mask.to(device), None)

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "encoderlens-harvest"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: alignments named after the model's streams (``token``, ``frame``, ``encoder_token``...), items read
+through the model contract (settings ``items`` and ``return_type`` instead of ``adapter``)."""
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -71,7 +73,7 @@ def load_state(out: Path, settings: dict[str, Any], resume: bool) -> dict[int, d
         if st.get("settings") != settings:
             raise ValueError(
                 f"{out} holds a harvest with other settings ({st.get('settings')}) than this one ({settings}); "
-                "resume it with the same hooks, dtype, padding and adapter, or use another out_dir"
+                "resume it with the same hooks, dtype, padding, item fields and return_type, or use another out_dir"
             )
     return state
 

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from encoderlens.harvest.adapters import HarvestAdapter, PreparedBatch, default_adapter
+from encoderlens.harvest.alignment import ITEM, align, alignment_info, hook_streams
+from encoderlens.harvest.items import ItemFields
 from encoderlens.harvest.manifest import (
     FORMAT,
     from_runs,
@@ -32,6 +33,8 @@ from encoderlens.harvest.manifest import (
     write_json_atomic,
     write_manifest,
 )
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import Prepared
 
 _DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
@@ -101,7 +104,7 @@ def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int, bool
     return rank, world_size, dist_on
 
 
-def _resolve_hooks(model: Any, hooks: str | Sequence[str]) -> list[str]:
+def _resolve_hooks(model: HookedModel, hooks: str | Sequence[str]) -> list[str]:
     if isinstance(hooks, str):
         hooks = [hooks]
     if not isinstance(hooks, Sequence) or not hooks or not all(isinstance(h, str) for h in hooks):
@@ -116,18 +119,20 @@ def _resolve_hooks(model: Any, hooks: str | Sequence[str]) -> list[str]:
 
 
 def harvest(
-    model: Any,
+    model: HookedModel,
     data: Iterable[Any],
     hooks: str | Sequence[str],
     out_dir: str | os.PathLike[str],
     batch_size: int = 32,
     *,
     dtype: str | torch.dtype = "fp16",
-    adapter: HarvestAdapter | None = None,
+    items: ItemFields | None = None,
+    input_key: str | None = None,
+    return_type: str | None = None,
     include_padding: bool = False,
     shard_mb: float = 256.0,
     items_per_shard: int | None = None,
-    transforms: dict[str, Callable[[Tensor, PreparedBatch], Tensor]] | None = None,
+    transforms: dict[str, Callable[[Tensor, Prepared], Tensor]] | None = None,
     max_items: int | None = None,
     resume: bool = True,
     progress: bool = True,
@@ -140,22 +145,28 @@ def harvest(
     ``shard_mb`` of buffered rows (a shard is written when the buffer reaches it, at a batch boundary).
 
     Args:
-        model: An encoderlens model (its ``family`` picks the default adapter).
-        data: Items, streamed once in order: a list, a generator, a ``datasets`` dataset... For text
-            encoders: strings, ``(a, b)`` pairs, token id sequences, or dicts with ``"text"`` (or
-            ``"tokens"``) and optionally ``"id"``; for speech encoders: waveforms, file paths, or dicts
-            with ``"audio"`` and optionally ``"id"``. The order must be the same when resuming.
+        model: An encoderlens model (any family: items go through ``model.prepare_input``).
+        data: Items, streamed once in order: a list, a generator, a ``datasets`` dataset... Each item is
+            what ``model.prepare_input`` takes for one example (a string, an ``(a, b)`` pair, token ids, a
+            waveform or audio path), or a dict with it under ``"text"`` / ``"tokens"`` / ``"audio"`` /
+            ``"source"`` / ``"input"`` (or ``input_key``), an optional ``"id"``, and for encoder-decoders a
+            ``"target"`` (teacher forcing: target text, or decoder ids used as given); see
+            :class:`~encoderlens.harvest.items.ItemFields`. The order must be the same when resuming.
         hooks: Hook names or globs (``"blocks.*.hook_resid_post"``).
         out_dir: Output folder (created). An existing harvest there is resumed.
         batch_size: Items per forward.
         dtype: Storage dtype: ``"fp16"``, ``"bf16"`` or ``"fp32"``. fp16 overflows above 65504
             (a warning says so); bf16 keeps the range at lower precision.
-        adapter: Model-specific batching and alignment; default from the model's family.
+        items: How dict items name their input and per-item options (default :class:`ItemFields`).
+        input_key: Shortcut for ``ItemFields(input_key=...)``.
+        return_type: Forward ``return_type`` (default: the model's primary output). Hooks of heads the
+            primary output does not run (a pooler) need ``"all"``. The forward stops after the last
+            requested hook has fired, whatever it is.
         include_padding: False: padding positions are not stored. True: every position is stored
             and the alignment gets a ``pad`` flag per row.
         shard_mb: Target shard size in MiB.
         items_per_shard: Also start a new shard after this many items.
-        transforms: Hook name -> ``fn(activation, batch) -> tensor`` applied before storing, e.g. to
+        transforms: Hook name -> ``fn(activation, prepared batch) -> tensor`` applied before storing, e.g. to
             reduce an attention pattern ``(batch, head, q, k)`` to ``(batch, q, head)``.
         max_items: Stop after this many items of ``data`` (global count, before splitting by rank).
         resume: Continue a harvest found in ``out_dir`` (it must have the same settings). False:
@@ -178,8 +189,11 @@ def harvest(
     if isinstance(data, (str, bytes)):
         raise TypeError("data must be an iterable of items, got a single string; wrap it in a list")
     store_dtype = storage_dtype(dtype)
-    adapter = adapter if adapter is not None else default_adapter(model)
+    if items is not None and input_key is not None:
+        raise ValueError("pass input_key inside items=ItemFields(...) or alone, not both")
+    fields_ = items if items is not None else ItemFields(input_key=input_key)
     names = _resolve_hooks(model, hooks)
+    streams = hook_streams(model, names)
     transforms = dict(transforms or {})
     for t in transforms:
         if t not in names:
@@ -193,17 +207,15 @@ def harvest(
         "hooks": names,
         "dtype": dtype_name(store_dtype),
         "include_padding": bool(include_padding),
-        "adapter": adapter.describe(),
+        "items": fields_.describe(),
+        "return_type": return_type,
         "transforms": sorted(transforms),
     }
-    model_info = {
-        "class": type(model).__name__,
-        "family": getattr(model, "family", ""),
-        "architecture": getattr(getattr(model, "cfg", None), "architecture", ""),
-    }
+    model_info = {"class": type(model).__name__, "family": model.family, "architecture": model.architecture}
     state = load_state(out, settings, resume)
     mine = state.get(rank, {"rank": rank, "shards": [], "hooks": {}})
-    mine.update(settings=settings, model=model_info, alignment_info=adapter.alignment_info(model), done=False)
+    mine.update(settings=settings, model=model_info, done=False)
+    mine.setdefault("alignment_info", {})
     mine.pop("n_seen", None)
     committed: set[int] = set()
     for st in state.values():
@@ -224,19 +236,17 @@ def harvest(
 
     def make_hook(name: str) -> Callable[..., None]:
         def hook(act: Tensor, hook: Any) -> None:
-            batch: PreparedBatch = current["batch"]
+            batch: Prepared = current["batch"]
             x = act.detach()
             if name in transforms:
                 x = transforms[name](x, batch)
-            align, axis = adapter.alignment(name, x, batch)
-            if axis is not None and axis != 1:
-                x = x.movedim(axis, 1)
-            if align == "item":
+            alignment, stream = align(name, x, batch, streams[name])
+            if alignment == ITEM:
                 rows = x
             elif include_padding:
                 rows = x.flatten(0, 1)
             else:
-                rows = x[batch.masks[align].to(x.device)]
+                rows = x[batch.mask(stream).bool().to(x.device)]
             stored = rows.to("cpu", store_dtype)
             overflow_check = store_dtype != rows.dtype and name not in warned_overflow
             if overflow_check and bool(torch.isinf(stored).any()) and not bool(torch.isinf(rows).any()):
@@ -248,44 +258,56 @@ def harvest(
                 )
             feat = list(stored.shape[1:])
             info = {
-                "alignment": align,
+                "alignment": alignment,
                 "shape": feat,
                 "dtype": dtype_name(store_dtype),
                 "source_dtype": dtype_name(x.dtype),
             }
             prev = hook_info.get(name)
             if prev is not None and prev != info:
-                raise ValueError(f"{name}: activation layout changed between batches: {prev} then {info}")
+                raise ValueError(
+                    f"{name}: activation layout changed between batches: {prev} then {info}; an activation whose "
+                    "size follows the batch's padding (e.g. a waveform) needs transforms={name: fn} that makes it "
+                    "(batch, pos, ...) on a stream's positions or (batch, features)"
+                )
             hook_info[name] = info
             current["acts"][name] = stored
-            current["aligns"].add(align)
+            current["aligns"][alignment] = stream
             fired.add(name)
-            if adapter.early_stop and len(fired) == len(names):
+            if len(fired) == len(names):
                 raise _StopForward
 
         return hook
 
     fwd_hooks = [(n, make_hook(n)) for n in names]
 
-    def run_batch(items: list[Any], idx: list[int]) -> None:
-        batch = adapter.prepare(model, items)
-        current.update(batch=batch, acts={}, aligns=set())
+    def run_batch(batch_items: list[Any], idx: list[int]) -> None:
+        batch = fields_.prepare(model, batch_items)
+        current.update(batch=batch, acts={}, aligns={})
         fired.clear()
-        with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks), contextlib.suppress(_StopForward):
-            adapter.forward(model, batch)
+        with torch.inference_mode(), contextlib.suppress(_StopForward):
+            model.run_prepared(batch, return_type, fwd_hooks=fwd_hooks)
         missing = [n for n in names if n not in current["acts"]]
         if missing:
-            raise RuntimeError(f"hooks {missing} did not fire during the forward; {adapter.missing_hint}")
+            rt = return_type if return_type is not None else model.default_return_type
+            raise RuntimeError(
+                f"hooks {missing} did not fire during the forward (return_type={rt!r}, streams of this input: "
+                f"{list(batch.masks)}); pass return_type='all' for head hooks, or items with the inputs the "
+                "hooks' stream needs (e.g. a 'target' for decoder hooks)"
+            )
+        for alignment, stream in current["aligns"].items():
+            if alignment != ITEM and alignment not in mine["alignment_info"]:
+                mine["alignment_info"][alignment] = alignment_info(batch, stream)
         for name in names:
             buf.acts.setdefault(name, []).append(current["acts"][name])
             buf.nbytes += current["acts"][name].numel() * current["acts"][name].element_size()
         idx_t = torch.tensor(idx, dtype=torch.int64)
-        for align in current["aligns"]:
-            cols = buf.rows.setdefault(align, {})
-            if align == "item":
+        for alignment, stream in current["aligns"].items():
+            cols = buf.rows.setdefault(alignment, {})
+            if alignment == ITEM:
                 cols.setdefault("item", []).append(idx_t)
                 continue
-            mask = batch.masks[align].cpu()
+            mask = batch.mask(stream).bool().cpu()
             b, p = mask.shape
             item_col = idx_t[:, None].expand(b, p)
             pos_col = torch.arange(p, dtype=torch.int32)[None].expand(b, p)
@@ -306,10 +328,10 @@ def harvest(
         fname = f"{rank_file(rank)}-{k:05d}.safetensors"
         tensors: dict[str, Tensor] = {name: torch.cat(parts) for name, parts in buf.acts.items()}
         n_rows: dict[str, int] = {}
-        for align, cols in buf.rows.items():
+        for alignment, cols in buf.rows.items():
             for col, parts in cols.items():
-                tensors[f"_rows.{align}.{col}"] = torch.cat(parts)
-            n_rows[align] = int(tensors[f"_rows.{align}.item"].shape[0])
+                tensors[f"_rows.{alignment}.{col}"] = torch.cat(parts)
+            n_rows[alignment] = int(tensors[f"_rows.{alignment}.item"].shape[0])
         tensors["_items.index"] = torch.tensor(buf.items, dtype=torch.int64)
         ids = [i if isinstance(i, str) else int(i) if isinstance(i, numbers.Integral) else str(i) for i in buf.ids]
         save_shard_atomic(out / fname, tensors, {"format": FORMAT, "item_ids": json.dumps(ids)})
@@ -347,7 +369,7 @@ def harvest(
                 continue
             pending.append(item)
             pending_idx.append(i)
-            pending_ids.append(adapter.item_id(item, i))
+            pending_ids.append(fields_.item_id(item, i))
             if len(pending) == batch_size:
                 current["ids"] = pending_ids
                 run_batch(pending, pending_idx)

@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from encoderlens.hooks import HookedRootModule
 from encoderlens.names import get_act_name
 
 
@@ -128,6 +129,11 @@ class ActivationCache:
         if isinstance(key, str):
             if key in self.cache_dict:
                 return key
+            if isinstance(self.model, HookedRootModule):
+                # another name of a hook point (TransformerLens's T5 names: "encoder.0.attn.hook_v"...)
+                canonical = self.model.canonical_hook_name(key)
+                if canonical in self.cache_dict:
+                    return canonical
             prefixed = f"{self.stream}.{key}" if self.stream else key
             return prefixed
         if isinstance(key, tuple) and key and isinstance(key[0], str):
@@ -491,7 +497,8 @@ class ActivationCache:
         """Apply a cached norm's scale to every component (pre-LN only), as the norm treats their sum.
 
         ``layer=None`` uses the final norm; ``layer=i`` the norm before block ``i``'s attention (``ln1``)
-        or, with ``mlp_input``, before its MLP (``ln2``). LayerNorm components are centred first; RMSNorm
+        or, with ``mlp_input``, before its MLP (``ln2``; ``ln3`` in decoder blocks, whose ``ln2`` is the
+        cross-attention norm). LayerNorm components are centred first; RMSNorm
         ones are not. The norm's weight is not applied (fold it into what reads the stream).
         """
         spec = self._spec()
@@ -504,7 +511,8 @@ class ActivationCache:
                 spec.prefix + spec.final_norm if not spec.final_norm.startswith(spec.prefix) else spec.final_norm
             )
         else:
-            norm_path = f"{spec.prefix}blocks.{layer}.{'ln2' if mlp_input else 'ln1'}"
+            ln = str(spec.blocks[layer].mlp_norm_name) if mlp_input else "ln1"
+            norm_path = f"{spec.prefix}blocks.{layer}.{ln}"
         scale = self._need(f"{norm_path}.hook_scale", "apply_ln_to_stack")
         norm_mod = self.model.get_submodule(norm_path)
         x = residual_stack

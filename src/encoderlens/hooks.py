@@ -163,9 +163,11 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
 
     hook_dict: dict[str, HookPoint]
     mod_dict: dict[str, nn.Module]
+    #: Other accepted names of hook points (``alias -> name``), from :meth:`hook_alias`.
+    hook_alias_dict: dict[str, str]
 
     def setup(self) -> None:
-        """Name every HookPoint after its path and index modules by name."""
+        """Name every HookPoint after its path, index modules by name, and record hook-name aliases."""
         self.mod_dict = {}
         self.hook_dict = {}
         for name, module in self.named_modules():
@@ -175,23 +177,53 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
             self.mod_dict[name] = module
             if isinstance(module, HookPoint):
                 self.hook_dict[name] = module
+        self.hook_alias_dict = {}
+        self._alias_of: dict[str, str] = {}
+        for name in self.hook_dict:
+            alias = self.hook_alias(name)
+            if alias is not None and alias != name and alias not in self.hook_dict:
+                self.hook_alias_dict[alias] = name
+                self._alias_of[name] = alias
 
     # ------------------------------------------------------------------ names
+    def hook_alias(self, name: str) -> str | None:
+        """Another name this model accepts for hook point ``name`` (e.g. TransformerLens's), or None.
+
+        Aliases resolve wherever a hook name does (``add_hook``, ``run_with_hooks``, ``names_filter``
+        names, globs and callables, cache lookups); cached activations are stored under the hook's own name.
+        """
+        return None
+
+    def canonical_hook_name(self, name: str) -> str:
+        """The hook point's own name for ``name`` (an alias resolved; other names unchanged)."""
+        return self.__dict__.get("hook_alias_dict", {}).get(name, name)
+
+    def _with_aliases(self, match: Callable[[str], bool]) -> Callable[[str], bool]:
+        """A name filter that also accepts a hook point when it accepts the hook's alias."""
+        alias_of: dict[str, str] = self.__dict__.get("_alias_of", {})
+        if not alias_of:
+            return match
+        return lambda name: bool(match(name)) or (name in alias_of and bool(match(alias_of[name])))
+
     def hook_names(self) -> list[str]:
         """All hook point names in module order."""
         return list(self.hook_dict)
 
     def _resolve(self, name_or_filter: str | Callable[[str], bool]) -> list[HookPoint]:
         if callable(name_or_filter):
-            return [hp for name, hp in self.hook_dict.items() if name_or_filter(name)]
+            match = self._with_aliases(name_or_filter)
+            return [hp for name, hp in self.hook_dict.items() if match(name)]
         if not isinstance(name_or_filter, str):
             raise TypeError(
                 f"hook target must be a hook name (str) or a filter callable, got {type(name_or_filter).__name__}"
             )
-        if name_or_filter in self.hook_dict:
-            return [self.hook_dict[name_or_filter]]
+        canonical = self.canonical_hook_name(name_or_filter)
+        if canonical in self.hook_dict:
+            return [self.hook_dict[canonical]]
         if any(ch in name_or_filter for ch in "*?["):
-            hits = [hp for name, hp in self.hook_dict.items() if fnmatch.fnmatchcase(name, name_or_filter)]
+            pattern = name_or_filter
+            glob = self._with_aliases(lambda name: fnmatch.fnmatchcase(name, pattern))
+            hits = [hp for name, hp in self.hook_dict.items() if glob(name)]
             if hits:
                 return hits
         raise ValueError(self._unknown_hook_message(name_or_filter))
@@ -302,7 +334,7 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
         if isinstance(names_filter, (list, tuple)):
             for n in names_filter:
                 self.check_hook_name(n)
-        match = _name_matcher(names_filter)
+        match = self._with_aliases(_name_matcher(names_filter))
         store: dict[str, Tensor] = {} if cache is None else cache
 
         def saver(suffix: str) -> HookFn:

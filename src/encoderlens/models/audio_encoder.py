@@ -361,7 +361,7 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}")
         if return_type == "auto":
-            return_type = "logits" if self.ctc_head is not None else "hidden"
+            return_type = "hidden" if stop_at_layer is not None else self.default_return_type
         if return_type == "logits" and self.ctc_head is None:
             raise ValueError(
                 f"return_type='logits' needs a CTC head, and this {self.cfg.architecture} checkpoint has none; "

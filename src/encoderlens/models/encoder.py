@@ -39,10 +39,10 @@ from encoderlens.models.contract import (
 from encoderlens.models.mask_fill import mask_predictions
 
 EncoderReturnType = Literal[
-    "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all"
+    "auto", "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all"
 ]
 _RETURN_TYPES = (
-    "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all", None
+    "auto", "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all", None
 )  # fmt: skip
 
 
@@ -352,7 +352,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
     def forward(
         self,
         input: Any,
-        return_type: EncoderReturnType | None = "logits",
+        return_type: EncoderReturnType | None = "auto",
         one_zero_attention_mask: Any = None,
         token_type_ids: Any = None,
         top_k: int = 5,
@@ -368,8 +368,9 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
                 residual stream), ``"pooled"``, ``"nsp"`` (next-sentence logits), ``"classification"``
                 (classifier logits: ``(batch, n_labels)`` for a sequence head, ``(batch, pos, n_labels)``
                 for a token head; names in :attr:`class_labels`), ``"sentence_embedding"`` (the pooling a
-                sentence-transformers folder declares), ``"all"`` (:class:`EncoderOutput`), or None (run for
-                hooks only).
+                sentence-transformers folder declares), ``"all"`` (:class:`EncoderOutput`), ``"auto"`` (the
+                default: logits with an MLM head, else embeddings; see :attr:`default_return_type`), or None
+                (run for hooks only).
             one_zero_attention_mask: With token ids: 1 = real token, 0 = padding.
             token_type_ids: With token ids: segment ids.
             top_k: Predictions per mask for ``return_type="predictions"``.
@@ -377,6 +378,8 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         """
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}")
+        if return_type == "auto":
+            return_type = "embeddings" if stop_at_layer is not None else self.default_return_type
         if return_type in ("logits", "predictions") and self.mlm_head is None:
             raise ValueError(
                 f"return_type={return_type!r} needs an MLM head, and this {self.cfg.architecture} checkpoint has none; "

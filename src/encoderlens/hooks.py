@@ -220,6 +220,11 @@ class _ForwardCall:
                 f"forward hook on {name!r} returned shape {tuple(out.shape)}, expected "
                 f"{tuple(x.shape)}; return a tensor of the activation's shape"
             )
+        if out.dtype != x.dtype or out.device != x.device:
+            raise TypeError(
+                f"forward hook on {name!r} returned a {out.dtype} tensor on {out.device}, expected "
+                f"{x.dtype} on {x.device}; return e.g. `out.to(x.dtype)` (the activation's dtype and device)"
+            )
         return out
 
 
@@ -517,6 +522,11 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
                 if device is not None:
                     v = v.to(device)
                 if remove_batch_dim:
+                    if v.ndim == 0 or v.shape[0] != 1:
+                        raise ValueError(
+                            f"remove_batch_dim=True needs a batch of one, but {hook.name!r} has shape "
+                            f"{tuple(v.shape)} (batch first); run one item or pass remove_batch_dim=False"
+                        )
                     v = v[0]
                 assert hook.name is not None
                 store[hook.name + suffix] = v

@@ -106,7 +106,7 @@ def test_decoder_input_from_targets_matches_hf_shift():
         labels = torch.tensor([[5, 6, 7, 2, 50], [8, 9, 2, 50, -100]])  # mBART: "... </s> [lang]", -100 = ignored
         ours = model.decoder_input_from_targets(labels)
         assert torch.equal(ours.tokens, shift(labels)), kind
-        assert ours.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
+        assert ours.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]  # the -100 label is not real
     # mBART moves the language id (last real target token) to the front
     assert ours.tokens[:, 0].tolist() == [50, 50]
 

@@ -53,6 +53,15 @@ def run_blocks(
         final_norm: Norm applied after the last block (None: none).
         final_norm_hook: Hook point on the final norm's output (None: not hooked).
     """
+    if stop_at_layer is not None:
+        n = len(blocks)
+        if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, int):
+            raise TypeError(f"stop_at_layer must be an int (a block index) or None, got {stop_at_layer!r}")
+        if not -n <= stop_at_layer <= n:
+            raise ValueError(
+                f"stop_at_layer={stop_at_layer} is out of range for {n} blocks: pass an int in [{-n}, {n}] "
+                "(0: the embeddings, a negative value counts from the end) or None for a full run"
+            )
     for i, block in enumerate(blocks[:stop_at_layer]):
         x = block(
             x,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from jaxtyping import Bool, Float
@@ -343,7 +343,7 @@ class HookedAudioEncoder(StackWeightsMixin, AudioFrames):
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}")
         if return_type == "auto":
-            return_type = "logits" if self.ctc_head is not None else "hidden"
+            return_type = cast(AudioReturnType, "hidden" if stop_at_layer is not None else self.default_return_type)
         if return_type == "logits" and self.ctc_head is None:
             raise ValueError(
                 f"return_type='logits' needs a CTC head, and this {self.cfg.architecture} checkpoint has none; "

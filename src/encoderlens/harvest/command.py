@@ -53,7 +53,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--hooks", required=True, nargs="+", help="hook names or globs, e.g. 'blocks.*.hook_resid_post'")
     ap.add_argument("--out", required=True, help="output folder (resumed if it holds a harvest)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--dtype", default="fp16", help="storage dtype: fp16, bf16 or fp32")
+    ap.add_argument("--dtype", default=None, help="storage dtype: fp16, bf16 or fp32 (default: the model's dtype)")
     ap.add_argument("--include-padding", action="store_true", help="store padding positions too, flagged")
     ap.add_argument("--shard-mb", type=float, default=256.0)
     ap.add_argument("--items-per-shard", type=int, default=None)

@@ -180,11 +180,13 @@ class Stack(KeepPropertyErrors, StackWeightsMixin, nn.Module):
             if encoder_out is None or encoder_mask is None:
                 raise ValueError("the decoder needs the encoder output and its mask")
             cross_mask = build_additive_mask(encoder_mask.bool(), q_len, encoder_out.shape[1], False, x.dtype, x.device)
+        if bias is not None:
+            # mask + position bias added once for every block (as HF's T5 does), not once per layer
+            mask = bias if mask is None else mask + bias
         return run_blocks(
             self.blocks,
             x,
             additive_mask=mask,
-            position_bias=bias,
             encoder_out=encoder_out,
             cross_mask=cross_mask,
             kv_cache=kv_cache,

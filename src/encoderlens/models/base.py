@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from encoderlens.cache import ActivationCache, StreamSpec
+from encoderlens.components.mlp import MLP
 from encoderlens.components.stack_weights import StackWeights as StackWeights
 from encoderlens.components.stack_weights import StackWeightsMixin as StackWeightsMixin
 from encoderlens.convert import find_converter
@@ -290,6 +291,10 @@ def load_pretrained(
     """
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(
+            f"dtype must be a floating dtype (torch.float32, torch.bfloat16, torch.float16), got {dtype}"
+        )
     ckpt = read_checkpoint(name_or_path, hf_model, revision=revision)
     cfg, state_dict = find_converter(ckpt.config)(ckpt.config, ckpt.state_dict)
     model_cls = classes.get(cfg.family)
@@ -304,6 +309,11 @@ def load_pretrained(
         model = model_cls(cfg, **kwargs)
     model.load_converted({**state_dict, **model.weights_from_checkpoint(ckpt)})
     model.to(device=device, dtype=dtype)
+    if dtype == torch.float16:
+        # modules HF keeps in float32 under float16 (T5's wo), so the numbers are HF's
+        for module in model.modules():
+            if isinstance(module, MLP):
+                module.keep_out_in_float32()
     model.eval()
     return model
 

@@ -39,6 +39,7 @@ from encoderlens.models.base import HookedModel
 from encoderlens.models.contract import (
     TOKEN_ALIGNMENT_HINT,
     ExampleInput,
+    InputSpec,
     Prepared,
     Readout,
     text_position_labels,
@@ -599,6 +600,11 @@ class HookedEncoderDecoder(HookedModel):
             batch_size=int(enc.tokens.shape[0]),
             alignment_hint=TOKEN_ALIGNMENT_HINT,
         )
+
+    def input_spec(self, stream: str | None = None) -> InputSpec:
+        """Each stream's token embeddings (``encoder.hook_embed`` / ``decoder.hook_embed``)."""
+        stream = self.resolve_stream(stream)
+        return InputSpec(f"{stream}.hook_embed", "token")
 
     @property
     def default_return_type(self) -> str:

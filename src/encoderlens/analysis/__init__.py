@@ -8,6 +8,7 @@ streams) and hook names; no module here knows about model families (see docs/arc
 
 from __future__ import annotations
 
+from encoderlens.analysis.attention_flow import attention_flow, attention_rollout
 from encoderlens.analysis.attribution import (
     attribute_attn_layers,
     attribute_block_outputs,
@@ -57,6 +58,8 @@ from encoderlens.analysis.views import AttentionView, attention_html, render_att
 __all__ = [
     "ALL_DETECTORS",
     "InputAttribution",
+    "attention_flow",
+    "attention_rollout",
     "SequenceAttribution",
     "attribute_input",
     "attribute_sequence",

@@ -115,9 +115,11 @@ def grads_at(
                 raise ValueError(
                     f"replacement for {hook.name} has shape {tuple(new.shape)}, the run's {tuple(x.shape)}"
                 )
-            x = new.to(x.device, x.dtype)
-        # a fresh leaf, so that the gradient is exactly the one flowing into this activation
-        x = x.detach().requires_grad_(True)
+            x = new.to(x.device, x.dtype).detach().requires_grad_(True)
+        elif not x.requires_grad:
+            # a leaf when nothing upstream needs a gradient (parameters frozen, raw waveforms)
+            x = x.detach().requires_grad_(True)
+        # kept in the graph otherwise: the gradient at a hook is the total one, including through later hooks
         acts[hook.name] = x
         return x
 

@@ -241,8 +241,19 @@ class _BackwardCall:
 
 #: Hook points that ``names_filter=None`` ("cache everything") leaves out, because hooking them makes
 #: the model compute something extra: ``hook_result`` (every head's output) is ``n_heads`` times the
-#: size of the residual stream. Name them (a name, a list or a callable filter) to cache them.
-OPT_IN_HOOKS: tuple[str, ...] = ("hook_result",)
+#: size of the residual stream, as are the per-head attention inputs (``hook_q_input``...,
+#: TransformerLens's ``use_split_qkv_input``); ``hook_mlp_in`` copies the MLP input. Name them (a name, a
+#: list or a callable filter) to cache them.
+OPT_IN_HOOKS: tuple[str, ...] = (
+    "hook_result",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+    "hook_cross_q_input",
+    "hook_cross_k_input",
+    "hook_cross_v_input",
+    "hook_mlp_in",
+)
 
 
 def _is_glob(name: str) -> bool:

@@ -23,7 +23,7 @@ from encoderlens.components.stack_weights import StackWeightsMixin as StackWeigh
 from encoderlens.convert import find_converter
 from encoderlens.hooks import HookedRootModule, NameFilter
 from encoderlens.io.checkpoint import Checkpoint, read_checkpoint
-from encoderlens.models.contract import ExampleInput, Prepared, Readout, StreamName
+from encoderlens.models.contract import ExampleInput, InputSpec, Prepared, Readout, StreamName
 
 
 class HookedModel(HookedRootModule):
@@ -96,6 +96,13 @@ class HookedModel(HookedRootModule):
         """How residual stream ``stream`` is built (prefix, blocks, norms, embeddings, unembedding)."""
         raise NotImplementedError(
             f"{type(self).__name__} does not implement stream_spec(stream), which the model contract requires"
+        )
+
+    def input_spec(self, stream: StreamName = None) -> InputSpec:
+        """Where ``stream``'s raw input enters as a tensor (token embeddings, waveform samples), for input
+        attribution; see :class:`~encoderlens.models.contract.InputSpec`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement input_spec(stream), which input attribution needs"
         )
 
     def cross_attention_source(self, stream: StreamName) -> StreamName:
@@ -292,9 +299,7 @@ def load_pretrained(
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
     if not dtype.is_floating_point:
-        raise ValueError(
-            f"dtype must be a floating dtype (torch.float32, torch.bfloat16, torch.float16), got {dtype}"
-        )
+        raise ValueError(f"dtype must be a floating dtype (torch.float32, torch.bfloat16, torch.float16), got {dtype}")
     ckpt = read_checkpoint(name_or_path, hf_model, revision=revision)
     cfg, state_dict = find_converter(ckpt.config)(ckpt.config, ckpt.state_dict)
     model_cls = classes.get(cfg.family)

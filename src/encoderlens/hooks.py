@@ -53,6 +53,8 @@ class HookPoint(nn.Module):
         self.fwd_hooks: list[_Hook] = []
         self.bwd_hooks: list[_Hook] = []
         self.ctx: dict[str, Any] = {}
+        # a module spliced in after the hooks (an SAE): its output flows downstream, the hooks see the input
+        self.splice: Callable[[Tensor], Tensor] | None = None
 
     def add_hook(self, fn: HookFn, dir: Direction = "fwd", is_permanent: bool = False) -> None:
         """Attach ``fn``. Forward: ``fn(tensor, hook=self) -> Tensor | None``. Backward: ``fn(grad, hook=self)``."""
@@ -77,8 +79,8 @@ class HookPoint(nn.Module):
         self.ctx = {}
 
     def has_hooks(self) -> bool:
-        """Whether any forward or backward hook is attached (used to pick fused fast paths)."""
-        return bool(self.fwd_hooks or self.bwd_hooks)
+        """Whether any hook (or a spliced module) is attached (used to pick fused fast paths)."""
+        return bool(self.fwd_hooks or self.bwd_hooks or self.splice is not None)
 
     def forward(self, x: Tensor) -> Tensor:
         for h in self.fwd_hooks:
@@ -98,6 +100,8 @@ class HookPoint(nn.Module):
         if self.bwd_hooks and x.requires_grad:
             for h in self.bwd_hooks:
                 x.register_hook(_BackwardCall(h.fn, self))
+        if self.splice is not None:
+            x = self.splice(x)
         return x
 
 

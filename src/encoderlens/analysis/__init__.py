@@ -33,6 +33,7 @@ from encoderlens.analysis.patching import (
     run_patches,
 )
 from encoderlens.analysis.results import Labelled
+from encoderlens.analysis.sae import attribute_sae_features, patch_sae_features
 from encoderlens.analysis.similarity import (
     Pooling,
     SentenceEncoder,
@@ -60,6 +61,7 @@ __all__ = [
     "attribute_heads",
     "attribute_mlp",
     "attribute_residual",
+    "attribute_sae_features",
     "attribute_similarity",
     "check_compatible",
     "component_norms",
@@ -78,6 +80,7 @@ __all__ = [
     "patch_heads",
     "patch_mlp",
     "patch_residual",
+    "patch_sae_features",
     "pooling_from_checkpoint",
     "prepare",
     "render_attention_html",

@@ -24,7 +24,7 @@ from encoderlens.components.stack import run_blocks
 from encoderlens.config import AudioEncoderConfig
 from encoderlens.hooks import HookPoint
 from encoderlens.io.audio import AudioBatch, AudioInput, AudioOptions, AudioPreprocessing, prepare_audio
-from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer, refuse_remote_code
 from encoderlens.models.base import HookedModel, StackWeightsMixin
 from encoderlens.models.contract import ExampleInput, Prepared, Readout, frame_position_labels
 
@@ -138,7 +138,8 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
         if ckpt.path is not None and (ckpt.path / "preprocessor_config.json").exists():
             from transformers import AutoFeatureExtractor
 
-            fe = AutoFeatureExtractor.from_pretrained(str(ckpt.path))
+            refuse_remote_code(ckpt.path, "preprocessor_config.json")
+            fe = AutoFeatureExtractor.from_pretrained(str(ckpt.path), trust_remote_code=False)
         return {"tokenizer": load_tokenizer(ckpt.path, ckpt.config), "feature_extractor": fe}
 
     # ------------------------------------------------------------------ weights

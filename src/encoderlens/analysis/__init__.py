@@ -18,6 +18,7 @@ from encoderlens.analysis.attribution import (
 from encoderlens.analysis.direct import Decomposition, component_norms, decompose, direct_logit_attribution
 from encoderlens.analysis.families import Prepared, prepare
 from encoderlens.analysis.heads import ALL_DETECTORS, head_scores, score_patterns, summarize
+from encoderlens.analysis.html import HtmlView, page
 from encoderlens.analysis.lens import LensResult, ctc_collapse, ctc_lens, head_fn, logit_lens
 from encoderlens.analysis.patching import (
     Target,
@@ -42,12 +43,13 @@ from encoderlens.analysis.similarity import (
     pooling_from_checkpoint,
     similarity_by_layer,
 )
-from encoderlens.analysis.views import AttentionView, attention_html, render_attention_html
+from encoderlens.analysis.views import AttentionView, attention_html, model_view_html, render_attention_html
 
 __all__ = [
     "ALL_DETECTORS",
     "AttentionView",
     "Decomposition",
+    "HtmlView",
     "Labelled",
     "LensResult",
     "Pooling",
@@ -75,6 +77,8 @@ __all__ = [
     "log_prob",
     "logit_diff",
     "logit_lens",
+    "model_view_html",
+    "page",
     "patch_attn_layers",
     "patch_block_outputs",
     "patch_heads",

@@ -8,6 +8,7 @@ import encoderlens.convert.deberta_v2
 import encoderlens.convert.distilbert
 import encoderlens.convert.electra
 import encoderlens.convert.hubert
+import encoderlens.convert.marian
 import encoderlens.convert.modernbert
 import encoderlens.convert.roberta
 import encoderlens.convert.t5

@@ -113,6 +113,11 @@ class Stack(_PropertyErrors, StackWeightsMixin, nn.Module):
         return StackWeights(self.blocks, "cross_attn")
 
     @property
+    def d_vocab(self) -> int:
+        """Rows of the token embedding this stack reads."""
+        return self._embed[0].W_E.shape[0]
+
+    @property
     def max_positions(self) -> int | None:
         """Longest input the learned position table allows (None: relative positions, no limit)."""
         return self.pos_embed.max_positions if self.pos_embed is not None else None
@@ -230,10 +235,15 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
         self.embed = Embed(d, cfg.encoder_embed)
         self.encoder = Stack(cfg.encoder, cfg.encoder_embed, self.embed)
         self.decoder: Stack | None = None
+        # the decoder's own token table when it shares none with the encoder (Marian, untied embeddings)
+        self.decoder_embed: Embed | None = None
+        dec_tokens = self.embed
         if cfg.decoder is not None:
             assert cfg.decoder_embed is not None
-            self.decoder = Stack(cfg.decoder, cfg.decoder_embed, self.embed)
-        self.lm_head = LMHead(d, cfg.d_vocab, cfg.unembed, self.embed) if cfg.unembed is not None else None
+            if not cfg.shared_embedding:
+                self.decoder_embed = dec_tokens = Embed(d, cfg.decoder_embed)
+            self.decoder = Stack(cfg.decoder, cfg.decoder_embed, dec_tokens)
+        self.lm_head = LMHead(d, cfg.d_vocab_out, cfg.unembed, dec_tokens) if cfg.unembed is not None else None
         self.streams: tuple[str, ...] = ("encoder", "decoder") if self.decoder is not None else ("encoder",)
         self.setup()
 
@@ -244,7 +254,8 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
     # ------------------------------------------------------------------ weights
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
-        """The shared token embedding (encoder, decoder, and the head when tied)."""
+        """The shared token embedding (encoder, decoder, and the head when tied); the encoder's when the
+        decoder has its own (``model.decoder_embed.W_E``, ``cfg.shared_embedding=False``)."""
         return self.embed.W_E
 
     @property
@@ -314,7 +325,7 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
             tokens = as_token_tensor(input)
             m = torch.ones_like(tokens) if mask is None else check_mask(mask, tokens.shape, mask_name)
             batch = TextBatch(tokens, m, None)
-        check_tokens(batch.tokens, self.cfg.d_vocab, stack.max_positions)
+        check_tokens(batch.tokens, stack.d_vocab, stack.max_positions)
         return TextBatch(batch.tokens.to(device), batch.attention_mask.to(device), None)
 
     def decoder_input_from_targets(self, targets: Any, attention_mask: Any = None) -> TextBatch:

@@ -7,7 +7,7 @@ from typing import Any
 from encoderlens.cache import ActivationCache
 from encoderlens.factored_matrix import FactoredMatrix
 from encoderlens.hooks import HookedRootModule, HookPoint, get_act_name
-from encoderlens.models import HookedAudioEncoder, HookedEncoder, HookedEncoderDecoder
+from encoderlens.models import HookedAudioEncoder, HookedEncoder, HookedEncoderDecoder, HookedWhisper
 from encoderlens.models.base import HookedModel
 
 __version__ = "0.1.0"
@@ -31,6 +31,7 @@ __all__ = [
     "HookedEncoderDecoder",
     "HookedModel",
     "HookedRootModule",
+    "HookedWhisper",
     "from_pretrained",
     "get_act_name",
 ]

@@ -13,7 +13,8 @@ import encoderlens.convert.modernbert
 import encoderlens.convert.roberta
 import encoderlens.convert.t5
 import encoderlens.convert.wav2vec2
-import encoderlens.convert.wavlm  # noqa: F401
+import encoderlens.convert.wavlm
+import encoderlens.convert.whisper  # noqa: F401
 from encoderlens.convert.registry import find_converter, register, supported_architectures
 
 __all__ = ["find_converter", "register", "supported_architectures"]

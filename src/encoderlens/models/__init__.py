@@ -3,6 +3,7 @@
 from encoderlens.models.audio_encoder import AudioEncoderOutput, HookedAudioEncoder, Transcription
 from encoderlens.models.encoder import EncoderOutput, HookedEncoder, MaskPrediction
 from encoderlens.models.encoder_decoder import EncoderDecoderOutput, HookedEncoderDecoder
+from encoderlens.models.whisper import HookedWhisper
 
 __all__ = [
     "AudioEncoderOutput",
@@ -11,6 +12,7 @@ __all__ = [
     "HookedAudioEncoder",
     "HookedEncoder",
     "HookedEncoderDecoder",
+    "HookedWhisper",
     "MaskPrediction",
     "Transcription",
 ]

@@ -55,6 +55,9 @@ def mel_filter_bank(n_freqs: int, n_mels: int, sampling_rate: int, f_max: float 
 class LogMelSpectrogram(nn.Module):
     """Waveforms ``(batch, n_samples)`` -> normalised log-mel features ``(batch, n_frames, n_mels)``."""
 
+    window: Tensor
+    filters: Tensor
+
     def __init__(self, cfg: LogMelConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -172,6 +172,7 @@ class HookedWhisper(_PropertyErrors, HookedModel):
                     f"returns them; got shape {tuple(feats.shape)}"
                 )
             return self.mel.hook_mel(feats.transpose(1, 2))
+        assert audio is not None
         mel_cfg = self.cfg.mel
         waves, _ = to_waveforms(audio, mel_cfg.sampling_rate, sampling_rate, resample)
         n = mel_cfg.n_samples

@@ -8,6 +8,7 @@ from encoderlens.cache import ActivationCache
 from encoderlens.factored_matrix import FactoredMatrix
 from encoderlens.hooks import HookedRootModule, HookPoint, get_act_name
 from encoderlens.models import HookedAudioEncoder, HookedEncoder, HookedEncoderDecoder, HookedWhisper
+from encoderlens.models import from_pretrained as _load
 from encoderlens.models.base import HookedModel
 
 __version__ = "0.1.0"
@@ -19,7 +20,7 @@ def from_pretrained(name_or_path: Any = None, **kwargs: Any) -> Any:
     Example:
         >>> model = encoderlens.from_pretrained("default")
     """
-    return HookedModel.from_pretrained(name_or_path, **kwargs)
+    return _load(name_or_path, **kwargs)
 
 
 __all__ = [

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from encoderlens.hooks import get_act_name
+from encoderlens.names import get_act_name
 
 
 class CacheKeyError(KeyError, ValueError):

@@ -19,6 +19,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+_HALF = (torch.float16, torch.bfloat16)
+
 
 class FactoredMatrix:
     """The matrix ``A @ B`` with ``A: (..., ldim, mdim)`` and ``B: (..., mdim, rdim)``."""
@@ -109,11 +111,22 @@ class FactoredMatrix:
     __rmul__ = __mul__
 
     # ------------------------------------------------------------------ decompositions
+    def _factors_for_linalg(self) -> tuple[Tensor, Tensor]:
+        """``A`` and ``B`` in a dtype ``torch.linalg`` handles: half precision is upcast to float32.
+
+        ``torch.linalg.svd`` / ``eig`` have no float16 / bfloat16 kernels (CPU or CUDA), and their
+        results in 8 or 11 mantissa bits would be too coarse to read anyway.
+        """
+        if self.A.dtype in _HALF or self.B.dtype in _HALF:
+            return self.A.float(), self.B.float()
+        return self.A, self.B
+
     @cached_property
     def _svd(self) -> tuple[Tensor, Tensor, Tensor]:
         # SVD of A and B separately, then of the small mdim x mdim core: cheap for low rank
-        Ua, Sa, Vha = torch.linalg.svd(self.A, full_matrices=False)
-        Ub, Sb, Vhb = torch.linalg.svd(self.B, full_matrices=False)
+        A, B = self._factors_for_linalg()
+        Ua, Sa, Vha = torch.linalg.svd(A, full_matrices=False)
+        Ub, Sb, Vhb = torch.linalg.svd(B, full_matrices=False)
         core = (Sa[..., :, None] * Vha) @ (Ub * Sb[..., None, :])
         Uc, Sc, Vhc = torch.linalg.svd(core, full_matrices=False)
         U = Ua @ Uc
@@ -121,7 +134,11 @@ class FactoredMatrix:
         return U, Sc, Vh.transpose(-2, -1)
 
     def svd(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``U, S, V`` with ``AB = U @ diag(S) @ V^T``; ``S`` sorted descending, ``min(ldim, mdim, rdim)`` values."""
+        """``U, S, V`` with ``AB = U @ diag(S) @ V^T``; ``S`` sorted descending, ``min(ldim, mdim, rdim)`` values.
+
+        Half-precision factors (float16, bfloat16) are decomposed in float32, and ``U, S, V`` are
+        float32 (as are ``eigenvalues``' complex64 and ``norm()``).
+        """
         return self._svd
 
     @property
@@ -141,7 +158,8 @@ class FactoredMatrix:
         """Eigenvalues of ``AB`` (complex), computed as the ``mdim`` eigenvalues of ``BA``'s small form ``B @ A``."""
         if self.ldim != self.rdim:
             raise ValueError(f"eigenvalues need a square matrix, got {tuple(self.shape)}")
-        return torch.linalg.eig(self.B @ self.A).eigenvalues
+        A, B = self._factors_for_linalg()
+        return torch.linalg.eig(B @ A).eigenvalues
 
     def norm(self) -> Tensor:
         """Frobenius norm (over the last two dims)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,10 @@ from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor, nn
+
+from encoderlens.names import get_act_name
+
+__all__ = ["OPT_IN_HOOKS", "HookPoint", "HookedRootModule", "KeepPropertyErrors", "get_act_name"]
 
 HookFn = Callable[..., Tensor | None]
 NameFilter = Union[str, Sequence[str], Callable[[str], bool], None]
@@ -131,10 +134,31 @@ def _name_matcher(names_filter: NameFilter) -> Callable[[str], bool]:
     )
 
 
-class HookedRootModule(nn.Module):
+class KeepPropertyErrors:
+    """Mixin for ``nn.Module`` subclasses: a property's own ``AttributeError`` reaches the caller.
+
+    When a property raises ``AttributeError`` (``model.W_U`` on a checkpoint without an MLM head),
+    Python falls back to ``nn.Module.__getattr__``, which replaces the explanation with
+    "'HookedEncoder' object has no attribute 'W_U'". This ``__getattr__`` re-runs the property so
+    its message is the one raised. Every model inherits it through :class:`HookedRootModule`; put it
+    before ``nn.Module`` in the bases of other modules with explanatory properties.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)  # type: ignore[misc]
+        except AttributeError:
+            prop = getattr(type(self), name, None)
+            if isinstance(prop, property) and prop.fget is not None:
+                prop.fget(self)  # raises the property's explanatory AttributeError
+            raise
+
+
+class HookedRootModule(KeepPropertyErrors, nn.Module):
     """Base class of every model: finds its HookPoints and runs with hooks or caching.
 
-    Subclasses build their modules, then call :meth:`setup`.
+    Subclasses build their modules, then call :meth:`setup`. Properties that raise ``AttributeError``
+    keep their message (:class:`KeepPropertyErrors`).
     """
 
     hook_dict: dict[str, HookPoint]
@@ -317,7 +341,8 @@ class HookedRootModule(nn.Module):
             remove_batch_dim: Drop the batch dimension (batch size must be 1).
             incl_bwd: Also cache gradients (``name_grad``); the output must be a scalar-reducible tensor
                 and the backward pass is run on ``output.sum()`` unless it is a scalar already.
-            return_cache_object: Return an :class:`~encoderlens.cache.ActivationCache` (else a dict).
+            return_cache_object: Return the cache object built by :meth:`make_cache` (models return an
+                :class:`~encoderlens.cache.ActivationCache`), else the plain dict.
 
         Returns:
             ``(output, cache)``.
@@ -326,8 +351,6 @@ class HookedRootModule(nn.Module):
             >>> logits, cache = model.run_with_cache("The cat sat.")
             >>> cache["pattern", 0].shape  # (batch, head, query_pos, key_pos)
         """
-        from encoderlens.cache import ActivationCache
-
         store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim)
         with self.hooks(fwd, bwd, reset_hooks_end=reset_hooks_end):
             out = self(*model_args, **model_kwargs)
@@ -340,93 +363,13 @@ class HookedRootModule(nn.Module):
                     )
                 (target if target.ndim == 0 else target.sum()).backward()
         if return_cache_object:
-            return out, ActivationCache(store, self, has_batch_dim=not remove_batch_dim)
+            return out, self.make_cache(store, has_batch_dim=not remove_batch_dim)
         return out, store
 
+    def make_cache(self, store: dict[str, Tensor], has_batch_dim: bool = True) -> Any:
+        """Wrap cached activations for :meth:`run_with_cache`; here the dict itself.
 
-_ACT_ALIASES: dict[str, str] = {
-    "embed": "hook_embed",
-    "pos_embed": "hook_pos_embed",
-    "token_type_embed": "hook_token_type_embed",
-    "full_embed": "hook_full_embed",
-    "resid_pre": "blocks.{i}.hook_resid_pre",
-    "resid_mid": "blocks.{i}.hook_resid_mid",
-    "resid_mid_cross": "blocks.{i}.hook_resid_mid_cross",
-    "resid_post": "blocks.{i}.hook_resid_post",
-    "attn_out": "blocks.{i}.hook_attn_out",
-    "cross_attn_out": "blocks.{i}.hook_cross_attn_out",
-    "mlp_out": "blocks.{i}.hook_mlp_out",
-    "q": "blocks.{i}.{attn}.hook_q",
-    "k": "blocks.{i}.{attn}.hook_k",
-    "v": "blocks.{i}.{attn}.hook_v",
-    "z": "blocks.{i}.{attn}.hook_z",
-    "result": "blocks.{i}.{attn}.hook_result",
-    "attn_scores": "blocks.{i}.{attn}.hook_attn_scores",
-    "scores": "blocks.{i}.{attn}.hook_attn_scores",
-    "pattern": "blocks.{i}.{attn}.hook_pattern",
-    "rot_q": "blocks.{i}.{attn}.hook_rot_q",
-    "rot_k": "blocks.{i}.{attn}.hook_rot_k",
-    "c2c_scores": "blocks.{i}.{attn}.hook_c2c_scores",
-    "c2p_scores": "blocks.{i}.{attn}.hook_c2p_scores",
-    "p2c_scores": "blocks.{i}.{attn}.hook_p2c_scores",
-    "attn": "blocks.{i}.{attn}.hook_pattern",
-    "pre": "blocks.{i}.mlp.hook_pre",
-    "pre_linear": "blocks.{i}.mlp.hook_pre_linear",
-    "post": "blocks.{i}.mlp.hook_post",
-    "mlp_pre": "blocks.{i}.mlp.hook_pre",
-    "mlp_post": "blocks.{i}.mlp.hook_post",
-    "scale": "blocks.{i}.{ln}.hook_scale",
-    "normalized": "blocks.{i}.{ln}.hook_normalized",
-}
-
-
-def get_act_name(
-    name: str,
-    layer: int | None = None,
-    layer_type: str | None = None,
-    stream: str | None = None,
-) -> str:
-    """Expand a short activation name to a full hook name.
-
-    Args:
-        name: Short name (``"pattern"``, ``"resid_post"``, ``"z"``...) or a full hook name.
-        layer: Block index for per-block activations.
-        layer_type: For attention hooks: ``"attn"`` (default) or ``"cross_attn"``; for norm hooks:
-            ``"ln1"``, ``"ln2"``, ``"ln_cross"`` (or ``"1"``/``"2"``).
-        stream: Prefix for encoder-decoders: ``"encoder"`` or ``"decoder"``.
-
-    Example:
-        >>> get_act_name("pattern", 3)
-        'blocks.3.attn.hook_pattern'
-        >>> get_act_name("pattern", 0, "cross_attn", stream="decoder")
-        'decoder.blocks.0.cross_attn.hook_pattern'
-    """
-    prefix = f"{stream}." if stream else ""
-    if "." in name or name.startswith("hook_"):
-        return prefix + name if stream and not name.startswith(prefix) else name
-    template = _ACT_ALIASES.get(name)
-    if template is None:
-        m = re.fullmatch(r"(ln\d|ln_cross|ln_final|final_norm)_?(scale|normalized)?", name)
-        if m:
-            raise ValueError(f"use get_act_name({m.group(2) or 'scale'!r}, layer, {m.group(1)!r}) for norm hooks")
-        close = difflib.get_close_matches(name, list(_ACT_ALIASES), n=3)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown activation short name {name!r}{hint}")
-    if "{i}" in template:
-        if layer is None:
-            raise ValueError(f"activation {name!r} is per block: pass a layer index, e.g. ({name!r}, 0)")
-        attn = "attn"
-        ln = "ln1"
-        if layer_type is not None:
-            if layer_type in ("attn", "cross_attn"):
-                attn = layer_type
-            elif layer_type in ("ln1", "ln2", "ln_cross"):
-                ln = layer_type
-            elif layer_type in ("1", "2"):
-                ln = f"ln{layer_type}"
-            else:
-                raise ValueError(
-                    f"layer_type must be 'attn', 'cross_attn', 'ln1', 'ln2' or 'ln_cross', got {layer_type!r}"
-                )
-        return prefix + template.format(i=layer, attn=attn, ln=ln)
-    return prefix + template
+        Models (:class:`~encoderlens.models.base.HookedModel`) return an
+        :class:`~encoderlens.cache.ActivationCache`, which lives in a layer above this one.
+        """
+        return store

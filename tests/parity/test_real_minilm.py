@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from encoderlens import HookedEncoder
-from encoderlens.convert.loading import default_model_path
+from encoderlens.io.checkpoint import default_model_path
 from tests.conftest import masked_max_diff, pattern_max_diff
 
 SENTENCES = [

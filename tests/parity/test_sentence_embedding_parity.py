@@ -11,7 +11,7 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from encoderlens import HookedEncoder
 from encoderlens.config import SentencePoolingConfig
-from encoderlens.convert.loading import default_model_path
+from encoderlens.io.checkpoint import default_model_path
 from tests.conftest import randomize_norms
 
 WORDS = [
@@ -161,3 +161,111 @@ def test_pooling_can_be_attached_to_any_checkpoint(tmp_path):
         emb = pooled(TEXTS, return_type="sentence_embedding")
         resid = pooled(TEXTS, return_type="embeddings")
     assert torch.equal(emb, resid[:, 0])
+
+
+def add_dense_modules(path, layers, normalize: bool) -> list[torch.nn.Module]:
+    """Append sentence-transformers ``Dense`` modules (saved by sentence-transformers itself) after the pooling."""
+    from sentence_transformers.models import Dense
+
+    modules = json.loads((path / "modules.json").read_text())
+    modules = [m for m in modules if not m["type"].endswith("Normalize")]
+    saved = []
+    g = torch.Generator().manual_seed(1)
+    for i, (n_in, n_out, bias, act) in enumerate(layers):
+        dense = Dense(n_in, n_out, bias=bias, activation_function=act)
+        with torch.no_grad():
+            dense.linear.weight.copy_(torch.randn(n_out, n_in, generator=g) / n_in**0.5)
+            if bias:
+                dense.linear.bias.copy_(torch.randn(n_out, generator=g))
+        folder = f"{2 + i}_Dense"
+        (path / folder).mkdir()
+        dense.save(str(path / folder))
+        modules.append({"idx": 2 + i, "name": str(2 + i), "path": folder, "type": "sentence_transformers.models.Dense"})
+        saved.append(dense)
+    if normalize:
+        n = 2 + len(layers)
+        modules.append(
+            {"idx": n, "name": str(n), "path": f"{n}_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
+    (path / "modules.json").write_text(json.dumps(modules))
+    return saved
+
+
+@pytest.mark.parametrize(
+    "pooling,layers,normalize",
+    [
+        # concatenated modes -> tanh with bias -> identity without bias -> Normalize
+        (
+            {"pooling_mode_cls_token": True, "pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": False},
+            [(72, 20, True, torch.nn.Tanh()), (20, 7, False, torch.nn.Identity())],
+            True,
+        ),
+        ({"pooling_mode": "mean"}, [(36, 5, True, torch.nn.GELU())], False),
+        ({"pooling_mode": "weightedmean"}, [(36, 9, True, torch.nn.ReLU())], True),
+    ],
+)
+def test_dense_modules_equal_sentence_transformers(tmp_path, pooling, layers, normalize):
+    from encoderlens.analysis import SentenceEncoder
+
+    path = tiny_st_folder(tmp_path, pooling, False)
+    add_dense_modules(path, layers, normalize)
+    model = HookedEncoder.from_pretrained(path)
+    assert len(model.cfg.sentence_pooling.dense) == len(layers) and model.cfg.sentence_pooling.normalize == normalize
+    with torch.no_grad():
+        ours, cache = model.run_with_cache(TEXTS, return_type="sentence_embedding")
+    theirs = st_encode(path, TEXTS)
+    assert ours.shape == theirs.shape == (4, layers[-1][1])
+    assert (ours - theirs).abs().max() < 1e-5
+    for i in range(len(layers)):
+        assert f"sentence_pooler.dense.{i}.hook_pre" in cache and f"sentence_pooler.dense.{i}.hook_post" in cache
+    torch.testing.assert_close(cache[f"sentence_pooler.dense.{len(layers) - 1}.hook_post"].shape[-1], layers[-1][1])
+    # the similarity tools read the folder with the same reader: the same vectors
+    enc = SentenceEncoder.from_pretrained(str(path))
+    assert len(enc.pooling.dense) == len(layers)
+    torch.testing.assert_close(enc.embed(TEXTS), ours, atol=1e-6, rtol=0)
+
+
+def test_dense_hooks_change_the_sentence_embedding(tmp_path):
+    path = tiny_st_folder(tmp_path, {"pooling_mode": "mean"}, False)
+    add_dense_modules(path, [(36, 6, True, torch.nn.Tanh())], False)
+    model = HookedEncoder.from_pretrained(path)
+
+    def zero_first(x, hook):
+        x = x.clone()
+        x[:, 0] = 0.0
+        return x
+
+    with torch.no_grad():
+        clean = model(TEXTS, return_type="sentence_embedding")
+        patched = model.run_with_hooks(
+            TEXTS, return_type="sentence_embedding", fwd_hooks=[("sentence_pooler.dense.0.hook_post", zero_first)]
+        )
+    assert torch.equal(patched[:, 0], torch.zeros(4)) and torch.equal(patched[:, 1:], clean[:, 1:])
+
+
+def test_dense_options_that_change_the_computation_are_refused(tmp_path):
+    path = tiny_st_folder(tmp_path, {"pooling_mode": "mean"}, True)
+    add_dense_modules(path, [(36, 6, True, torch.nn.Tanh())], True)
+    cfg_file = path / "2_Dense" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg_file.write_text(json.dumps({**cfg, "use_residual": True}))
+    model = HookedEncoder.from_pretrained(path)
+    assert model.sentence_pooler is None
+    with pytest.raises(ValueError, match="use_residual"):
+        model(TEXTS, return_type="sentence_embedding")
+    cfg_file.write_text(json.dumps({**cfg, "activation_function": "torch.nn.modules.activation.Sigmoid"}))
+    with pytest.raises(ValueError, match="Sigmoid"):
+        HookedEncoder.from_pretrained(path)(TEXTS, return_type="sentence_embedding")
+
+
+def test_dense_layers_must_come_from_the_folder(tmp_path):
+    from encoderlens.config import SentenceDenseConfig
+
+    path = tiny_st_folder(tmp_path, {"pooling_mode": "mean"}, False)
+    foreign = SentencePoolingConfig(("mean",), dense=(SentenceDenseConfig(36, 4),))
+    with pytest.raises(ValueError, match="Dense weights are read from the folder"):
+        HookedEncoder.from_pretrained(path, sentence_pooling=foreign)
+    with pytest.raises(ValueError, match="Dense layer expects 40 features"):
+        HookedEncoder.from_pretrained(
+            path, sentence_pooling=SentencePoolingConfig(("mean",), dense=(SentenceDenseConfig(40, 4),))
+        )

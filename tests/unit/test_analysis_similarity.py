@@ -17,7 +17,7 @@ from encoderlens.analysis import (
     pooling_from_checkpoint,
     similarity_by_layer,
 )
-from encoderlens.convert.loading import default_model_path
+from encoderlens.io.checkpoint import default_model_path
 from tests.unit.analysis_helpers import default_model, tiny_mlm_folder
 
 A = "A man is playing a guitar on stage."
@@ -116,7 +116,12 @@ def test_unsupported_checkpoints_are_explained(tmp_path):
     (folder / "1_Pooling").mkdir()
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": False}))
     (folder / "modules.json").write_text(
-        json.dumps([{"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}])
+        json.dumps(
+            [
+                {"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+        )
     )
     assert pooling_from_checkpoint(folder).modes == ("mean",)  # sentence-transformers' fallback
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "cls", "include_prompt": False}))

@@ -12,6 +12,7 @@ from transformers import Wav2Vec2FeatureExtractor
 
 from encoderlens.io.audio import (
     AudioFileNotFoundError,
+    AudioOptions,
     AudioPreprocessing,
     load_audio,
     prepare_audio,
@@ -90,7 +91,7 @@ def test_padding_and_normalisation_match_hf_feature_extractor(return_attention_m
     fe = Wav2Vec2FeatureExtractor(do_normalize=do_normalize, return_attention_mask=return_attention_mask)
     theirs = fe(waves, sampling_rate=RATE, padding=True, return_tensors="pt")
     pre = AudioPreprocessing.from_feature_extractor(fe, default_return_attention_mask=False)
-    ours = prepare_audio(waves, pre, sampling_rate=RATE)
+    ours = prepare_audio(waves, pre, options=AudioOptions(sampling_rate=RATE))
     assert (ours.input_values - theirs["input_values"]).abs().max() < 1e-5
     assert ours.use_attention_mask == return_attention_mask
     if return_attention_mask:
@@ -109,12 +110,16 @@ def test_tensor_batch_with_sample_mask_and_channel_axis():
     batch = prepare_audio(x, AudioPreprocessing(return_attention_mask=True), attention_mask=mask)
     assert batch.lengths.tolist() == [800, 500, 800] and batch.batched
     stereo = torch.randn(2, 800)
-    mono = prepare_audio(stereo, AudioPreprocessing(do_normalize=False), channel_axis=0)
+    mono = prepare_audio(stereo, AudioPreprocessing(do_normalize=False), options=AudioOptions(channel_axis=0))
     assert torch.allclose(mono.input_values[0], stereo.mean(0)) and not mono.batched
-    frames_first = prepare_audio(stereo.T, AudioPreprocessing(do_normalize=False), channel_axis=1)
+    frames_first = prepare_audio(stereo.T, AudioPreprocessing(do_normalize=False), options=AudioOptions(channel_axis=1))
     assert torch.allclose(frames_first.input_values, mono.input_values)
     # 8 kHz array resampled when asked
-    up = prepare_audio(torch.randn(400), AudioPreprocessing(do_normalize=False), sampling_rate=8000, resample=True)
+    up = prepare_audio(
+        torch.randn(400),
+        AudioPreprocessing(do_normalize=False),
+        options=AudioOptions(sampling_rate=8000, resample=True),
+    )
     assert up.input_values.shape == (1, 800)
 
 
@@ -147,7 +152,7 @@ PRE = AudioPreprocessing()
 )
 def test_bad_inputs_raise_clear_errors(tmp_path, make_input, kwargs, exc, match):
     with pytest.raises(exc, match=match):
-        prepare_audio(make_input(tmp_path), PRE, min_samples=400, **kwargs)
+        prepare_audio(make_input(tmp_path), PRE, min_samples=400, options=AudioOptions(**kwargs))
 
 
 def _garbage_file(p):
@@ -165,6 +170,44 @@ def test_file_rate_conflict_and_folder(tmp_path):
     path = tmp_path / "a.wav"
     sf.write(path, np.zeros(800) + 0.1, 8000)
     with pytest.raises(ValueError, match="8000 Hz"):
-        to_waveforms(path, RATE, sampling_rate=16000)
+        to_waveforms(path, RATE, AudioOptions(sampling_rate=16000))
     with pytest.raises(ValueError, match="folder"):
         load_audio(tmp_path)
+
+
+def test_model_keywords_build_one_options_object():
+    from transformers import HubertConfig, HubertModel
+
+    from encoderlens import HookedAudioEncoder
+
+    cfg = HubertConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=20,
+        conv_dim=(8, 8),
+        conv_kernel=(10, 3),
+        conv_stride=(5, 2),
+        num_conv_pos_embeddings=4,
+        num_conv_pos_embedding_groups=2,
+    )
+    model = HookedAudioEncoder.from_pretrained(hf_model=HubertModel(cfg).eval())
+    wave = torch.randn(2, 400)
+    opts = AudioOptions(sampling_rate=8000, resample=True, channel_axis=0, normalize=False)
+    with torch.no_grad():
+        by_keywords = model(
+            wave, return_type="hidden", sampling_rate=8000, resample=True, channel_axis=0, normalize=False
+        )
+        by_options = model(wave, return_type="hidden", options=opts)
+    assert torch.equal(by_keywords, by_options) and by_options.shape[0] == 1  # stereo -> one item
+    assert torch.equal(
+        model.prepare(wave, options=opts).input_values, model.prepare(wave, 8000, True, 0, normalize=False).input_values
+    )
+    with pytest.raises(ValueError, match=r"not both"):
+        model(wave, options=opts, resample=True)
+    with pytest.raises(ValueError, match="already prepared"):
+        model(model.prepare(wave, channel_axis=0), sampling_rate=8000)
+    with pytest.raises(TypeError, match="resample must be True or False"):
+        AudioOptions(resample="yes")
+    with pytest.raises(ValueError, match="channel_axis must be 0 or 1"):
+        AudioOptions(channel_axis=2)

@@ -77,3 +77,21 @@ def test_vector_products_with_leading_dims():
     assert torch.allclose(f @ v, dense @ v)
     w = torch.randn(7, dtype=torch.float64)
     assert torch.allclose(w @ f, w @ dense)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_decompositions_upcast_to_float32(dtype):
+    # torch.linalg has no half-precision svd/eig (model.OV[0, 0].svd() raised on a bf16 model)
+    A = torch.randn(3, 6, 2, dtype=torch.float64).to(dtype)
+    B = torch.randn(3, 2, 6, dtype=torch.float64).to(dtype)
+    f, exact = FactoredMatrix(A, B), FactoredMatrix(A.double(), B.double())
+    U, S, V = f.svd()
+    assert U.dtype == S.dtype == V.dtype == torch.float32
+    # the factors are exactly representable in float32: the float32 result is the fp64 one to float32 precision
+    assert torch.allclose(S.double(), exact.S, atol=1e-5)
+    assert torch.allclose((U @ torch.diag_embed(S) @ V.transpose(-2, -1)).double(), exact.AB, atol=1e-4)
+    assert f.norm().dtype == torch.float32 and torch.allclose(f.norm().double(), exact.norm(), atol=1e-5)
+    eig = f.eigenvalues
+    assert eig.dtype == torch.complex64
+    assert torch.allclose(eig.abs().sort().values.double(), exact.eigenvalues.abs().sort().values, atol=1e-4)
+    assert f.AB.dtype == dtype  # products stay in the factors' dtype

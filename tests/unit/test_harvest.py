@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from encoderlens.harvest import TextAdapter, harvest, load_harvest
+from encoderlens.harvest import TextAdapter, harvest, load_harvest, writer
 from tests.conftest import WORDS, randomize_norms, save_tiny, tiny_bert_tokenizer
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_q", "pooler.hook_pooled"]
@@ -109,7 +109,7 @@ def test_dict_items_with_ids_and_token_items(model, tmp_path):
     harvest(model, [{"content": "the cat"}], ["blocks.0.hook_resid_post"], tmp_path / "f", adapter=TextAdapter("content"), progress=False)  # fmt: skip
 
 
-def test_streaming_keeps_memory_bounded_and_stops_early(model, tmp_path):
+def test_streaming_keeps_memory_bounded_and_stops_early(model, tmp_path, monkeypatch):
     pulled = []
 
     def gen():
@@ -118,12 +118,20 @@ def test_streaming_keeps_memory_bounded_and_stops_early(model, tmp_path):
             yield t
 
     at_first_shard = []
+    save = writer.save_shard_atomic
+
+    def save_and_record(*args, **kwargs):
+        if not at_first_shard:
+            at_first_shard.append(len(pulled))
+        save(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "save_shard_atomic", save_and_record)
     later_layer_calls = []
     model.add_hook("blocks.1.hook_resid_pre", lambda x, hook: later_layer_calls.append(1))
     try:
         man = harvest(
             model, gen(), ["blocks.0.hook_resid_post"], tmp_path / "s", batch_size=4, dtype="fp32",
-            shard_mb=0.002, progress=False, _after_shard=lambda k: at_first_shard.append(len(pulled)) if k == 1 else None,
+            shard_mb=0.002, progress=False,
         )  # fmt: skip
     finally:
         model.reset_hooks()
@@ -137,17 +145,23 @@ class Crash(RuntimeError):
     pass
 
 
-def test_resume_after_a_crash_finishes_without_duplicates(model, tmp_path):
+def test_resume_after_a_crash_finishes_without_duplicates(model, tmp_path, monkeypatch):
     data = texts(13)
     kw = dict(batch_size=2, dtype="fp32", items_per_shard=2, progress=False)
+    save = writer.save_shard_atomic
+    saved = []
 
-    def crash(k):
-        if k == 3:
-            raise Crash
+    def crash_at_fourth_shard(*args, **kwargs):
+        if len(saved) == 3:
+            raise Crash  # dies while writing shard 4: shards 1-3 are committed
+        save(*args, **kwargs)
+        saved.append(args[0])
 
     out = tmp_path / "r"
-    with pytest.raises(Crash):
-        harvest(model, data, HOOKS, out, _after_shard=crash, **kw)
+    with monkeypatch.context() as m:
+        m.setattr(writer, "save_shard_atomic", crash_at_fourth_shard)
+        with pytest.raises(Crash):
+            harvest(model, data, HOOKS, out, **kw)
     man = json.loads((out / "manifest.json").read_text())
     assert not man["complete"] and man["n_items"] == 6 and len(man["shards"]) == 3
     # debris a kill can leave: a shard renamed into place but not yet listed, and a temp file
@@ -289,3 +303,20 @@ def test_seq2seq_adapter_aligns_source_and_target_sides(tmp_path):
         harvest(model, enc_only, ["decoder.blocks.0.hook_resid_post"], tmp_path / "dec", progress=False)
     with pytest.raises(ValueError, match="two position axes"):
         harvest(model, data, ["encoder.hook_position_bias"], tmp_path / "pb", progress=False)
+
+
+def test_encoderlens_harvest_command_equals_the_function(model, tmp_path, capsys):
+    from encoderlens.cli import main
+
+    data = [{"id": f"doc-{i}", "text": t} for i, t in enumerate(texts(5, seed=3))]
+    inp = tmp_path / "items.jsonl"
+    inp.write_text("\n".join(json.dumps(d) for d in data) + "\n")
+    argv = ["harvest", str(tmp_path / "ckpt"), "--input", str(inp), "--hooks", "blocks.*.hook_resid_post"]
+    argv += ["--out", str(tmp_path / "cli"), "--batch-size", "2", "--dtype", "fp32", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    assert "harvested 5 items" in capsys.readouterr().err
+    harvest(model, data, ["blocks.*.hook_resid_post"], tmp_path / "api", batch_size=2, dtype="fp32", progress=False)
+    a, b = load_harvest(tmp_path / "cli"), load_harvest(tmp_path / "api")
+    assert a.complete and a.item_ids() == {i: f"doc-{i}" for i in range(5)}
+    for hook in b.hooks:
+        assert torch.equal(a.load(hook), b.load(hook)), hook

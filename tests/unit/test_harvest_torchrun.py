@@ -17,16 +17,20 @@ from tests.unit.test_harvest import texts
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 HOOKS = ["blocks.*.hook_resid_post", "blocks.0.mlp.hook_post"]
+KILLED_WORKER = str(Path(__file__).with_name("harvest_killed_worker.py"))
 
 
-def torchrun(ckpt: Path, inp: Path, out: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def torchrun(ckpt: Path, inp: Path, out: Path, kill_after_shards: int | None = None) -> subprocess.CompletedProcess:
+    # the killed run uses a worker script that SIGKILLs itself when it starts its next shard
+    worker = ["-m", "encoderlens.harvest"] if kill_after_shards is None else [KILLED_WORKER]
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "encoderlens.harvest", str(ckpt), "--input", str(inp), "--hooks", *HOOKS, "--out", str(out),
+        *worker, str(ckpt), "--input", str(inp), "--hooks", *HOOKS, "--out", str(out),
         "--batch-size", "2", "--dtype", "fp32", "--items-per-shard", "2", "--device", "cpu", "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
-    env.update(extra_env or {})
+    if kill_after_shards is not None:
+        env["KILL_AFTER_SHARDS"] = str(kill_after_shards)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
 
 
@@ -45,8 +49,8 @@ def test_two_process_harvest_killed_and_resumed_equals_single_process(tmp_path):
     inp.write_text("\n".join(json.dumps(d) for d in data) + "\n")
     out = tmp_path / "dist"
 
-    # both ranks exit hard (os._exit) right after committing their first shard
-    killed = torchrun(ckpt, inp, out, {"ENCODERLENS_HARVEST_TEST_EXIT_AFTER_SHARDS": "1"})
+    # each rank is SIGKILLed when it starts writing its second shard (torchrun then stops the other)
+    killed = torchrun(ckpt, inp, out, kill_after_shards=1)
     assert killed.returncode != 0, killed.stderr[-2000:]
     partial = [json.loads(p.read_text()) for p in sorted((out / "_progress").glob("rank*.json"))]
     assert 1 <= sum(len(st["shards"]) for st in partial) <= 2 and not any(st["done"] for st in partial)

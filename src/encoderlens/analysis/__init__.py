@@ -1,9 +1,9 @@
 """Analysis toolkit: activation and attribution patching, logit lens, direct contributions, head detectors,
 sentence-similarity attribution and attention views. See docs/analysis.md.
 
-Everything works on any encoderlens model through hook names, ``run_with_hooks`` / ``run_with_cache`` and
-the model's stream description; :mod:`encoderlens.analysis.families` is the one place that knows how each
-family takes its inputs.
+Everything works on any encoderlens model through the model contract declared by
+:class:`~encoderlens.models.base.HookedModel` (prepare an input, run it, the readout head, the residual
+streams) and hook names; no module here knows about model families (see docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -25,25 +25,27 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from encoderlens.analysis.families import StreamName, layout, prefix_of, run
-from encoderlens.analysis.patching import (
+from encoderlens.analysis.patching_core import (
     Direction,
     HookList,
     Metric,
     PatchSetup,
-    _finish,
-    _per_copy,
-    _pos_labels,
-    _positions,
+    finish_result,
     head_targets,
+    per_copy,
+    position_labels,
     resid_targets,
+    select_positions,
     setup_runs,
 )
 from encoderlens.analysis.results import Labelled
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import StreamName
+from encoderlens.names import hook_axes
 
 
 def base_gradients(
-    model: Any, setup: PatchSetup, hook_names: Sequence[str], metric: Metric
+    model: HookedModel, setup: PatchSetup, hook_names: Sequence[str], metric: Metric
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Activations and ``d metric / d activation`` of the base run at ``hook_names``.
 
@@ -65,11 +67,10 @@ def base_gradients(
     names = list(dict.fromkeys(hook_names))
     b = setup.base.batch_size
     with torch.enable_grad():
-        out = run(
-            model,
+        out = model.run_prepared(
             setup.base,
             setup.return_type,
-            fwd_hooks=[*((n, _per_copy(f, b)) for n, f in setup.base_hooks), *((n, keep) for n in names)],
+            fwd_hooks=[*((n, per_copy(f, b)) for n, f in setup.base_hooks), *((n, keep) for n in names)],
         )
         value = metric(out)
         if not isinstance(value, Tensor) or not value.requires_grad:
@@ -98,7 +99,7 @@ def _attribute(
 
 
 def attribute_residual(
-    model: Any,
+    model: HookedModel,
     clean: Any,
     corrupt: Any,
     metric: Metric,
@@ -135,7 +136,7 @@ def attribute_residual(
     grads, value = base_gradients(model, setup, names, metric)
     per_item = value.ndim == 1
     n_pos = int(setup.base.mask(stream).shape[1])
-    poss = _positions(n_pos, positions)
+    poss = select_positions(n_pos, positions)
     rows = []
     for nm in names:
         a = _attribute(setup, grads, nm, [2], per_item)  # (batch|1, pos)
@@ -146,27 +147,27 @@ def attribute_residual(
         vals = vals[:, 0]
     if sum_positions:
         vals = vals.reshape(len(lays), len(poss), *vals.shape[1:]).sum(1)
-        return _finish(
+        return finish_result(
             vals + setup.metric_base,
             [len(lays)],
             ["layer"],
             {"layer": [f"L{i}" for i in lays]},
             setup,
             normalize,
-            f"attribution patching: {prefix_of(stream)}{hook} by layer",
+            f"attribution patching: {model.stream_spec(stream).prefix}{hook} by layer",
             hook=hook,
             stream=stream,
             method="attribution patching (first-order)",
         )
-    labels = _pos_labels(setup, stream, n_pos)
-    return _finish(
+    labels = position_labels(setup, stream, n_pos)
+    return finish_result(
         vals + setup.metric_base,
         [len(lays), len(poss)],
         ["layer", "pos"],
         {"layer": [f"L{i}" for i in lays], "pos": [labels[p] for p in poss]},
         setup,
         normalize,
-        f"attribution patching: {prefix_of(stream)}{hook} by layer and position",
+        f"attribution patching: {model.stream_spec(stream).prefix}{hook} by layer and position",
         hook=hook,
         stream=stream,
         method="attribution patching (first-order)",
@@ -174,7 +175,7 @@ def attribute_residual(
 
 
 def attribute_heads(
-    model: Any,
+    model: HookedModel,
     clean: Any,
     corrupt: Any,
     metric: Metric,
@@ -205,7 +206,7 @@ def attribute_heads(
     )
     grads, value = base_gradients(model, setup, names, metric)
     per_item = value.ndim == 1
-    lay = layout(names[0])
+    lay = hook_axes(names[0])
     ndim = setup.base_cache[names[0]].ndim
     head_d, pos_d = lay["head"], lay["pos"]
     keep = {0, head_d} | ({pos_d} if by_pos else set())
@@ -225,22 +226,22 @@ def attribute_heads(
         n_pos = vals.shape[3]
         shape.append(n_pos)
         axes.append("pos")
-        pos_stream = "encoder" if attn == "cross_attn" and act in ("k", "v") else stream
-        labels["pos"] = _pos_labels(setup, pos_stream, n_pos)
+        pos_stream = model.cross_attention_source(stream) if attn == "cross_attn" and act in ("k", "v") else stream
+        labels["pos"] = position_labels(setup, pos_stream, n_pos)
         vals = vals.permute(0, 2, 3, 1)
     else:
         vals = vals.permute(0, 2, 1)
     vals = vals.reshape(-1, vals.shape[-1]).cpu()
     if not per_item:
         vals = vals[:, 0]
-    return _finish(
+    return finish_result(
         vals + setup.metric_base,
         shape,
         axes,
         labels,
         setup,
         normalize,
-        f"attribution patching: {prefix_of(stream)}{attn} heads ({act})",
+        f"attribution patching: {model.stream_spec(stream).prefix}{attn} heads ({act})",
         act=act,
         attn=attn,
         stream=stream,
@@ -249,7 +250,7 @@ def attribute_heads(
 
 
 def attribute_block_outputs(
-    model: Any,
+    model: HookedModel,
     clean: Any,
     corrupt: Any,
     metric: Metric,
@@ -277,11 +278,11 @@ def attribute_block_outputs(
     )
 
 
-def attribute_mlp(model: Any, clean: Any, corrupt: Any, metric: Metric, **kwargs: Any) -> Labelled:
+def attribute_mlp(model: HookedModel, clean: Any, corrupt: Any, metric: Metric, **kwargs: Any) -> Labelled:
     """Gradient estimate of :func:`~encoderlens.analysis.patching.patch_mlp`."""
     return attribute_block_outputs(model, clean, corrupt, metric, component="mlp", **kwargs)
 
 
-def attribute_attn_layers(model: Any, clean: Any, corrupt: Any, metric: Metric, **kwargs: Any) -> Labelled:
+def attribute_attn_layers(model: HookedModel, clean: Any, corrupt: Any, metric: Metric, **kwargs: Any) -> Labelled:
     """Gradient estimate of :func:`~encoderlens.analysis.patching.patch_attn_layers`."""
     return attribute_block_outputs(model, clean, corrupt, metric, component="attn", **kwargs)

@@ -38,17 +38,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from encoderlens.analysis.families import (
-    Prepared,
-    StreamName,
-    check_stream,
-    prefix_of,
-    prepare,
-    run_with_cache,
-    spec_of,
-)
-from encoderlens.analysis.lens import _final_norm, head_fn, output_head
+from encoderlens.analysis.lens import _final_norm, head_fn
 from encoderlens.analysis.results import Labelled
+from encoderlens.cache import StreamSpec
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import Prepared, StreamName
 
 
 @dataclass
@@ -148,16 +142,16 @@ class _Walk:
         return torch.stack([p.expand_as(like) for p in parts]), labels
 
 
-def _embed_norm(model: Any, stream: StreamName) -> tuple[str, Any] | None:
+def _embed_norm(model: HookedModel, spec: StreamSpec) -> tuple[str, Any] | None:
     """The norm between the embedding summands and block 0 (BERT, wav2vec2/HuBERT base), if it is hooked."""
-    path = f"{prefix_of(stream)}embed_ln"
-    if f"{path}.hook_scale" not in getattr(model, "hook_dict", {}):
+    path = f"{spec.prefix}embed_ln"
+    if f"{path}.hook_scale" not in model.hook_dict:
         return None
     return path, model.get_submodule(path)
 
 
 def decompose(
-    model: Any,
+    model: HookedModel,
     input: Any,
     *,
     stream: StreamName = None,
@@ -169,7 +163,7 @@ def decompose(
     """Split the residual stream at ``layer`` (default: the final output) into per-component parts.
 
     Args:
-        model: Any encoderlens model.
+        model: An encoderlens model.
         input: Text, token ids, waveform, or a prepared input.
         stream: ``"encoder"``/``"decoder"`` on encoder-decoders.
         layer: Decompose ``resid_pre`` of this block; None: the last block's output.
@@ -181,9 +175,9 @@ def decompose(
         A :class:`Decomposition`; its parts sum to the target exactly (see the module doc for what each
         part means in post-LN stacks).
     """
-    stream = check_stream(model, stream)
-    prepared = prepare(model, input, **input_kwargs)
-    spec = spec_of(model, stream)
+    stream = model.resolve_stream(stream)
+    prepared = model.prepare_input(input, **input_kwargs)
+    spec = model.stream_spec(stream)
     n = spec.n_layers if layer is None else layer
     if not 0 <= n <= spec.n_layers:
         raise ValueError(f"layer must be in [0, {spec.n_layers}] or None, got {layer}")
@@ -192,16 +186,16 @@ def decompose(
 
 
 def _decompose(
-    model: Any,
+    model: HookedModel,
     prepared: Prepared,
-    spec: Any,
+    spec: StreamSpec,
     stream: StreamName,
     n: int,
     layer: int | None,
     heads: bool,
     apply_final_norm: bool,
 ) -> Decomposition:
-    p = prefix_of(stream)
+    p = spec.prefix
     embeds = set(spec.embed_hooks)
     # only what the walk reads: block outputs, norm scales, z for heads, the residual itself
     suffixes: tuple[str, ...] = (
@@ -213,11 +207,11 @@ def _decompose(
         "hook_resid_post",
     )
     suffixes += ("attn.hook_z",) if heads else ()
-    _, cache = run_with_cache(model, prepared, names_filter=lambda n: n in embeds or n.endswith(suffixes))
+    _, cache = model.run_prepared_with_cache(prepared, names_filter=lambda n: n in embeds or n.endswith(suffixes))
     ref = cache[f"{p}blocks.0.hook_resid_pre"]
     walk = _Walk()
     frozen: list[str] = []
-    emb_norm = _embed_norm(model, stream) if spec.embed_normalized else None
+    emb_norm = _embed_norm(model, spec) if spec.embed_normalized else None
     if spec.embed_normalized and emb_norm is not None:
         path, mod = emb_norm
         for h in spec.embed_hooks:
@@ -241,8 +235,8 @@ def _decompose(
                 z = cache[f"{p}blocks.{i}.{attn}.hook_z"]
                 mod = getattr(block, attn)
                 res = torch.einsum("bphd,hdm->hbpm", z, mod.W_O.to(z.dtype))
-                for h in range(res.shape[0]):
-                    walk.add(f"L{i}{tag or 'H'}{h}", res[h])
+                for hd in range(res.shape[0]):
+                    walk.add(f"L{i}{tag or 'H'}{hd}", res[hd])
                 if mod.b_O is not None:
                     walk.add_bias(mod.b_O.to(z.dtype).expand_as(ref))
             else:
@@ -269,6 +263,7 @@ def _decompose(
         target = cache[target_name]
         norm = _final_norm(model, spec) if (layer is None and apply_final_norm) else None
         if norm is not None:
+            assert spec.final_norm is not None
             path = spec.final_norm if spec.final_norm.startswith(p) else p + spec.final_norm
             walk.through(norm, cache[f"{path}.hook_scale"])
             frozen.append(path)
@@ -279,7 +274,7 @@ def _decompose(
 
 
 def direct_logit_attribution(
-    model: Any,
+    model: HookedModel,
     input: Any,
     token: int | str,
     *,
@@ -300,22 +295,27 @@ def direct_logit_attribution(
     Returns:
         :class:`Labelled` with axis ``("component",)``.
     """
-    stream = check_stream(model, stream)
-    module, linear = output_head(model, stream)
-    if module is None:
+    stream = model.resolve_stream(stream)
+    readout = model.readout(stream)
+    if readout is None:
         head_fn(model, stream)  # raises with the reason when there is no head at all
-    # family heads read the final norm's output: decompose that; a declared unembedding reads the raw stream
-    dec = decompose(model, input, stream=stream, heads=heads, apply_final_norm=module is not None, **input_kwargs)
+    # readout heads read the final norm's output: decompose that; a declared unembedding reads the raw stream
+    dec = decompose(model, input, stream=stream, heads=heads, apply_final_norm=readout is not None, **input_kwargs)
     n_pos = dec.target.shape[1]
     if not -n_pos <= position < n_pos:
         raise ValueError(f"position {position} out of range for {n_pos} positions")
     if not bool(dec.prepared.mask(stream)[item, position]):
         raise ValueError(f"position {position} of item {item} is padding; pick a real position")
-    tok = getattr(model, "tokenizer", None)
+    tok = model.tokenizer
+    out_labels = readout.output_labels if readout is not None else None
 
     def tid(t: int | str) -> int:
         if isinstance(t, int):
             return t
+        if out_labels is not None:
+            if t not in out_labels:
+                raise ValueError(f"{t!r} is not an output label; labels: {list(out_labels)}")
+            return out_labels.index(t)
         if tok is None:
             raise ValueError("token given as a string but the model has no tokenizer; pass an id")
         ids = tok.convert_tokens_to_ids([t])
@@ -325,7 +325,8 @@ def direct_logit_attribution(
 
     good = tid(token)
     bad = tid(wrong_token) if wrong_token is not None else None
-    fn = module if module is not None else head_fn(model, stream)
+    fn = readout.head if readout is not None else head_fn(model, stream)
+    linear = readout.linear if readout is not None else False  # the raw stream goes through the final norm
     x = dec.target[item, position].detach()
     parts = dec.components[:, item, position]
     xg = x.clone().requires_grad_(True)

@@ -39,17 +39,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from encoderlens.analysis.families import (
-    AUDIO,
-    StreamName,
-    check_stream,
-    family_of,
-    prefix_of,
-    prepare,
-    run_with_cache,
-    spec_of,
-)
 from encoderlens.analysis.results import Labelled
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import StreamName
 
 POSITIONAL = ("previous_token", "next_token", "self", "local_window", "mean_distance", "induction", "duplicate_token")
 TOKEN_BASED = ("sep", "special", "padding", "duplicate_token", "induction")
@@ -70,11 +62,11 @@ ALL_DETECTORS = (
 )
 
 
-def default_detectors(family: str, attn: str = "attn") -> tuple[str, ...]:
-    """The detectors that make sense for a family (and for cross-attention)."""
+def default_detectors(tokens: bool, attn: str = "attn") -> tuple[str, ...]:
+    """The detectors that make sense for a stream of tokens, or of frames (``tokens=False``), or cross-attention."""
     if attn == "cross_attn":
         return ("first_token", "last_token", "special", "entropy")
-    if family == AUDIO:
+    if not tokens:
         return ("local_window", "self", "previous_token", "next_token", "first_token", "entropy", "mean_distance")
     return (
         "previous_token",
@@ -243,7 +235,7 @@ def _special_ids(tokenizer: Any, given: dict[str, Any] | None) -> dict[str, Any]
 
 
 def head_scores(
-    model: Any,
+    model: HookedModel,
     input: Any,
     detectors: Sequence[str] | None = None,
     *,
@@ -256,9 +248,9 @@ def head_scores(
     """Run the model once and score every head with each detector.
 
     Args:
-        model: Any encoderlens model.
+        model: An encoderlens model.
         input: Text (a batch is better: scores average over it), token ids, waveforms, or a prepared input.
-        detectors: Names from :data:`ALL_DETECTORS` (default: the ones that suit the family).
+        detectors: Names from :data:`ALL_DETECTORS` (default: the ones that suit the stream: tokens or frames).
         stream: ``"encoder"``/``"decoder"`` on encoder-decoders.
         attn: ``"attn"`` or ``"cross_attn"`` (decoder queries, encoder keys).
         window: Half-width for ``local_window``.
@@ -271,22 +263,21 @@ def head_scores(
         >>> scores = head_scores(model, ["The cat sat on the mat.", "A dog barked."])
         >>> scores["previous_token"].top(3)
     """
-    fam = family_of(model)
-    stream = check_stream(model, stream)
+    stream = model.resolve_stream(stream)
     if attn not in ("attn", "cross_attn"):
         raise ValueError(f"attn must be 'attn' or 'cross_attn', got {attn!r}")
-    spec = spec_of(model, stream)
+    spec = model.stream_spec(stream)
     if attn == "cross_attn" and not spec.has_cross_attention:
         raise ValueError("attn='cross_attn' needs the decoder stream of an encoder-decoder")
-    dets = tuple(default_detectors(fam, attn) if detectors is None else detectors)
+    prepared = model.prepare_input(input, **input_kwargs)
+    has_tokens = prepared.token_ids.get(stream) is not None
+    dets = tuple(default_detectors(has_tokens, attn) if detectors is None else detectors)
     for d in dets:
         if d not in ALL_DETECTORS:
             raise ValueError(f"unknown detector {d!r}; choose from {ALL_DETECTORS}")
         if attn == "cross_attn" and d in POSITIONAL:
             raise ValueError(f"detector {d!r} compares query and key positions, which differ in cross-attention")
-    prepared = prepare(model, input, **input_kwargs)
-    ids = _special_ids(getattr(model, "tokenizer", None), special_ids)
-    has_tokens = prepared.token_ids.get(stream) is not None
+    ids = _special_ids(model.tokenizer, special_ids)
     if detectors is None:
         # defaults: leave out what this input cannot support (no tokens, no tokenizer)
         dets = tuple(
@@ -297,16 +288,13 @@ def head_scores(
             and not (d == "padding" and ids.get("pad") is None)
             and not (d == "sep" and ids.get("sep") is None)
         )
-    p = prefix_of(stream)
-    names = [f"{p}blocks.{i}.{attn}.hook_pattern" for i in range(spec.n_layers)]
+    names = [f"{spec.prefix}blocks.{i}.{attn}.hook_pattern" for i in range(spec.n_layers)]
     wanted = set(names)
     with torch.no_grad():
-        _, cache = run_with_cache(
-            model, prepared, names_filter=lambda n: n in wanted or n.endswith("blocks.0.hook_resid_pre")
-        )
+        _, cache = model.run_prepared_with_cache(prepared, names_filter=lambda n: n in wanted)
     patterns = torch.stack([cache[n] for n in names])
     q_stream = stream
-    k_stream = "encoder" if attn == "cross_attn" else stream
+    k_stream = model.cross_attention_source(stream) if attn == "cross_attn" else stream
     qm, km = prepared.mask(q_stream), prepared.mask(k_stream)
     qt, kt = prepared.token_ids.get(q_stream), prepared.token_ids.get(k_stream)
     labels = {"layer": [f"L{i}" for i in range(spec.n_layers)], "head": [f"H{h}" for h in range(spec.n_heads)]}

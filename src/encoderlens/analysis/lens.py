@@ -1,11 +1,13 @@
 """Logit lens: read every layer's residual stream through the model's own output head.
 
 For each layer ``l`` the residual stream after it is sent through what the model applies to its last
-layer: the final norm (pre-LN stacks that have one) and then the head. No lens is trained ("tuned-free").
+layer: the final norm (pre-LN stacks that have one) and then the head the model declares for the stream
+(``model.readout(stream)``, part of the model contract). No lens is trained ("tuned-free").
 
 - Text encoders with an MLM head: ``mlm_head(final_norm(resid_l))``, the head's own dense -> act -> LN ->
   unembed. In post-LN encoders (BERT) every layer's output is already normalised, so this reads the
-  stream as the head would read a last layer.
+  stream as the head would read a last layer. Without an MLM head, a token-classification head (outputs
+  named by its labels).
 - Encoder-decoders (T5/BART decoders): the decoder's final norm, then ``lm_head`` (scale and bias included).
 - Speech encoders with a CTC head: the final norm (pre-LN) and ``ctc_head`` per frame; :func:`ctc_lens`
   greedy-decodes each layer into a transcript.
@@ -25,44 +27,17 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from encoderlens.analysis.families import (
-    AUDIO,
-    ENCODER,
-    SEQ2SEQ,
-    Prepared,
-    StreamName,
-    check_stream,
-    default_return_type,
-    family_of,
-    prefix_of,
-    prepare,
-    run_with_cache,
-    spec_of,
-)
 from encoderlens.analysis.results import Labelled
+from encoderlens.cache import StreamSpec
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import Prepared, Readout, StreamName
 
 
-def _final_norm(model: Any, spec: Any) -> Callable[[Tensor], Tensor] | None:
+def _final_norm(model: HookedModel, spec: StreamSpec) -> Callable[[Tensor], Tensor] | None:
     if spec.final_norm is None:
         return None
     path = spec.final_norm if spec.final_norm.startswith(spec.prefix) else spec.prefix + spec.final_norm
     return model.get_submodule(path)
-
-
-def output_head(model: Any, stream: StreamName = None) -> tuple[Any, bool]:
-    """The module a family applies to the output of the stream's final norm, and whether it is linear.
-
-    ``mlm_head`` (text encoders, nonlinear), ``ctc_head`` (speech encoders), ``lm_head`` (decoder stream of
-    encoder-decoders); ``(None, False)`` where the stream has none.
-    """
-    fam = family_of(model)
-    if fam == ENCODER and stream in (None, "encoder"):
-        return getattr(model, "mlm_head", None), False
-    if fam == AUDIO:
-        return getattr(model, "ctc_head", None), True
-    if fam == SEQ2SEQ and stream == "decoder":
-        return getattr(model, "lm_head", None), True
-    return None, False
 
 
 def _normalize_only(norm: Any, x: Tensor) -> Tensor:
@@ -72,24 +47,25 @@ def _normalize_only(norm: Any, x: Tensor) -> Tensor:
     return x / (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
 
 
-def head_fn(model: Any, stream: StreamName = None) -> Callable[[Tensor], Tensor]:
+def head_fn(model: HookedModel, stream: StreamName = None) -> Callable[[Tensor], Tensor]:
     """The function from a stream's residual (before any final norm) to the model's output logits.
 
-    The family's own head module after the stream's final norm (exactly the model's last step); for other
-    models the stream's declared linear unembedding ``(W_U, b_U)``, which by the
+    The model's readout head (``model.readout(stream)``) after the stream's final norm (exactly the model's
+    last step); for streams without one, the stream's declared linear unembedding ``(W_U, b_U)``, which by the
     :class:`~encoderlens.cache.StreamSpec` convention reads the final norm's output *without* its affine
     weight and bias (they are folded into ``W_U`` / ``b_U``, as ``ActivationCache.logit_attrs`` expects).
 
     Raises:
         ValueError: When the stream has no output head (a sentence-embedding checkpoint, an encoder stream).
     """
-    spec = spec_of(model, stream)
+    spec = model.stream_spec(stream)
     norm = _final_norm(model, spec)
-    module, _ = output_head(model, stream)
-    if module is not None:
+    readout = model.readout(stream)
+    if readout is not None:
+        head = readout.head
 
         def fn(x: Tensor) -> Tensor:
-            return module(norm(x) if norm is not None else x)
+            return head(norm(x) if norm is not None else x)
 
         return fn
     if spec.unembed is not None:
@@ -131,12 +107,15 @@ class LensResult:
     stream: StreamName
     tokenizer: Any = None
     meta: dict[str, Any] = field(default_factory=dict)
+    output_labels: tuple[str, ...] | None = None
 
     def _pos_labels(self, item: int) -> list[str]:
         labels = self.prepared.position_labels(self.stream, item, n=int(self.prepared.mask(self.stream).shape[1]))
         return [labels[p] for p in self.positions]
 
     def _tok(self, ids: list[int]) -> list[str]:
+        if self.output_labels is not None:
+            return [self.output_labels[i] for i in ids]
         if self.tokenizer is None:
             return [str(i) for i in ids]
         return list(self.tokenizer.convert_ids_to_tokens(ids))
@@ -155,6 +134,10 @@ class LensResult:
         ]
 
     def _ids(self, token: int | str | Sequence[int] | Tensor) -> Tensor:
+        if isinstance(token, str) and self.output_labels is not None:
+            if token not in self.output_labels:
+                raise ValueError(f"{token!r} is not an output label; labels: {list(self.output_labels)}")
+            token = self.output_labels.index(token)
         if isinstance(token, str):
             if self.tokenizer is None:
                 raise ValueError("token given as a string but there is no tokenizer; pass the token id")
@@ -225,14 +208,14 @@ class LensResult:
         return "\n".join(lines)
 
 
-def _select_positions(prepared: Prepared, stream: StreamName, positions: Any, model: Any) -> list[int]:
+def _select_positions(prepared: Prepared, stream: StreamName, positions: Any, model: HookedModel) -> list[int]:
     n = int(prepared.mask(stream).shape[1])
     if positions is None:
         return list(range(n))
     if isinstance(positions, str):
         if positions != "mask":
             raise ValueError(f"positions must be None, a list of ints, or 'mask'; got {positions!r}")
-        tok = getattr(model, "tokenizer", None)
+        tok = model.tokenizer
         ids = prepared.token_ids.get(stream)
         if tok is None or tok.mask_token_id is None or ids is None:
             raise ValueError("positions='mask' needs a tokenizer with a mask token and token inputs")
@@ -251,7 +234,7 @@ def _select_positions(prepared: Prepared, stream: StreamName, positions: Any, mo
 
 
 def logit_lens(
-    model: Any,
+    model: HookedModel,
     input: Any,
     *,
     stream: StreamName = None,
@@ -276,21 +259,21 @@ def logit_lens(
         >>> lens = logit_lens(model, "The capital of France is [MASK].", positions="mask")
         >>> lens.target_rank("paris").to_text()
     """
-    stream = check_stream(model, stream)
-    prepared = prepare(model, input, **input_kwargs)
-    spec = spec_of(model, stream)
+    stream = model.resolve_stream(stream)
+    prepared = model.prepare_input(input, **input_kwargs)
+    spec = model.stream_spec(stream)
     head = head_fn(model, stream)
-    p = prefix_of(stream)
+    readout = model.readout(stream)
+    p = spec.prefix
     names = [f"{p}blocks.{i}.hook_resid_pre" for i in range(spec.n_layers)]
     if include_mid:
         names += [f"{p}blocks.{i}.hook_resid_mid" for i in range(spec.n_layers)]
     names.append(f"{p}blocks.{spec.n_layers - 1}.hook_resid_post")
     wanted = set(names)
-    rt = default_return_type(model)
+    # run for the readout's own logits where the forward returns them (to check the last layer against)
+    rt = readout.return_type if readout is not None and readout.return_type is not None else None
     with torch.no_grad():
-        out, cache = run_with_cache(
-            model, prepared, names_filter=lambda n: n in wanted or n.endswith("blocks.0.hook_resid_pre"), return_type=rt
-        )
+        out, cache = model.run_prepared_with_cache(prepared, names_filter=lambda n: n in wanted, return_type=rt)
         poss = _select_positions(prepared, stream, positions, model)
         stream_acts: list[Tensor] = []
         labels: list[str] = []
@@ -305,11 +288,12 @@ def logit_lens(
         idx = torch.tensor(poss, device=stream_acts[0].device)
         logits = torch.stack([head(a.index_select(1, idx)) for a in stream_acts])
     meta: dict[str, Any] = {}
-    if rt == "logits" and isinstance(out, Tensor) and out.ndim == 3:
+    if rt is not None and isinstance(out, Tensor) and out.ndim == 3:
         real = prepared.mask(stream).index_select(1, idx.to(prepared.mask(stream).device)).bool()
         diff = (logits[-1] - out.index_select(1, idx.to(out.device)))[real.to(out.device)]
         meta["final_max_abs_diff"] = float(diff.abs().max()) if diff.numel() else 0.0
-    return LensResult(logits.float().cpu(), labels, poss, prepared, stream, getattr(model, "tokenizer", None), meta)
+    out_labels = readout.output_labels if readout is not None else None
+    return LensResult(logits.float().cpu(), labels, poss, prepared, stream, model.tokenizer, meta, out_labels)
 
 
 def ctc_collapse(ids: Sequence[int], blank_id: int) -> list[int]:
@@ -323,21 +307,18 @@ def ctc_collapse(ids: Sequence[int], blank_id: int) -> list[int]:
     return out
 
 
-def _blank_id(model: Any) -> int:
-    tok = getattr(model, "tokenizer", None)
-    cfg = getattr(model, "cfg", None)
-    for src in (getattr(cfg, "ctc_head", None), cfg, tok):
-        for name in ("blank_id", "pad_token_id"):
-            v = getattr(src, name, None)
-            if isinstance(v, int):
-                return v
-    raise ValueError(
-        "cannot tell the CTC blank id: the model config and tokenizer have no pad_token_id; pass blank_id="
-    )
+def _ctc_readout(model: HookedModel) -> Readout:
+    readout = model.readout(None) if model.streams == (None,) else None
+    if readout is None or readout.kind != "ctc":
+        raise ValueError(
+            f"ctc_lens is for speech encoders with a CTC head; this {model.architecture} model has "
+            f"{'no output head' if readout is None else 'a ' + readout.kind + ' head'}"
+        )
+    return readout
 
 
 def ctc_lens(
-    model: Any, input: Any, *, item: int = 0, blank_id: int | None = None, **input_kwargs: Any
+    model: HookedModel, input: Any, *, item: int = 0, blank_id: int | None = None, **input_kwargs: Any
 ) -> list[tuple[str, str]]:
     """Per-layer greedy CTC transcripts of one audio item: ``[(layer_label, transcript), ...]``.
 
@@ -345,12 +326,13 @@ def ctc_lens(
     each frame's argmax is collapsed (repeats merged, blanks dropped) and decoded by the tokenizer.
     Padded frames are left out.
     """
-    if family_of(model) != AUDIO:
-        raise ValueError(f"ctc_lens is for speech encoders with a CTC head; this is a {family_of(model)} model")
+    readout = _ctc_readout(model)
+    blank = readout.blank_id if blank_id is None else blank_id
+    if blank is None:
+        raise ValueError("cannot tell the CTC blank id: the model's CTC head declares none; pass blank_id=")
     lens = logit_lens(model, input, **input_kwargs)
-    blank = _blank_id(model) if blank_id is None else blank_id
     real = lens.prepared.mask(None)[item].bool().cpu()
-    tok = getattr(model, "tokenizer", None)
+    tok = model.tokenizer
     out = []
     for lab, lg in zip(lens.layer_labels, lens.logits[:, item]):
         ids = ctc_collapse(lg[real].argmax(-1).tolist(), blank)

@@ -26,38 +26,54 @@ its own patch), which is several times faster than one forward per target on CPU
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from encoderlens.analysis.families import (
-    AUDIO,
-    Prepared,
-    StreamName,
-    check_stream,
-    layout,
-    prefix_of,
-    prepare,
-    spec_of,
+from encoderlens.analysis.patching_core import (
+    Direction,
+    HookList,
+    Metric,
+    PatchSetup,
+    Target,
+    check_compatible,
+    finish_result,
+    head_targets,
+    position_labels,
+    resid_targets,
+    run_patches,
+    select_layers,
+    select_positions,
+    setup_runs,
 )
 from encoderlens.analysis.results import Labelled
 from encoderlens.hooks import get_act_name
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import StreamName
+from encoderlens.names import hook_axes
 
-Metric = Callable[[Any], Tensor | float]
-Direction = Literal["denoise", "noise"]
-HookList = Sequence[tuple[Any, Callable[..., Tensor | None]]]
-
-
-@dataclass(frozen=True)
-class Target:
-    """One activation slice to patch: ``activation[:, *index]`` of hook ``hook`` (batch dim left out)."""
-
-    hook: str
-    index: tuple[Any, ...] = ()
+__all__ = [
+    "Direction",
+    "HookList",
+    "Metric",
+    "PatchSetup",
+    "Target",
+    "check_compatible",
+    "embedding_noise_hook",
+    "head_targets",
+    "log_prob",
+    "logit_diff",
+    "patch_attn_layers",
+    "patch_block_outputs",
+    "patch_heads",
+    "patch_mlp",
+    "patch_residual",
+    "resid_targets",
+    "run_patches",
+    "setup_runs",
+]
 
 
 # ---------------------------------------------------------------------- metrics
@@ -123,395 +139,8 @@ def log_prob(
 
 
 # ---------------------------------------------------------------------- validation
-def _tensors(v: Any) -> list[Tensor]:
-    """Tensors of an argument, looking inside dataclasses (TextBatch, AudioBatch)."""
-    if isinstance(v, Tensor):
-        return [v]
-    if is_dataclass(v) and not isinstance(v, type):
-        return [t for f in fields(v) for t in _tensors(getattr(v, f.name))]
-    return []
-
-
-def _fix_hint(clean: Prepared) -> str:
-    if clean.family == AUDIO:
-        return "Give both recordings the same length (trim or pad the corrupted audio)."
-    return (
-        "Corrupt by swapping tokens for tokens of the same count (check model.to_str_tokens), "
-        "or pad both to one length."
-    )
-
-
-def check_compatible(clean: Prepared, corrupt: Prepared) -> None:
-    """Raise a ValueError unless clean and corrupted inputs line up position by position."""
-    if clean.family != corrupt.family:
-        raise ValueError(f"clean is a {clean.family} input, corrupted a {corrupt.family} input")
-    if clean.batch_size != corrupt.batch_size:
-        raise ValueError(
-            f"clean has {clean.batch_size} items but corrupted has {corrupt.batch_size}; "
-            "pass one corrupted input per clean input"
-        )
-    pairs = list(zip(clean.args, corrupt.args)) + [(clean.kwargs[k], corrupt.kwargs.get(k)) for k in clean.kwargs]
-    for a, b in pairs:
-        for ta, tb in zip(_tensors(a), _tensors(b)):
-            if ta.shape != tb.shape:
-                raise ValueError(
-                    f"clean and corrupted inputs have different shapes {tuple(ta.shape)} vs {tuple(tb.shape)}; "
-                    "patching compares position p of one with position p of the other, so both need the same "
-                    f"length. {_fix_hint(clean)}{_token_hint(clean, corrupt)}"
-                )
-    for stream in clean.masks:
-        a, b = clean.masks[stream], corrupt.masks.get(stream)
-        if a is None or b is None:
-            continue
-        if a.shape != b.shape or not torch.equal(a, b):
-            bad = (a != b).any(-1).nonzero().flatten().tolist() if a.shape == b.shape else "all"
-            where = "" if stream is None else f" in the {stream} stream"
-            raise ValueError(
-                f"clean and corrupted inputs have different padding{where} (items {bad}); patching needs the "
-                f"same real positions in both. {_fix_hint(clean)}{_token_hint(clean, corrupt)}"
-            )
-
-
-def _token_hint(clean: Prepared, corrupt: Prepared) -> str:
-    for stream, labs in clean.labels.items():
-        other = corrupt.labels.get(stream)
-        if labs is None or other is None or stream not in clean.token_ids:
-            continue
-        for i, (x, y) in enumerate(zip(labs, other)):
-            xs = [t for t in x if t != "<pad>"]
-            ys = [t for t in y if t != "<pad>"]
-            if xs != ys and len(xs) != len(ys):
-                return f" Item {i}: clean {xs} ({len(xs)} tokens) vs corrupted {ys} ({len(ys)} tokens)."
-    return ""
-
-
-# ---------------------------------------------------------------------- engine
-def _as_metric_tensor(value: Any, batch: int) -> Tensor:
-    if isinstance(value, (int, float)):
-        value = torch.tensor(float(value))
-    if not isinstance(value, Tensor):
-        raise TypeError(f"the metric must return a tensor or a float, got {type(value).__name__}")
-    value = value.detach().float()
-    if value.ndim == 0 or (value.ndim == 1 and value.shape[0] == batch):
-        return value.cpu()
-    raise ValueError(
-        f"the metric must return a scalar or one value per batch item (shape ({batch},)), got {tuple(value.shape)}"
-    )
-
-
-def _per_copy(fn: Callable[..., Tensor | None], batch: int) -> Callable[..., Tensor]:
-    """Apply a user hook to each copy of a repeated batch separately (it always sees the original batch)."""
-
-    def wrapped(x: Tensor, hook: Any) -> Tensor:
-        if x.shape[0] == batch:
-            out = fn(x, hook=hook)
-            return x if out is None else out
-        parts = []
-        for j in range(x.shape[0] // batch):
-            part = x[j * batch : (j + 1) * batch]
-            out = fn(part, hook=hook)
-            parts.append(part if out is None else out)
-        return torch.cat(parts)
-
-    return wrapped
-
-
-def _patch_hook(slots: list[tuple[int, tuple[Any, ...]]], source: Tensor, batch: int) -> Callable[..., Tensor]:
-    def hook_fn(x: Tensor, hook: Any) -> Tensor:
-        if source.shape[1:] != x.shape[1:]:
-            raise ValueError(
-                f"cannot patch {hook.name}: source activation has shape {tuple(source.shape)}, "
-                f"this run's has {tuple(x.shape)}"
-            )
-        x = x.clone()
-        src = source.to(x.device, x.dtype)
-        for j, idx in slots:
-            x[(slice(j * batch, (j + 1) * batch), *idx)] = src[(slice(None), *idx)]
-        return x
-
-    return hook_fn
-
-
-def run_patches(
-    model: Any,
-    base: Prepared,
-    source_acts: dict[str, Tensor],
-    targets: Sequence[Target],
-    metric: Metric,
-    *,
-    return_type: str | None = None,
-    base_hooks: HookList = (),
-    chunk_size: int = 8,
-    progress: bool = False,
-    desc: str = "patching",
-) -> Tensor:
-    """Run ``base`` once per target with that slice of the activation replaced from ``source_acts``.
-
-    The general engine behind every patching function (also used for ablations: pass zeros or means as
-    ``source_acts``).
-
-    Args:
-        model: Any encoderlens model.
-        base: The input run each time.
-        source_acts: Hook name -> replacement activation of the base run's shape.
-        targets: What to patch, one run each.
-        metric: Output -> scalar or per-item tensor.
-        return_type: Forward ``return_type`` (the family's main output if None).
-        base_hooks: Hooks active in every run (e.g. a corruption); each sees the original batch size.
-        chunk_size: Patched copies of the batch per forward.
-        progress: Show a tqdm progress bar.
-
-    Returns:
-        ``(n_targets,)`` or ``(n_targets, batch)`` metric values.
-    """
-    from encoderlens.analysis.families import run
-
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    for t in targets:
-        if t.hook not in source_acts:
-            raise ValueError(f"no source activation for {t.hook!r}; source_acts has {sorted(source_acts)[:8]}")
-    b = base.batch_size
-    wrapped_base = [(name, _per_copy(fn, b)) for name, fn in base_hooks]
-    results: list[Tensor] = []
-    bar = _progress(len(targets), desc, progress)
-    with torch.no_grad():
-        i = 0
-        while i < len(targets):
-            chunk = list(targets[i : i + chunk_size])
-            slots: dict[str, list[tuple[int, tuple[Any, ...]]]] = defaultdict(list)
-            for j, t in enumerate(chunk):
-                slots[t.hook].append((j, tuple(t.index)))
-            hooks = [(name, _patch_hook(s, source_acts[name], b)) for name, s in slots.items()]
-            out = run(model, base.repeat(len(chunk)), return_type, fwd_hooks=[*wrapped_base, *hooks])
-            if len(chunk) == 1:
-                results.append(_as_metric_tensor(metric(out), b))
-            else:
-                if not isinstance(out, Tensor):
-                    raise TypeError(
-                        f"batched patching splits the output per copy and needs a tensor output, got "
-                        f"{type(out).__name__}; pass chunk_size=1 or a return_type that gives a tensor"
-                    )
-                for j in range(len(chunk)):
-                    results.append(_as_metric_tensor(metric(out[j * b : (j + 1) * b]), b))
-            bar.update(len(chunk))
-            i += len(chunk)
-    bar.close()
-    return torch.stack(results)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, desc: str, show: bool) -> Any:
-    if not show:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="run", leave=False)
-
-
-# ---------------------------------------------------------------------- setup shared by patching functions
-@dataclass
-class PatchSetup:
-    """Clean and corrupted runs prepared for patching (or attribution patching)."""
-
-    clean: Prepared
-    corrupt: Prepared
-    base: Prepared
-    base_hooks: list[tuple[Any, Any]]
-    source_cache: dict[str, Tensor]
-    base_cache: dict[str, Tensor]
-    metric_base: Tensor
-    metric_source: Tensor
-    metric_clean: Tensor
-    metric_corrupt: Tensor
-    direction: str
-    return_type: str | None
-
-
-def setup_runs(
-    model: Any,
-    clean: Any,
-    corrupt: Any,
-    metric: Metric,
-    hook_names: Sequence[str],
-    *,
-    direction: Direction = "denoise",
-    corrupt_hooks: HookList = (),
-    return_type: str | None = None,
-    input_kwargs: dict[str, Any] | None = None,
-) -> PatchSetup:
-    """Prepare both inputs, check they line up, cache ``hook_names`` in both runs and compute baselines."""
-    from encoderlens.analysis.families import run_with_cache
-
-    if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction must be 'denoise' (patch clean into corrupted) or 'noise', got {direction!r}")
-    kw = dict(input_kwargs or {})
-    clean_p = prepare(model, clean, **kw)
-    if corrupt is None:
-        if not corrupt_hooks:
-            raise ValueError(
-                "pass a corrupted input, or corrupt=None with corrupt_hooks that corrupt the clean run "
-                "(e.g. noise on hook_embed)"
-            )
-        corrupt_p = clean_p
-    else:
-        corrupt_p = prepare(model, corrupt, **kw)
-    check_compatible(clean_p, corrupt_p)
-    names = list(dict.fromkeys(hook_names))
-    for n in names:
-        model.check_hook_name(n)
-    cached = lambda nm: nm in set(names) or nm.endswith("blocks.0.hook_resid_pre")  # noqa: E731
-    with torch.no_grad():
-        clean_out, clean_cache = run_with_cache(model, clean_p, names_filter=cached, return_type=return_type)
-        with model.hooks(fwd_hooks=list(corrupt_hooks)):
-            corrupt_out, corrupt_cache = run_with_cache(model, corrupt_p, names_filter=cached, return_type=return_type)
-    check_compatible(clean_p, corrupt_p)  # masks resolved from activations now (audio)
-    b = clean_p.batch_size
-    m_clean = _as_metric_tensor(metric(clean_out), b)
-    m_corrupt = _as_metric_tensor(metric(corrupt_out), b)
-    if direction == "denoise":
-        base, hooks, src, base_cache = corrupt_p, list(corrupt_hooks), clean_cache, corrupt_cache
-        m_base, m_src = m_corrupt, m_clean
-    else:
-        base, hooks, src, base_cache = clean_p, [], corrupt_cache, clean_cache
-        m_base, m_src = m_clean, m_corrupt
-    return PatchSetup(
-        clean_p,
-        corrupt_p,
-        base,
-        hooks,
-        dict(src.items()),
-        dict(base_cache.items()),
-        m_base,
-        m_src,
-        m_clean,
-        m_corrupt,
-        direction,
-        return_type,
-    )
-
-
-def normalise(values: Tensor, setup: PatchSetup, normalize: bool) -> Tensor:
-    """``(values - base) / (source - base)`` when ``normalize`` (raises if the two baselines coincide)."""
-    if not normalize:
-        return values
-    denom = setup.metric_source - setup.metric_base
-    if bool((denom.abs() < 1e-8).any()):
-        raise ValueError(
-            f"the metric is the same on the clean ({setup.metric_clean.tolist()}) and corrupted "
-            f"({setup.metric_corrupt.tolist()}) runs, so effects cannot be normalised; pass normalize=False, "
-            "or choose a corruption / metric that differ"
-        )
-    return (values - setup.metric_base) / denom
-
-
-def _meta(setup: PatchSetup, normalize: bool, **extra: Any) -> dict[str, Any]:
-    def val(t: Tensor) -> Any:
-        return float(t) if t.ndim == 0 else t.tolist()
-
-    return {
-        "direction": setup.direction,
-        "normalized": normalize,
-        "metric_clean": val(setup.metric_clean),
-        "metric_corrupt": val(setup.metric_corrupt),
-        **extra,
-    }
-
-
-def _pos_labels(setup: PatchSetup, stream: StreamName, n: int, item: int = 0) -> list[str]:
-    clean = setup.clean.labels.get(stream)
-    corrupt = setup.corrupt.labels.get(stream)
-    if clean is None:
-        return [str(p) for p in range(n)]
-    out = []
-    for p in range(n):
-        a = clean[item][p]
-        b = corrupt[item][p] if corrupt is not None else a
-        out.append(f"{p}:{a}" if a == b else f"{p}:{a}/{b}")
-    return out
-
-
-_RESID_HOOKS = ("resid_pre", "resid_mid", "resid_mid_cross", "resid_post", "attn_out", "cross_attn_out", "mlp_out")
-
-
-def resid_targets(model: Any, stream: Any, hook: str, layers: Sequence[int] | None) -> tuple[Any, list[int], list[str]]:
-    """Validate a per-block residual target and return ``(stream, layers, hook names)``."""
-    if hook not in _RESID_HOOKS:
-        raise ValueError(f"hook must be one of {_RESID_HOOKS}, got {hook!r}")
-    stream = check_stream(model, stream)
-    lays = _layers(spec_of(model, stream).n_layers, layers)
-    return stream, lays, [get_act_name(hook, i, stream=stream) for i in lays]
-
-
-def head_targets(
-    model: Any, stream: Any, attn: str, act: str, layers: Sequence[int] | None
-) -> tuple[Any, Any, list[int], list[str]]:
-    """Validate a per-head target and return ``(stream, spec, layers, hook names)``."""
-    acts = ("z", "pattern", "q", "k", "v", "result")
-    if act not in acts:
-        raise ValueError(f"act must be one of {acts}, got {act!r}")
-    if attn not in ("attn", "cross_attn"):
-        raise ValueError(f"attn must be 'attn' or 'cross_attn', got {attn!r}")
-    stream = check_stream(model, stream)
-    spec = spec_of(model, stream)
-    if attn == "cross_attn" and not spec.has_cross_attention:
-        raise ValueError("attn='cross_attn' needs a stream with cross-attention (the decoder of an encoder-decoder)")
-    lays = _layers(spec.n_layers, layers)
-    return stream, spec, lays, [get_act_name(act, i, attn, stream=stream) for i in lays]
-
-
-def _layers(n_layers: int, layers: Sequence[int] | None) -> list[int]:
-    if layers is None:
-        return list(range(n_layers))
-    out = []
-    for layer in layers:
-        if not isinstance(layer, int) or not -n_layers <= layer < n_layers:
-            raise ValueError(f"layer {layer!r} out of range for {n_layers} layers")
-        out.append(layer % n_layers)
-    return out
-
-
-def _positions(n_pos: int, positions: Sequence[int] | None) -> list[int]:
-    if positions is None:
-        return list(range(n_pos))
-    out = []
-    for p in positions:
-        if not isinstance(p, int) or not -n_pos <= p < n_pos:
-            raise ValueError(f"position {p!r} out of range for sequences of {n_pos} positions")
-        out.append(p % n_pos)
-    return out
-
-
-def _finish(
-    values: Tensor,
-    shape: list[int],
-    axes: list[str],
-    labels: dict[str, list[str]],
-    setup: PatchSetup,
-    normalize: bool,
-    title: str,
-    **meta: Any,
-) -> Labelled:
-    values = normalise(values, setup, normalize)
-    if values.ndim == 2:  # per-item metric
-        shape = [*shape, values.shape[1]]
-        axes = [*axes, "item"]
-        labels = {**labels, "item": [str(i) for i in range(values.shape[1])]}
-    return Labelled(values.reshape(shape), tuple(axes), labels, title, _meta(setup, normalize, **meta))
-
-
-# ---------------------------------------------------------------------- public patching functions
-
-
 def patch_residual(
-    model: Any,
+    model: HookedModel,
     clean: Any,
     corrupt: Any,
     metric: Metric,
@@ -532,7 +161,7 @@ def patch_residual(
 
     Args:
         model: An encoderlens model.
-        clean, corrupt: Inputs (text, token ids, waveforms, or :class:`~encoderlens.analysis.families.Prepared`);
+        clean, corrupt: Inputs (text, token ids, waveforms, or :class:`~encoderlens.models.contract.Prepared`);
             ``corrupt=None`` with ``corrupt_hooks`` corrupts the clean input through hooks.
         metric: Model output -> scalar (or one value per item).
         hook: Which per-block activation: ``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"``,
@@ -568,7 +197,7 @@ def patch_residual(
         input_kwargs=input_kwargs,
     )
     n_pos = int(setup.base.mask(stream).shape[1])
-    poss = _positions(n_pos, positions)
+    poss = select_positions(n_pos, positions)
     targets = [Target(nm, (p,)) for nm in names for p in poss]
     vals = run_patches(
         model,
@@ -582,22 +211,22 @@ def patch_residual(
         progress=progress,
         desc=f"patching {hook}",
     )
-    all_labels = _pos_labels(setup, stream, n_pos)
-    return _finish(
+    all_labels = position_labels(setup, stream, n_pos)
+    return finish_result(
         vals,
         [len(lays), len(poss)],
         ["layer", "pos"],
         {"layer": [f"L{i}" for i in lays], "pos": [all_labels[p] for p in poss]},
         setup,
         normalize,
-        f"activation patching: {prefix_of(stream)}{hook} by layer and position",
+        f"activation patching: {model.stream_spec(stream).prefix}{hook} by layer and position",
         hook=hook,
         stream=stream,
     )
 
 
 def patch_heads(
-    model: Any,
+    model: HookedModel,
     clean: Any,
     corrupt: Any,
     metric: Metric,
@@ -641,9 +270,9 @@ def patch_heads(
         input_kwargs=input_kwargs,
     )
     n_heads = spec.n_heads
-    lay = layout(names[0])
+    lay = hook_axes(names[0])
     targets: list[Target] = []
-    pos_stream = "encoder" if attn == "cross_attn" and act in ("k", "v") else stream
+    pos_stream = model.cross_attention_source(stream) if attn == "cross_attn" and act in ("k", "v") else stream
     n_pos = int(setup.source_cache[names[0]].shape[lay["pos"]])
     for nm in names:
         for h in range(n_heads):
@@ -669,15 +298,15 @@ def patch_heads(
     if by_pos:
         shape.append(n_pos)
         axes.append("pos")
-        labels["pos"] = _pos_labels(setup, pos_stream, n_pos)
-    return _finish(
+        labels["pos"] = position_labels(setup, pos_stream, n_pos)
+    return finish_result(
         vals,
         shape,
         axes,
         labels,
         setup,
         normalize,
-        f"activation patching: {prefix_of(stream)}{attn} heads ({act})",
+        f"activation patching: {spec.prefix}{attn} heads ({act})",
         act=act,
         attn=attn,
         stream=stream,
@@ -685,7 +314,7 @@ def patch_heads(
 
 
 def patch_block_outputs(
-    model: Any,
+    model: HookedModel,
     clean: Any,
     corrupt: Any,
     metric: Metric,
@@ -710,12 +339,12 @@ def patch_block_outputs(
         return patch_residual(
             model, clean, corrupt, metric, hook=hooks[component], stream=stream, layers=layers, **kwargs
         )
-    stream = check_stream(model, stream)
-    spec = spec_of(model, stream)
+    stream = model.resolve_stream(stream)
+    spec = model.stream_spec(stream)
     if component == "cross_attn" and not spec.has_cross_attention:
         raise ValueError("component='cross_attn' needs the decoder stream of an encoder-decoder")
-    lays = _layers(spec.n_layers, layers)
-    names = [get_act_name(hooks[component], i, stream=stream) for i in lays]
+    lays = select_layers(spec.n_layers, layers)
+    names = [spec.prefix + get_act_name(hooks[component], i) for i in lays]
     normalize = kwargs.pop("normalize", True)
     chunk_size = kwargs.pop("chunk_size", 8)
     progress = kwargs.pop("progress", False)
@@ -732,25 +361,25 @@ def patch_block_outputs(
         progress=progress,
         desc=f"patching {component}",
     )
-    return _finish(
+    return finish_result(
         vals,
         [len(lays)],
         ["layer"],
         {"layer": [f"L{i}" for i in lays]},
         setup,
         normalize,
-        f"activation patching: {prefix_of(stream)}{hooks[component]} by layer",
+        f"activation patching: {spec.prefix}{hooks[component]} by layer",
         component=component,
         stream=stream,
     )
 
 
-def patch_mlp(model: Any, clean: Any, corrupt: Any, metric: Metric, **kwargs: Any) -> Labelled:
+def patch_mlp(model: HookedModel, clean: Any, corrupt: Any, metric: Metric, **kwargs: Any) -> Labelled:
     """Patch each layer's MLP output (see :func:`patch_block_outputs`)."""
     return patch_block_outputs(model, clean, corrupt, metric, component="mlp", **kwargs)
 
 
-def patch_attn_layers(model: Any, clean: Any, corrupt: Any, metric: Metric, **kwargs: Any) -> Labelled:
+def patch_attn_layers(model: HookedModel, clean: Any, corrupt: Any, metric: Metric, **kwargs: Any) -> Labelled:
     """Patch each layer's attention output (see :func:`patch_block_outputs`)."""
     return patch_block_outputs(model, clean, corrupt, metric, component="attn", **kwargs)
 

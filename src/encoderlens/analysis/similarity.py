@@ -29,7 +29,6 @@ model's :class:`~encoderlens.components.heads.SentencePooler` in both cases; ``m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,31 +39,18 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from encoderlens.analysis.families import Prepared, family_of, prepare, run
 from encoderlens.analysis.patching import Target, run_patches
 from encoderlens.analysis.results import Labelled
-from encoderlens.components.heads import SentencePooler
+from encoderlens.components.heads import SentencePooler, dense_activation
 from encoderlens.config import POOLING_MODES, SentencePoolingConfig
-
-_ST_KEYS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens": "weightedmean",
-    "pooling_mode_lasttoken": "lasttoken",
-}
-_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "torch.nn.modules.activation.Tanh": torch.tanh,
-    "torch.nn.modules.linear.Identity": lambda x: x,
-    "torch.nn.modules.activation.ReLU": torch.relu,
-    "torch.nn.modules.activation.GELU": F.gelu,
-}
+from encoderlens.io.sentence_transformers import read_sentence_transformer
+from encoderlens.models.contract import Prepared
+from encoderlens.models.encoder import HookedEncoder
 
 
 @dataclass(frozen=True)
 class Dense:
-    """A sentence-transformers ``Dense`` module: ``act(x @ W.T + b)``."""
+    """A sentence-transformers ``Dense`` module: ``act(x @ W.T + b)`` (``activation``: a ``DENSE_ACTIVATIONS`` name)."""
 
     W: Tensor
     b: Tensor | None
@@ -74,7 +60,7 @@ class Dense:
         y = x @ self.W.to(x).T
         if self.b is not None:
             y = y + self.b.to(x)
-        return _ACTIVATIONS[self.activation](y)
+        return dense_activation(self.activation)(y)
 
 
 @dataclass(frozen=True)
@@ -127,36 +113,6 @@ class Pooling:
         return self.modes == ("mean",) and not self.dense
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path} is missing; the sentence-transformers checkpoint is incomplete") from None
-
-
-def _load_dense(folder: Path) -> Dense:
-    cfg = _read_json(folder / "config.json")
-    act = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
-    if act not in _ACTIVATIONS:
-        raise NotImplementedError(
-            f"Dense activation {act!r} in {folder} is not supported; supported: {sorted(_ACTIVATIONS)}"
-        )
-    if (folder / "model.safetensors").exists():
-        from safetensors.torch import load_file
-
-        sd = load_file(str(folder / "model.safetensors"))
-    elif (folder / "pytorch_model.bin").exists():
-        sd = torch.load(str(folder / "pytorch_model.bin"), map_location="cpu", weights_only=True)
-    else:
-        raise ValueError(f"no weights (model.safetensors / pytorch_model.bin) in the Dense module folder {folder}")
-    W = sd.get("linear.weight")
-    if W is None:
-        raise ValueError(f"Dense module {folder} has no 'linear.weight' (keys: {sorted(sd)})")
-    if tuple(W.shape) != (cfg["out_features"], cfg["in_features"]):
-        raise ValueError(f"Dense weight in {folder} has shape {tuple(W.shape)}, config says {cfg}")
-    return Dense(W.float(), sd.get("linear.bias"), act)
-
-
 def pooling_from_checkpoint(path: str | Path) -> Pooling:
     """Read the pooling a sentence-transformers checkpoint folder declares (``modules.json``).
 
@@ -166,45 +122,19 @@ def pooling_from_checkpoint(path: str | Path) -> Pooling:
         ValueError: The folder has no ``modules.json`` (not a sentence-transformers checkpoint), or a file is
             missing. NotImplementedError: a module type this reader does not handle.
     """
-    from encoderlens.convert.loading import resolve_path
+    from encoderlens.io.checkpoint import resolve_path
 
     folder = resolve_path(path) if not Path(str(path)).is_dir() else Path(path)
-    modules_file = folder / "modules.json"
-    if not modules_file.exists():
+    spec = read_sentence_transformer(folder)
+    if not spec.is_sentence_transformer:
         raise ValueError(
             f"{folder} has no modules.json, so it does not declare a sentence-embedding pooling; "
             "pass Pooling(modes=('mean',), normalize=True) (or ('cls',)) explicitly"
         )
-    modes: tuple[str, ...] | None = None
-    normalize = False
-    dense: list[Dense] = []
-    for mod in sorted(_read_json(modules_file), key=lambda m: m.get("idx", 0)):
-        kind = str(mod.get("type", "")).rsplit(".", 1)[-1]
-        sub = folder / mod.get("path", "")
-        if kind == "Transformer":
-            continue
-        if kind == "Pooling":
-            cfg = _read_json(sub / "config.json")
-            mode = cfg.get("pooling_mode")
-            if mode is not None:
-                modes = (mode,) if isinstance(mode, str) else tuple(mode)
-            else:
-                modes = tuple(m for key, m in _ST_KEYS.items() if cfg.get(key))
-            modes = modes or ("mean",)  # sentence-transformers' own fallback
-            if not cfg.get("include_prompt", True):
-                raise NotImplementedError(f"{sub / 'config.json'} has include_prompt=false, which is not reproduced")
-        elif kind == "Dense":
-            dense.append(_load_dense(sub))
-        elif kind == "Normalize":
-            normalize = True
-        else:
-            raise NotImplementedError(
-                f"sentence-transformers module {mod.get('type')!r} in {folder} is not supported "
-                "(supported: Transformer, Pooling, Dense, Normalize)"
-            )
-    if modes is None:
-        raise ValueError(f"{modules_file} lists no Pooling module")
-    return Pooling(modes, normalize, tuple(dense), str(folder))
+    if spec.pooling is None:
+        raise NotImplementedError(spec.note)
+    dense = tuple(Dense(W.T, b, c.activation) for c, (W, b) in zip(spec.pooling.dense, spec.dense_weights, strict=True))
+    return Pooling(spec.pooling.modes, spec.pooling.normalize, dense, str(folder))
 
 
 class SentenceEncoder:
@@ -216,10 +146,10 @@ class SentenceEncoder:
     """
 
     def __init__(
-        self, model: Any, pooling: Pooling, max_seq_length: int | None = None, do_lower_case: bool = False
+        self, model: HookedEncoder, pooling: Pooling, max_seq_length: int | None = None, do_lower_case: bool = False
     ) -> None:
-        if family_of(model) != "encoder":
-            raise TypeError(f"SentenceEncoder needs a text encoder, got a {family_of(model)} model")
+        if not isinstance(model, HookedEncoder):  # argument validation: it pools a text encoder's tokens
+            raise TypeError(f"SentenceEncoder needs a text encoder (HookedEncoder), got a {type(model).__name__}")
         if not isinstance(pooling, Pooling):
             raise TypeError(f"pooling must be a Pooling, got {type(pooling).__name__}")
         self.model = model
@@ -232,8 +162,7 @@ class SentenceEncoder:
         cls, name_or_path: str = "default", pooling: Pooling | None = None, **kwargs: Any
     ) -> SentenceEncoder:
         """Load the model and the pooling (and ``max_seq_length``) its folder declares."""
-        from encoderlens import HookedEncoder
-        from encoderlens.convert.loading import resolve_path
+        from encoderlens.io.checkpoint import resolve_path
 
         folder = resolve_path(name_or_path)
         model = HookedEncoder.from_pretrained(str(folder), **kwargs)
@@ -241,16 +170,20 @@ class SentenceEncoder:
 
     @classmethod
     def from_model(
-        cls, model: Any, folder: str | Path | None = None, pooling: Pooling | None = None
+        cls, model: HookedEncoder, folder: str | Path | None = None, pooling: Pooling | None = None
     ) -> SentenceEncoder:
         """Wrap an already-loaded model: ``pooling`` if given, else the model's own sentence pooling, else
-        what its checkpoint ``folder`` declares (this also reads ``Dense`` layers the model does not run)."""
-        sp = getattr(model.cfg, "sentence_pooling", None)
-        st: dict[str, Any] = {}
-        if folder is not None and (Path(folder) / "sentence_bert_config.json").exists():
-            st = json.loads((Path(folder) / "sentence_bert_config.json").read_text())
-        if pooling is None and sp is not None:
-            pooling = Pooling.from_config(sp)
+        what its checkpoint ``folder`` declares (read by the same reader as the model's, Dense layers included)."""
+        own = model.cfg.sentence_pooling
+        declared = read_sentence_transformer(Path(folder)).pooling if folder is not None else None
+        if pooling is None and own is not None:
+            if not own.dense:
+                pooling = Pooling.from_config(own)
+            elif folder is None:
+                raise ValueError(
+                    "this model's sentence pooling has Dense layers: pass its checkpoint folder (from_pretrained "
+                    "does) so that SentenceEncoder reads the same layers"
+                )
         if pooling is None:
             if folder is None:
                 raise ValueError(
@@ -258,8 +191,9 @@ class SentenceEncoder:
                     "pooling=Pooling(('mean',), normalize=True)"
                 )
             pooling = pooling_from_checkpoint(folder)
-        msl = st.get("max_seq_length", sp.max_seq_length if sp is not None else None)
-        lower = bool(st.get("do_lower_case", sp.do_lower_case if sp is not None else False))
+        sp = declared if declared is not None else own
+        msl = sp.max_seq_length if sp is not None else None
+        lower = sp.do_lower_case if sp is not None else False
         return cls(model, pooling, msl, lower)
 
     def prepare(self, texts: str | Sequence[str]) -> Prepared:
@@ -280,7 +214,7 @@ class SentenceEncoder:
         kw: dict[str, Any] = {"one_zero_attention_mask": enc["attention_mask"]}
         if "token_type_ids" in enc and self.model.token_type_embed is not None:
             kw["token_type_ids"] = enc["token_type_ids"]
-        return prepare(self.model, enc["input_ids"], **kw)
+        return self.model.prepare_input(enc["input_ids"], **kw)
 
     def embed_resid(self, resid: Tensor, mask: Tensor) -> Tensor:
         """Sentence embeddings from a final residual stream ``(batch, pos, d)``."""
@@ -290,7 +224,7 @@ class SentenceEncoder:
         """Sentence embeddings ``(batch, d)`` as the checkpoint computes them."""
         p = texts if isinstance(texts, Prepared) else self.prepare(texts)
         with torch.no_grad():
-            resid = run(self.model, p, "embeddings")
+            resid = self.model.run_prepared(p, "embeddings")
         return self.pooling(resid, p.mask(None))
 
     def similarity(self, a: str, b: str) -> float:
@@ -369,7 +303,7 @@ def similarity_by_layer(encoder: SentenceEncoder, a: str, b: str) -> Labelled:
     n = model.cfg.n_layers
     names = {f"blocks.{i}.hook_resid_pre" for i in range(n)} | {f"blocks.{n - 1}.hook_resid_post"}
     with torch.no_grad():
-        _, cache = model.run_with_cache(*p.args, names_filter=lambda nm: nm in names, return_type=None, **p.kwargs)
+        _, cache = model.run_prepared_with_cache(p, names_filter=names.__contains__, return_type="embeddings")
     stream = [cache[f"blocks.{i}.hook_resid_pre"] for i in range(n)] + [cache[f"blocks.{n - 1}.hook_resid_post"]]
     mask = p.mask(None)
     pooled = [encoder.pooling.pool(x, mask) for x in stream]
@@ -389,7 +323,7 @@ def _token_occlusion(encoder: SentenceEncoder, p: Prepared, sim: float, mode: st
     tokens, mask = p.args[0], p.mask(None)
     tt = p.kwargs.get("token_type_ids")
     with torch.no_grad():
-        base = encoder.pooling(run(model, p, "embeddings"), mask)
+        base = encoder.pooling(model.run_prepared(p, "embeddings"), mask)
     out = []
     for item in (0, 1):
         idx, _ = _real_labels(p, item)
@@ -428,7 +362,7 @@ def _token_grad_x_input(encoder: SentenceEncoder, p: Prepared) -> tuple[Tensor, 
         return x
 
     with torch.enable_grad():
-        resid = run(model, p, "embeddings", fwd_hooks=[("hook_embed", keep)])
+        resid = model.run_prepared(p, "embeddings", fwd_hooks=[("hook_embed", keep)])
         sim = encoder.pair_metric(p)(resid)
         (g,) = torch.autograd.grad(sim, store["embed"])
     scores = (g * store["embed"].detach()).sum(-1).cpu()
@@ -443,7 +377,7 @@ def _token_pairs(encoder: SentenceEncoder, p: Prepared) -> Labelled | None:
     if not encoder.pooling.is_linear_mean:
         return None
     with torch.no_grad():
-        resid = run(encoder.model, p, "embeddings")
+        resid = encoder.model.run_prepared(p, "embeddings")
     ia, la = _real_labels(p, 0)
     ib, lb = _real_labels(p, 1)
     xa, xb = resid[0, ia], resid[1, ib]
@@ -513,9 +447,7 @@ def attribute_similarity(
     head_names = [f"blocks.{i}.attn.hook_z" for i in range(n_layers)] if heads else []
     wanted = set(layer_names) | set(head_names)
     with torch.no_grad():
-        resid, cache = model.run_with_cache(
-            *p.args, names_filter=lambda n: n in wanted, return_type="embeddings", **p.kwargs
-        )
+        resid, cache = model.run_prepared_with_cache(p, names_filter=wanted.__contains__, return_type="embeddings")
     sim = float(metric(resid))
     cache_d = dict(cache.items())
     mask = p.mask(None)
@@ -547,7 +479,7 @@ def attribute_similarity(
             return x
 
         with torch.enable_grad():
-            out = run(model, p, "embeddings", fwd_hooks=[(n, keep) for n in layer_names + head_names])
+            out = model.run_prepared(p, "embeddings", fwd_hooks=[(n, keep) for n in layer_names + head_names])
             value = metric(out)
             grads = dict(zip(acts, torch.autograd.grad(value, list(acts.values()), allow_unused=True)))
         src = _ablation_sources(cache_d, layer_names + head_names, mask, ablation)

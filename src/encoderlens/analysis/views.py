@@ -25,7 +25,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from encoderlens.analysis.families import AUDIO, family_of, prefix_of, prepare, run_with_cache, spec_of, streams_of
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import StreamName
 
 
 @dataclass
@@ -104,6 +105,19 @@ def _payload(views: Sequence[AttentionView], item_names: Sequence[str], max_byte
     return {"items": list(item_names), "views": data}
 
 
+def _script_safe_json(payload: Any) -> str:
+    """JSON that can sit inside ``<script type='application/json'>`` whatever strings it holds.
+
+    ``<``, ``>`` and ``&`` become ``\\u003c`` / ``\\u003e`` / ``\\u0026`` (so ``</script>``, ``<!--`` and
+    ``<script`` in a token cannot end or re-mode the element), U+2028 / U+2029 are escaped, and
+    ``ensure_ascii`` escapes the rest of non-ASCII; ``JSON.parse`` reads back the same strings.
+    """
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
+
+
 def render_attention_html(
     views: Sequence[AttentionView],
     item_names: Sequence[str],
@@ -117,7 +131,7 @@ def render_attention_html(
     payload = _payload(views, item_names, max_bytes)
     payload["title"] = title
     payload["layer_labels"] = layer_labels or {}
-    blob = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
+    blob = _script_safe_json(payload)
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body data-status='loading'>"
@@ -127,7 +141,7 @@ def render_attention_html(
 
 
 def attention_html(
-    model: Any,
+    model: HookedModel,
     input: Any,
     path: str | Path | None = None,
     *,
@@ -141,10 +155,10 @@ def attention_html(
 
     Text encoders get one self-attention view; encoder-decoders get encoder self-, decoder self- and
     cross-attention; speech encoders a self-attention view on a time axis (``frame_seconds`` per frame,
-    from the model's ``frame_times`` when it has one, else the 20 ms hop of wav2vec2 / HuBERT).
+    from the times of the prepared input's frames).
 
     Args:
-        model: Any encoderlens model.
+        model: An encoderlens model.
         input: Text or a batch of texts (each becomes an item), token ids, waveforms, or a prepared input.
         path: Write the page here too.
         layers: Layers to include (all by default).
@@ -155,36 +169,38 @@ def attention_html(
     Returns:
         The HTML document.
     """
-    fam = family_of(model)
-    prepared = prepare(model, input, **input_kwargs)
-    views_wanted: list[tuple[str, str, Any, str, Any]] = []  # key, label, stream, attn, key stream
-    for stream in streams_of(model):
-        spec = spec_of(model, stream)
+    prepared = model.prepare_input(input, **input_kwargs)
+    # key, label, stream, attn, key stream
+    views_wanted: list[tuple[str, str, StreamName, str, StreamName]] = []
+    for stream in model.streams:
+        spec = model.stream_spec(stream)
         name = "self" if stream is None else stream
         lab = "self-attention" if stream is None else f"{stream} self-attention"
         views_wanted.append((name, lab, stream, "attn", stream))
         if spec.has_cross_attention:
-            views_wanted.append(("cross", "cross-attention (decoder -> encoder)", stream, "cross_attn", "encoder"))
+            source = model.cross_attention_source(stream)
+            views_wanted.append(("cross", f"cross-attention ({stream} -> {source})", stream, "cross_attn", source))
     hook_names: list[str] = []
     layer_sel: dict[str, list[int]] = {}
     for key, _, stream, attn, _ in views_wanted:
-        n = spec_of(model, stream).n_layers
+        spec = model.stream_spec(stream)
+        n = spec.n_layers
         sel = list(range(n)) if layers is None else [li % n for li in layers if -n <= li < n]
         if not sel:
             raise ValueError(f"layers={list(layers or [])} selects nothing from {n} layers")
         layer_sel[key] = sel
-        hook_names += [f"{prefix_of(stream)}blocks.{i}.{attn}.hook_pattern" for i in sel]
+        hook_names += [f"{spec.prefix}blocks.{i}.{attn}.hook_pattern" for i in sel]
     wanted = set(hook_names)
     with torch.no_grad():
-        _, cache = run_with_cache(
-            model, prepared, names_filter=lambda n: n in wanted or n.endswith("blocks.0.hook_resid_pre")
-        )
+        _, cache = model.run_prepared_with_cache(prepared, names_filter=wanted.__contains__)
     views = []
     for key, label, stream, attn, kstream in views_wanted:
-        pats = torch.stack([cache[f"{prefix_of(stream)}blocks.{i}.{attn}.hook_pattern"] for i in layer_sel[key]])
+        prefix = model.stream_spec(stream).prefix
+        pats = torch.stack([cache[f"{prefix}blocks.{i}.{attn}.hook_pattern"] for i in layer_sel[key]])
         qm, km = prepared.mask(stream), prepared.mask(kstream)
-        axis = "time" if fam == AUDIO else "tokens"
-        fs = frame_seconds if frame_seconds is not None else (_frame_seconds(model) if axis == "time" else None)
+        hop = prepared.seconds_per_position(stream)
+        axis = "time" if stream in prepared.times else "tokens"
+        fs = frame_seconds if frame_seconds is not None else hop
         views.append(
             AttentionView(
                 key,
@@ -200,7 +216,7 @@ def attention_html(
         )
     items = []
     for i in range(prepared.batch_size):
-        labs = prepared.labels.get(streams_of(model)[0])
+        labs = prepared.labels.get(model.streams[0])
         if labs is not None:
             words = [t for t in labs[i] if t != "<pad>"]
             text = " ".join(words)
@@ -210,20 +226,13 @@ def attention_html(
     doc = render_attention_html(
         views,
         items,
-        title or f"attention: {getattr(model.cfg, 'architecture', type(model).__name__)}",
+        title or f"attention: {model.architecture}",
         {k: [f"L{i}" for i in v] for k, v in layer_sel.items()},
         max_bytes,
     )
     if path is not None:
         Path(path).write_text(doc, encoding="utf-8")
     return doc
-
-
-def _frame_seconds(model: Any) -> float:
-    hop, rate = getattr(model, "hop_length", None), getattr(model, "sampling_rate", None)
-    if isinstance(hop, int) and isinstance(rate, int) and rate > 0:
-        return hop / rate
-    return 0.02  # the 20 ms hop of wav2vec2 / HuBERT at 16 kHz
 
 
 _CSS = """
@@ -283,6 +292,8 @@ _JS = r"""
     return cache[k];
   }
   var $ = function (id) { return document.getElementById(id); };
+  // a fragment names a view by key: look it up among the data's own keys, never on Object.prototype
+  function own(o, k) { return o !== null && typeof o === "object" && Object.prototype.hasOwnProperty.call(o, k); }
   var state = { item: 0, view: Object.keys(D.views)[0], layer: 0, head: "mean", scale: "linear", query: null };
   (location.hash || "").replace(/^#/, "").split("&").forEach(function (kv) {
     var p = kv.split("=");
@@ -290,7 +301,7 @@ _JS = r"""
     var key = decodeURIComponent(p[0]), val = decodeURIComponent(p[1]);
     if (key === "item" || key === "layer") { state[key] = parseInt(val, 10) || 0; }
     else if (key === "head") { state.head = val === "mean" ? "mean" : (parseInt(val, 10) || 0); }
-    else if (key === "view" && D.views[val]) { state.view = val; }
+    else if (key === "view" && own(D.views, val)) { state.view = val; }
     else if (key === "scale" && (val === "linear" || val === "sqrt" || val === "relative")) { state.scale = val; }
     else if (key === "query") { state.query = parseInt(val, 10) || 0; }
   });
@@ -310,7 +321,7 @@ _JS = r"""
     if (state.head !== "mean" && (state.head < 0 || state.head >= V.n_heads)) { state.head = "mean"; }
   }
   function layerLabels() {
-    var V = D.views[state.view], ll = (D.layer_labels || {})[state.view];
+    var V = D.views[state.view], ll = own(D.layer_labels, state.view) ? D.layer_labels[state.view] : null;
     var out = [];
     for (var i = 0; i < V.n_layers; i++) { out.push(ll && ll[i] ? ll[i] : "L" + i); }
     return out;

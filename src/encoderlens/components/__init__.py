@@ -11,10 +11,12 @@ from encoderlens.components.audio_frontend import (
 from encoderlens.components.audio_heads import CTCHead, QuantizerHead
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.embed import Embed, EmbedProjection, PosEmbed, TokenTypeEmbed, position_ids
-from encoderlens.components.heads import ClassifierHead, MLMHead, NSPHead, Pooler, SentencePooler
+from encoderlens.components.heads import ClassifierHead, LMHead, MLMHead, NSPHead, Pooler, SentencePooler
 from encoderlens.components.mlp import MLP, get_activation
 from encoderlens.components.norm import LayerNorm, RMSNorm, make_norm
 from encoderlens.components.position import RelativePositionBias, relative_position_bucket
+from encoderlens.components.stack import Stack, run_blocks
+from encoderlens.components.stack_weights import StackWeights, StackWeightsMixin
 
 __all__ = [
     "MLP",
@@ -30,6 +32,7 @@ __all__ = [
     "Embed",
     "EmbedProjection",
     "KVCache",
+    "LMHead",
     "LayerNorm",
     "MLMHead",
     "NSPHead",
@@ -37,6 +40,9 @@ __all__ = [
     "Pooler",
     "RMSNorm",
     "SentencePooler",
+    "Stack",
+    "StackWeights",
+    "StackWeightsMixin",
     "RelativePositionBias",
     "TokenTypeEmbed",
     "TransformerBlock",
@@ -45,4 +51,5 @@ __all__ = [
     "make_norm",
     "position_ids",
     "relative_position_bucket",
+    "run_blocks",
 ]

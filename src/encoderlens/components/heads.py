@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -9,7 +11,13 @@ from torch import Tensor, nn
 from encoderlens.components.embed import Embed
 from encoderlens.components.mlp import get_activation
 from encoderlens.components.norm import make_norm
-from encoderlens.config import ClassifierHeadConfig, MLMHeadConfig, SentencePoolingConfig
+from encoderlens.config import (
+    ClassifierHeadConfig,
+    MLMHeadConfig,
+    SentenceDenseConfig,
+    SentencePoolingConfig,
+    UnembedConfig,
+)
 from encoderlens.hooks import HookPoint
 
 
@@ -102,22 +110,72 @@ class ClassifierHead(nn.Module):
         return self.hook_logits(x @ self.W + self.b)
 
 
+_DENSE_ACTS: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": torch.tanh,
+    "identity": lambda x: x,
+    "relu": torch.relu,
+    "gelu": nn.functional.gelu,
+}
+
+
+def dense_activation(name: str) -> Callable[[Tensor], Tensor]:
+    """The function of a :data:`~encoderlens.config.DENSE_ACTIVATIONS` name (sentence-transformers ``Dense``)."""
+    try:
+        return _DENSE_ACTS[name]
+    except KeyError:
+        raise ValueError(f"Dense activation must be one of {sorted(_DENSE_ACTS)}, got {name!r}") from None
+
+
+class SentenceDense(nn.Module):
+    """A sentence-transformers ``Dense`` layer: ``y = act(x @ W + b)``.
+
+    Hooks: ``hook_pre`` (``x @ W + b``) and ``hook_post`` (after the activation).
+    """
+
+    def __init__(self, cfg: SentenceDenseConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.act = dense_activation(cfg.activation)
+        self.W = nn.Parameter(torch.empty(cfg.in_features, cfg.out_features))
+        self.b = nn.Parameter(torch.zeros(cfg.out_features)) if cfg.bias else None
+        self.hook_pre = HookPoint()
+        self.hook_post = HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_out"]:
+        y = x @ self.W
+        if self.b is not None:
+            y = y + self.b
+        return self.hook_post(self.act(self.hook_pre(y)))
+
+
 class SentencePooler(nn.Module):
     """Sentence embedding as sentence-transformers computes it: pool the final residual over real tokens.
 
     Modes (concatenated in ``cfg.modes`` order): ``cls`` (first attended token), ``max``, ``mean``,
     ``mean_sqrt_len_tokens`` (sum / sqrt(length)), ``weightedmean`` (position-weighted mean, weights
-    start at 1 on the first attended token), ``lasttoken`` (last attended token). Then L2
-    normalisation if ``cfg.normalize``.
+    start at 1 on the first attended token), ``lasttoken`` (last attended token). Then the ``Dense``
+    layers (``dense.0``, ``dense.1``...) and L2 normalisation if ``cfg.normalize``.
 
-    Hooks: ``hook_pooled`` (the pooled vector, before normalisation) and ``hook_normalized`` (only when
-    the checkpoint normalises).
+    Hooks: ``hook_pooled`` (the pooled vector, before any Dense layer), ``dense.{i}.hook_pre`` /
+    ``dense.{i}.hook_post`` per Dense layer, and ``hook_normalized`` (only when the checkpoint normalises).
     """
 
-    def __init__(self, cfg: SentencePoolingConfig) -> None:
+    def __init__(self, cfg: SentencePoolingConfig, d_model: int | None = None) -> None:
+        """Build the pooler.
+
+        Args:
+            cfg: Modes, Dense layers and normalisation.
+            d_model: Width of the pooled residual; checked against the first Dense layer's input.
+        """
         super().__init__()
         self.cfg = cfg
+        if cfg.dense and d_model is not None and cfg.dense[0].in_features != d_model * len(cfg.modes):
+            raise ValueError(
+                f"the first Dense layer expects {cfg.dense[0].in_features} features, but pooling {cfg.modes} of a "
+                f"{d_model}-wide residual gives {d_model * len(cfg.modes)}"
+            )
         self.hook_pooled = HookPoint()
+        self.dense = nn.ModuleList([SentenceDense(c) for c in cfg.dense])
         self.hook_normalized = HookPoint() if cfg.normalize else None
 
     def forward(
@@ -150,6 +208,29 @@ class SentencePooler(nn.Module):
             else:  # pragma: no cover - the config validates modes
                 raise ValueError(f"unknown pooling mode {mode!r}")
         pooled = self.hook_pooled(torch.cat(parts, dim=-1))
+        for layer in self.dense:
+            pooled = layer(pooled)
         if self.hook_normalized is None:
             return pooled
         return self.hook_normalized(nn.functional.normalize(pooled, p=2, dim=1))
+
+
+class LMHead(nn.Module):
+    """``logits = (x * scale) @ W_U + b_U``; tied: ``W_U`` is ``W_E.T`` (the same parameter)."""
+
+    def __init__(self, d_model: int, d_vocab: int, cfg: UnembedConfig, embed: Embed) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self._embed = [embed]
+        self.W_U_untied = None if cfg.tied else nn.Parameter(torch.empty(d_model, d_vocab))
+        self.b_U = nn.Parameter(torch.zeros(d_vocab)) if cfg.bias else None
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self._embed[0].W_E.T if self.W_U_untied is None else self.W_U_untied
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        if self.cfg.scale != 1.0:
+            x = x * self.cfg.scale
+        logits = x @ self.W_U
+        return logits + self.b_U if self.b_U is not None else logits

@@ -21,10 +21,13 @@ import torch
 from torch import Tensor
 
 from encoderlens.config import EmbeddingConfig, EncoderDecoderConfig, UnembedConfig
-from encoderlens.convert.bart import _check_config, _stack, _take_attn, _take_ln
-from encoderlens.convert.common import linear_weight
+from encoderlens.convert.bart import HANDLED_KEYS, IGNORED_KEYS, LAYER_NAMES, _check_config, _stack, _take_cross_attn
+from encoderlens.convert.common import linear_weight, take_layer
 from encoderlens.convert.registry import WeightReader, register, require
-from encoderlens.convert.t5 import eos_ids
+from encoderlens.convert.seq2seq import arch_name, eos_ids
+
+#: MarianConfig keys read here besides BART's.
+MARIAN_KEYS = frozenset({"decoder_vocab_size", "share_encoder_decoder_embeddings"})
 
 
 def marian_sinusoids(n_pos: int, dim: int) -> Tensor:
@@ -61,9 +64,8 @@ def convert_marian(
     Args:
         head: Whether an LM head exists (None: iff ``lm_head.weight`` or ``final_logits_bias`` is present).
     """
-    arch_names = getattr(hf_config, "architectures", None) or []
-    arch = arch_names[0] if arch_names else hf_config.model_type
-    _check_config(hf_config, arch, pre_ln=False)
+    arch = arch_name(hf_config)
+    _check_config(hf_config, arch, pre_ln=False, handled=HANDLED_KEYS | MARIAN_KEYS, ignored=IGNORED_KEYS)
     share_flag = bool(getattr(hf_config, "share_encoder_decoder_embeddings", True))
     vocab = hf_config.vocab_size
     dec_vocab = getattr(hf_config, "decoder_vocab_size", None) or vocab
@@ -101,17 +103,10 @@ def convert_marian(
         out[f"{side}.pos_embed.W_pos"] = _positions(r, f"{side}.embed_positions.weight", max_pos, d, arch)
         heads = getattr(hf_config, f"{side}_attention_heads")
         for i in range(getattr(hf_config, f"{side}_layers")):
-            src, dst = f"{side}.layers.{i}", f"{side}.blocks.{i}"
-            _take_attn(r, out, heads, f"{src}.self_attn", f"{dst}.attn")
-            _take_ln(r, out, f"{src}.self_attn_layer_norm", f"{dst}.ln1")
+            src, dst = f"{side}.layers.{i}.", f"{side}.blocks.{i}."
+            take_layer(r, out, src, dst, heads, LAYER_NAMES)
             if side == "decoder":
-                _take_attn(r, out, heads, f"{src}.encoder_attn", f"{dst}.cross_attn")
-                _take_ln(r, out, f"{src}.encoder_attn_layer_norm", f"{dst}.ln_cross")
-            out[f"{dst}.mlp.W_in"] = linear_weight(r.take(f"{src}.fc1.weight"))
-            out[f"{dst}.mlp.b_in"] = r.take(f"{src}.fc1.bias")
-            out[f"{dst}.mlp.W_out"] = linear_weight(r.take(f"{src}.fc2.weight"))
-            out[f"{dst}.mlp.b_out"] = r.take(f"{src}.fc2.bias")
-            _take_ln(r, out, f"{src}.final_layer_norm", f"{dst}.ln2")
+                _take_cross_attn(r, out, heads, src, dst)
     unembed = None
     if head:
         lm = r.take_optional("lm_head.weight")

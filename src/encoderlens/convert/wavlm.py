@@ -21,12 +21,16 @@ from encoderlens.convert.registry import WeightReader, register, require
 from encoderlens.convert.wav2vec2 import audio_encoder_config, convert_audio_body
 
 ARCH = "wavlm"
+#: WavLMConfig keys read here, besides wav2vec2's.
+HANDLED_KEYS = frozenset({"num_buckets", "max_bucket_distance"})
 
 
 def wavlm_config(hf: Any, architecture: str, ctc: bool, spec_embed: bool) -> AudioEncoderConfig:
     """wav2vec2's mapping plus the gated relative position bias."""
     require(hf.num_buckets >= 2 and hf.num_buckets % 2 == 0, ARCH, "num_buckets", hf.num_buckets, "an even int >= 2")
-    cfg = audio_encoder_config(hf, ARCH, architecture, ctc=ctc, quantizer=False, spec_embed=spec_embed)
+    cfg = audio_encoder_config(
+        hf, ARCH, architecture, ctc=ctc, quantizer=False, spec_embed=spec_embed, extra_keys=HANDLED_KEYS
+    )
     rel = RelativePositionConfig(
         num_buckets=int(hf.num_buckets), max_distance=int(hf.max_bucket_distance), bidirectional=True
     )

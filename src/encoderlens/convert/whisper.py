@@ -27,7 +27,7 @@ from encoderlens.config import (
 )
 from encoderlens.convert.common import head_bias, head_in_weight, head_out_weight, linear_weight
 from encoderlens.convert.registry import WeightReader, register, require
-from encoderlens.convert.t5 import eos_ids
+from encoderlens.convert.seq2seq import eos_ids
 
 ARCH = "whisper"
 LN_EPS = 1e-5  # nn.LayerNorm's default, which HF's Whisper uses

@@ -80,6 +80,61 @@ class AudioPreprocessing:
         )
 
 
+@dataclass(frozen=True)
+class AudioOptions:
+    """How to read one call's audio input (the caller's choices; the checkpoint's are :class:`AudioPreprocessing`).
+
+    Attributes:
+        sampling_rate: Rate of array inputs in Hz (None: the model's). Files carry their own rate.
+        resample: Resample arrays whose ``sampling_rate`` differs from the model's (else raise).
+        channel_axis: Treat a 2-D array as one multi-channel recording and average this axis (0/1, -1/-2).
+        normalize: Override the checkpoint's ``do_normalize`` (False for already normalised input).
+        use_attention_mask: Override the checkpoint's ``return_attention_mask``: whether padding is masked
+            in the model (and excluded from the normalisation statistics).
+
+    Example:
+        >>> opts = AudioOptions(sampling_rate=44100, resample=True)
+        >>> model(wave, options=opts)   # the same as model(wave, sampling_rate=44100, resample=True)
+    """
+
+    sampling_rate: int | None = None
+    resample: bool = False
+    channel_axis: int | None = None
+    normalize: bool | None = None
+    use_attention_mask: bool | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sampling_rate", _check_rate(self.sampling_rate))
+        if not isinstance(self.resample, bool):
+            raise TypeError(f"resample must be True or False, got {self.resample!r}")
+        if self.channel_axis is not None and (
+            isinstance(self.channel_axis, bool) or self.channel_axis not in (0, 1, -1, -2)
+        ):
+            raise ValueError(f"channel_axis must be 0 or 1 (or -1/-2) for a 2-D array, got {self.channel_axis!r}")
+        for name in ("normalize", "use_attention_mask"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, bool):
+                raise TypeError(f"{name} must be True, False or None, got {v!r}")
+
+    @classmethod
+    def resolve(cls, options: AudioOptions | None = None, **given: Any) -> AudioOptions:
+        """``options`` if given, else the options the keyword arguments name; not both.
+
+        Example:
+            >>> AudioOptions.resolve(None, sampling_rate=8000, resample=True)
+            AudioOptions(sampling_rate=8000, resample=True, channel_axis=None, normalize=None, use_attention_mask=None)
+        """
+        default = cls()
+        changed = sorted(k for k, v in given.items() if v != getattr(default, k))
+        if options is None:
+            return cls(**given)
+        if not isinstance(options, AudioOptions):
+            raise TypeError(f"options must be an AudioOptions, got {type(options).__name__}")
+        if changed:
+            raise ValueError(f"pass either options=AudioOptions(...) or {changed}, not both")
+        return options
+
+
 @dataclass
 class AudioBatch:
     """A padded batch ready for the conv front end.
@@ -303,19 +358,20 @@ def _is_number_list(x: Any) -> bool:
     return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(v, (int, float, np.number)) for v in x)
 
 
-def to_waveforms(
-    input: AudioInput,
-    target_rate: int,
-    sampling_rate: int | None = None,
-    resample_audio: bool = False,
-    channel_axis: int | None = None,
-) -> tuple[list[Tensor], bool]:
+def to_waveforms(input: AudioInput, target_rate: int, options: AudioOptions | None = None) -> tuple[list[Tensor], bool]:
     """Validate any accepted input and return mono float waveforms at ``target_rate``.
+
+    Args:
+        input: See the module docstring.
+        target_rate: The model's rate.
+        options: ``sampling_rate``, ``resample`` and ``channel_axis`` are used.
 
     Returns:
         ``(waveforms, batched)``: ``batched`` is False for a single item (one file / 1-D waveform).
     """
-    rate = _check_rate(sampling_rate)
+    options = options if options is not None else AudioOptions()
+    rate = options.sampling_rate
+    channel_axis = options.channel_axis
     if isinstance(input, (str, os.PathLike)):
         items: list[Any] = [input]
         batched = False
@@ -366,7 +422,7 @@ def to_waveforms(
             w_what = f"audio item {len(out)}" if batched else "audio"
             _check_values(w, w_what)
             if rate is not None and rate != target_rate:
-                if not resample_audio:
+                if not options.resample:
                     raise ValueError(
                         f"{w_what}: sampling_rate={rate} Hz but the model expects {target_rate} Hz. Pass "
                         "resample=True to resample (Kaiser-windowed sinc), or resample the audio yourself"
@@ -386,12 +442,8 @@ def prepare_audio(
     input: AudioInput,
     preprocessing: AudioPreprocessing,
     min_samples: int = 1,
-    sampling_rate: int | None = None,
-    resample: bool = False,
-    channel_axis: int | None = None,
+    options: AudioOptions | None = None,
     attention_mask: Any = None,
-    normalize: bool | None = None,
-    use_attention_mask: bool | None = None,
 ) -> AudioBatch:
     """Validate, convert, pad and normalise audio exactly as HF's ``Wav2Vec2FeatureExtractor(padding=True)``.
 
@@ -406,26 +458,21 @@ def prepare_audio(
         input: See the module docstring.
         preprocessing: The checkpoint's settings.
         min_samples: Shortest waveform accepted (the conv front end's receptive field).
-        sampling_rate: Rate of array inputs (default: the model's).
-        resample: Resample arrays whose ``sampling_rate`` differs from the model's.
-        channel_axis: Treat a 2-D array as one multi-channel recording and average this axis.
+        options: The caller's :class:`AudioOptions` (rate, resampling, channels, normalisation, mask use).
         attention_mask: With a ``(batch, samples)`` tensor: its padding mask (1 = real sample), as HF takes.
-            Given one, the model uses it (unless ``use_attention_mask=False``).
-        normalize: Override ``preprocessing.do_normalize`` (e.g. False for already normalised input).
-        use_attention_mask: Override ``preprocessing.return_attention_mask``.
+            Given one, the model uses it (unless ``options.use_attention_mask=False``).
 
     Returns:
         An :class:`AudioBatch`.
     """
-    if not isinstance(resample, bool):
-        raise TypeError(f"resample must be True or False, got {resample!r}")
-    if use_attention_mask is None:
+    options = options if options is not None else AudioOptions()
+    if options.use_attention_mask is None:
         # a mask the caller passed is meant to be used, as HF's model uses any attention_mask it is given
         use_mask = preprocessing.return_attention_mask or attention_mask is not None
     else:
-        use_mask = bool(use_attention_mask)
-    do_norm = preprocessing.do_normalize if normalize is None else bool(normalize)
-    waves, batched = to_waveforms(input, preprocessing.sampling_rate, sampling_rate, resample, channel_axis)
+        use_mask = options.use_attention_mask
+    do_norm = preprocessing.do_normalize if options.normalize is None else options.normalize
+    waves, batched = to_waveforms(input, preprocessing.sampling_rate, options)
     if attention_mask is not None:
         waves = _apply_sample_mask(waves, attention_mask)
     rate = preprocessing.sampling_rate

@@ -1,4 +1,13 @@
-"""Text inputs: strings, sentence pairs or token tensors -> tokens, attention mask, token types.
+"""Text inputs: strings, sentence pairs, token tensors or tokenizer output -> tokens, attention mask, token types.
+
+:func:`text_batch` is the one place that decides what an input is, for every text entry point
+(``HookedEncoder`` inputs, ``HookedEncoderDecoder`` source and decoder inputs):
+
+- a string, a list of strings, or (where pairs are allowed) ``(text_a, text_b)`` pairs: tokenised;
+- a tokenizer's output (``BatchEncoding`` or a dict with ``input_ids`` and optionally
+  ``attention_mask`` / ``token_type_ids``): its ids, mask and segment ids are used;
+- a :class:`TextBatch`: used as it is (validated);
+- token ids (a tensor or nested lists of ints), with an optional 0/1 mask.
 
 Length policy: strings longer than the model's position table are truncated by the tokenizer with a
 warning; token tensors longer than it raise a ``ValueError`` (we never cut tensors you built).
@@ -7,7 +16,7 @@ warning; token tensors longer than it raise a ``ValueError`` (we never cut tenso
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -159,3 +168,108 @@ def check_token_types(token_type_ids: Any, shape: torch.Size, n_token_types: int
     if int(tt.min()) < 0 or int(tt.max()) >= n_token_types:
         raise ValueError(f"token_type_ids must lie in [0, {n_token_types}), got max {int(tt.max())}")
     return tt
+
+
+#: Tokenizer-output keys that carry no model input (dropped); any other unknown key is refused.
+_TOKENIZER_INFO_KEYS = frozenset({"special_tokens_mask", "offset_mapping", "length", "overflow_to_sample_mapping"})
+_TOKENIZER_INPUT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
+
+
+def is_text(x: Any, pairs: bool = True) -> bool:
+    """Whether ``x`` is text: a string, a list/tuple of strings, or (with ``pairs``) sentence pairs."""
+    if isinstance(x, str) or (pairs and _is_pair(x)):
+        return True
+    if not isinstance(x, (list, tuple)) or not x:
+        return False
+    return all(isinstance(t, str) for t in x) or (pairs and all(_is_pair(t) for t in x))
+
+
+def is_tokenizer_output(x: Any) -> bool:
+    """Whether ``x`` is a tokenizer's output: a ``BatchEncoding`` or a mapping with ``input_ids``."""
+    return isinstance(x, Mapping) and "input_ids" in x
+
+
+def _segment_ids(tt: Any, n_token_types: int) -> Any:
+    # segment ids a tokenizer made are ignored by models without segment embeddings (as in HF:
+    # DeBERTa-v3's tokenizer returns them for pairs, its type_vocab_size is 0)
+    return tt if n_token_types > 0 else None
+
+
+def text_batch(
+    input: Any,
+    attention_mask: Any = None,
+    token_type_ids: Any = None,
+    *,
+    tokenizer: Any,
+    d_vocab: int,
+    max_positions: int | None,
+    n_token_types: int = 0,
+    pairs: bool = True,
+    max_length: int | None = None,
+    text_transform: Callable[[Any], Any] | None = None,
+    what: str = "input",
+    mask_name: str = "one_zero_attention_mask",
+) -> TextBatch:
+    """Turn any accepted text input into a validated :class:`TextBatch` (on the CPU or the input's device).
+
+    Args:
+        input: Text, sentence pairs (if ``pairs``), tokenizer output, a :class:`TextBatch` or token ids.
+        attention_mask: 0/1 mask for token ids (text and tokenizer output carry their own).
+        token_type_ids: Segment ids; override a tokenizer's. Validated against ``n_token_types``.
+        tokenizer: HF tokenizer for text (None: text is refused with how to fix).
+        d_vocab: Vocabulary size the ids must fit.
+        max_positions: Position table size (token ids longer than it are refused), or None.
+        n_token_types: Segment-embedding rows of the model (0: none; a tokenizer's segment ids are
+            then ignored, as HF does, and explicit ones refused).
+        pairs: Whether a ``(str, str)`` tuple is a sentence pair (text encoders) or a batch of two.
+        max_length: Texts are truncated to this many tokens, with a warning (default ``max_positions``).
+        text_transform: Applied to text before tokenisation (lower-casing).
+        what: The argument's name, for messages.
+        mask_name: The mask argument's name, for messages.
+
+    Raises:
+        TypeError: An input of no accepted kind. ValueError: A mask passed with text or tokenizer output,
+            ids outside the vocabulary, too long, or an unknown tokenizer-output key.
+    """
+    tt_from_tokenizer: Any = None
+    if input is None:
+        raise TypeError(f"{what} is None; pass a string, a list of strings, tokenizer output or token ids")
+    carries_mask = isinstance(input, TextBatch) or is_tokenizer_output(input) or is_text(input, pairs)
+    if carries_mask and attention_mask is not None:
+        raise ValueError(
+            f"{mask_name} is built from text automatically (and tokenizer output or a TextBatch carries its "
+            f"own); pass {mask_name} with token ids only"
+        )
+    if isinstance(input, TextBatch):
+        tokens = as_token_tensor(input.tokens)
+        mask = check_mask(input.attention_mask, tokens.shape, mask_name)
+        tt_from_tokenizer = input.token_type_ids
+    elif is_tokenizer_output(input):
+        unknown = sorted(set(input) - _TOKENIZER_INPUT_KEYS - _TOKENIZER_INFO_KEYS)
+        if unknown:
+            raise ValueError(
+                f"{what} (tokenizer output) has keys {unknown} that this model does not take; "
+                f"pass only {sorted(_TOKENIZER_INPUT_KEYS)}"
+            )
+        tokens = as_token_tensor(input["input_ids"])
+        m = input.get("attention_mask")
+        mask = torch.ones_like(tokens) if m is None else check_mask(m, tokens.shape, f"{what}['attention_mask']")
+        tt_from_tokenizer = _segment_ids(input.get("token_type_ids"), n_token_types)
+    elif is_text(input, pairs):
+        text = text_transform(input) if text_transform is not None else input
+        if not pairs and not isinstance(text, str):
+            text = list(text)  # a tuple of strings is a batch where there are no sentence pairs
+        limit = max_length if max_length is not None else max_positions
+        batch = tokenize(tokenizer, text, max_length=limit)
+        tokens, mask = batch.tokens, batch.attention_mask
+        tt_from_tokenizer = _segment_ids(batch.token_type_ids, n_token_types)
+    else:
+        tokens = as_token_tensor(input)
+        mask = (
+            torch.ones_like(tokens) if attention_mask is None else check_mask(attention_mask, tokens.shape, mask_name)
+        )
+    check_tokens(tokens, d_vocab, max_positions)
+    tt = token_type_ids if token_type_ids is not None else tt_from_tokenizer
+    if tt is not None:
+        tt = check_token_types(tt, tokens.shape, n_token_types)
+    return TextBatch(tokens, mask, tt)

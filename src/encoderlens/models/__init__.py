@@ -1,11 +1,50 @@
-"""Model families. Importing this package registers each family with the loader."""
+"""Model families, listed explicitly in :data:`FAMILIES` (the table the generic loader reads)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
 
 from encoderlens.models.audio_encoder import AudioEncoderOutput, HookedAudioEncoder, Transcription
-from encoderlens.models.encoder import EncoderOutput, HookedEncoder, MaskPrediction
+from encoderlens.models.base import HookedModel, load_pretrained
+from encoderlens.models.encoder import EncoderOutput, HookedEncoder
 from encoderlens.models.encoder_decoder import EncoderDecoderOutput, HookedEncoderDecoder
+from encoderlens.models.mask_fill import MaskPrediction
 from encoderlens.models.whisper import HookedWhisper
 
+#: ``family -> model class``: the converted config's ``family`` picks the class. A new family is one
+#: more entry here.
+FAMILIES: dict[str, type[HookedModel]] = {
+    cls.family: cls for cls in (HookedEncoder, HookedAudioEncoder, HookedEncoderDecoder, HookedWhisper)
+}
+
+
+def from_pretrained(
+    name_or_path: str | os.PathLike[str] | None = None,
+    hf_model: Any = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    **extras: Any,
+) -> Any:
+    """Load any supported checkpoint; the model class follows the checkpoint's family.
+
+    Args:
+        name_or_path: Hub name, local folder, or ``"default"`` / None for the embedded model.
+        hf_model: An already-loaded ``transformers`` model (its weights are converted).
+        device: Where to put the model.
+        dtype: Parameter dtype (float32 for parity work).
+        **extras: Override loaded extras, e.g. ``tokenizer=...``.
+
+    Example:
+        >>> model = encoderlens.models.from_pretrained("default")
+    """
+    return load_pretrained(name_or_path, FAMILIES, hf_model, device, dtype, **extras)
+
+
 __all__ = [
+    "FAMILIES",
     "AudioEncoderOutput",
     "EncoderDecoderOutput",
     "EncoderOutput",
@@ -15,4 +54,5 @@ __all__ = [
     "HookedWhisper",
     "MaskPrediction",
     "Transcription",
+    "from_pretrained",
 ]

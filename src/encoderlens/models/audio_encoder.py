@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Bool, Float
@@ -21,11 +21,13 @@ from encoderlens.components.audio_heads import CTCHead, QuantizerHead, Quantizer
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.norm import make_norm
 from encoderlens.components.position import RelativePositionBias
+from encoderlens.components.stack import run_blocks
 from encoderlens.config import AudioEncoderConfig
-from encoderlens.convert.loading import Checkpoint, load_tokenizer
 from encoderlens.hooks import HookPoint
-from encoderlens.io.audio import AudioBatch, AudioInput, AudioPreprocessing, prepare_audio
-from encoderlens.models.base import HookedModel, StackWeightsMixin, register_family
+from encoderlens.io.audio import AudioBatch, AudioInput, AudioOptions, AudioPreprocessing, prepare_audio
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer, refuse_remote_code
+from encoderlens.models.base import HookedModel, StackWeightsMixin
+from encoderlens.models.contract import ExampleInput, Prepared, Readout, frame_position_labels
 
 AudioReturnType = Literal["auto", "logits", "hidden", "all", "pretraining"]
 _RETURN_TYPES = ("auto", "logits", "hidden", "all", "pretraining", None)
@@ -72,7 +74,6 @@ class Transcription:
     end_times: list[float]
 
 
-@register_family("audio_encoder")
 class HookedAudioEncoder(StackWeightsMixin, HookedModel):
     """A wav2vec2 / HuBERT / WavLM encoder with a hook point on every activation, from raw samples to logits.
 
@@ -100,6 +101,8 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
         >>> cache["pattern", 0].shape  # (batch, head_index, query_frame, key_frame)
         >>> model.transcribe("speech.flac")
     """
+
+    family: ClassVar[str] = "audio_encoder"
 
     cfg: AudioEncoderConfig
 
@@ -143,7 +146,8 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
         if ckpt.path is not None and (ckpt.path / "preprocessor_config.json").exists():
             from transformers import AutoFeatureExtractor
 
-            fe = AutoFeatureExtractor.from_pretrained(str(ckpt.path))
+            refuse_remote_code(ckpt.path, "preprocessor_config.json")
+            fe = AutoFeatureExtractor.from_pretrained(str(ckpt.path), trust_remote_code=False)
         return {"tokenizer": load_tokenizer(ckpt.path, ckpt.config), "feature_extractor": fe}
 
     # ------------------------------------------------------------------ weights
@@ -235,19 +239,25 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
         attention_mask: Any = None,
         normalize: bool | None = None,
         use_attention_mask: bool | None = None,
+        options: AudioOptions | None = None,
     ) -> AudioBatch:
-        """Validate and convert audio to a padded batch on the model's device (see :func:`prepare_audio`)."""
-        batch = prepare_audio(
-            input,
-            self.preprocessing,
-            min_samples=self.receptive_field,
+        """Validate and convert audio to a padded batch on the model's device (see :func:`prepare_audio`).
+
+        The keyword arguments build an :class:`~encoderlens.io.audio.AudioOptions` (see :meth:`forward`);
+        or pass ``options=`` directly.
+        """
+        opts = AudioOptions.resolve(
+            options,
             sampling_rate=sampling_rate,
             resample=resample,
             channel_axis=channel_axis,
-            attention_mask=attention_mask,
             normalize=normalize,
             use_attention_mask=use_attention_mask,
         )
+        return self._prepare(input, opts, attention_mask)
+
+    def _prepare(self, input: AudioInput, options: AudioOptions, attention_mask: Any) -> AudioBatch:
+        batch = prepare_audio(input, self.preprocessing, self.receptive_field, options, attention_mask)
         p = self.frontend.projection.W
         return AudioBatch(
             batch.input_values.to(device=p.device, dtype=p.dtype),
@@ -301,10 +311,14 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
         if self.position_bias is not None:
             assert self.hook_position_bias is not None
             bias = self.hook_position_bias(self.position_bias(n_frames, n_frames).to(x.dtype))
-        for block in self.blocks[:stop_at_layer]:
-            x = block(x, additive_mask=additive, position_bias=bias)
-        if stop_at_layer is None and self.ln_final is not None:
-            x = self.ln_final(x)
+        x = run_blocks(
+            self.blocks,
+            x,
+            additive_mask=additive,
+            position_bias=bias,
+            stop_at_layer=stop_at_layer,
+            final_norm=self.ln_final,
+        )
         return x, frame_mask, features, normed if self.hook_features_normed is not None else None
 
     def _apply_time_mask(self, x: Tensor, mask_time_indices: Any) -> Tensor:
@@ -336,6 +350,7 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
         use_attention_mask: bool | None = None,
         mask_time_indices: Any = None,
         stop_at_layer: int | None = None,
+        options: AudioOptions | None = None,
     ) -> Any:
         """Run the encoder on audio.
 
@@ -358,6 +373,9 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
                 slightly from the same audio run alone, in HF and here alike.
             mask_time_indices: ``(batch, frames)`` booleans: frames to replace by ``masked_spec_embed``.
             stop_at_layer: Return the residual stream entering this block (``"hidden"`` or None only).
+            options: All of ``sampling_rate``, ``resample``, ``channel_axis``, ``normalize`` and
+                ``use_attention_mask`` as one :class:`~encoderlens.io.audio.AudioOptions` (instead of those
+                keywords, which build it).
         """
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}")
@@ -374,12 +392,23 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
             )
         if stop_at_layer is not None and return_type not in ("hidden", None):
             raise ValueError("stop_at_layer returns the residual stream: use return_type='hidden'")
+        opts = AudioOptions.resolve(
+            options,
+            sampling_rate=sampling_rate,
+            resample=resample,
+            channel_axis=channel_axis,
+            normalize=normalize,
+            use_attention_mask=use_attention_mask,
+        )
         if isinstance(input, AudioBatch):
+            if opts != AudioOptions() or attention_mask is not None:
+                raise ValueError(
+                    "input is an AudioBatch, already prepared: audio options and attention_mask apply when it is "
+                    "made; pass them to model.prepare(...) instead"
+                )
             batch = input
         else:
-            batch = self.prepare(
-                input, sampling_rate, resample, channel_axis, attention_mask, normalize, use_attention_mask
-            )
+            batch = self._prepare(input, opts, attention_mask)
         hidden, frame_mask, features, normed = self.encode(batch, mask_time_indices, stop_at_layer)
         if return_type is None:
             return None
@@ -484,3 +513,51 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
             ),
             unembed_note="" if self.ctc_head is not None else "this checkpoint has no CTC head",
         )
+
+    # ------------------------------------------------------------------ model contract
+    def _prepare_input(self, input: AudioInput | AudioBatch, **audio_options: Any) -> Prepared:
+        """Waveforms, files, lists of unequal lengths or an :class:`AudioBatch`; options as :meth:`prepare`.
+
+        Positions are frames: real frames come from :meth:`frame_mask`, labels are their start times.
+        """
+        if isinstance(input, AudioBatch):
+            if audio_options:
+                raise ValueError(
+                    f"an AudioBatch is already prepared; do not also pass audio options {sorted(audio_options)}"
+                )
+            batch = input
+        else:
+            batch = self.prepare(input, **audio_options)
+        n_frames = int(self.num_frames(int(batch.input_values.shape[1])))
+        mask = self.frame_mask(batch.lengths, n_frames).long()
+        # the hop tiling of frame_times(n_frames, span="hop"), kept in float64 so the hop stays exact
+        start = torch.arange(n_frames, dtype=torch.float64) * self.hop_length
+        times = torch.stack([start, start + self.hop_length], dim=-1) / self.sampling_rate
+        return Prepared(
+            family=self.family,
+            args=(batch,),
+            kwargs={},
+            masks={None: mask},
+            labels={None: frame_position_labels(times, mask)},
+            times={None: times},
+            batch_size=int(batch.input_values.shape[0]),
+            alignment_hint="Give both recordings the same length (trim or pad the corrupted audio).",
+        )
+
+    @property
+    def default_return_type(self) -> str:
+        """``"logits"`` (CTC) when the checkpoint has a CTC head, else ``"hidden"`` (final residual)."""
+        return "logits" if self.ctc_head is not None else "hidden"
+
+    def readout(self, stream: str | None = None) -> Readout | None:
+        """The CTC head (linear), read after the final norm where there is one."""
+        self.stream_spec(stream)  # validates the stream name
+        if self.ctc_head is None:
+            return None
+        blank = self.cfg.ctc_head.blank_id if self.cfg.ctc_head is not None else None
+        return Readout("ctc_head", "ctc", self.ctc_head, linear=True, return_type="logits", blank_id=blank)
+
+    def example_input(self) -> ExampleInput:
+        rate = int(self.sampling_rate)
+        g = torch.Generator().manual_seed(0)
+        return ExampleInput(torch.randn(1, rate, generator=g) * 0.1, {}, f"1 s of noise at {rate} Hz")

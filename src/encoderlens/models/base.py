@@ -1,51 +1,166 @@
-"""Shared model machinery: checkpoint loading through the converter registry, stacked weights."""
+"""Shared model machinery: the model contract and checkpoint loading through the converter registry.
+
+Each family class names its ``family`` (the converted config's ``family``); the table of family
+classes is :data:`encoderlens.models.FAMILIES`, which imports them explicitly. ``StackWeights`` /
+``StackWeightsMixin`` (stacked weight views) live in :mod:`encoderlens.components.stack_weights`
+and are re-exported here.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
-from jaxtyping import Float
-from torch import Tensor, nn
+from torch import Tensor
 
-from encoderlens.convert.loading import Checkpoint, read_checkpoint
-from encoderlens.convert.registry import find_converter
-from encoderlens.factored_matrix import FactoredMatrix
-from encoderlens.hooks import HookedRootModule
-
-_FAMILIES: dict[str, type[HookedModel]] = {}
-
-
-def register_family(name: str) -> Any:
-    """Class decorator: the model class built for configs whose ``family`` is ``name``."""
-
-    def deco(cls: type[HookedModel]) -> type[HookedModel]:
-        _FAMILIES[name] = cls
-        cls.family = name
-        return cls
-
-    return deco
-
-
-def model_class_for(family: str) -> type[HookedModel]:
-    import encoderlens.models  # noqa: F401  (registers the families)
-
-    try:
-        return _FAMILIES[family]
-    except KeyError:
-        raise ValueError(f"no model class for family {family!r}; known: {sorted(_FAMILIES)}") from None
+from encoderlens.cache import ActivationCache, StreamSpec
+from encoderlens.components.stack_weights import StackWeights as StackWeights
+from encoderlens.components.stack_weights import StackWeightsMixin as StackWeightsMixin
+from encoderlens.convert import find_converter
+from encoderlens.hooks import HookedRootModule, NameFilter
+from encoderlens.io.checkpoint import Checkpoint, read_checkpoint
+from encoderlens.models.contract import ExampleInput, Prepared, Readout, StreamName
 
 
 class HookedModel(HookedRootModule):
-    """Base of every encoderlens model. Subclasses implement ``__init__(cfg, **extras)`` and forward."""
+    """Base of every encoderlens model, and the model contract the analysis toolkit, harvest, views and the
+    CLI use (and nothing else).
+
+    A family implements ``__init__(cfg, **extras)``, ``forward``, and the contract:
+
+    - :meth:`_prepare_input`: any accepted input -> :class:`~encoderlens.models.contract.Prepared` (the
+      forward's arguments, a mask and labels for every stream's positions, token ids, times);
+    - :attr:`default_return_type`: the forward ``return_type`` of the family's primary output;
+    - :meth:`readout`: the head that reads a stream into logits (:class:`~encoderlens.models.contract.Readout`);
+    - :attr:`streams` and :meth:`stream_spec`: its residual streams;
+    - :meth:`example_input`: a small valid input.
+
+    Running (:meth:`run_prepared`, :meth:`run_prepared_with_cache`), :meth:`prepare_input` (a prepared
+    input passes through) and :meth:`resolve_stream` are written once, here. Subclasses set ``family`` to
+    the converted config's ``family`` and are listed in :data:`encoderlens.models.FAMILIES`.
+    """
 
     family: ClassVar[str] = ""
     cfg: Any
+    tokenizer: Any = None
+    streams: tuple[StreamName, ...] = (None,)
+    """Residual streams: ``(None,)`` for single-stream models, ``("encoder", "decoder")``..."""
+
+    # ------------------------------------------------------------------ the model contract
+    def prepare_input(self, input: Any, **options: Any) -> Prepared:
+        """Turn any input this model accepts into a :class:`Prepared` batch (one passes through unchanged).
+
+        Options are the family's (``one_zero_attention_mask``, ``token_type_ids``, ``decoder_input``,
+        ``sampling_rate``...; see each family's ``_prepare_input``).
+
+        Example:
+            >>> batch = model.prepare_input(["The cat sat.", "A dog."])
+            >>> batch.mask(None), batch.position_labels(None, item=1)
+        """
+        if isinstance(input, Prepared):
+            if options:
+                raise ValueError(
+                    f"got an already prepared input and extra options {sorted(options)}; pass one or the other"
+                )
+            if input.family != self.family:
+                raise ValueError(
+                    f"this input was prepared by a {input.family!r} model, and this is a {self.family!r} model; "
+                    "prepare it with this model's prepare_input"
+                )
+            return input
+        return self._prepare_input(input, **options)
+
+    def _prepare_input(self, input: Any, **options: Any) -> Prepared:
+        """The family's input handling behind :meth:`prepare_input` (never given a :class:`Prepared`)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement _prepare_input(input, **options) -> Prepared, which the "
+            "model contract requires (see docs/architecture.md, 'Adding a family')"
+        )
+
+    @property
+    def default_return_type(self) -> str:
+        """The forward ``return_type`` giving the family's primary output as a tensor (from its heads)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not declare default_return_type, which the model contract requires"
+        )
+
+    def readout(self, stream: StreamName = None) -> Readout | None:
+        """The head reading ``stream``'s final state into logits, or None where the stream has none."""
+        return None
+
+    def stream_spec(self, stream: StreamName = None) -> StreamSpec:
+        """How residual stream ``stream`` is built (prefix, blocks, norms, embeddings, unembedding)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement stream_spec(stream), which the model contract requires"
+        )
+
+    def cross_attention_source(self, stream: StreamName) -> StreamName:
+        """The stream whose positions ``stream``'s cross-attention attends to (its keys and values)."""
+        raise ValueError(f"stream {stream!r} of this {self.architecture} model has no cross-attention")
+
+    def example_input(self) -> ExampleInput:
+        """A small valid input: ``model.prepare_input(ex.input, **ex.options)`` works on it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement example_input(), which the model contract requires"
+        )
+
+    @property
+    def architecture(self) -> str:
+        """The checkpoint's architecture name (``"BertForMaskedLM"``...), or the class name."""
+        return str(getattr(self.cfg, "architecture", None) or type(self).__name__)
+
+    def resolve_stream(self, stream: StreamName) -> StreamName:
+        """Validate a stream name; None means the only stream, or the last (the decoder of an encoder-decoder)."""
+        if stream is None:
+            return self.streams[-1]
+        if stream not in self.streams:
+            raise ValueError(f"unknown stream {stream!r}; this model's streams are {self.streams} (None: the default)")
+        return stream
+
+    def run_prepared(
+        self,
+        batch: Prepared,
+        return_type: str | None = None,
+        fwd_hooks: Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]] = (),
+        bwd_hooks: Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]] = (),
+    ) -> Any:
+        """Run a prepared batch with temporary hooks (``return_type`` None: :attr:`default_return_type`)."""
+        rt = self.default_return_type if return_type is None else return_type
+        return self.run_with_hooks(
+            *batch.args, fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks, return_type=rt, **batch.kwargs
+        )
+
+    def run_prepared_with_cache(
+        self, batch: Prepared, names_filter: NameFilter = None, return_type: str | None = None, **cache_options: Any
+    ) -> tuple[Any, Any]:
+        """``run_with_cache`` on a prepared batch: ``(output, ActivationCache)``.
+
+        ``cache_options`` go to :meth:`~encoderlens.hooks.HookedRootModule.run_with_cache` (``device``,
+        ``incl_bwd``...).
+        """
+        rt = self.default_return_type if return_type is None else return_type
+        return self.run_with_cache(
+            *batch.args, names_filter=names_filter, return_type=rt, **batch.kwargs, **cache_options
+        )
+
+    # ------------------------------------------------------------------ loading
+
+    def make_cache(self, store: dict[str, Tensor], has_batch_dim: bool = True) -> ActivationCache:
+        """Wrap cached activations in an :class:`~encoderlens.cache.ActivationCache` (for ``run_with_cache``)."""
+        return ActivationCache(store, self, has_batch_dim=has_batch_dim)
 
     @classmethod
     def extras_from_checkpoint(cls, ckpt: Checkpoint) -> dict[str, Any]:
         """Objects besides weights a model needs (tokenizer, feature extractor...)."""
+        return {}
+
+    def weights_from_checkpoint(self, ckpt: Checkpoint) -> dict[str, Tensor]:
+        """Converted weights that live outside the HF state dict (a sentence head's Dense layers).
+
+        Called on the built model (so its final config decides), before :meth:`load_converted`.
+        """
         return {}
 
     @classmethod
@@ -72,23 +187,12 @@ class HookedModel(HookedRootModule):
         Example:
             >>> model = HookedEncoder.from_pretrained("default")  # packaged all-MiniLM-L6-v2
         """
-        if not isinstance(dtype, torch.dtype):
-            raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
-        ckpt = read_checkpoint(name_or_path, hf_model)
-        cfg, state_dict = find_converter(ckpt.config)(ckpt.config, ckpt.state_dict)
-        model_cls = model_class_for(cfg.family)
-        if cls is not HookedModel and not issubclass(model_cls, cls):
-            raise ValueError(
-                f"this checkpoint ({cfg.architecture}) is a {cfg.family} model, not a {cls.__name__}; "
-                f"load it with {model_cls.__name__}.from_pretrained or encoderlens.from_pretrained"
+        if not cls.family:
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained needs a model family class; use encoderlens.from_pretrained "
+                "(it picks the class from the checkpoint) or HookedEncoder / HookedAudioEncoder / HookedEncoderDecoder"
             )
-        kwargs = {**model_cls.extras_from_checkpoint(ckpt), **extras}
-        with torch.device("meta"):
-            model = model_cls(cfg, **kwargs)
-        model.load_converted(state_dict)
-        model.to(device=device, dtype=dtype)
-        model.eval()
-        return model
+        return load_pretrained(name_or_path, {cls.family: cls}, hf_model, device, dtype, **extras)
 
     def load_converted(self, state_dict: dict[str, Tensor]) -> None:
         """Load a converted state dict; every parameter must be provided with the right shape."""
@@ -122,128 +226,42 @@ class HookedModel(HookedRootModule):
                 clear()
 
 
-class StackWeights:
-    """Stacked weight views over a list of blocks (``model.W_Q[layer, head]``...).
+def load_pretrained(
+    name_or_path: str | os.PathLike[str] | None,
+    classes: dict[str, type[HookedModel]],
+    hf_model: Any = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    **extras: Any,
+) -> Any:
+    """Read, convert and build a checkpoint as the class of ``classes`` named by its family.
 
-    ``attn`` selects the attention module name (``"attn"`` or ``"cross_attn"``).
+    Args:
+        name_or_path: Hub name, local folder, or ``"default"`` / None for the embedded model.
+        classes: ``family -> model class`` (one entry when a family class was asked for).
+        hf_model: An already-loaded ``transformers`` model (its weights are converted).
+        device: Where to put the model.
+        dtype: Parameter dtype.
+        **extras: Override loaded extras, e.g. ``tokenizer=...``.
+
+    Raises:
+        ValueError: The checkpoint's family is not in ``classes``.
     """
-
-    def __init__(self, blocks: nn.ModuleList, attn: str = "attn") -> None:
-        self._blocks = blocks
-        self._attn = attn
-
-    def _stack(self, owner: str, name: str) -> Tensor:
-        ts = []
-        for b in self._blocks:
-            mod = getattr(b, owner)
-            t = getattr(mod, name)
-            if t is None:
-                raise AttributeError(f"{owner}.{name} is absent in this model (no bias of that kind)")
-            ts.append(t)
-        return torch.stack(ts)
-
-    @property
-    def W_Q(self) -> Float[Tensor, "layer head_index d_model d_head"]:
-        return self._stack(self._attn, "W_Q")
-
-    @property
-    def W_K(self) -> Float[Tensor, "layer head_index d_model d_head"]:
-        return self._stack(self._attn, "W_K")
-
-    @property
-    def W_V(self) -> Float[Tensor, "layer head_index d_model d_head"]:
-        return self._stack(self._attn, "W_V")
-
-    @property
-    def W_O(self) -> Float[Tensor, "layer head_index d_head d_model"]:
-        return self._stack(self._attn, "W_O")
-
-    @property
-    def b_Q(self) -> Float[Tensor, "layer head_index d_head"]:
-        return self._bias("b_Q")
-
-    def _bias(self, name: str) -> Tensor:
-        W = self.W_Q
-        try:
-            return self._stack(self._attn, name)
-        except AttributeError:
-            return W.new_zeros(W.shape[0], W.shape[1], W.shape[3])
-
-    @property
-    def b_K(self) -> Float[Tensor, "layer head_index d_head"]:
-        return self._bias("b_K")
-
-    @property
-    def b_V(self) -> Float[Tensor, "layer head_index d_head"]:
-        return self._bias("b_V")
-
-    @property
-    def b_O(self) -> Float[Tensor, "layer d_model"]:
-        try:
-            return self._stack(self._attn, "b_O")
-        except AttributeError:
-            W = self.W_O
-            return W.new_zeros(W.shape[0], W.shape[-1])
-
-    @property
-    def QK(self) -> FactoredMatrix:
-        """Per layer and head: ``W_Q @ W_K^T`` (``d_model x d_model``, rank ``d_head``)."""
-        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
-
-    @property
-    def OV(self) -> FactoredMatrix:
-        """Per layer and head: ``W_V @ W_O`` (``d_model x d_model``, rank ``d_head``)."""
-        return FactoredMatrix(self.W_V, self.W_O)
-
-    @property
-    def W_in(self) -> Float[Tensor, "layer d_model d_mlp"]:
-        return self._stack("mlp", "W_in")
-
-    @property
-    def W_gate(self) -> Float[Tensor, "layer d_model d_mlp"]:
-        return self._stack("mlp", "W_gate")
-
-    @property
-    def W_out(self) -> Float[Tensor, "layer d_mlp d_model"]:
-        return self._stack("mlp", "W_out")
-
-    @property
-    def b_in(self) -> Float[Tensor, "layer d_mlp"]:
-        return self._stack("mlp", "b_in")
-
-    @property
-    def b_out(self) -> Float[Tensor, "layer d_model"]:
-        return self._stack("mlp", "b_out")
-
-    def all_head_labels(self) -> list[str]:
-        """``["L0H0", "L0H1", ...]`` in (layer, head) order."""
-        n_heads = getattr(self._blocks[0], self._attn).cfg.n_heads
-        return [f"L{layer}H{h}" for layer in range(len(self._blocks)) for h in range(n_heads)]
-
-
-_STACK_ATTRS = (
-    "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O", "QK", "OV",
-    "W_in", "W_gate", "W_out", "b_in", "b_out",
-)  # fmt: skip
-
-
-class StackWeightsMixin:
-    """Adds ``W_Q, W_K, W_V, W_O, b_*, QK, OV, W_in, W_out, b_in, b_out, all_head_labels()`` over ``self.blocks``.
-
-    Shapes: ``W_Q: (layer, head_index, d_model, d_head)``, ``W_O: (layer, head_index, d_head, d_model)``,
-    ``W_in: (layer, d_model, d_mlp)``; ``QK``/``OV`` are :class:`FactoredMatrix` of shape
-    ``(layer, head_index, d_model, d_model)``.
-    """
-
-    blocks: nn.ModuleList
-
-    def all_head_labels(self) -> list[str]:
-        return StackWeights(self.blocks).all_head_labels()
-
-
-def _stack_property(name: str) -> property:
-    return property(lambda self: getattr(StackWeights(self.blocks), name), doc=f"Stacked ``{name}`` over layers.")
-
-
-for _name in _STACK_ATTRS:
-    setattr(StackWeightsMixin, _name, _stack_property(_name))
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    ckpt = read_checkpoint(name_or_path, hf_model)
+    cfg, state_dict = find_converter(ckpt.config)(ckpt.config, ckpt.state_dict)
+    model_cls = classes.get(cfg.family)
+    if model_cls is None:
+        asked = " or ".join(c.__name__ for c in classes.values())
+        raise ValueError(
+            f"this checkpoint ({cfg.architecture}) is a {cfg.family} model, not a {asked}; "
+            "load it with encoderlens.from_pretrained, which picks the model class from the checkpoint"
+        )
+    kwargs = {**model_cls.extras_from_checkpoint(ckpt), **extras}
+    with torch.device("meta"):
+        model = model_cls(cfg, **kwargs)
+    model.load_converted({**state_dict, **model.weights_from_checkpoint(ckpt)})
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    return model

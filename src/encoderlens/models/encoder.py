@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -18,19 +18,25 @@ from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.embed import Embed, EmbedProjection, PosEmbed, TokenTypeEmbed, position_ids
 from encoderlens.components.heads import ClassifierHead, MLMHead, NSPHead, Pooler, SentencePooler
 from encoderlens.components.norm import make_norm
+from encoderlens.components.stack import run_blocks
 from encoderlens.config import EncoderConfig, SentencePoolingConfig
-from encoderlens.convert.loading import Checkpoint, load_tokenizer
-from encoderlens.convert.sentence_pooling import read_sentence_transformer_spec
 from encoderlens.hooks import HookPoint
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
+from encoderlens.io.sentence_transformers import read_sentence_transformer
 from encoderlens.io.text import (
     TextBatch,
     as_token_tensor,
-    check_mask,
-    check_token_types,
-    check_tokens,
-    tokenize,
+    text_batch,
 )
-from encoderlens.models.base import HookedModel, StackWeightsMixin, register_family
+from encoderlens.models.base import HookedModel, StackWeightsMixin
+from encoderlens.models.contract import (
+    TOKEN_ALIGNMENT_HINT,
+    ExampleInput,
+    Prepared,
+    Readout,
+    text_position_labels,
+)
+from encoderlens.models.mask_fill import mask_predictions
 
 EncoderReturnType = Literal[
     "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all"
@@ -38,31 +44,6 @@ EncoderReturnType = Literal[
 _RETURN_TYPES = (
     "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all", None
 )  # fmt: skip
-
-
-@dataclass
-class MaskPrediction:
-    """Top-k predictions for one ``[MASK]`` position.
-
-    Attributes:
-        position: Token position of the mask.
-        token_ids: Predicted ids, most likely first.
-        tokens: Predicted tokens as the tokenizer spells them (``"##ing"`` marks a WordPiece continuation;
-            ``"Ġcat"`` / ``"▁cat"`` mark a word start in byte-level BPE / SentencePiece vocabularies).
-        words: Tokens as text, with those markers removed.
-        is_continuation: Whether each token continues the previous word (``##`` pieces, or pieces without
-            the word-start marker).
-        probs: Probabilities.
-        sequence: The input text with this mask filled by the top prediction (word pieces merged).
-    """
-
-    position: int
-    token_ids: list[int]
-    tokens: list[str]
-    words: list[str]
-    is_continuation: list[bool]
-    probs: list[float]
-    sequence: str
 
 
 @dataclass
@@ -82,29 +63,6 @@ class EncoderOutput:
     sentence_embedding: Float[Tensor, "batch d_sentence"] | None = None
 
 
-def _word_start_marker(tok: Any) -> str | None:
-    """``"Ġ"`` (byte-level BPE: RoBERTa) or ``"▁"`` (SentencePiece: XLM-R, ALBERT) if the tokenizer marks
-    word starts; None for WordPiece (BERT), which marks continuations with ``##`` instead."""
-    try:
-        pieces = tok.tokenize("a b")
-    except Exception:  # a tokenizer without tokenize(): fall back to WordPiece conventions
-        return None
-    for m in ("Ġ", "▁"):
-        if any(p.startswith(m) for p in pieces):
-            return m
-    return None
-
-
-def _split_pieces(tok: Any, tokens: list[str], marker: str | None) -> tuple[list[bool], list[str]]:
-    """Whether each token continues the previous word, and each token as plain text."""
-    if marker is None:
-        cont = [t.startswith("##") for t in tokens]
-        return cont, [t[2:] if c else t for t, c in zip(tokens, cont)]
-    cont = [not t.startswith(marker) for t in tokens]
-    return cont, [tok.convert_tokens_to_string([t]).strip() for t in tokens]
-
-
-@register_family("encoder")
 class HookedEncoder(StackWeightsMixin, HookedModel):
     """A bidirectional text encoder with a hook point on every activation.
 
@@ -132,6 +90,8 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         >>> emb, cache = model.run_with_cache("The cat sat.", return_type="embeddings")
         >>> cache["pattern", 0].shape  # (batch, head_index, query_pos, key_pos)
     """
+
+    family: ClassVar[str] = "encoder"
 
     cfg: EncoderConfig
 
@@ -183,17 +143,38 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         self.pooler = Pooler(d) if cfg.pooler else None
         self.nsp_head = NSPHead(d) if cfg.nsp_head else None
         self.classifier = ClassifierHead(d, cfg.classifier) if cfg.classifier is not None else None
-        self.sentence_pooler = SentencePooler(cfg.sentence_pooling) if cfg.sentence_pooling is not None else None
+        sp = cfg.sentence_pooling
+        self.sentence_pooler = SentencePooler(sp, d) if sp is not None else None
         self.setup()
 
     @classmethod
     def extras_from_checkpoint(cls, ckpt: Checkpoint) -> dict[str, Any]:
-        spec = read_sentence_transformer_spec(ckpt.path)
+        spec = read_sentence_transformer(ckpt.path)
         return {
             "tokenizer": load_tokenizer(ckpt.path, ckpt.config),
             "sentence_pooling": spec.pooling,
             "sentence_pooling_note": spec.note,
         }
+
+    def weights_from_checkpoint(self, ckpt: Checkpoint) -> dict[str, Tensor]:
+        """The sentence head's ``Dense`` weights, read from the checkpoint's sentence-transformers folder."""
+        sp = self.cfg.sentence_pooling
+        if sp is None or not sp.dense:
+            return {}
+        spec = read_sentence_transformer(ckpt.path)
+        if spec.pooling is None or spec.pooling.dense != sp.dense:
+            raise ValueError(
+                f"sentence_pooling declares Dense layers {sp.dense}, but the checkpoint folder "
+                f"{'declares ' + str(spec.pooling.dense) if spec.pooling is not None else 'has no usable modules.json'}; "
+                "Dense weights are read from the folder's own modules, so pass a sentence_pooling without dense layers "
+                "or load the folder as it is"
+            )
+        out: dict[str, Tensor] = {}
+        for i, (W, b) in enumerate(spec.dense_weights):
+            out[f"sentence_pooler.dense.{i}.W"] = W
+            if b is not None:
+                out[f"sentence_pooler.dense.{i}.b"] = b
+        return out
 
     # ------------------------------------------------------------------ shared layers
     def _tie_shared_blocks(self) -> None:
@@ -252,7 +233,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
     def class_labels(self) -> tuple[str, ...]:
         """Label names of the classification head, in logit order (HF ``config.id2label``)."""
         if self.classifier is None:
-            # ValueError, not AttributeError: nn.Module.__getattr__ would replace the message
+            # ValueError, like the other missing-head errors of this model (predict_labels, return_type)
             raise ValueError("this checkpoint has no classification head, hence no class labels")
         return self.classifier.cfg.labels
 
@@ -281,36 +262,26 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         one_zero_attention_mask: Any = None,
         token_type_ids: Any = None,
     ) -> TextBatch:
-        """Turn strings, sentence pairs or token ids into a validated :class:`TextBatch`.
+        """Turn strings, sentence pairs, tokenizer output or token ids into a validated :class:`TextBatch`.
 
         Strings are padded (right) and truncated to the position table with a warning. Pairs
-        ``(text_a, text_b)`` get segment ids. Token tensors are checked, never modified.
+        ``(text_a, text_b)`` get segment ids. A tokenizer's output (``BatchEncoding`` or a dict with
+        ``input_ids``) gives ids, mask and segment ids. Token tensors are checked, never modified.
+        Decided by :func:`encoderlens.io.text.text_batch`.
         """
+        batch = text_batch(
+            input,
+            one_zero_attention_mask,
+            token_type_ids,
+            tokenizer=self.tokenizer,
+            d_vocab=self.cfg.d_vocab,
+            max_positions=self.max_positions,
+            n_token_types=self.cfg.embed.n_token_types,
+            max_length=self._text_max_length(),
+            text_transform=self._prepare_text,
+        )
         device = self.embed.W_E.device
-        if isinstance(input, str) or (
-            isinstance(input, (list, tuple)) and input and isinstance(input[0], (str, tuple))
-        ):
-            if one_zero_attention_mask is not None:
-                raise ValueError(
-                    "one_zero_attention_mask is built from text automatically; pass it with token ids only"
-                )
-            batch = tokenize(self.tokenizer, self._prepare_text(input), max_length=self._text_max_length())
-            tt = batch.token_type_ids if token_type_ids is None else token_type_ids
-            if tt is not None and self.token_type_embed is None:
-                tt = None
-            batch = TextBatch(batch.tokens, batch.attention_mask, tt)
-        else:
-            tokens = as_token_tensor(input)
-            mask = (
-                torch.ones_like(tokens)
-                if one_zero_attention_mask is None
-                else check_mask(one_zero_attention_mask, tokens.shape)
-            )
-            batch = TextBatch(tokens, mask, token_type_ids)
-        check_tokens(batch.tokens, self.cfg.d_vocab, self.max_positions)
-        tt = batch.token_type_ids
-        if tt is not None:
-            tt = check_token_types(tt, batch.tokens.shape, self.cfg.embed.n_token_types).to(device)
+        tt = batch.token_type_ids.to(device) if batch.token_type_ids is not None else None
         return TextBatch(batch.tokens.to(device), batch.attention_mask.to(device), tt)
 
     def to_tokens(self, input: str | Sequence[str] | tuple[str, str]) -> Int[Tensor, "batch pos"]:
@@ -369,11 +340,14 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             batch.attention_mask.bool(), x.shape[1], x.shape[1], self.cfg.stack.attn.causal, x.dtype, x.device
         )
         rel = self.rel_embed(x.shape[1], x.shape[1]) if self.rel_embed is not None else None
-        for block in self.blocks[:stop_at_layer]:
-            x = block(x, additive_mask=mask, rel_embeddings=rel)
-        if stop_at_layer is None and self.ln_final is not None:
-            x = self.ln_final(x)
-        return x
+        return run_blocks(
+            self.blocks,
+            x,
+            additive_mask=mask,
+            stop_at_layer=stop_at_layer,
+            rel_embeddings=rel,
+            final_norm=self.ln_final,
+        )
 
     def forward(
         self,
@@ -459,7 +433,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         logits = self.mlm_head(resid)
         if return_type == "logits":
             return logits
-        preds = self._predictions(batch, logits, top_k)
+        preds = mask_predictions(self.tokenizer, batch, logits, top_k)
         return preds[0] if isinstance(input, str) or (isinstance(input, Tensor) and input.ndim == 1) else preds
 
     def _classify(self, resid: Float[Tensor, "batch pos d_model"], pooled: Tensor | None = None) -> Tensor:
@@ -501,35 +475,6 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             return [name(row) for row in logits]
         return [[name(v) for v in row[m.bool()]] for row, m in zip(logits, batch.attention_mask)]
 
-    def _predictions(self, batch: TextBatch, logits: Tensor, top_k: int) -> list[list[MaskPrediction]]:
-        tok = self.tokenizer
-        if tok is None or tok.mask_token_id is None:
-            raise ValueError("return_type='predictions' needs a tokenizer with a mask token")
-        if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-        is_mask = batch.tokens == tok.mask_token_id
-        if not bool(is_mask.any()):
-            raise ValueError(
-                f"no {tok.mask_token} token in the input; put {tok.mask_token} where a prediction is wanted"
-            )
-        probs = logits.float().softmax(-1)
-        marker = _word_start_marker(tok)
-        out: list[list[MaskPrediction]] = []
-        for b in range(batch.tokens.shape[0]):
-            row = batch.tokens[b][batch.attention_mask[b].bool()]
-            preds = []
-            for pos in is_mask[b].nonzero().flatten().tolist():
-                p, ids = probs[b, pos].topk(top_k)
-                id_list = ids.tolist()
-                tokens = tok.convert_ids_to_tokens(id_list)
-                cont, words = _split_pieces(tok, tokens, marker)
-                filled = row.clone()
-                filled[pos] = id_list[0]
-                seq = tok.decode(filled.tolist(), skip_special_tokens=True)
-                preds.append(MaskPrediction(pos, id_list, tokens, words, cont, p.tolist(), seq))
-            out.append(preds)
-        return out
-
     # ------------------------------------------------------------------ cache support
     def stream_spec(self, stream: str | None = None) -> StreamSpec:
         if stream not in (None, "encoder"):
@@ -569,3 +514,46 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
     def _linear_unembed(self) -> tuple[Tensor, Tensor] | None:
         # the BERT MLM head is nonlinear (dense + act + LN): no linear unembedding exists
         return None
+
+    # ------------------------------------------------------------------ model contract
+    def _prepare_input(
+        self, input: Any, one_zero_attention_mask: Any = None, token_type_ids: Any = None, **options: Any
+    ) -> Prepared:
+        """Text, ``(a, b)`` pairs, or token ids (with ``one_zero_attention_mask`` / ``token_type_ids``)."""
+        if options:
+            raise TypeError(f"unexpected options {sorted(options)}; accepted: one_zero_attention_mask, token_type_ids")
+        batch = self.tokenize(input, one_zero_attention_mask, token_type_ids)
+        kwargs: dict[str, Any] = {"one_zero_attention_mask": batch.attention_mask}
+        if batch.token_type_ids is not None:
+            kwargs["token_type_ids"] = batch.token_type_ids
+        return Prepared(
+            family=self.family,
+            args=(batch.tokens,),
+            kwargs=kwargs,
+            masks={None: batch.attention_mask},
+            labels={None: text_position_labels(self.tokenizer, batch.tokens, batch.attention_mask)},
+            token_ids={None: batch.tokens},
+            batch_size=int(batch.tokens.shape[0]),
+            alignment_hint=TOKEN_ALIGNMENT_HINT,
+        )
+
+    @property
+    def default_return_type(self) -> str:
+        """``"logits"`` (MLM) when the checkpoint has an MLM head, else ``"embeddings"`` (final residual)."""
+        return "logits" if self.mlm_head is not None else "embeddings"
+
+    def readout(self, stream: str | None = None) -> Readout | None:
+        """The MLM head (nonlinear: dense -> act -> LN -> unembed), else a token-classification head."""
+        self.stream_spec(stream)  # validates the stream name
+        if self.mlm_head is not None:
+            return Readout("mlm_head", "mlm", self.mlm_head, linear=False, return_type="logits")
+        head = self.classifier
+        if head is None or head.cfg.task != "token":
+            return None
+        linear = head.W_hidden is None
+        return Readout("classifier", "classifier", head, linear, "classification", output_labels=head.cfg.labels)
+
+    def example_input(self) -> ExampleInput:
+        if self.tokenizer is not None:
+            return ExampleInput("Hello world", {}, "the text 'Hello world'")
+        return ExampleInput(torch.tensor([[1, 2, 3, 4]]) % self.cfg.d_vocab, {}, "4 token ids")

@@ -20,28 +20,32 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor, nn
+from torch import Tensor
 
 from encoderlens.cache import ActivationCache, StreamSpec, fold_norm_into_unembed
-from encoderlens.components.attention import KVCache, build_additive_mask, mask_value
-from encoderlens.components.blocks import TransformerBlock
-from encoderlens.components.embed import Embed, PosEmbed
-from encoderlens.components.norm import make_norm
-from encoderlens.components.position import RelativePositionBias
-from encoderlens.config import EmbeddingConfig, EncoderDecoderConfig, StackConfig, UnembedConfig
-from encoderlens.convert.loading import Checkpoint, load_tokenizer
+from encoderlens.components.embed import Embed
+from encoderlens.components.heads import LMHead
+from encoderlens.components.stack import Stack
+from encoderlens.config import EncoderDecoderConfig
 from encoderlens.hooks import HookPoint, NameFilter, _name_matcher
-from encoderlens.io.text import TextBatch, as_token_tensor, check_mask, check_tokens, tokenize
-from encoderlens.models.base import HookedModel, StackWeights, StackWeightsMixin, register_family
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
+from encoderlens.io.text import TextBatch, as_token_tensor, check_mask, is_text, is_tokenizer_output, text_batch
+from encoderlens.models import generation
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import (
+    TOKEN_ALIGNMENT_HINT,
+    ExampleInput,
+    Prepared,
+    Readout,
+    text_position_labels,
+)
 
 ReturnType = Literal["auto", "logits", "encoder_output", "decoder_output", "all"]
 _RETURN_TYPES = ("auto", "logits", "encoder_output", "decoder_output", "all", None)
-# hooks whose last two dims are (query_pos, key_pos): during cached generation the key axis grows
-_QK_HOOKS = ("hook_attn_scores", "hook_pattern", "hook_position_bias")
 
 
 @dataclass
@@ -64,146 +68,7 @@ class EncoderDecoderOutput:
     decoder_attention_mask: Int[Tensor, "batch pos"] | None
 
 
-class _PropertyErrors:
-    """Keep a property's own AttributeError message (``nn.Module.__getattr__`` would replace it)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)  # type: ignore[misc]
-        except AttributeError:
-            prop = getattr(type(self), name, None)
-            if isinstance(prop, property) and prop.fget is not None:
-                prop.fget(self)  # raises the property's explanatory AttributeError
-            raise
-
-
-class Stack(_PropertyErrors, StackWeightsMixin, nn.Module):
-    """One side of an encoder-decoder: embeddings, position bias, blocks and final norm.
-
-    The token embedding is the model's shared :class:`Embed`, held in a list so it is registered
-    (and loaded) once, at the model root.
-
-    Stacked weights: ``W_Q, W_K, W_V, W_O, b_*, QK, OV, W_in, W_gate, W_out`` over the self-attention
-    and MLPs of this stack's blocks; :attr:`cross` gives the same over cross-attention (decoders).
-    """
-
-    def __init__(self, cfg: StackConfig, embed_cfg: EmbeddingConfig, embed: Embed) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.embed_cfg = embed_cfg
-        d = cfg.d_model
-        self._embed = [embed]
-        self.hook_embed = HookPoint()
-        self.pos_embed = PosEmbed(d, embed_cfg) if embed_cfg.n_ctx else None
-        self.hook_pos_embed = HookPoint() if self.pos_embed is not None else None
-        self.embed_ln = make_norm(d, embed_cfg.norm) if embed_cfg.norm is not None else None
-        self.hook_full_embed = HookPoint()
-        rel = cfg.relative_position
-        self.position_bias = RelativePositionBias(cfg.n_heads, rel) if rel is not None else None
-        self.hook_position_bias = HookPoint() if self.position_bias is not None else None
-        self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
-        self.ln_final = make_norm(d, cfg.norm) if cfg.final_norm else None
-        self.hook_final_norm = HookPoint() if self.ln_final is not None else None
-
-    @property
-    def cross(self) -> StackWeights:
-        """Stacked cross-attention weights: ``decoder.cross.W_Q[layer, head]``, ``decoder.cross.OV``..."""
-        if not self.cfg.cross_attention:
-            raise AttributeError("this stack has no cross-attention (only the decoder has)")
-        return StackWeights(self.blocks, "cross_attn")
-
-    @property
-    def d_vocab(self) -> int:
-        """Rows of the token embedding this stack reads."""
-        return self._embed[0].W_E.shape[0]
-
-    @property
-    def max_positions(self) -> int | None:
-        """Longest input the learned position table allows (None: relative positions, no limit)."""
-        return self.pos_embed.max_positions if self.pos_embed is not None else None
-
-    def embed_input(self, tokens: Int[Tensor, "batch pos"], past_len: int = 0) -> Float[Tensor, "batch pos d_model"]:
-        """Token (+ position) embedding and embedding norm: the input of block 0."""
-        x = self.hook_embed(self._embed[0](tokens))
-        if self.pos_embed is not None:
-            assert self.hook_pos_embed is not None
-            pos = torch.arange(past_len, past_len + tokens.shape[1], device=tokens.device)[None].expand_as(tokens)
-            x = x + self.hook_pos_embed(self.pos_embed(pos))
-        if self.embed_ln is not None:
-            x = self.embed_ln(x)
-        return self.hook_full_embed(x)
-
-    def forward(
-        self,
-        tokens: Int[Tensor, "batch pos"],
-        key_mask: Int[Tensor, "batch key_pos"],
-        encoder_out: Float[Tensor, "batch enc_pos d_model"] | None = None,
-        encoder_mask: Int[Tensor, "batch enc_pos"] | None = None,
-        kv_cache: list[tuple[KVCache, KVCache]] | None = None,
-        past_len: int = 0,
-    ) -> Float[Tensor, "batch pos d_model"]:
-        """Run the stack on ``tokens`` (the new positions when ``past_len > 0``).
-
-        Args:
-            tokens: Token ids of the positions to compute.
-            key_mask: 1 = attend, over all self-attention keys (``past_len + pos``).
-            encoder_out: Encoder output (decoders).
-            encoder_mask: 1 = real encoder position (decoders).
-            kv_cache: One ``(self, cross)`` cache pair per block (generation); updated in place.
-            past_len: Number of positions already in ``kv_cache``.
-        """
-        x = self.embed_input(tokens, past_len)
-        q_len = x.shape[1]
-        k_len = past_len + q_len
-        mask = build_additive_mask(key_mask.bool(), q_len, k_len, self.cfg.attn.causal, x.dtype, x.device, past_len)
-        bias = None
-        if self.position_bias is not None:
-            assert self.hook_position_bias is not None
-            # computed once for the whole stack; with a cache, rows are the new queries against every key
-            bias = self.hook_position_bias(self.position_bias(q_len, k_len, past_len).to(x.dtype))
-        cross_mask = None
-        if self.cfg.cross_attention:
-            if encoder_out is None or encoder_mask is None:
-                raise ValueError("the decoder needs the encoder output and its mask")
-            cross_mask = build_additive_mask(encoder_mask.bool(), q_len, encoder_out.shape[1], False, x.dtype, x.device)
-        for i, block in enumerate(self.blocks):
-            x = block(
-                x,
-                additive_mask=mask,
-                position_bias=bias,
-                encoder_out=encoder_out,
-                cross_mask=cross_mask,
-                kv_cache=kv_cache[i] if kv_cache is not None else None,
-            )
-        if self.ln_final is not None:
-            assert self.hook_final_norm is not None
-            x = self.hook_final_norm(self.ln_final(x))
-        return x
-
-
-class LMHead(nn.Module):
-    """``logits = (x * scale) @ W_U + b_U``; tied: ``W_U`` is ``W_E.T`` (the same parameter)."""
-
-    def __init__(self, d_model: int, d_vocab: int, cfg: UnembedConfig, embed: Embed) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self._embed = [embed]
-        self.W_U_untied = None if cfg.tied else nn.Parameter(torch.empty(d_model, d_vocab))
-        self.b_U = nn.Parameter(torch.zeros(d_vocab)) if cfg.bias else None
-
-    @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        return self._embed[0].W_E.T if self.W_U_untied is None else self.W_U_untied
-
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-        if self.cfg.scale != 1.0:
-            x = x * self.cfg.scale
-        logits = x @ self.W_U
-        return logits + self.b_U if self.b_U is not None else logits
-
-
-@register_family("encoder_decoder")
-class HookedEncoderDecoder(_PropertyErrors, HookedModel):
+class HookedEncoderDecoder(HookedModel):
     """A sequence-to-sequence transformer with a hook point on every activation, both stacks.
 
     Submodules ``encoder`` and ``decoder`` (see the module docstring and ``docs/encoder_decoder.md``
@@ -224,6 +89,8 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
           applied.
         - Text passed as ``decoder_input`` is treated as targets (see :meth:`decoder_input_from_targets`).
     """
+
+    family: ClassVar[str] = "encoder_decoder"
 
     cfg: EncoderDecoderConfig
 
@@ -303,29 +170,23 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
     # ------------------------------------------------------------------ inputs
     def tokenize(self, input: Any, one_zero_attention_mask: Any = None) -> TextBatch:
         """Encoder input: strings (padded right, truncated to the position table with a warning),
-        token ids ``(pos,)`` / ``(batch, pos)`` with an optional mask, or a :class:`TextBatch`."""
+        token ids ``(pos,)`` / ``(batch, pos)`` with an optional mask, a tokenizer's output
+        (``BatchEncoding`` / dict with ``input_ids``) or a :class:`TextBatch`
+        (decided by :func:`encoderlens.io.text.text_batch`)."""
         return self._batch(input, one_zero_attention_mask, self.encoder, "input", "one_zero_attention_mask")
 
     def _batch(self, input: Any, mask: Any, stack: Stack, what: str, mask_name: str) -> TextBatch:
+        batch = text_batch(
+            input,
+            mask,
+            tokenizer=self.tokenizer,
+            d_vocab=stack.d_vocab,
+            max_positions=stack.max_positions,
+            pairs=False,
+            what=what,
+            mask_name=mask_name,
+        )
         device = self.embed.W_E.device
-        if isinstance(input, TextBatch):
-            if mask is not None:
-                raise ValueError(f"{what} is a TextBatch, which carries its own mask; do not also pass {mask_name}")
-            batch = TextBatch(
-                as_token_tensor(input.tokens), check_mask(input.attention_mask, input.tokens.shape, mask_name), None
-            )
-        elif _is_text(input):
-            if mask is not None:
-                raise ValueError(f"{mask_name} is built from text automatically; pass it with token ids only")
-            batch = tokenize(self.tokenizer, _as_text_list(input), max_length=stack.max_positions)
-            batch = TextBatch(batch.tokens, batch.attention_mask, None)
-        else:
-            if input is None:
-                raise TypeError(f"{what} is None; pass a string, a list of strings or token ids")
-            tokens = as_token_tensor(input)
-            m = torch.ones_like(tokens) if mask is None else check_mask(mask, tokens.shape, mask_name)
-            batch = TextBatch(tokens, m, None)
-        check_tokens(batch.tokens, stack.d_vocab, stack.max_positions)
         return TextBatch(batch.tokens.to(device), batch.attention_mask.to(device), None)
 
     def decoder_input_from_targets(self, targets: Any, attention_mask: Any = None) -> TextBatch:
@@ -349,7 +210,9 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
         """
         self._decoder()
         pad = self.cfg.pad_token_id
-        if isinstance(targets, Tensor) or (not _is_text(targets) and not isinstance(targets, TextBatch)):
+        if isinstance(targets, Tensor) or not (
+            is_text(targets, pairs=False) or isinstance(targets, TextBatch) or is_tokenizer_output(targets)
+        ):
             tokens = as_token_tensor(targets).clone()
             ignored = tokens == -100
             if bool(ignored.any()):
@@ -389,7 +252,7 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
                 "(start token + shift right); for free generation use model.generate(input); "
                 "for the encoder alone use return_type='encoder_output'"
             )
-        if _is_text(decoder_input):
+        if is_text(decoder_input, pairs=False):
             if decoder_attention_mask is not None:
                 raise ValueError("decoder_attention_mask is built from text automatically; pass it with token ids")
             return self.decoder_input_from_targets(decoder_input)
@@ -559,32 +422,11 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
         stack = self._decoder()
         if self.lm_head is None:
             raise ValueError(f"generate needs an LM head; this {self.cfg.architecture} checkpoint has none")
-        if not isinstance(num_beams, int) or num_beams < 1:
-            raise ValueError(f"num_beams must be a positive int, got {num_beams!r}")
-        if num_beams > 1:
-            if do_sample:
-                raise ValueError("beam sampling is not implemented: use num_beams > 1 with do_sample=False")
-            if return_cache:
-                raise ValueError(
-                    "return_cache is not available with beam search (beams are reordered every step); "
-                    "run model.run_with_cache(input, tokens[:, :-1]) on the returned tokens instead"
-                )
-            if not stop_at_eos:
-                raise ValueError("stop_at_eos=False is not available with beam search")
-        if early_stopping not in (True, False, "never"):
-            raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        if do_sample:
-            if temperature <= 0:
-                raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-            if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-                raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-            if top_p is not None and not 0 < top_p <= 1:
-                raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
-        if return_type not in ("input", "tokens", "str"):
-            raise ValueError(f"return_type must be 'input', 'tokens' or 'str', got {return_type!r}")
-        eos = self.cfg.eos_token_ids if eos_token_id is None else _as_id_tuple(eos_token_id)
+        generation.check_generate_args(
+            max_new_tokens, do_sample, temperature, top_k, top_p, num_beams, early_stopping, stop_at_eos,
+            return_cache, return_type,
+        )  # fmt: skip
+        eos = self.cfg.eos_token_ids if eos_token_id is None else generation.as_id_tuple(eos_token_id)
         pad = self.cfg.pad_token_id if self.cfg.pad_token_id is not None else (eos[0] if eos else 0)
 
         enc = self.tokenize(input, one_zero_attention_mask)
@@ -615,145 +457,37 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
         with self.hooks(fwd_hooks=fwd):
             enc_out = self.encoder(enc.tokens, enc.attention_mask)
             if num_beams > 1:
-                tokens = self._beam_search(
-                    enc_out, enc.attention_mask, prefix, max_new_tokens, num_beams, eos, pad, length_penalty,
-                    early_stopping, use_cache,
+                tokens = generation.beam_search(
+                    stack, self.lm_head, enc_out, enc.attention_mask, prefix, max_new_tokens, num_beams, eos, pad,
+                    length_penalty, early_stopping, use_cache,
                 )  # fmt: skip
                 return self._format_generated(tokens, input, return_type)
-            tokens = prefix
-            finished = torch.zeros(batch_size, dtype=torch.bool, device=tokens.device)
-            kv = [(KVCache(), KVCache(static=True)) for _ in stack.blocks] if use_cache else None
-            eos_t = torch.tensor(eos, device=tokens.device, dtype=torch.long)
-            for _ in range(max_new_tokens):
-                if use_cache:
-                    assert kv is not None
-                    past = kv[0][0].length
-                    new = tokens[:, past:]
-                else:
-                    past, new = 0, tokens
-                    # a full recompute: the last step's decoder activations cover every position
-                    for name in [n for n in records if n.startswith("decoder.")]:
-                        del records[name]
-                key_mask = torch.ones_like(tokens)
-                dec_out = stack(new, key_mask, enc_out, enc.attention_mask, kv, past)
-                logits = self.lm_head(dec_out[:, -1:])[:, 0].float()
-                next_tok = self._pick(logits, do_sample, temperature, top_k, top_p, gen)
-                if stop_at_eos and eos:
-                    next_tok = torch.where(finished, torch.full_like(next_tok, pad), next_tok)
-                    finished = finished | torch.isin(next_tok, eos_t)
-                tokens = torch.cat([tokens, next_tok[:, None]], dim=1)
-                if stop_at_eos and eos and bool(finished.all()):
-                    break
+
+            def forget_decoder_steps() -> None:
+                # a full recompute: the last step's decoder activations cover every position
+                for name in [n for n in records if n.startswith("decoder.")]:
+                    del records[name]
+
+            tokens = generation.greedy_or_sample(
+                stack, self.lm_head, enc_out, enc.attention_mask, prefix, max_new_tokens, eos=eos, pad=pad,
+                stop_at_eos=stop_at_eos, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                gen=gen, use_cache=use_cache, on_recompute=forget_decoder_steps,
+            )  # fmt: skip
 
         out = self._format_generated(tokens, input, return_type)
         if return_cache:
-            cache_dict = self._merge_steps(records, tokens.shape[1] - 1, use_cache)
+            bias = self.decoder.position_bias if self.decoder is not None else None
+            cache_dict = generation.merge_steps(records, tokens.shape[1] - 1, use_cache, bias)
             return out, ActivationCache(cache_dict, self)
         return out
 
     def _format_generated(self, tokens: Tensor, input: Any, return_type: str) -> Any:
-        if return_type == "str" or (return_type == "input" and _is_text(input)):
+        if return_type == "str" or (return_type == "input" and is_text(input, pairs=False)):
             if self.tokenizer is None:
                 raise ValueError("return_type='str' needs a tokenizer; this model was loaded without one")
             texts = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in tokens]
             return texts[0] if isinstance(input, str) else texts
         return tokens
-
-    def _beam_search(
-        self,
-        enc_out: Float[Tensor, "batch enc_pos d_model"],
-        enc_mask: Int[Tensor, "batch enc_pos"],
-        prefix: Int[Tensor, "batch pos"],
-        max_new_tokens: int,
-        num_beams: int,
-        eos: tuple[int, ...],
-        pad: int,
-        length_penalty: float,
-        early_stopping: bool | str,
-        use_cache: bool,
-    ) -> Int[Tensor, "batch pos"]:
-        """Beam search with HF's (vectorised, transformers >= 4.50) semantics; returns the best beam per input.
-
-        State per input: ``num_beams`` running beams (log-prob sums) and the ``num_beams`` best finished
-        hypotheses (length-normalised scores). Each step keeps the top ``max(2, 1 + n_eos) * num_beams``
-        continuations so that enough unfinished ones remain; candidates ending in EOS (or at the length
-        limit) among the top ``num_beams`` become finished hypotheses.
-        """
-        stack = self._decoder()
-        assert self.lm_head is not None
-        batch, prompt_len = prefix.shape
-        k, device = num_beams, prefix.device
-        max_len = prompt_len + max_new_tokens
-        n_keep = max(2, 1 + len(eos)) * k
-        neg = -1.0e9
-        # every beam of one input reads the same encoder output
-        enc_out = enc_out.repeat_interleave(k, dim=0)
-        enc_mask = enc_mask.repeat_interleave(k, dim=0)
-        running = torch.full((batch, k, max_len), pad, dtype=torch.long, device=device)
-        running[:, :, :prompt_len] = prefix[:, None]
-        running_scores = torch.zeros(batch, k, device=device)
-        running_scores[:, 1:] = neg  # only the first beam is live at the start: no duplicate beams
-        finished = running.clone()
-        finished_scores = torch.full((batch, k), neg, device=device)
-        finished_len = torch.full((batch, k), max_len, dtype=torch.long, device=device)
-        is_finished = torch.zeros(batch, k, dtype=torch.bool, device=device)
-        can_improve = torch.ones(batch, 1, dtype=torch.bool, device=device)
-        top_k_mask = torch.arange(n_keep, device=device) < k
-        eos_t = torch.tensor(eos, dtype=torch.long, device=device)
-        kv = [(KVCache(), KVCache(static=True)) for _ in stack.blocks] if use_cache else None
-        cur = prompt_len
-        while True:
-            flat = running[:, :, :cur].reshape(batch * k, cur)
-            past = kv[0][0].length if kv is not None else 0
-            dec_out = stack(flat[:, past:], torch.ones_like(flat), enc_out, enc_mask, kv, past)
-            logits = self.lm_head(dec_out[:, -1:])[:, 0].float()
-            vocab = logits.shape[-1]
-            log_probs = logits.log_softmax(-1).view(batch, k, vocab) + running_scores[:, :, None]
-            top_scores, top_idx = log_probs.view(batch, k * vocab).topk(n_keep, dim=-1)
-            src_beam, new_tok = top_idx // vocab, top_idx % vocab
-            cand = running.gather(1, src_beam[:, :, None].expand(-1, -1, max_len)).clone()
-            cand[:, :, cur] = new_tok
-            ends = torch.isin(new_tok, eos_t) | (cur + 1 >= max_len)
-
-            # running beams for the next step: the best candidates that did not just end
-            live_scores = top_scores + ends.float() * neg
-            keep = live_scores.topk(k, dim=-1).indices
-            running = cand.gather(1, keep[:, :, None].expand(-1, -1, max_len))
-            running_scores = live_scores.gather(1, keep)
-            parent = src_beam.gather(1, keep)
-
-            # finished hypotheses: merge the new ones (among the top k only) with the kept ones
-            just_ended = ends & top_k_mask[None]
-            scored = top_scores / float(cur + 1 - prompt_len) ** length_penalty
-            if early_stopping is True:
-                scored = scored + (is_finished.all(-1, keepdim=True)).float() * neg
-            scored = scored + (~can_improve).float() * neg + (~just_ended).float() * neg
-            merged_scores = torch.cat([finished_scores, scored], dim=1)
-            best = merged_scores.topk(k, dim=-1).indices
-            finished = torch.cat([finished, cand], dim=1).gather(1, best[:, :, None].expand(-1, -1, max_len))
-            finished_scores = merged_scores.gather(1, best)
-            cand_len = torch.full_like(new_tok, cur + 1)
-            finished_len = torch.cat([finished_len, cand_len], dim=1).gather(1, best)
-            is_finished = torch.cat([is_finished, just_ended], dim=1).gather(1, best)
-
-            if kv is not None:
-                # the self-attention caches follow their beams; cross-attention caches are equal across beams
-                order = (parent + torch.arange(batch, device=device)[:, None] * k).reshape(-1)
-                for self_cache, _ in kv:
-                    assert self_cache.k is not None and self_cache.v is not None
-                    self_cache.k = self_cache.k.index_select(0, order)
-                    self_cache.v = self_cache.v.index_select(0, order)
-            cur += 1
-            # can a running beam still beat the worst finished hypothesis?
-            hyp_len = max_len - prompt_len if early_stopping == "never" and length_penalty > 0 else cur - prompt_len
-            best_running = running_scores[:, :1] / float(hyp_len) ** length_penalty
-            worst_done = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True).values, neg)
-            can_improve = can_improve & (best_running > worst_done).any(-1, keepdim=True)
-            open_beams = not (bool(is_finished.all()) and early_stopping is True)
-            if not (bool(can_improve.any()) and open_beams and not bool(ends.all())):
-                break
-        out_len = int(finished_len[:, 0].max())
-        return finished[:, 0, :out_len]
 
     def _generation_prefix(self, decoder_input: Any, batch_size: int) -> Tensor:
         device = self.embed.W_E.device
@@ -780,59 +514,6 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
                 "pass one prefix per input (or a single prefix for all)"
             )
         return tokens.contiguous()
-
-    @staticmethod
-    def _pick(
-        logits: Float[Tensor, "batch d_vocab"],
-        do_sample: bool,
-        temperature: float,
-        top_k: int | None,
-        top_p: float | None,
-        gen: torch.Generator | None,
-    ) -> Int[Tensor, " batch"]:
-        if not do_sample:
-            return logits.argmax(dim=-1)
-        logits = logits / temperature
-        neg = torch.finfo(logits.dtype).min
-        if top_k is not None and top_k < logits.shape[-1]:
-            kth = logits.topk(top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, neg)
-        if top_p is not None and top_p < 1.0:
-            sorted_logits, order = logits.sort(dim=-1, descending=True)
-            probs = sorted_logits.softmax(-1)
-            # drop a token when the more likely ones already reach top_p (the most likely always stays)
-            drop_sorted = (probs.cumsum(-1) - probs) >= top_p
-            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-            logits = logits.masked_fill(drop, neg)
-        probs = logits.softmax(-1)
-        return torch.multinomial(probs, 1, generator=gen)[:, 0]
-
-    def _merge_steps(self, records: dict[str, list[Tensor]], n_pos: int, use_cache: bool) -> dict[str, Tensor]:
-        """Join per-step activations into the activations of one forward over all decoder positions."""
-        merged: dict[str, Tensor] = {}
-        for name, steps in records.items():
-            if len(steps) == 1 or not use_cache:
-                merged[name] = steps[-1]
-                continue
-            if name.endswith(_QK_HOOKS) and ".cross_attn." not in name:
-                if name.endswith("hook_position_bias"):
-                    assert self.decoder is not None and self.decoder.position_bias is not None
-                    full = self.decoder.position_bias(n_pos, n_pos).to(steps[0].dtype).clone()
-                else:
-                    fill = mask_value(steps[0].dtype) if name.endswith("hook_attn_scores") else 0.0
-                    shape = (*steps[0].shape[:-2], n_pos, n_pos)
-                    full = steps[0].new_full(shape, fill)
-                row = 0
-                for t in steps:
-                    q, k = t.shape[-2:]
-                    full[..., row : row + q, :k] = t
-                    row += q
-                merged[name] = full
-            elif name.endswith(_QK_HOOKS):
-                merged[name] = torch.cat(steps, dim=-2)
-            else:
-                merged[name] = torch.cat(steps, dim=1)
-        return merged
 
     # ------------------------------------------------------------------ cache support
     def stream_spec(self, stream: str | None = None) -> StreamSpec:
@@ -870,6 +551,91 @@ class HookedEncoderDecoder(_PropertyErrors, HookedModel):
             unembed=unembed,
             unembed_note=note,
         )
+
+    # ------------------------------------------------------------------ model contract
+    def _prepare_input(
+        self,
+        input: Any,
+        decoder_input: Any = None,
+        one_zero_attention_mask: Any = None,
+        decoder_attention_mask: Any = None,
+        **options: Any,
+    ) -> Prepared:
+        """Encoder text or ids, and ``decoder_input``: target text (start token + shift right), a
+        :class:`TextBatch`, or decoder ids (+ ``decoder_attention_mask``) used as given."""
+        if options:
+            raise TypeError(
+                f"unexpected options for an encoder-decoder: {sorted(options)}; accepted: decoder_input, "
+                "one_zero_attention_mask, decoder_attention_mask"
+            )
+        enc = self.tokenize(input, one_zero_attention_mask)
+        masks: dict[str | None, Tensor] = {"encoder": enc.attention_mask}
+        labels: dict[str | None, list[list[str]] | None] = {
+            "encoder": text_position_labels(self.tokenizer, enc.tokens, enc.attention_mask)
+        }
+        ids: dict[str | None, Tensor] = {"encoder": enc.tokens}
+        kwargs: dict[str, Any] = {"one_zero_attention_mask": enc.attention_mask}
+        if self.decoder is not None:
+            if decoder_input is None:
+                raise ValueError(
+                    "an encoder-decoder needs decoder_input= (target text, or decoder token ids starting with the "
+                    "start token) to run the decoder; e.g. prepare(model, 'translate English to German: Hello', "
+                    "decoder_input='Hallo')"
+                )
+            dec = self._decoder_batch(decoder_input, decoder_attention_mask)
+            if dec.tokens.shape[0] != enc.tokens.shape[0]:
+                raise ValueError(
+                    f"encoder batch has {enc.tokens.shape[0]} items but decoder_input has {dec.tokens.shape[0]}; "
+                    "pass one decoder input per encoder input"
+                )
+            dec_mask = dec.attention_mask.long()
+            kwargs["decoder_input"] = TextBatch(dec.tokens, dec_mask, None)
+            masks["decoder"] = dec_mask
+            labels["decoder"] = text_position_labels(self.tokenizer, dec.tokens, dec_mask)
+            ids["decoder"] = dec.tokens
+        elif decoder_input is not None:
+            raise ValueError("this checkpoint is encoder-only; do not pass decoder_input")
+        return Prepared(
+            family=self.family,
+            args=(enc.tokens,),
+            kwargs=kwargs,
+            masks=masks,
+            labels=labels,
+            token_ids=ids,
+            batch_size=int(enc.tokens.shape[0]),
+            alignment_hint=TOKEN_ALIGNMENT_HINT,
+        )
+
+    @property
+    def default_return_type(self) -> str:
+        """``"logits"`` with an LM head, else the output of the last stack (``"decoder_output"`` /
+        ``"encoder_output"`` for encoder-only checkpoints)."""
+        if self.decoder is None:
+            return "encoder_output"
+        return "logits" if self.lm_head is not None else "decoder_output"
+
+    def readout(self, stream: str | None = None) -> Readout | None:
+        """The LM head (linear, scale and bias included) on the decoder stream; the encoder stream has none."""
+        stream = self.resolve_stream(stream)
+        if stream != "decoder" or self.lm_head is None:
+            return None
+        return Readout("lm_head", "lm", self.lm_head, linear=True, return_type="logits")
+
+    def cross_attention_source(self, stream: str | None) -> str | None:
+        """The decoder's cross-attention reads the encoder stream."""
+        if self.resolve_stream(stream) != "decoder":
+            return super().cross_attention_source(stream)
+        return "encoder"
+
+    def example_input(self) -> ExampleInput:
+        text = self.tokenizer is not None
+        src: Any = "Hello world" if text else torch.tensor([[1, 2, 3, 4]]) % self.cfg.d_vocab
+        what = "the text 'Hello world'" if text else "4 token ids"
+        if self.decoder is None:
+            return ExampleInput(src, {}, f"{what} (encoder only)")
+        start = self.cfg.decoder_start_token_id
+        start = 0 if start is None else int(start)
+        return ExampleInput(src, {"decoder_input": torch.tensor([[start, start]])}, f"{what} -> 2 decoder tokens")
 
 
 def _is_text(x: Any) -> bool:

@@ -27,15 +27,24 @@ from encoderlens.cache import StreamSpec, fold_norm_into_unembed
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.conv_stem import ConvStem
 from encoderlens.components.embed import Embed
+from encoderlens.components.heads import LMHead
 from encoderlens.components.log_mel import LogMelSpectrogram
 from encoderlens.components.norm import make_norm
+from encoderlens.components.stack import Stack, run_blocks
+from encoderlens.components.stack_weights import StackWeights, StackWeightsMixin
 from encoderlens.config import StackConfig, WhisperConfig
-from encoderlens.convert.loading import Checkpoint, load_tokenizer
 from encoderlens.hooks import HookPoint
-from encoderlens.io.audio import AudioInput, to_waveforms
+from encoderlens.io.audio import AudioInput, AudioOptions, to_waveforms
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.io.text import as_token_tensor, check_mask, check_tokens
-from encoderlens.models.base import HookedModel, StackWeights, StackWeightsMixin, register_family
-from encoderlens.models.encoder_decoder import LMHead, Stack, _PropertyErrors
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import (
+    ExampleInput,
+    Prepared,
+    Readout,
+    frame_position_labels,
+    text_position_labels,
+)
 from encoderlens.models.whisper_generation import WhisperDecoding, whisper_generate
 
 ReturnType = Literal["auto", "logits", "encoder_output", "decoder_output"]
@@ -67,13 +76,12 @@ class WhisperEncoder(StackWeightsMixin, nn.Module):
         x = self.hook_embed(self.stem(mel))
         x = x + self.hook_pos_embed(self.W_pos[None].expand(x.shape[0], -1, -1))
         x = self.hook_full_embed(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.hook_final_norm(self.ln_final(x))
+        return run_blocks(
+            self.blocks, x, additive_mask=None, final_norm=self.ln_final, final_norm_hook=self.hook_final_norm
+        )
 
 
-@register_family("whisper")
-class HookedWhisper(_PropertyErrors, HookedModel):
+class HookedWhisper(HookedModel):
     """Whisper with a hook point on every activation of the front end, the encoder and the decoder.
 
     Example:
@@ -91,6 +99,7 @@ class HookedWhisper(_PropertyErrors, HookedModel):
     """
 
     cfg: WhisperConfig
+    family = "whisper"
 
     def __init__(self, cfg: WhisperConfig, tokenizer: Any = None, generation_config: Any = None) -> None:
         super().__init__()
@@ -174,7 +183,9 @@ class HookedWhisper(_PropertyErrors, HookedModel):
             return self.mel.hook_mel(feats.transpose(1, 2))
         assert audio is not None
         mel_cfg = self.cfg.mel
-        waves, _ = to_waveforms(audio, mel_cfg.sampling_rate, sampling_rate, resample)
+        waves, _ = to_waveforms(
+            audio, mel_cfg.sampling_rate, AudioOptions(sampling_rate=sampling_rate, resample=resample)
+        )
         n = mel_cfg.n_samples
         for i, w in enumerate(waves):
             if w.shape[0] > n:
@@ -296,6 +307,70 @@ class HookedWhisper(_PropertyErrors, HookedModel):
         if return_type != "tokens":
             raise ValueError(f"return_type must be 'tokens' or 'str', got {return_type!r}")
         return tokens
+
+    # ------------------------------------------------------------------ the model contract
+    def _prepare_input(
+        self,
+        input: Any,
+        decoder_input: Any = None,
+        decoder_attention_mask: Any = None,
+        sampling_rate: int | None = None,
+        resample: bool = False,
+        **options: Any,
+    ) -> Prepared:
+        """Audio (paths, waveforms) and ``decoder_input`` token ids (e.g. :meth:`prompt_ids` + text ids)."""
+        if options:
+            raise TypeError(
+                f"unexpected options for Whisper: {sorted(options)}; accepted: decoder_input, "
+                "decoder_attention_mask, sampling_rate, resample"
+            )
+        mel = self.features(input, sampling_rate, resample).detach()
+        batch = mel.shape[0]
+        tokens, dec_mask = self._decoder_tokens(decoder_input, decoder_attention_mask, batch)
+        n_ctx = self.cfg.n_audio_ctx
+        # each encoder position covers 2 mel frames (stride-2 conv): 20 ms at Whisper's 10 ms hop
+        step = 2 * self.cfg.mel.hop_length / self.cfg.mel.sampling_rate
+        starts = torch.arange(n_ctx, dtype=torch.float64) * step
+        times = torch.stack([starts, starts + step], dim=1)
+        enc_mask = torch.ones(batch, n_ctx, dtype=torch.long, device=tokens.device)
+        dec_mask = dec_mask.long()
+        return Prepared(
+            family=self.family,
+            args=(),
+            kwargs={"input_features": mel.transpose(1, 2), "decoder_input": tokens, "decoder_attention_mask": dec_mask},
+            masks={"encoder": enc_mask, "decoder": dec_mask},
+            labels={
+                "encoder": frame_position_labels(times, enc_mask),
+                "decoder": text_position_labels(self.tokenizer, tokens, dec_mask),
+            },
+            token_ids={"decoder": tokens},
+            times={"encoder": times},
+            batch_size=batch,
+            alignment_hint="use audio of the same length and decoder prompts of the same length",
+        )
+
+    @property
+    def default_return_type(self) -> str:
+        """``"logits"`` with an LM head, else ``"decoder_output"``."""
+        return "logits" if self.lm_head is not None else "decoder_output"
+
+    def readout(self, stream: str | None = None) -> Readout | None:
+        """The tied LM head on the decoder stream; the encoder stream has none."""
+        stream = self.resolve_stream(stream)
+        if stream != "decoder" or self.lm_head is None:
+            return None
+        return Readout("lm_head", "lm", self.lm_head, linear=True, return_type="logits")
+
+    def cross_attention_source(self, stream: str | None) -> str | None:
+        """The decoder's cross-attention reads the encoder stream."""
+        if self.resolve_stream(stream) != "decoder":
+            return super().cross_attention_source(stream)
+        return "encoder"
+
+    def example_input(self) -> ExampleInput:
+        wave = 0.1 * torch.sin(torch.arange(self.cfg.mel.sampling_rate // 2) * 0.05)
+        prompt = self.decoding.prompt("en" if self.decoding.is_multilingual else None, None)
+        return ExampleInput(wave, {"decoder_input": torch.tensor([prompt])}, "0.5 s of a sine tone -> the prompt")
 
     # ------------------------------------------------------------------ cache support
     def stream_spec(self, stream: str | None = None) -> StreamSpec:

@@ -22,8 +22,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from encoderlens.components.attention import KVCache
+from encoderlens.components.heads import LMHead
+from encoderlens.components.stack import Stack
 from encoderlens.config import WhisperConfig
-from encoderlens.models.encoder_decoder import LMHead, Stack
 
 #: HF's ``TO_LANGUAGE_CODE`` for the common names; codes themselves (``"de"``) are always accepted.
 _TASKS = ("transcribe", "translate")

@@ -1,20 +1,11 @@
-"""Command line: ``encoderlens demo`` (and more subcommands registered by the analysis toolkit).
-
-Every subcommand exits non-zero with a one-line message on bad arguments or failures.
-"""
+"""``encoderlens demo``: an offline analysis of the embedded all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
-
-SubcommandSetup = Callable[[argparse._SubParsersAction], None]
-
-#: Functions that add subcommands to the parser (the analysis toolkit appends to this).
-SUBCOMMANDS: list[SubcommandSetup] = []
 
 DEMO_PAIRS = (
     ("A man is playing a guitar on stage.", "Someone performs music with a guitar."),
@@ -102,37 +93,8 @@ def _demo_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="encoderlens", description="Mechanistic interpretability for encoders.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def setup(sub: argparse._SubParsersAction) -> None:
+    """Add ``demo`` to the ``encoderlens`` parser."""
     demo = sub.add_parser("demo", help="offline demo on the embedded all-MiniLM-L6-v2")
     demo.add_argument("--model", default="default", help="hub name or local folder (default: embedded model)")
     demo.set_defaults(func=_demo_cmd)
-    for setup in SUBCOMMANDS:
-        setup(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``encoderlens`` command."""
-    _load_plugins()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"encoderlens {args.command}: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _load_plugins() -> None:
-    # the analysis toolkit registers its subcommands on import, if present
-    try:
-        import encoderlens.analysis.cli_commands  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name != "encoderlens.analysis.cli_commands":
-            raise
-
-
-if __name__ == "__main__":
-    sys.exit(main())

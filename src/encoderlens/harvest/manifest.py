@@ -1,0 +1,151 @@
+"""The on-disk state of a harvest: atomic JSON files, item runs, per-rank progress files and the merged manifest.
+
+What is not in a progress file does not exist: a shard is renamed into place first, then the rank's
+progress file is replaced; :func:`remove_orphans` deletes what a kill between the two left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+FORMAT = "encoderlens-harvest"
+FORMAT_VERSION = 1
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def to_runs(indices: Sequence[int]) -> list[list[int]]:
+    """Sorted ints -> ``[[start, stop, step], ...]`` (Python ``range`` arguments)."""
+    runs: list[list[int]] = []
+    i = 0
+    n = len(indices)
+    while i < n:
+        start = indices[i]
+        if i + 1 < n:
+            step = indices[i + 1] - start
+            j = i + 1
+            while j + 1 < n and indices[j + 1] - indices[j] == step:
+                j += 1
+            runs.append([start, indices[j] + 1, step])
+            i = j + 1
+        else:
+            runs.append([start, start + 1, 1])
+            i += 1
+    return runs
+
+
+def from_runs(runs: Iterable[Sequence[int]]) -> Iterator[int]:
+    """The ints of :func:`to_runs` runs, in order."""
+    for start, stop, step in runs:
+        yield from range(start, stop, step)
+
+
+def rank_file(rank: int) -> str:
+    """File name stem of a rank's shards and progress file: ``rank000``."""
+    return f"rank{rank:03d}"
+
+
+def load_state(out: Path, settings: dict[str, Any], resume: bool) -> dict[int, dict[str, Any]]:
+    """Every rank's progress file in ``out`` (from this run or earlier ones), checked against ``settings``."""
+    state: dict[int, dict[str, Any]] = {}
+    for p in sorted((out / "_progress").glob("rank*.json")):
+        st = json.loads(p.read_text())
+        state[int(st["rank"])] = st
+    if state and not resume:
+        raise ValueError(
+            f"{out} already holds a harvest; pass resume=True to continue it, or an empty out_dir to start anew"
+        )
+    for st in state.values():
+        if st.get("settings") != settings:
+            raise ValueError(
+                f"{out} holds a harvest with other settings ({st.get('settings')}) than this one ({settings}); "
+                "resume it with the same hooks, dtype, padding and adapter, or use another out_dir"
+            )
+    return state
+
+
+def remove_orphans(out: Path, rank: int, keep: set[str]) -> None:
+    """Delete this rank's shard files that no progress file lists, and temporary files (from a kill)."""
+    prefix = rank_file(rank)
+    for p in out.glob(f"{prefix}-*.safetensors"):
+        if p.name not in keep:
+            p.unlink()
+    for p in out.glob(f".{prefix}-*.tmp-*"):
+        p.unlink()
+
+
+def write_manifest(out: Path, final: bool, world_size: int | None = None, strict: bool = False) -> dict[str, Any]:
+    """Merge every rank's progress file into ``manifest.json`` (atomically).
+
+    ``complete`` is true when ``final`` and the stored items are exactly ``0 .. n-1`` for the item
+    count ``n`` the finished ranks saw. ``strict``: raise if not complete. Raises if an item is
+    stored twice.
+    """
+    states = [json.loads(p.read_text()) for p in sorted((out / "_progress").glob("rank*.json"))]
+    shards = sorted((sh for st in states for sh in st["shards"]), key=lambda sh: (sh["items"][0][0], sh["file"]))
+    seen: set[int] = set()
+    for sh in shards:
+        items = set(from_runs(sh["items"]))
+        dup = seen & items
+        if dup:
+            raise RuntimeError(
+                f"items {sorted(dup)[:10]} are stored twice (again in {sh['file']}); the harvest is corrupt"
+            )
+        seen |= items
+    hooks: dict[str, Any] = {}
+    for st in states:
+        hooks.update(st.get("hooks", {}))
+    n_rows: dict[str, int] = {}
+    for sh in shards:
+        for a, n in sh["n_rows"].items():
+            n_rows[a] = n_rows.get(a, 0) + n
+    n_seen = [st["n_seen"] for st in states if st.get("done") and "n_seen" in st]
+    n_total = max(n_seen) if n_seen else None
+    complete = final and n_total is not None and seen == set(range(n_total))
+    if strict and not complete:
+        missing = sorted(set(range(n_total or 0)) - seen)[:10]
+        raise RuntimeError(f"harvest incomplete: {len(seen)} of {n_total} items stored (missing e.g. {missing})")
+    first = states[0] if states else {}
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "complete": complete,
+        "model": first.get("model", {}),
+        "settings": first.get("settings", {}),
+        "world_size": world_size,
+        "n_items": len(seen),
+        "n_items_expected": n_total,
+        "n_rows": n_rows,
+        "hooks": {n: hooks[n] for n in first.get("settings", {}).get("hooks", []) if n in hooks},
+        "alignments": _alignment_doc(
+            n_rows, bool(first.get("settings", {}).get("include_padding")), first.get("alignment_info", {})
+        ),
+        "shards": shards,
+    }
+    write_json_atomic(out / "manifest.json", manifest)
+    return manifest
+
+
+def _alignment_doc(n_rows: dict[str, int], include_padding: bool, info: dict[str, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for a in n_rows:
+        cols: dict[str, Any] = {"item": f"_rows.{a}.item: int64 global item index (position in the input stream)"}
+        if a != "item":
+            cols["pos"] = f"_rows.{a}.pos: int32 position within the item"
+            if include_padding:
+                cols["pad"] = f"_rows.{a}.pad: bool, True where the row is a padding position"
+        cols.update(info.get(a, {}))
+        doc[a] = cols
+    return doc

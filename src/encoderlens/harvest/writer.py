@@ -1,0 +1,401 @@
+"""The harvest loop: stream items through the model and write the hooked activations in bounded memory.
+
+Shards are written atomically (temporary name, then ``os.replace``), and each rank's progress file
+(:mod:`encoderlens.harvest.manifest`) is replaced after every shard, so a kill at any moment leaves a
+state a restart resumes from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import numbers
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from encoderlens.harvest.adapters import HarvestAdapter, PreparedBatch, default_adapter
+from encoderlens.harvest.manifest import (
+    FORMAT,
+    from_runs,
+    load_state,
+    rank_file,
+    remove_orphans,
+    to_runs,
+    write_json_atomic,
+    write_manifest,
+)
+
+_DTYPES: dict[str, torch.dtype] = {
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+}
+
+
+def storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"fp16"``, ``"bf16"``, ``"fp32"`` (or a floating torch dtype) -> torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"storage dtype must be a floating dtype, got {dtype}")
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"dtype must be 'fp16', 'bf16', 'fp32' or a torch floating dtype, got {dtype!r}")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"float16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def save_shard_atomic(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    """Write one safetensors shard atomically (temporary file, fsync, ``os.replace``)."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _StopForward(Exception):
+    """Raised inside the last needed hook to skip the rest of the forward."""
+
+
+@dataclass
+class _Buffer:
+    """Rows of the shard being filled (already on the CPU, in the storage dtype)."""
+
+    acts: dict[str, list[Tensor]] = field(default_factory=dict)
+    rows: dict[str, dict[str, list[Tensor]]] = field(default_factory=dict)
+    items: list[int] = field(default_factory=list)
+    ids: list[Any] = field(default_factory=list)
+    nbytes: int = 0
+
+    def clear(self) -> None:
+        self.acts, self.rows, self.items, self.ids, self.nbytes = {}, {}, [], [], 0
+
+
+def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int, bool]:
+    dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if rank is None:
+        rank = torch.distributed.get_rank() if dist_on else 0
+    if world_size is None:
+        world_size = torch.distributed.get_world_size() if dist_on else 1
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+    return rank, world_size, dist_on
+
+
+def _resolve_hooks(model: Any, hooks: str | Sequence[str]) -> list[str]:
+    if isinstance(hooks, str):
+        hooks = [hooks]
+    if not isinstance(hooks, Sequence) or not hooks or not all(isinstance(h, str) for h in hooks):
+        raise TypeError(f"hooks must be a non-empty list of hook names (globs allowed), got {hooks!r}")
+    wanted: set[str] = set()
+    for h in hooks:
+        hits = [n for n in model.hook_dict if n == h or fnmatch.fnmatchcase(n, h)]
+        if not hits:
+            model.check_hook_name(h)  # raises with close matches
+        wanted.update(hits)
+    return [n for n in model.hook_dict if n in wanted]  # model order
+
+
+def harvest(
+    model: Any,
+    data: Iterable[Any],
+    hooks: str | Sequence[str],
+    out_dir: str | os.PathLike[str],
+    batch_size: int = 32,
+    *,
+    dtype: str | torch.dtype = "fp16",
+    adapter: HarvestAdapter | None = None,
+    include_padding: bool = False,
+    shard_mb: float = 256.0,
+    items_per_shard: int | None = None,
+    transforms: dict[str, Callable[[Tensor, PreparedBatch], Tensor]] | None = None,
+    max_items: int | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> dict[str, Any]:
+    """Run ``model`` over ``data`` and store the activations at ``hooks`` in sharded safetensors files.
+
+    Memory stays bounded whatever the dataset size: the model, one batch's forward, and at most
+    ``shard_mb`` of buffered rows (a shard is written when the buffer reaches it, at a batch boundary).
+
+    Args:
+        model: An encoderlens model (its ``family`` picks the default adapter).
+        data: Items, streamed once in order: a list, a generator, a ``datasets`` dataset... For text
+            encoders: strings, ``(a, b)`` pairs, token id sequences, or dicts with ``"text"`` (or
+            ``"tokens"``) and optionally ``"id"``; for speech encoders: waveforms, file paths, or dicts
+            with ``"audio"`` and optionally ``"id"``. The order must be the same when resuming.
+        hooks: Hook names or globs (``"blocks.*.hook_resid_post"``).
+        out_dir: Output folder (created). An existing harvest there is resumed.
+        batch_size: Items per forward.
+        dtype: Storage dtype: ``"fp16"``, ``"bf16"`` or ``"fp32"``. fp16 overflows above 65504
+            (a warning says so); bf16 keeps the range at lower precision.
+        adapter: Model-specific batching and alignment; default from the model's family.
+        include_padding: False: padding positions are not stored. True: every position is stored
+            and the alignment gets a ``pad`` flag per row.
+        shard_mb: Target shard size in MiB.
+        items_per_shard: Also start a new shard after this many items.
+        transforms: Hook name -> ``fn(activation, batch) -> tensor`` applied before storing, e.g. to
+            reduce an attention pattern ``(batch, head, q, k)`` to ``(batch, q, head)``.
+        max_items: Stop after this many items of ``data`` (global count, before splitting by rank).
+        resume: Continue a harvest found in ``out_dir`` (it must have the same settings). False:
+            refuse to touch a folder that already holds one.
+        progress: Show a tqdm progress bar.
+        rank, world_size: Default from ``torch.distributed`` when it is initialised (torchrun), else
+            0 and 1. Rank ``r`` takes items ``i`` with ``i % world_size == r``.
+
+    Returns:
+        The manifest (as written to ``out_dir/manifest.json``; see docs/performance.md).
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if shard_mb <= 0:
+        raise ValueError(f"shard_mb must be positive, got {shard_mb!r}")
+    if items_per_shard is not None and (not isinstance(items_per_shard, int) or items_per_shard < 1):
+        raise ValueError(f"items_per_shard must be a positive int or None, got {items_per_shard!r}")
+    if max_items is not None and (not isinstance(max_items, int) or max_items < 0):
+        raise ValueError(f"max_items must be a non-negative int or None, got {max_items!r}")
+    if isinstance(data, (str, bytes)):
+        raise TypeError("data must be an iterable of items, got a single string; wrap it in a list")
+    store_dtype = storage_dtype(dtype)
+    adapter = adapter if adapter is not None else default_adapter(model)
+    names = _resolve_hooks(model, hooks)
+    transforms = dict(transforms or {})
+    for t in transforms:
+        if t not in names:
+            raise ValueError(f"transform given for {t!r}, which is not among the harvested hooks {names}")
+    rank, world_size, dist_on = _dist_info(rank, world_size)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "_progress").mkdir(exist_ok=True)
+    settings = {
+        "hooks": names,
+        "dtype": dtype_name(store_dtype),
+        "include_padding": bool(include_padding),
+        "adapter": adapter.describe(),
+        "transforms": sorted(transforms),
+    }
+    model_info = {
+        "class": type(model).__name__,
+        "family": getattr(model, "family", ""),
+        "architecture": getattr(getattr(model, "cfg", None), "architecture", ""),
+    }
+    state = load_state(out, settings, resume)
+    mine = state.get(rank, {"rank": rank, "shards": [], "hooks": {}})
+    mine.update(settings=settings, model=model_info, alignment_info=adapter.alignment_info(model), done=False)
+    mine.pop("n_seen", None)
+    committed: set[int] = set()
+    for st in state.values():
+        for sh in st["shards"]:
+            committed.update(from_runs(sh["items"]))
+    remove_orphans(out, rank, {sh["file"] for sh in mine["shards"]})
+    progress_path = out / "_progress" / f"{rank_file(rank)}.json"
+    write_json_atomic(progress_path, mine)
+    if rank == 0:
+        write_manifest(out, final=False)
+
+    hook_info: dict[str, dict[str, Any]] = mine["hooks"]
+    buf = _Buffer()
+    shard_limit = int(shard_mb * 2**20)
+    fired: set[str] = set()
+    current: dict[str, Any] = {}
+    warned_overflow: set[str] = set()
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(act: Tensor, hook: Any) -> None:
+            batch: PreparedBatch = current["batch"]
+            x = act.detach()
+            if name in transforms:
+                x = transforms[name](x, batch)
+            align, axis = adapter.alignment(name, x, batch)
+            if axis is not None and axis != 1:
+                x = x.movedim(axis, 1)
+            if align == "item":
+                rows = x
+            elif include_padding:
+                rows = x.flatten(0, 1)
+            else:
+                rows = x[batch.masks[align].to(x.device)]
+            stored = rows.to("cpu", store_dtype)
+            overflow_check = store_dtype != rows.dtype and name not in warned_overflow
+            if overflow_check and bool(torch.isinf(stored).any()) and not bool(torch.isinf(rows).any()):
+                warned_overflow.add(name)
+                warnings.warn(
+                    f"{name}: values overflow {dtype_name(store_dtype)} storage (stored as inf); "
+                    "harvest with dtype='bf16' or 'fp32'",
+                    stacklevel=2,
+                )
+            feat = list(stored.shape[1:])
+            info = {
+                "alignment": align,
+                "shape": feat,
+                "dtype": dtype_name(store_dtype),
+                "source_dtype": dtype_name(x.dtype),
+            }
+            prev = hook_info.get(name)
+            if prev is not None and prev != info:
+                raise ValueError(f"{name}: activation layout changed between batches: {prev} then {info}")
+            hook_info[name] = info
+            current["acts"][name] = stored
+            current["aligns"].add(align)
+            fired.add(name)
+            if adapter.early_stop and len(fired) == len(names):
+                raise _StopForward
+
+        return hook
+
+    fwd_hooks = [(n, make_hook(n)) for n in names]
+
+    def run_batch(items: list[Any], idx: list[int]) -> None:
+        batch = adapter.prepare(model, items)
+        current.update(batch=batch, acts={}, aligns=set())
+        fired.clear()
+        with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks), contextlib.suppress(_StopForward):
+            adapter.forward(model, batch)
+        missing = [n for n in names if n not in current["acts"]]
+        if missing:
+            raise RuntimeError(f"hooks {missing} did not fire during the forward; {adapter.missing_hint}")
+        for name in names:
+            buf.acts.setdefault(name, []).append(current["acts"][name])
+            buf.nbytes += current["acts"][name].numel() * current["acts"][name].element_size()
+        idx_t = torch.tensor(idx, dtype=torch.int64)
+        for align in current["aligns"]:
+            cols = buf.rows.setdefault(align, {})
+            if align == "item":
+                cols.setdefault("item", []).append(idx_t)
+                continue
+            mask = batch.masks[align].cpu()
+            b, p = mask.shape
+            item_col = idx_t[:, None].expand(b, p)
+            pos_col = torch.arange(p, dtype=torch.int32)[None].expand(b, p)
+            if include_padding:
+                cols.setdefault("item", []).append(item_col.reshape(-1))
+                cols.setdefault("pos", []).append(pos_col.reshape(-1))
+                cols.setdefault("pad", []).append((~mask).reshape(-1))
+            else:
+                cols.setdefault("item", []).append(item_col[mask])
+                cols.setdefault("pos", []).append(pos_col[mask])
+        buf.items.extend(idx)
+        buf.ids.extend(current["ids"])
+
+    def flush() -> None:
+        if not buf.items:
+            return
+        k = len(mine["shards"])
+        fname = f"{rank_file(rank)}-{k:05d}.safetensors"
+        tensors: dict[str, Tensor] = {name: torch.cat(parts) for name, parts in buf.acts.items()}
+        n_rows: dict[str, int] = {}
+        for align, cols in buf.rows.items():
+            for col, parts in cols.items():
+                tensors[f"_rows.{align}.{col}"] = torch.cat(parts)
+            n_rows[align] = int(tensors[f"_rows.{align}.item"].shape[0])
+        tensors["_items.index"] = torch.tensor(buf.items, dtype=torch.int64)
+        ids = [i if isinstance(i, str) else int(i) if isinstance(i, numbers.Integral) else str(i) for i in buf.ids]
+        save_shard_atomic(out / fname, tensors, {"format": FORMAT, "item_ids": json.dumps(ids)})
+        mine["shards"].append(
+            {
+                "file": fname,
+                "rank": rank,
+                "n_items": len(buf.items),
+                "items": to_runs(sorted(buf.items)),
+                "n_rows": n_rows,
+                "bytes": (out / fname).stat().st_size,
+            }
+        )
+        write_json_atomic(progress_path, mine)
+        if rank == 0:
+            write_manifest(out, final=False)
+        buf.clear()
+
+    total = _len_or_none(data)
+    if total is not None and max_items is not None:
+        total = min(total, max_items)
+    mine_total = None if total is None else len(range(rank, total, world_size))
+    done_before = sum(1 for i in committed if i % world_size == rank and (total is None or i < total))
+    bar = _progress_bar(progress, mine_total, done_before, rank, world_size)
+    pending: list[Any] = []
+    pending_idx: list[int] = []
+    pending_ids: list[Any] = []
+    n_seen = 0
+    try:
+        for i, item in enumerate(data):
+            if max_items is not None and i >= max_items:
+                break
+            n_seen = i + 1
+            if i % world_size != rank or i in committed:
+                continue
+            pending.append(item)
+            pending_idx.append(i)
+            pending_ids.append(adapter.item_id(item, i))
+            if len(pending) == batch_size:
+                current["ids"] = pending_ids
+                run_batch(pending, pending_idx)
+                bar.update(len(pending))
+                pending, pending_idx, pending_ids = [], [], []
+                if buf.nbytes >= shard_limit or (items_per_shard is not None and len(buf.items) >= items_per_shard):
+                    flush()
+        if pending:
+            current["ids"] = pending_ids
+            run_batch(pending, pending_idx)
+            bar.update(len(pending))
+        flush()
+    finally:
+        bar.close()
+    mine.update(done=True, n_seen=n_seen)
+    write_json_atomic(progress_path, mine)
+
+    if dist_on and world_size > 1:
+        # every rank has committed its share: rank 0 merges one manifest, which must cover every item
+        torch.distributed.barrier()
+        if rank == 0:
+            write_manifest(out, final=True, world_size=world_size, strict=True)
+        torch.distributed.barrier()
+        return json.loads((out / "manifest.json").read_text())
+    # one process, or ranks run separately without torch.distributed: whoever finishes last
+    # writes the complete manifest (each merge reads every rank's progress file)
+    return write_manifest(out, final=True, world_size=world_size)
+
+
+def _len_or_none(data: Any) -> int | None:
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(enabled: bool, total: int | None, initial: int, rank: int, world_size: int) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    desc = "harvest" if world_size == 1 else f"harvest rank {rank}/{world_size}"
+    return tqdm(total=total, initial=initial, desc=desc, unit="item", position=rank, dynamic_ncols=True)

@@ -116,7 +116,8 @@ def test_marian_parity_every_layer(tmp_path, shared, via):
         for i in range(n):
             assert masked_max_diff(cache[f"{side}.blocks.{i}.hook_resid_pre"], hidden[i], mask) < ATOL, (side, i)
             assert pattern_max_diff(cache[f"{side}.blocks.{i}.attn.hook_pattern"], attn[i], mask) < ATOL, (side, i)
-        assert masked_max_diff(cache[f"{side}.blocks.{n - 1}.hook_resid_post"], hidden[n], mask) < ATOL, side
+        # post-LN: the block output (HF hidden state) is hook_normalized_resid_post (TransformerLens naming)
+        assert masked_max_diff(cache[f"{side}.blocks.{n - 1}.hook_normalized_resid_post"], hidden[n], mask) < ATOL, side
     for i in range(2):
         ours = cache[f"decoder.blocks.{i}.cross_attn.hook_pattern"]
         assert pattern_max_diff(ours, out.cross_attentions[i], tgt_mask) < ATOL

@@ -51,19 +51,21 @@ class GatedRelativeAttention(Attention):
 
     def forward(
         self,
-        x: Float[Tensor, "batch query_pos d_model"],
-        kv_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
-        additive_mask: Float[Tensor, "batch 1 query_pos key_pos"] | None = None,
-        position_bias: Float[Tensor, "batch_or_1 head_index query_pos key_pos"] | None = None,
+        query_input: Float[Tensor, "batch query_pos d_model"],
+        key_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
+        value_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
+        *,
+        additive_mask: Float[Tensor, "#batch 1 #query_pos key_pos"] | None = None,
+        position_bias: Float[Tensor, "#batch head_index query_pos key_pos"] | None = None,
         kv_cache: KVCache | None = None,
     ) -> Float[Tensor, "batch query_pos d_model"]:
         """Gate ``position_bias`` (the stack's shared, ungated bias) per query, then attend as :class:`Attention`."""
-        if kv_input is not None or kv_cache is not None:
+        if key_input is not None or value_input is not None or kv_cache is not None:
             raise ValueError(
                 "gated relative attention is self-attention over a whole sequence (no cross-attention, no KV cache)"
             )
         if position_bias is None:
             raise ValueError("gated relative attention needs the stack's relative position bias (position_bias)")
-        gate = self.hook_position_gate(self.position_gate(x))
+        gate = self.hook_position_gate(self.position_gate(query_input))
         gated = self.hook_gated_position_bias(gate.transpose(1, 2)[..., None] * position_bias)
-        return super().forward(x, None, additive_mask, gated, None)
+        return super().forward(query_input, additive_mask=additive_mask, position_bias=gated)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from encoderlens.config.encoder_decoder import UnembedConfig
 from encoderlens.config.stack import StackConfig
@@ -72,6 +72,8 @@ class WhisperConfig:
     decoder_start_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    #: The device the model lives on (kept up to date by ``model.to``; TransformerLens's ``cfg.device``).
+    device: str | None = field(default=None, compare=False)
 
     family = "whisper"
 

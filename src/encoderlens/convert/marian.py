@@ -106,6 +106,9 @@ def convert_marian(
             src, dst = f"{side}.layers.{i}.", f"{side}.blocks.{i}."
             take_layer(r, out, src, dst, heads, LAYER_NAMES)
             if side == "decoder":
+                # TransformerLens's names: decoder blocks have ln2 (cross-attention) and ln3 (MLP)
+                for key in [k for k in out if k.startswith(dst + "ln2.")]:
+                    out[dst + "ln3." + key[len(dst + "ln2.") :]] = out.pop(key)
                 _take_cross_attn(r, out, heads, src, dst)
     unembed = None
     if head:

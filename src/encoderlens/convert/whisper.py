@@ -98,14 +98,16 @@ def convert_whisper(
             src, dst = f"{side}.layers.{i}", f"{side}.blocks.{i}"
             _take_attn(r, out, heads, f"{src}.self_attn", f"{dst}.attn")
             _take_ln(r, out, f"{src}.self_attn_layer_norm", f"{dst}.ln1")
+            # TransformerLens's names: decoder blocks have ln2 (cross-attention) and ln3 (MLP)
+            mlp_ln = "ln3" if side == "decoder" else "ln2"
             if side == "decoder":
                 _take_attn(r, out, heads, f"{src}.encoder_attn", f"{dst}.cross_attn")
-                _take_ln(r, out, f"{src}.encoder_attn_layer_norm", f"{dst}.ln_cross")
+                _take_ln(r, out, f"{src}.encoder_attn_layer_norm", f"{dst}.ln2")
             out[f"{dst}.mlp.W_in"] = linear_weight(r.take(f"{src}.fc1.weight"))
             out[f"{dst}.mlp.b_in"] = r.take(f"{src}.fc1.bias")
             out[f"{dst}.mlp.W_out"] = linear_weight(r.take(f"{src}.fc2.weight"))
             out[f"{dst}.mlp.b_out"] = r.take(f"{src}.fc2.bias")
-            _take_ln(r, out, f"{src}.final_layer_norm", f"{dst}.ln2")
+            _take_ln(r, out, f"{src}.final_layer_norm", f"{dst}.{mlp_ln}")
         _take_ln(r, out, f"{side}.layer_norm", f"{side}.ln_final")
     unembed = None
     if head:

@@ -292,3 +292,20 @@ def test_bad_inputs_get_clear_errors():
     assert english_only.prompt_ids().tolist() == [[START, NO_TS]]
     with pytest.raises(ValueError, match="English-only"):
         english_only.prompt_ids(language="en")
+
+
+def test_model_contract_and_generic_loader(tmp_path):
+    import encoderlens
+
+    hf = make_whisper()
+    model = encoderlens.from_pretrained(save_tiny(hf, tmp_path))
+    assert isinstance(model, HookedWhisper) and model.streams == ("encoder", "decoder")
+    ex = model.example_input()
+    batch = model.prepare_input(ex.input, **ex.options)
+    assert batch.masks["encoder"].shape == (1, 1500) and batch.labels["encoder"][0][1] == "0.020s"
+    with torch.no_grad():
+        logits = model.run_prepared(batch)
+        direct = model(ex.input, ex.options["decoder_input"])
+    assert torch.equal(logits, direct)
+    assert model.readout("decoder") is not None and model.readout("encoder") is None
+    assert model.cross_attention_source("decoder") == "encoder"

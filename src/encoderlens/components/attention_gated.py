@@ -58,12 +58,15 @@ class GatedRelativeAttention(Attention):
         additive_mask: Float[Tensor, "#batch 1 #query_pos key_pos"] | None = None,
         position_bias: Float[Tensor, "#batch head_index query_pos key_pos"] | None = None,
         kv_cache: KVCache | None = None,
+        split: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Float[Tensor, "batch query_pos d_model"]:
         """Gate ``position_bias`` (the stack's shared, ungated bias) per query, then attend as :class:`Attention`."""
         if key_input is not None or value_input is not None or kv_cache is not None:
             raise ValueError(
                 "gated relative attention is self-attention over a whole sequence (no cross-attention, no KV cache)"
             )
+        if split is not None:
+            raise ValueError("per-head attention inputs (hook_q/k/v_input) are not supported with gated attention")
         if position_bias is None:
             raise ValueError("gated relative attention needs the stack's relative position bias (position_bias)")
         gate = self.hook_position_gate(self.position_gate(query_input))

@@ -94,7 +94,7 @@ class HookedWhisper(HookedModel):
     Differs from HF:
         - Waveforms go in directly (the log-mel front end is part of the model, with hooks and gradients);
           audio longer than one 30 s chunk is refused rather than silently truncated.
-        - ``generate`` is greedy and short-form: language detection, timestamps and long-form
+        - ``generate`` is greedy and short-form (it detects the language when none is given): timestamps and long-form
           (sequential 30 s windows) are not implemented and raise when asked for.
     """
 
@@ -220,6 +220,36 @@ class HookedWhisper(HookedModel):
         and task tokens (multilingual checkpoints) and ``<|notimestamps|>``."""
         return torch.tensor([self.decoding.prompt(language, task)], device=self.embed.W_E.device)
 
+    @torch.no_grad()
+    def detect_language(
+        self,
+        audio: AudioInput | None = None,
+        encoder_output: Float[Tensor, "batch frames d_model"] | None = None,
+        **audio_kw: Any,
+    ) -> Int[Tensor, " batch"]:
+        """The language token of each row, as HF's ``detect_language``: the argmax of the logits after
+        ``<|startoftranscript|>`` over the checkpoint's language tokens.
+
+        Args:
+            audio: Audio (see :meth:`features`), or None with ``encoder_output``.
+            encoder_output: A precomputed :meth:`encode` output.
+            **audio_kw: ``sampling_rate``, ``resample``, ``input_features``.
+        """
+        if not self.decoding.is_multilingual:
+            raise ValueError("this checkpoint is English-only (no lang_to_id in its generation config): no detection")
+        if self.lm_head is None:
+            raise ValueError("detect_language needs an LM head; this WhisperModel checkpoint has none")
+        has_audio = audio is not None or audio_kw.get("input_features") is not None
+        if has_audio == (encoder_output is not None):
+            raise ValueError("pass exactly one of audio (or input_features=) and encoder_output")
+        enc = self.encode(audio, **audio_kw) if encoder_output is None else encoder_output
+        start = torch.full((enc.shape[0], 1), self.decoding.start_token_id, device=enc.device)
+        enc_mask = torch.ones(enc.shape[:2], dtype=torch.long, device=enc.device)
+        logits = self.lm_head(self.decoder(start, torch.ones_like(start), enc, enc_mask))[:, -1].float()
+        keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        keep[list(self.decoding.lang_to_id.values())] = True
+        return logits.masked_fill(~keep, float("-inf")).argmax(dim=-1)
+
     # ------------------------------------------------------------------ forward
     def encode(self, audio: AudioInput | None = None, **audio_kw: Any) -> Float[Tensor, "batch frames d_model"]:
         """The encoder output (what cross-attention reads)."""
@@ -293,7 +323,11 @@ class HookedWhisper(HookedModel):
         if self.lm_head is None:
             raise ValueError("generate needs an LM head; this WhisperModel checkpoint has none")
         enc = self.encoder(self.features(audio, sampling_rate, resample, input_features))
-        if decoder_input is None:
+        if decoder_input is None and self.decoding.needs_detection(language, task):
+            detected = self.detect_language(encoder_output=enc).tolist()
+            rows = [self.decoding.prompt(language, task, lang) for lang in detected]
+            prefix = torch.tensor(rows, device=enc.device)
+        elif decoder_input is None:
             prefix = self.prompt_ids(language, task).expand(enc.shape[0], -1)
         else:
             if language is not None or task is not None:

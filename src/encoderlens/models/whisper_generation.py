@@ -3,7 +3,9 @@
 HF's Whisper ``generate`` (short form, greedy) does, for the same arguments:
 
 1. Prompt: ``<|startoftranscript|>``, then for multilingual checkpoints the language token and the task
-   token (``transcribe`` when only a language is given), then ``<|notimestamps|>``.
+   token (``transcribe`` when only a language is given), then ``<|notimestamps|>``. With neither language
+   nor task the checkpoint's ``forced_decoder_ids`` fill the prompt; when the language is still unknown it
+   is detected per row: the argmax of the first decoder step's logits over the language tokens.
 2. At every step the logits of ``suppress_tokens`` are set to ``-inf``; at the first generated position
    also those of ``begin_suppress_tokens`` (the end-of-text token and the blank, so the transcript
    cannot start empty).
@@ -53,6 +55,7 @@ class WhisperDecoding:
     task_to_id: Mapping[str, int] = field(default_factory=dict)
     suppress_tokens: tuple[int, ...] = ()
     begin_suppress_tokens: tuple[int, ...] = ()
+    forced_decoder_ids: tuple[tuple[int, int | None], ...] = ()
 
     @classmethod
     def from_generation_config(cls, gen: Any, cfg: WhisperConfig) -> WhisperDecoding:
@@ -71,6 +74,7 @@ class WhisperDecoding:
             return tuple(int(t) for t in v) if v else ()
 
         no_ts = getattr(gen, "no_timestamps_token_id", None)
+        forced = getattr(gen, "forced_decoder_ids", None) or ()
         return cls(
             start_token_id=int(start),
             eos_token_id=eos,
@@ -80,6 +84,7 @@ class WhisperDecoding:
             task_to_id={str(k): int(v) for k, v in (getattr(gen, "task_to_id", None) or {}).items()},
             suppress_tokens=ids("suppress_tokens"),
             begin_suppress_tokens=ids("begin_suppress_tokens"),
+            forced_decoder_ids=tuple((int(i), None if t is None else int(t)) for i, t in forced),
         )
 
     @property
@@ -103,28 +108,63 @@ class WhisperDecoding:
             )
         return self.lang_to_id[token]
 
-    def prompt(self, language: str | None, task: str | None) -> list[int]:
-        """The forced decoder prompt (see the module docstring)."""
+    def _base(self, language: str | None, task: str | None) -> list[int | None]:
+        """The prompt up to the language slot: the start token, plus ``forced_decoder_ids`` (as HF, only
+        when neither language nor task is given)."""
+        out: list[int | None] = [self.start_token_id]
+        if language is None and task is None:
+            for i, (pos, tok) in enumerate(self.forced_decoder_ids):
+                if pos != i + 1:
+                    raise ValueError(
+                        f"generation_config.forced_decoder_ids {list(self.forced_decoder_ids)} do not follow Whisper's "
+                        "prompt pattern (positions 1, 2, ...); pass language= and task= instead"
+                    )
+                out.append(tok)
+        return out
+
+    def needs_detection(self, language: str | None, task: str | None) -> bool:
+        """Whether :meth:`prompt` needs a detected language (multilingual checkpoint, no language given)."""
         if task is not None and task not in _TASKS:
             raise ValueError(f"task must be 'transcribe' or 'translate', got {task!r}")
-        out = [self.start_token_id]
+        if not self.is_multilingual or language is not None:
+            return False
+        base = self._base(language, task)
+        return len(base) <= 1 or base[1] is None
+
+    def prompt(self, language: str | None, task: str | None, detected: int | None = None) -> list[int]:
+        """The forced decoder prompt (see the module docstring).
+
+        Args:
+            language: A language code, token or name; None: ``detected`` (multilingual checkpoints).
+            task: ``"transcribe"``, ``"translate"`` or None.
+            detected: The detected language token, when :meth:`needs_detection`.
+        """
+        if task is not None and task not in _TASKS:
+            raise ValueError(f"task must be 'transcribe' or 'translate', got {task!r}")
         if not self.is_multilingual:
             if language is not None or task is not None:
                 raise ValueError(
                     "this checkpoint is English-only (its generation config has no lang_to_id / task_to_id): "
                     "drop language= and task="
                 )
+            out = self._base(None, None)
         else:
-            if language is None:
-                raise ValueError(
-                    "this multilingual checkpoint needs language= (e.g. language='en'); language detection is not "
-                    "implemented yet"
-                )
-            out.append(self.language_id(language))
-            out.append(self.task_to_id[task or "transcribe"])
-        if self.no_timestamps_token_id is not None:
+            out = self._base(language, task)
+            lang = self.language_id(language) if language is not None else detected
+            if self.needs_detection(language, task) and lang is None:
+                raise ValueError("no language given: pass language= (e.g. 'en') or the detected language token")
+            if lang is not None:
+                if len(out) > 1:
+                    out[1] = lang
+                else:
+                    out.append(lang)
+            if task is not None:
+                out.append(self.task_to_id[task])
+            elif language is not None and not any(t in out for t in self.task_to_id.values()):
+                out.append(self.task_to_id["transcribe"])
+        if self.no_timestamps_token_id is not None and out[-1] != self.no_timestamps_token_id:
             out.append(self.no_timestamps_token_id)
-        return out
+        return [t for t in out if t is not None]
 
 
 def suppress(logits: Float[Tensor, "batch d_vocab"], tokens: Sequence[int]) -> Float[Tensor, "batch d_vocab"]:

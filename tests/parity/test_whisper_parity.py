@@ -284,6 +284,33 @@ def test_language_detection_equals_hf(forced):
     assert model.detect_language(waves).tolist() == [other] * 3
 
 
+@pytest.mark.parametrize("max_initial", [None, 3])
+def test_timestamp_generate_equals_hf(max_initial):
+    """timestamps=True: HF's timestamp rules (pairs, monotone, first token a timestamp, forced by mass)."""
+    hf = _generating()
+    no_ts = 70  # ids 71..98 are timestamps (HF reads every id above <|notimestamps|> as one)
+    hf.generation_config = _generation_config(no_timestamps_token_id=no_ts, max_initial_timestamp_index=max_initial)
+    model = HookedWhisper.from_pretrained(hf_model=hf, generation_config=hf.generation_config)
+    waves = speech_like((RATE * 28, RATE * 9, RATE * 25), seed=7)
+    feats = WhisperFeatureExtractor()(waves, sampling_rate=RATE, return_tensors="pt").input_features
+    kw = dict(language="en", max_new_tokens=20)
+    with torch.no_grad():  # one 30 s window: HF's single underlying generate call, prompt included
+        theirs = hf.generate(input_features=feats, return_timestamps=True, force_unique_generate_call=True, **kw)
+    ours = model.generate(waves, timestamps=True, **kw)
+    assert ours[0, :3].tolist() == [START, LANGS["<|en|>"], TASKS["transcribe"]]  # no <|notimestamps|>
+    new = ours[:, 3:]
+    assert bool((new[:, 0] > no_ts).all())  # the first generated token is a timestamp
+    if max_initial is not None:
+        assert bool((new[:, 0] <= no_ts + 1 + max_initial).all())
+    assert bool(((new > no_ts) & (new != PAD)).sum(dim=1).ge(2).all())
+    assert torch.equal(ours, theirs)
+    without = HookedWhisper.from_pretrained(
+        hf_model=hf, generation_config=_generation_config(no_timestamps_token_id=None)
+    )
+    with pytest.raises(ValueError, match="timestamps=True needs a checkpoint with timestamp tokens"):
+        without.generate(waves, timestamps=True, **kw)
+
+
 def test_generate_hooks_fire_every_step():
     hf = _generating()
     model = HookedWhisper.from_pretrained(hf_model=hf, generation_config=_generation_config())

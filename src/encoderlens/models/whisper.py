@@ -46,6 +46,7 @@ from encoderlens.models.contract import (
     text_position_labels,
 )
 from encoderlens.models.whisper_generation import WhisperDecoding, whisper_generate
+from encoderlens.models.whisper_transcript import Transcript, split_segments
 
 ReturnType = Literal["auto", "logits", "encoder_output", "decoder_output"]
 
@@ -94,8 +95,9 @@ class HookedWhisper(HookedModel):
     Differs from HF:
         - Waveforms go in directly (the log-mel front end is part of the model, with hooks and gradients);
           audio longer than one 30 s chunk is refused rather than silently truncated.
-        - ``generate`` is greedy and short-form (it detects the language when none is given): timestamps and long-form
-          (sequential 30 s windows) are not implemented and raise when asked for.
+        - ``generate`` is greedy and short-form (one 30 s window): it detects the language when none is given
+          and predicts timestamps with ``timestamps=True`` (equal to HF's single underlying generate call);
+          long-form (sequential windows with seeking) is not implemented.
     """
 
     cfg: WhisperConfig
@@ -310,6 +312,7 @@ class HookedWhisper(HookedModel):
         resample: bool = False,
         input_features: Any = None,
         return_type: Literal["tokens", "str"] = "tokens",
+        timestamps: bool = False,
     ) -> Any:
         """Greedy decoding with HF Whisper's rules, the KV cache, and hooks firing on every step.
 
@@ -325,15 +328,16 @@ class HookedWhisper(HookedModel):
         enc = self.encoder(self.features(audio, sampling_rate, resample, input_features))
         if decoder_input is None and self.decoding.needs_detection(language, task):
             detected = self.detect_language(encoder_output=enc).tolist()
-            rows = [self.decoding.prompt(language, task, lang) for lang in detected]
+            rows = [self.decoding.prompt(language, task, lang, timestamps) for lang in detected]
             prefix = torch.tensor(rows, device=enc.device)
         elif decoder_input is None:
-            prefix = self.prompt_ids(language, task).expand(enc.shape[0], -1)
+            prompt = self.decoding.prompt(language, task, timestamps=timestamps)
+            prefix = torch.tensor([prompt], device=enc.device).expand(enc.shape[0], -1)
         else:
             if language is not None or task is not None:
                 raise ValueError("pass either decoder_input (a full prompt) or language/task, not both")
             prefix, _ = self._decoder_tokens(decoder_input, None, enc.shape[0])
-        tokens = whisper_generate(self.decoder, self.lm_head, enc, prefix, max_new_tokens, self.decoding)
+        tokens = whisper_generate(self.decoder, self.lm_head, enc, prefix, max_new_tokens, self.decoding, timestamps)
         if return_type == "str":
             if self.tokenizer is None:
                 raise ValueError("return_type='str' needs a tokenizer; this model was loaded without one")
@@ -341,6 +345,49 @@ class HookedWhisper(HookedModel):
         if return_type != "tokens":
             raise ValueError(f"return_type must be 'tokens' or 'str', got {return_type!r}")
         return tokens
+
+    def transcribe(
+        self,
+        audio: AudioInput | None = None,
+        language: str | None = None,
+        task: str | None = None,
+        timestamps: bool = False,
+        max_new_tokens: int = 40,
+        **audio_kw: Any,
+    ) -> list[Transcript]:
+        """Greedy :meth:`generate`, decoded into text plus timed segments (one :class:`Transcript` per audio).
+
+        Args:
+            audio: Audio (see :meth:`features`), at most 30 s each.
+            language: Language code / token / name; None detects it (multilingual checkpoints).
+            task: ``"transcribe"`` or ``"translate"``.
+            timestamps: Predict timestamp tokens and split the text into segments at them.
+            max_new_tokens: Decoding budget.
+            **audio_kw: ``sampling_rate``, ``resample``, ``input_features``.
+        """
+        if self.tokenizer is None:
+            raise ValueError("transcribe needs a tokenizer; this model was loaded without one (use generate)")
+        tok = self.tokenizer
+        tokens = self.generate(
+            audio, language=language, task=task, max_new_tokens=max_new_tokens, timestamps=timestamps, **audio_kw
+        )
+        rules = self.decoding
+        detected = -1 if rules.needs_detection(language, task) else None  # a placeholder: only the length counts
+        begin = len(rules.prompt(language, task, detected, timestamps))
+        ts_begin = rules.no_timestamps_token_id + 1 if timestamps and rules.no_timestamps_token_id is not None else None
+        id_to_lang = {v: k for k, v in rules.lang_to_id.items()}
+        out = []
+        for row in tokens.tolist():
+            new = row[begin:]
+            if rules.eos_token_id is not None and rules.eos_token_id in new:
+                new = new[: new.index(rules.eos_token_id)]
+            segs = split_segments(
+                new, ts_begin, rules.eos_token_id, lambda ids: tok.decode(ids, skip_special_tokens=True)
+            )
+            text = "".join(s.text for s in segs)
+            lang = id_to_lang.get(row[1]) if rules.is_multilingual else None
+            out.append(Transcript(text, segs, tuple(new), lang))
+        return out
 
     # ------------------------------------------------------------------ the model contract
     def _prepare_input(

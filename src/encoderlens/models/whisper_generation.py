@@ -56,6 +56,7 @@ class WhisperDecoding:
     suppress_tokens: tuple[int, ...] = ()
     begin_suppress_tokens: tuple[int, ...] = ()
     forced_decoder_ids: tuple[tuple[int, int | None], ...] = ()
+    max_initial_timestamp_index: int | None = None
 
     @classmethod
     def from_generation_config(cls, gen: Any, cfg: WhisperConfig) -> WhisperDecoding:
@@ -84,6 +85,7 @@ class WhisperDecoding:
             task_to_id={str(k): int(v) for k, v in (getattr(gen, "task_to_id", None) or {}).items()},
             suppress_tokens=ids("suppress_tokens"),
             begin_suppress_tokens=ids("begin_suppress_tokens"),
+            max_initial_timestamp_index=getattr(gen, "max_initial_timestamp_index", None),
             forced_decoder_ids=tuple((int(i), None if t is None else int(t)) for i, t in forced),
         )
 
@@ -131,13 +133,16 @@ class WhisperDecoding:
         base = self._base(language, task)
         return len(base) <= 1 or base[1] is None
 
-    def prompt(self, language: str | None, task: str | None, detected: int | None = None) -> list[int]:
+    def prompt(
+        self, language: str | None, task: str | None, detected: int | None = None, timestamps: bool = False
+    ) -> list[int]:
         """The forced decoder prompt (see the module docstring).
 
         Args:
             language: A language code, token or name; None: ``detected`` (multilingual checkpoints).
             task: ``"transcribe"``, ``"translate"`` or None.
             detected: The detected language token, when :meth:`needs_detection`.
+            timestamps: Leave ``<|notimestamps|>`` out (the model then predicts timestamp tokens).
         """
         if task is not None and task not in _TASKS:
             raise ValueError(f"task must be 'transcribe' or 'translate', got {task!r}")
@@ -162,7 +167,15 @@ class WhisperDecoding:
                 out.append(self.task_to_id[task])
             elif language is not None and not any(t in out for t in self.task_to_id.values()):
                 out.append(self.task_to_id["transcribe"])
-        if self.no_timestamps_token_id is not None and out[-1] != self.no_timestamps_token_id:
+        if timestamps:
+            if self.no_timestamps_token_id is None:
+                raise ValueError(
+                    "timestamps=True needs a checkpoint with timestamp tokens; its generation config has no "
+                    "no_timestamps_token_id"
+                )
+            if out[-1] == self.no_timestamps_token_id:
+                out = out[:-1]
+        elif self.no_timestamps_token_id is not None and out[-1] != self.no_timestamps_token_id:
             out.append(self.no_timestamps_token_id)
         return [t for t in out if t is not None]
 
@@ -175,6 +188,43 @@ def suppress(logits: Float[Tensor, "batch d_vocab"], tokens: Sequence[int]) -> F
     return logits
 
 
+def timestamp_rules(
+    logits: Float[Tensor, "batch d_vocab"], tokens: Int[Tensor, "batch pos"], begin: int, rules: WhisperDecoding
+) -> Float[Tensor, "batch d_vocab"]:
+    """HF's ``WhisperTimeStampLogitsProcessor``: timestamps come in pairs and never decrease, the first
+    generated token is a timestamp (at most ``max_initial_timestamp_index``), and a timestamp is forced
+    when the timestamps' total probability beats every text token."""
+    assert rules.no_timestamps_token_id is not None
+    ts_begin = rules.no_timestamps_token_id + 1
+    eos = rules.eos_token_id if rules.eos_token_id is not None else 0
+    logits[:, rules.no_timestamps_token_id] = float("-inf")
+    lasts = []
+    for k, row in enumerate(tokens[:, begin:].tolist()):
+        last_ts = len(row) >= 1 and row[-1] >= ts_begin
+        penultimate_ts = len(row) < 2 or row[-2] >= ts_begin
+        if last_ts:
+            if penultimate_ts:
+                logits[k, ts_begin:] = float("-inf")
+            else:
+                logits[k, :eos] = float("-inf")
+        stamps = [t for t in row if t >= ts_begin]
+        last = ts_begin
+        if stamps:
+            last = stamps[-1] if last_ts and not penultimate_ts else stamps[-1] + 1
+        lasts.append(last)
+    vocab = torch.arange(logits.shape[-1], device=logits.device)
+    floor = torch.tensor(lasts, device=logits.device)[:, None]
+    logits.masked_fill_((vocab >= ts_begin) & (vocab < floor), float("-inf"))
+    if tokens.shape[1] == begin:
+        logits[:, :ts_begin] = float("-inf")
+        if rules.max_initial_timestamp_index is not None:
+            logits[:, ts_begin + rules.max_initial_timestamp_index + 1 :] = float("-inf")
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    force = logprobs[:, ts_begin:].logsumexp(dim=-1) > logprobs[:, :ts_begin].max(dim=-1).values
+    logits[:, :ts_begin].masked_fill_(force[:, None], float("-inf"))
+    return logits
+
+
 def whisper_generate(
     decoder: Stack,
     head: LMHead,
@@ -182,8 +232,10 @@ def whisper_generate(
     prefix: Int[Tensor, "batch prompt"],
     max_new_tokens: int,
     rules: WhisperDecoding,
+    timestamps: bool = False,
 ) -> Int[Tensor, "batch pos"]:
-    """Greedy decoding from ``prefix`` with the KV cache; hooks on ``decoder`` fire every step."""
+    """Greedy decoding from ``prefix`` with the KV cache; hooks on ``decoder`` fire every step (with
+    :func:`timestamp_rules` after the suppressions when ``timestamps``)."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     limit = decoder.max_positions
@@ -206,6 +258,8 @@ def whisper_generate(
         logits = suppress(logits, rules.suppress_tokens)
         if tokens.shape[1] == begin:
             logits = suppress(logits, rules.begin_suppress_tokens)
+        if timestamps:
+            logits = timestamp_rules(logits, tokens, begin, rules)
         next_tok = logits.argmax(dim=-1)
         if rules.eos_token_id is not None:
             next_tok = torch.where(finished, torch.full_like(next_tok, rules.pad_token_id), next_tok)

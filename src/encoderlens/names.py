@@ -30,7 +30,19 @@ PAIRWISE_HOOKS: tuple[str, ...] = (
     "hook_position_bias",
 )
 #: Hook leaves whose activation is ``(batch, pos, head, d_head)``.
-PER_HEAD_HOOKS: tuple[str, ...] = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
+PER_HEAD_HOOKS: tuple[str, ...] = (
+    "hook_q",
+    "hook_k",
+    "hook_v",
+    "hook_z",
+    "hook_result",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+    "hook_cross_q_input",
+    "hook_cross_k_input",
+    "hook_cross_v_input",
+)
 
 
 def hook_leaf(hook_name: str) -> str:
@@ -74,6 +86,9 @@ _ACT_ALIASES: dict[str, str] = {
     "resid_mid": "blocks.{i}.hook_resid_mid",
     "resid_mid_cross": "blocks.{i}.hook_resid_mid_cross",
     "resid_post": "blocks.{i}.hook_resid_post",
+    "normalized_resid_mid": "blocks.{i}.hook_normalized_resid_mid",
+    "normalized_resid_mid_cross": "blocks.{i}.hook_normalized_resid_mid_cross",
+    "normalized_resid_post": "blocks.{i}.hook_normalized_resid_post",
     "attn_out": "blocks.{i}.hook_attn_out",
     "cross_attn_out": "blocks.{i}.hook_cross_attn_out",
     "mlp_out": "blocks.{i}.hook_mlp_out",

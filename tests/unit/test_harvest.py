@@ -96,6 +96,22 @@ def test_storage_dtypes_and_padding_flags(model, tmp_path):
     assert (real - ref.load("blocks.0.hook_resid_post").float()).abs().max() < 2e-2  # fp16 vs bf16 rounding
 
 
+def test_default_storage_keeps_the_model_dtype(model, tmp_path):
+    data = texts(4)
+    hook = ["blocks.0.hook_resid_post"]
+    man = harvest(model, data, hook, tmp_path / "fp32", batch_size=2, progress=False)
+    assert man["settings"]["dtype"] == "float32"
+    full = load_harvest(tmp_path / "fp32").load(hook[0])
+    assert full.dtype == torch.float32
+    assert (full - expected_rows(model, data, hook[0])).abs().max() < 1e-5  # batched vs one at a time
+    model.to(torch.bfloat16)
+    man = harvest(model, data, hook, tmp_path / "bf16", batch_size=2, progress=False)
+    assert man["settings"]["dtype"] == "bfloat16" and man["hooks"][hook[0]]["source_dtype"] == "bfloat16"
+    half = load_harvest(tmp_path / "bf16").load(hook[0])
+    assert half.dtype == torch.bfloat16
+    assert (half.float() - full).abs().max() < 0.1  # bf16 model vs fp32 model
+
+
 def test_dict_items_with_ids_and_token_items(model, tmp_path):
     data = [{"id": f"doc-{i}", "text": t, "target": i % 2} for i, t in enumerate(texts(4))]  # a label: ignored
     harvest(model, data, ["blocks.1.hook_resid_post"], tmp_path / "d", batch_size=3, dtype="fp32", progress=False)

@@ -44,7 +44,8 @@ def run_demo(
     for name in ("hook_full_embed", "blocks.0.attn.hook_q", "blocks.0.attn.hook_pattern", "blocks.0.mlp.hook_post"):
         out(f"   {name:<32} {tuple(cache[name].shape)}")
 
-    tokens = model.to_tokens(text)[0]
+    tokens, _, _ = model.to_tokens(text)
+    tokens = tokens[0]
     pattern = cache.stack_activation("pattern")[:, 0]  # layer head q k
     n = tokens.shape[0]
     cls_score = pattern[..., 1:, 0].mean(-1)
@@ -67,7 +68,7 @@ def run_demo(
             batch.tokens,
             one_zero_attention_mask=batch.attention_mask,
             return_type="embeddings",
-            names_filter=lambda nm: nm.endswith(("hook_resid_pre", "hook_resid_post")),
+            names_filter=lambda nm: nm.endswith(("hook_resid_pre", "hook_resid_post", "hook_normalized_resid_post")),
         )
         stream = pc.accumulated_resid()
         pooled = _mean_pool(stream, batch.attention_mask)

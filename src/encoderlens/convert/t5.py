@@ -78,7 +78,7 @@ def t5_stack(hf: Any, n_layers: int, decoder: bool) -> StackConfig:
         attn=AttentionConfig(
             n_heads=hf.num_heads, d_head=hf.d_kv, causal=decoder, qkv_bias=False, out_bias=False, scale=1.0
         ),
-        mlp=MLPConfig(d_mlp=hf.d_ff, act_fn=act, gated=gated, bias=False),
+        mlp=MLPConfig(d_mlp=hf.d_ff, act_fn=act, gated=gated, bias=False, out_float32_in_fp16=True),
         norm=norm,
         norm_position="pre",
         cross_attention=decoder,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from encoderlens.harvest.alignment import ITEM, align, alignment_info, hook_streams
 from encoderlens.harvest.fingerprint import fingerprint
@@ -60,6 +60,14 @@ def storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, str) and dtype.lower() in _DTYPES:
         return _DTYPES[dtype.lower()]
     raise ValueError(f"dtype must be 'fp16', 'bf16', 'fp32' or a torch floating dtype, got {dtype!r}")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's floating parameters (its embedding's when they differ), float32 if none."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -175,7 +183,7 @@ def harvest(
     out_dir: str | os.PathLike[str],
     batch_size: int = 32,
     *,
-    dtype: str | torch.dtype = "fp16",
+    dtype: str | torch.dtype | None = None,
     items: ItemFields | None = None,
     input_key: str | None = None,
     return_type: str | None = None,
@@ -205,8 +213,9 @@ def harvest(
         hooks: Hook names or globs (``"blocks.*.hook_resid_post"``).
         out_dir: Output folder (created). An existing harvest there is resumed.
         batch_size: Items per forward.
-        dtype: Storage dtype: ``"fp16"``, ``"bf16"`` or ``"fp32"``. fp16 overflows above 65504
-            (a warning says so); bf16 keeps the range at lower precision.
+        dtype: Storage dtype: None (default) keeps the model's dtype (a bfloat16 model writes
+            bfloat16 shards, no conversion); ``"fp16"``, ``"bf16"`` or ``"fp32"`` convert. fp16
+            overflows above 65504 (a warning says so); bf16 keeps the range at lower precision.
         items: How dict items name their input and per-item options (default :class:`ItemFields`).
         input_key: Shortcut for ``ItemFields(input_key=...)``.
         return_type: Forward ``return_type`` (default: the model's primary output). Hooks of heads the
@@ -238,7 +247,7 @@ def harvest(
         raise ValueError(f"max_items must be a non-negative int or None, got {max_items!r}")
     if isinstance(data, (str, bytes)):
         raise TypeError("data must be an iterable of items, got a single string; wrap it in a list")
-    store_dtype = storage_dtype(dtype)
+    store_dtype = storage_dtype(dtype) if dtype is not None else model_dtype(model)
     if items is not None and input_key is not None:
         raise ValueError("pass input_key inside items=ItemFields(...) or alone, not both")
     fields_ = (items if items is not None else ItemFields(input_key=input_key)).for_model(model)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from jaxtyping import Bool, Float
@@ -25,7 +25,7 @@ from encoderlens.io.audio import AudioBatch, AudioInput, AudioOptions, AudioPrep
 from encoderlens.io.checkpoint import Checkpoint, load_tokenizer, refuse_remote_code
 from encoderlens.models.audio_frames import AudioFrames, frames_input
 from encoderlens.models.base import StackWeightsMixin
-from encoderlens.models.contract import ExampleInput, Prepared, Readout, frame_position_labels
+from encoderlens.models.contract import ExampleInput, InputSpec, Prepared, Readout, frame_position_labels
 
 AudioReturnType = Literal["auto", "logits", "hidden", "all", "pretraining"]
 _RETURN_TYPES = ("auto", "logits", "hidden", "all", "pretraining", None)
@@ -343,7 +343,7 @@ class HookedAudioEncoder(StackWeightsMixin, AudioFrames):
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}")
         if return_type == "auto":
-            return_type = "logits" if self.ctc_head is not None else "hidden"
+            return_type = cast(AudioReturnType, "hidden" if stop_at_layer is not None else self.default_return_type)
         if return_type == "logits" and self.ctc_head is None:
             raise ValueError(
                 f"return_type='logits' needs a CTC head, and this {self.cfg.architecture} checkpoint has none; "
@@ -526,6 +526,11 @@ class HookedAudioEncoder(StackWeightsMixin, AudioFrames):
             batch_size=int(batch.input_values.shape[0]),
             alignment_hint="Give both recordings the same length (trim or pad the corrupted audio).",
         )
+
+    def input_spec(self, stream: str | None = None) -> InputSpec:
+        """The normalised, padded waveform (``hook_waveform``, ``(batch, samples)``)."""
+        self.stream_spec(stream)  # validates the stream name
+        return InputSpec("hook_waveform", "sample", float(self.sampling_rate))
 
     @property
     def default_return_type(self) -> str:

@@ -30,3 +30,23 @@ def test_predict_transcribes_what_transcribe_gives(tmp_path, capsys):
     sf.write(str(wav), waves()[0], 16000)
     assert main(["predict", str(path), str(wav)]) == 0
     assert capsys.readouterr().out.strip() == f"{wav}: {model.transcribe(str(wav))}"
+
+
+def test_harvest_and_cli_use_the_contract_only():
+    """No family names, model probes, model isinstance checks or ``model: Any`` in harvest/ and cli/."""
+    import re
+    from pathlib import Path
+
+    import encoderlens
+
+    root = Path(encoderlens.__file__).parent
+    banned = [
+        r'"encoder_decoder"', r'"audio_encoder"', r'family\s*==', r"getattr\(model\s*,", r"hasattr\(model\s*,",
+        r"model: Any\b", r"isinstance\(model\s*,\s*Hooked(Encoder|AudioEncoder|EncoderDecoder)\b", r"\.mlm_head\b",
+        r"\.ctc_head\b", r"\.lm_head\b",
+    ]  # fmt: skip
+    for folder in ("harvest", "cli"):
+        for path in sorted((root / folder).glob("*.py")):
+            text = path.read_text()
+            for pattern in banned:
+                assert not re.search(pattern, text), f"{folder}/{path.name} contains {pattern}"

@@ -64,7 +64,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", required=True, help="output folder (resumed if it holds a harvest)")
     ap.add_argument("--batch-size", type=int, default=32, help="items per forward")
     ap.add_argument(
-        "--dtype", choices=CLI_DTYPES, default=None, help="storage dtype (default: the model's dtype, no conversion)"
+        "--dtype", choices=CLI_DTYPES, default=None, help="storage dtype; None keeps the model's dtype (no conversion)"
     )
     ap.add_argument("--include-padding", action="store_true", help="store padding positions too, flagged")
     ap.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MiB")

@@ -45,6 +45,7 @@ from encoderlens.models.contract import (
     frame_position_labels,
     text_position_labels,
 )
+from encoderlens.models.whisper_alignment import token_times
 from encoderlens.models.whisper_generation import WhisperDecoding, whisper_generate
 from encoderlens.models.whisper_transcript import Transcript, split_segments
 
@@ -345,6 +346,51 @@ class HookedWhisper(HookedModel):
         if return_type != "tokens":
             raise ValueError(f"return_type must be 'tokens' or 'str', got {return_type!r}")
         return tokens
+
+    @torch.no_grad()
+    def token_timestamps(
+        self,
+        audio: AudioInput | None,
+        tokens: Int[Tensor, "batch pos"],
+        num_input_ids: int,
+        num_frames: Any = None,
+        **audio_kw: Any,
+    ) -> Float[Tensor, "batch pos"]:
+        """Per-token times in seconds from the alignment heads (median filter + DTW), as HF's
+        ``generate(..., return_token_timestamps=True)``.
+
+        Args:
+            audio: The audio ``tokens`` were generated from (see :meth:`features`).
+            tokens: :meth:`generate`'s output (prompt included).
+            num_input_ids: The prompt length (those tokens get time 0).
+            num_frames: Mel frames of real audio per row (HF: the feature extractor's attention mask
+                summed); None: the whole 30 s window.
+            **audio_kw: ``sampling_rate``, ``resample``, ``input_features``.
+        """
+        heads = self.decoding.alignment_heads
+        if not heads:
+            raise ValueError(
+                "this checkpoint's generation config has no alignment_heads; token timestamps need them "
+                "(set generation_config.alignment_heads = [[layer, head], ...])"
+            )
+        n_layers = len(self.decoder.blocks)
+        bad = [(la, h) for la, h in heads if not (0 <= la < n_layers and 0 <= h < self.cfg.decoder.attn.n_heads)]
+        if bad:
+            raise ValueError(f"alignment_heads {bad} are outside the decoder's {n_layers} layers x heads")
+        store: dict[int, Tensor] = {}
+
+        def keep(layer: int) -> Any:
+            def fn(t: Tensor, hook: Any) -> None:
+                store[layer] = t
+
+            return fn
+
+        names = [(f"decoder.blocks.{la}.cross_attn.hook_pattern", keep(la)) for la in sorted({la for la, _ in heads})]
+        with self.hooks(fwd_hooks=names):
+            self(audio, decoder_input=tokens[:, :-1], return_type=None, **audio_kw)
+        weights = torch.stack([store[la][:, h] for la, h in heads], dim=1).float()
+        frames = None if num_frames is None else [int(f) for f in torch.as_tensor(num_frames).reshape(-1)]
+        return token_times(weights, num_input_ids, self.cfg.median_filter_width, frames)
 
     def transcribe(
         self,

@@ -45,6 +45,9 @@ class WhisperDecoding:
         task_to_id: ``{"transcribe": id, "translate": id}`` (empty for English-only checkpoints).
         suppress_tokens: Masked at every step.
         begin_suppress_tokens: Masked at the first generated position.
+        forced_decoder_ids: ``(position, token | None)`` pairs filling the prompt without language / task.
+        max_initial_timestamp_index: Latest first timestamp (in timestamp tokens), or None.
+        alignment_heads: ``(layer, head)`` cross-attention heads that align tokens with time.
     """
 
     start_token_id: int
@@ -57,6 +60,7 @@ class WhisperDecoding:
     begin_suppress_tokens: tuple[int, ...] = ()
     forced_decoder_ids: tuple[tuple[int, int | None], ...] = ()
     max_initial_timestamp_index: int | None = None
+    alignment_heads: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def from_generation_config(cls, gen: Any, cfg: WhisperConfig) -> WhisperDecoding:
@@ -86,6 +90,7 @@ class WhisperDecoding:
             suppress_tokens=ids("suppress_tokens"),
             begin_suppress_tokens=ids("begin_suppress_tokens"),
             max_initial_timestamp_index=getattr(gen, "max_initial_timestamp_index", None),
+            alignment_heads=tuple((int(la), int(h)) for la, h in (getattr(gen, "alignment_heads", None) or ())),
             forced_decoder_ids=tuple((int(i), None if t is None else int(t)) for i, t in forced),
         )
 

@@ -17,6 +17,7 @@ See ``docs/whisper.md`` for the hook table, the decoding rules and the differenc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -209,6 +210,12 @@ class HookedWhisper(HookedModel):
                 "this forward needs decoder tokens; use model.prompt_ids(language=..., task=...) for Whisper's "
                 "prompt, model.generate(audio) to decode, or return_type='encoder_output' for the encoder alone"
             )
+        if isinstance(decoder_input, Mapping):  # {"input_ids", "attention_mask"}: a tokenizer's / harvest's batch
+            if "input_ids" not in decoder_input:
+                raise ValueError(f"a dict decoder_input needs 'input_ids'; got keys {sorted(decoder_input)}")
+            if mask is None:
+                mask = decoder_input.get("attention_mask")
+            decoder_input = decoder_input["input_ids"]
         tokens = as_token_tensor(decoder_input).to(self.embed.W_E.device)
         if tokens.shape[0] == 1 and batch_size > 1:
             tokens = tokens.expand(batch_size, -1)

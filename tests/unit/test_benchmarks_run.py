@@ -20,7 +20,7 @@ def test_run_all_quick_prints_a_table_per_family():
         timeout=240,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    for title in ("BERT-base encoder", "T5-small encoder-decoder", "HuBERT-base audio encoder"):
+    for title in ("BERT-base encoder", "T5-small encoder-decoder", "HuBERT-base audio encoder", "Whisper-tiny"):
         assert f"## {title}" in r.stdout
     # each family either prints its ratio table or says it is not available in this encoderlens
-    assert r.stdout.count("| case |") + r.stdout.count("skipped: not available") == 3
+    assert r.stdout.count("| case |") + r.stdout.count("skipped: not available") == 4

@@ -20,6 +20,7 @@ from encoderlens.analysis.families import Prepared, prepare
 from encoderlens.analysis.heads import ALL_DETECTORS, head_scores, score_patterns, summarize
 from encoderlens.analysis.html import HtmlView, page
 from encoderlens.analysis.lens import LensResult, ctc_collapse, ctc_lens, head_fn, logit_lens
+from encoderlens.analysis.neuron_view import neuron_view_html
 from encoderlens.analysis.patching import (
     Target,
     check_compatible,
@@ -78,6 +79,7 @@ __all__ = [
     "logit_diff",
     "logit_lens",
     "model_view_html",
+    "neuron_view_html",
     "page",
     "patch_attn_layers",
     "patch_block_outputs",

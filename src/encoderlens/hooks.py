@@ -74,7 +74,31 @@ class HookPoint(nn.Module):
         self._bwd_fns: OrderedDict[int, Callable[[Tensor], Tensor | None]] = OrderedDict()
         self.ctx: dict[str, Any] = {}
         # a module spliced in after the hooks (an SAE): its output flows downstream, the hooks see the input
-        self.splice: Callable[[Tensor], Tensor] | None = None
+        self._splice: Callable[[Tensor], Tensor] | None = None
+        self._splice_handle: RemovableHandle | None = None
+
+    @property
+    def splice(self) -> Callable[[Tensor], Tensor] | None:
+        """A function (an SAE) applied after every forward hook: its output flows downstream.
+
+        It runs as the last forward hook (hooks added later are still run before it), so hooks see and
+        may edit the activation the splice receives.
+        """
+        return self._splice
+
+    @splice.setter
+    def splice(self, fn: Callable[[Tensor], Tensor] | None) -> None:
+        if self._splice_handle is not None:
+            self._splice_handle.remove()
+            self._splice_handle = None
+        self._splice = fn
+        if fn is not None:
+            self._splice_handle = self.register_forward_hook(lambda module, inputs, out: fn(out))
+
+    def _keep_splice_last(self) -> None:
+        if self._splice_handle is not None:
+            hooks = self._forward_hooks
+            hooks[self._splice_handle.id] = hooks.pop(self._splice_handle.id)  # re-inserted last
 
     def __repr__(self) -> str:
         bits = [f"name={self.name!r}"] if self.name is not None else []
@@ -106,6 +130,7 @@ class HookPoint(nn.Module):
             raise TypeError(f"hook function must be callable, got {type(hook).__name__}")
         if dir == "fwd":
             handle = self.register_forward_hook(_ForwardCall(hook, self), prepend=prepend)
+            self._keep_splice_last()
             visible = self.fwd_hooks
         elif dir == "bwd":
             call = _BackwardCall(hook, self)
@@ -164,8 +189,9 @@ class HookPoint(nn.Module):
         if dir not in ("fwd", "bwd", "both"):
             raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
         if including_permanent and level is None:
-            spliced = dir != "bwd" and self.splice is not None  # a spliced SAE needs the activation too
-            return bool((dir != "bwd" and self.fwd_hooks) or (dir != "fwd" and self.bwd_hooks) or spliced)
+            # a spliced module (an SAE) counts: the activation must be computed for it
+            fwd = bool(self.fwd_hooks) or self._splice is not None
+            return bool((dir != "bwd" and fwd) or (dir != "fwd" and self.bwd_hooks))
         handles = (self.fwd_hooks if dir != "bwd" else []) + (self.bwd_hooks if dir != "fwd" else [])
         return any(
             (including_permanent or not h.is_permanent) and (level is None or h.context_level == level) for h in handles
@@ -192,10 +218,6 @@ class HookPoint(nn.Module):
             if part == "blocks" and parts[i + 1].isdigit():
                 return int(parts[i + 1])
         raise ValueError(f"hook {self.name!r} is not inside a block (expected 'blocks.{{i}}.…')")
-
-    def __call__(self, x: Tensor) -> Tensor:
-        out = super().__call__(x)
-        return out if self.splice is None else self.splice(out)
 
     def forward(self, x: Tensor) -> Tensor:
         if self._bwd_fns and x.requires_grad:

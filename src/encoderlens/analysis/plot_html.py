@@ -10,37 +10,43 @@ results with more than two axes get a menu over the leading axes. The state can 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
 
 from encoderlens.analysis.html import HtmlView, document, fragment, new_uid
-
-if TYPE_CHECKING:
-    from encoderlens.analysis.results import Labelled
 
 
 def _clean(v: float) -> float | None:
     return None if math.isnan(v) or math.isinf(v) else v
 
 
-def labelled_payload(res: Labelled) -> dict[str, Any]:
-    """Panels of 2-D values with row / column labels (one panel per index of the leading axes)."""
-    vals = res.values.detach().float().cpu()
+def labelled_payload(
+    values: Tensor, axes: Sequence[str], labels: dict[str, list[str]], title: str = ""
+) -> dict[str, Any]:
+    """Panels of 2-D values with row / column labels (one panel per index of the leading axes).
+
+    Args:
+        values, axes, labels, title: A :class:`~encoderlens.analysis.results.Labelled`'s fields.
+    """
+    vals = values.detach().float().cpu()
     row_ax, col_ax, row_labels, col_labels = "", "", [""], [""]
     if vals.ndim == 0:
         grids = [("", vals.reshape(1, 1))]
     elif vals.ndim == 1:
-        col_ax, col_labels = res.axes[0], res.labels[res.axes[0]]
+        col_ax, col_labels = axes[0], labels[axes[0]]
         grids = [("", vals[None])]
     else:
-        row_ax, col_ax = res.axes[-2], res.axes[-1]
-        row_labels, col_labels = res.labels[row_ax], res.labels[col_ax]
+        row_ax, col_ax = axes[-2], axes[-1]
+        row_labels, col_labels = labels[row_ax], labels[col_ax]
         names = [""]
-        for ax in res.axes[:-2]:
-            names = [f"{n}{', ' if n else ''}{ax}={lab}" for n in names for lab in res.labels[ax]]
+        for ax in axes[:-2]:
+            names = [f"{n}{', ' if n else ''}{ax}={lab}" for n in names for lab in labels[ax]]
         grids = list(zip(names, vals.reshape(-1, vals.shape[-2], vals.shape[-1])))
     panels = [{"name": n, "values": [[_clean(x) for x in row] for row in g.tolist()]} for n, g in grids]
     return {
-        "title": res.title,
+        "title": title,
         "row_axis": row_ax,
         "col_axis": col_ax,
         "row_labels": list(row_labels),
@@ -49,15 +55,16 @@ def labelled_payload(res: Labelled) -> dict[str, Any]:
     }
 
 
-def labelled_fragment(res: Labelled) -> str:
-    """The interactive heatmap of ``res`` as an embeddable fragment."""
-    return fragment(new_uid("plot"), "plot", _CSS, labelled_payload(res), _JS, markup=_MARKUP, title=res.title)
+def labelled_fragment(values: Tensor, axes: Sequence[str], labels: dict[str, list[str]], title: str = "") -> str:
+    """The interactive heatmap of a labelled result as an embeddable fragment."""
+    payload = labelled_payload(values, axes, labels, title)
+    return fragment(new_uid("plot"), "plot", _CSS, payload, _JS, markup=_MARKUP, title=title)
 
 
-def labelled_view(res: Labelled) -> HtmlView:
-    """The interactive heatmap of ``res`` (a standalone document; inline in Jupyter)."""
-    frag = labelled_fragment(res)
-    return HtmlView(document(res.title or "encoderlens result", [frag]), frag)
+def labelled_view(values: Tensor, axes: Sequence[str], labels: dict[str, list[str]], title: str = "") -> HtmlView:
+    """The interactive heatmap of a labelled result (a standalone document; inline in Jupyter)."""
+    frag = labelled_fragment(values, axes, labels, title)
+    return HtmlView(document(title or "encoderlens result", [frag]), frag)
 
 
 _CSS = """

@@ -278,14 +278,14 @@ class Labelled:
         Returns an :class:`~encoderlens.analysis.html.HtmlView` (the document as a string, shown inline in
         Jupyter); written to ``path`` if given. See :mod:`encoderlens.analysis.plot_html`.
         """
-        view = labelled_view(self)
+        view = labelled_view(self.values, self.axes, self.labels, self.title)
         if path is not None:
             view.save(path)
         return view
 
     def _repr_html_(self) -> str:
         """Jupyter shows a result as its interactive heatmap."""
-        return labelled_fragment(self)
+        return labelled_fragment(self.values, self.axes, self.labels, self.title)
 
     def to_html(self, path: str | Path | None = None, digits: int = 3) -> str:
         """A self-contained HTML heatmap (no script, no external resource); written to ``path`` if given.

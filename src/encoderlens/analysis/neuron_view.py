@@ -40,7 +40,7 @@ def neuron_view_html(
     """The neuron view of head ``head`` of layer ``layer`` for item ``item`` (padding left out).
 
     Args:
-        model: Any encoderlens model.
+        model: An encoderlens model (any family).
         input: What ``model.prepare_input`` takes (plus ``input_kwargs``).
         layer, head: The head.
         path: Also write the page here.

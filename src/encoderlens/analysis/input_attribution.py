@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from encoderlens.analysis.gradients import TargetFn, activations, grads_at, integrated_grads
-from encoderlens.analysis.results import Labelled, _color
+from encoderlens.analysis.results import Labelled
 from encoderlens.analysis.targets import Target
 from encoderlens.models.base import HookedModel
 from encoderlens.models.contract import Prepared, StreamName
@@ -137,6 +137,15 @@ class InputAttribution:
         return ax
 
 
+def color(v: float, lim: float) -> str:
+    """White to red for positive, white to blue for negative values, relative to ``lim``."""
+    if v != v or lim == 0:
+        return "#ffffff"
+    t = max(-1.0, min(1.0, v / lim))
+    c = int(255 * (1 - abs(t)))
+    return f"rgb(255,{c},{c})" if t >= 0 else f"rgb({c},{c},255)"
+
+
 def token_spans(res: Labelled, item: int) -> str:
     """Tokens of one item as coloured spans (red positive, blue negative), hover for the value."""
     row = res.sel(item=item)
@@ -149,9 +158,7 @@ def token_spans(res: Labelled, item: int) -> str:
         if v != v:
             continue
         tok = lab.split(":", 1)[-1]
-        spans.append(
-            f"<span class='tok' style='background:{_color(v, lim)}' title='{v:+.4f}'>{html.escape(tok)}</span>"
-        )
+        spans.append(f"<span class='tok' style='background:{color(v, lim)}' title='{v:+.4f}'>{html.escape(tok)}</span>")
     return "<div>" + "".join(spans) + "</div>"
 
 

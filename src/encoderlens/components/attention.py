@@ -240,6 +240,7 @@ class Attention(nn.Module):
         additive_mask: Float[Tensor, "batch 1 query_pos key_pos"] | None = None,
         position_bias: Float[Tensor, "batch_or_1 head_index query_pos key_pos"] | None = None,
         kv_cache: KVCache | None = None,
+        *,
         split: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Float[Tensor, "batch query_pos d_model"]:
         """Attend from ``x`` to ``kv_input`` (``x`` itself for self-attention).

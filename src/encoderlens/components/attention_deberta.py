@@ -141,8 +141,10 @@ class DisentangledAttention(Attention):
         position_bias: Float[Tensor, "batch_or_1 head_index query_pos key_pos"] | None = None,
         kv_cache: KVCache | None = None,
         rel_embeddings: RelativeEmbeddings | None = None,
+        *,
+        split: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Float[Tensor, "batch query_pos d_model"]:
-        """Attend from ``x`` to itself with content and relative-position terms.
+        """Attend from ``x`` to itself with content and relative-position terms (``split`` is refused).
 
         Args:
             x: Input of the attention.
@@ -152,6 +154,10 @@ class DisentangledAttention(Attention):
             kv_cache: Must be None.
             rel_embeddings: The shared relative embeddings (from :class:`RelativeEmbedding`).
         """
+        if split is not None:
+            raise ValueError(
+                "per-head attention inputs (hook_q/k/v_input) are not supported with disentangled attention"
+            )
         if kv_input is not None or kv_cache is not None:
             raise ValueError("disentangled attention is self-attention only: kv_input and kv_cache must be None")
         if rel_embeddings is None:

@@ -49,7 +49,7 @@ def test_split_input_hooks_are_opt_in_and_exact(which):
     names = [n for n in model.hook_dict if n.endswith(SPLIT)]
     assert len(names) == 4 * 3 and all(n.endswith(OPT_IN_HOOKS) for n in names)
     _, cache = model.run_with_cache(tok, one_zero_attention_mask=mask)
-    assert not any(k.endswith(SPLIT) for k in cache.keys())
+    assert not any(k.endswith(SPLIT) for k in cache)
     out = model.run_with_hooks(tok, one_zero_attention_mask=mask, fwd_hooks=[(n, lambda x, hook: x) for n in names])
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     # adding d to head 1's q input (before ln1 in pre-LN) = adding the projection to head 1's q

@@ -22,6 +22,7 @@ from encoderlens.analysis.direct import Decomposition, component_norms, decompos
 from encoderlens.analysis.families import Prepared, prepare
 from encoderlens.analysis.gradients import quadrature
 from encoderlens.analysis.heads import ALL_DETECTORS, head_scores, score_patterns, summarize
+from encoderlens.analysis.html import HtmlView, page
 from encoderlens.analysis.input_attribution import InputAttribution, attribute_input
 from encoderlens.analysis.lens import LensResult, ctc_collapse, ctc_lens, head_fn, logit_lens
 from encoderlens.analysis.neurons import attribute_neurons, patch_neurons
@@ -40,6 +41,7 @@ from encoderlens.analysis.patching import (
 )
 from encoderlens.analysis.path_patching import frozen_hooks, head, path_patch, path_patch_heads
 from encoderlens.analysis.results import Labelled
+from encoderlens.analysis.sae import attribute_sae_features, patch_sae_features
 from encoderlens.analysis.sequence_attribution import SequenceAttribution, attribute_sequence
 from encoderlens.analysis.similarity import (
     Pooling,
@@ -57,7 +59,7 @@ from encoderlens.analysis.targets import (
     similarity,
     token_score,
 )
-from encoderlens.analysis.views import AttentionView, attention_html, render_attention_html
+from encoderlens.analysis.views import AttentionView, attention_html, model_view_html, render_attention_html
 
 __all__ = [
     "ALL_DETECTORS",
@@ -89,6 +91,7 @@ __all__ = [
     "token_score",
     "AttentionView",
     "Decomposition",
+    "HtmlView",
     "Labelled",
     "LensResult",
     "Pooling",
@@ -102,6 +105,7 @@ __all__ = [
     "attribute_heads",
     "attribute_mlp",
     "attribute_residual",
+    "attribute_sae_features",
     "attribute_similarity",
     "check_compatible",
     "component_norms",
@@ -115,11 +119,14 @@ __all__ = [
     "log_prob",
     "logit_diff",
     "logit_lens",
+    "model_view_html",
+    "page",
     "patch_attn_layers",
     "patch_block_outputs",
     "patch_heads",
     "patch_mlp",
     "patch_residual",
+    "patch_sae_features",
     "pooling_from_checkpoint",
     "prepare",
     "render_attention_html",

@@ -72,7 +72,7 @@ def test_path_patching_equals_manual_freezing(bert_case):
     recv = "blocks.2.attn.hook_v"
     res = path_patch(model, tok, cor, metric, [sender], [recv], normalize=False, input_kwargs=kw)
     # manual: freeze every head and MLP at clean, sender's head at corrupted, record the receiver...
-    frozen = [n for n in clean.keys()]
+    frozen = list(clean)
 
     def freeze(x, hook):
         out = clean[hook.name].clone()

@@ -288,7 +288,6 @@ class Attention(KeepPropertyErrors, nn.Module):
         additive_mask: Float[Tensor, "#batch 1 #query_pos key_pos"] | None = None,
         position_bias: Float[Tensor, "#batch head_index query_pos key_pos"] | None = None,
         kv_cache: KVCache | None = None,
-        *,
         split: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Float[Tensor, "batch query_pos d_model"]:
         """Attend from ``query_input`` to ``key_input`` / ``value_input`` (``query_input`` itself by default).

@@ -157,3 +157,32 @@ def test_faithfulness_curve_prunes_and_view(t5_case, tmp_path):
 def test_post_ln_models_are_refused_with_a_pointer():
     with pytest.raises(ValueError, match="post-LN.*path_patch"):
         build_graph(tiny_mlm())
+
+
+def test_eap_on_a_pre_ln_speech_encoder():
+    from transformers import HubertConfig, HubertForCTC
+
+    from encoderlens import HookedAudioEncoder
+    from tests.parity.test_audio_parity import randomize_all, tiny_kwargs
+
+    torch.manual_seed(0)
+    hf = HubertForCTC(
+        HubertConfig(**tiny_kwargs(num_hidden_layers=2, do_stable_layer_norm=True, feat_extract_norm="layer"))
+    ).eval()
+    randomize_all(hf)
+    model = HookedAudioEncoder.from_pretrained(hf_model=hf)
+    g = torch.Generator().manual_seed(1)
+    clean = [torch.randn(400, generator=g).numpy() * 0.5, torch.randn(330, generator=g).numpy() * 0.5]
+    corrupt = [c.copy() for c in clean]
+    corrupt[0][100:200] = 0.0
+    corrupt[1][100:200] = 0.0
+
+    def metric(logits):
+        return logits[:, 2, 5].sum()
+
+    eap = edge_attribution(model, clean, corrupt, metric)
+    n = len(eap.graph)
+    none_all = ablate_edges(model, clean, corrupt, metric, [[], list(range(n))])
+    torch.testing.assert_close(none_all, torch.tensor([eap.metric_clean, eap.metric_corrupt]), atol=1e-4, rtol=1e-4)
+    true = ablate_edges(model, clean, corrupt, metric, [[e] for e in range(n)], chunk_size=32) - eap.metric_clean
+    assert spearmanr(eap.scores, true).statistic > 0.8

@@ -27,13 +27,20 @@ from encoderlens.analysis import ablate_edges, attribute_input, edge_attribution
 def build(width: int, layers: int, heads: int) -> HookedEncoder:
     torch.manual_seed(0)
     hf = BertForMaskedLM(
-        BertConfig(vocab_size=1000, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
-                   intermediate_size=4 * width, max_position_embeddings=128)
+        BertConfig(
+            vocab_size=1000,
+            hidden_size=width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * width,
+            max_position_embeddings=128,
+        )
     ).eval()
     base = HookedEncoder.from_pretrained(hf_model=hf)
     c = base.cfg
     cfg = dataclasses.replace(
-        c, stack=dataclasses.replace(c.stack, norm_position="pre", final_norm=True),
+        c,
+        stack=dataclasses.replace(c.stack, norm_position="pre", final_norm=True),
         embed=dataclasses.replace(c.embed, norm=None),
     )
     model = HookedEncoder(cfg, tokenizer=None)

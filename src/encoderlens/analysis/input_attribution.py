@@ -264,7 +264,11 @@ def attribute_input(
     """Attribute ``target`` to the input (or to activations at ``hooks``) with saliency, x * grad or IG.
 
     Args:
+<<<<<<< HEAD
         model: An encoderlens model (any family).
+=======
+        model: An encoderlens model.
+>>>>>>> main
         input: Raw input (plus ``input_options``) or a :class:`Prepared`.
         target: ``target(output, batch) -> (batch,)``, e.g. from :mod:`encoderlens.analysis.targets`
             (its ``return_type`` is used unless ``return_type`` is given).

@@ -231,3 +231,57 @@ def test_broken_data_is_reported_not_silent(tmp_path):
     dom, _ = chromium(path.as_uri(), tmp_path)
     assert body_attrs(dom).get("data-status") == "error"
     assert "attention view failed" in dom
+
+
+# ---------------------------------------------------------------------- hostile strings
+PWN = "document.body.setAttribute('data-pwned','1')"
+HOSTILE = [
+    "<!--",
+    "<script>" + PWN + "</script>",
+    "</script><script>" + PWN + "</script>",
+    '<img src=x onerror="' + PWN + '">',
+    "a & b &amp; ]]> -->",
+    "line\u2028sep\u2029par",
+]
+
+
+def hostile_views() -> tuple[list[AttentionView], list[str]]:
+    g = torch.Generator().manual_seed(2)
+    n = len(HOSTILE)
+    pat = torch.rand(2, 2, 2, n, n, generator=g).softmax(-1)
+    mask = torch.ones(2, n, dtype=torch.long)
+    labels = [HOSTILE, list(reversed(HOSTILE))]
+    return [AttentionView("self", "self <script>" + PWN + "</script>", pat, mask, mask, labels, labels)], [
+        "<!-- item",
+        "</script><script>" + PWN + "</script>",
+    ]
+
+
+def test_embedded_json_escapes_markup_and_line_separators():
+    import json
+
+    views, items = hostile_views()
+    doc = render_attention_html(views, items, title="<script>" + PWN + "</script>")
+    blob = re.search(r"id='el-data'>(.*?)</script>", doc, re.S)
+    assert blob is not None
+    text = blob.group(1)
+    for bad in ("<", ">", "&", "\u2028", "\u2029"):
+        assert bad not in text, bad
+    data = json.loads(text)
+    assert data["items"] == items and data["views"]["self"]["items"][0]["q_labels"] == HOSTILE
+    assert doc.count("<script") == 2  # the data element and the page's own code, nothing from the tokens
+
+
+@needs_chromium
+def test_hostile_tokens_render_and_run_no_injected_script(tmp_path):
+    views, items = hostile_views()
+    path = tmp_path / "hostile.html"
+    path.write_text(render_attention_html(views, items, title="<!-- <script>" + PWN + "</script>"))
+    for fragment in ("", "#item=1&query=1", "#view=constructor", "#view=__proto__&layer=1", "#view=toString"):
+        dom, err = chromium(path.as_uri() + fragment, tmp_path)
+        assert console_lines(err) == [], (fragment, console_lines(err))
+        attrs = body_attrs(dom)
+        assert attrs.get("data-status") == "ok", (fragment, attrs, re.findall(r"attention view failed[^<]*", dom))
+        assert attrs.get("data-view") == "self", (fragment, attrs)
+        assert "data-pwned" not in attrs, fragment
+        assert "<img" not in dom

@@ -206,3 +206,32 @@ def test_copies_do_not_share_the_fused_weight_cache():
             clone.W_Q.mul_(0.5)
             assert (clone(x) - reference(clone, x, None, None)).abs().max() < ATOL
         assert (attn(x) - reference(attn, x, None, None)).abs().max() < ATOL
+
+
+def test_inference_mode_forward_does_not_poison_later_autograd(tiny_mlm):
+    """A harvest-style forward under inference_mode, then gradients w.r.t. activations of a frozen model."""
+    model, _, _ = tiny_mlm
+    batch = model.tokenize(["the cat sat on the mat", "a dog"])
+    kw = dict(one_zero_attention_mask=batch.attention_mask, return_type="embeddings")
+    with torch.inference_mode():
+        ref = model(batch.tokens, **kw)
+    model.requires_grad_(False)
+    try:
+        grads = {}
+
+        def track(x, hook):
+            x = x.detach().requires_grad_(True)
+            grads["x"] = x
+            return x
+
+        out = model.run_with_hooks(batch.tokens, fwd_hooks=[("hook_full_embed", track)], **kw)
+        out.sum().backward()
+        assert grads["x"].grad is not None and grads["x"].grad.abs().sum() > 0
+        assert (out.detach() - ref).abs().max() < ATOL
+        # and back in inference mode the (rebuilt or kept) cache still serves the same result
+        with torch.inference_mode():
+            assert (model(batch.tokens, **kw) - ref).abs().max() < ATOL
+        out2 = model.run_with_hooks(batch.tokens, fwd_hooks=[("hook_full_embed", track)], **kw)
+        out2.sum().backward()
+    finally:
+        model.requires_grad_(True)

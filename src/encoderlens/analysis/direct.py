@@ -205,6 +205,7 @@ def _decompose(
         "hook_scale",
         "hook_resid_pre",
         "hook_resid_post",
+        "hook_normalized_resid_post",
     )
     suffixes += ("attn.hook_z",) if heads else ()
     _, cache = model.run_prepared_with_cache(prepared, names_filter=lambda n: n in embeds or n.endswith(suffixes))
@@ -260,7 +261,7 @@ def _decompose(
         target_name = f"{p}blocks.{n}.hook_resid_pre"
         target = cache[target_name]
     else:
-        target_name = f"{p}blocks.{n - 1}.hook_resid_post"
+        target_name = spec.resid_hook(n - 1)
         target = cache[target_name]
         norm = _final_norm(model, spec) if (layer is None and apply_final_norm) else None
         if norm is not None:

@@ -105,6 +105,19 @@ def _payload(views: Sequence[AttentionView], item_names: Sequence[str], max_byte
     return {"items": list(item_names), "views": data}
 
 
+def _script_safe_json(payload: Any) -> str:
+    """JSON that can sit inside ``<script type='application/json'>`` whatever strings it holds.
+
+    ``<``, ``>`` and ``&`` become ``\\u003c`` / ``\\u003e`` / ``\\u0026`` (so ``</script>``, ``<!--`` and
+    ``<script`` in a token cannot end or re-mode the element), U+2028 / U+2029 are escaped, and
+    ``ensure_ascii`` escapes the rest of non-ASCII; ``JSON.parse`` reads back the same strings.
+    """
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
+
+
 def render_attention_html(
     views: Sequence[AttentionView],
     item_names: Sequence[str],
@@ -118,7 +131,7 @@ def render_attention_html(
     payload = _payload(views, item_names, max_bytes)
     payload["title"] = title
     payload["layer_labels"] = layer_labels or {}
-    blob = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
+    blob = _script_safe_json(payload)
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body data-status='loading'>"
@@ -279,6 +292,8 @@ _JS = r"""
     return cache[k];
   }
   var $ = function (id) { return document.getElementById(id); };
+  // a fragment names a view by key: look it up among the data's own keys, never on Object.prototype
+  function own(o, k) { return o !== null && typeof o === "object" && Object.prototype.hasOwnProperty.call(o, k); }
   var state = { item: 0, view: Object.keys(D.views)[0], layer: 0, head: "mean", scale: "linear", query: null };
   (location.hash || "").replace(/^#/, "").split("&").forEach(function (kv) {
     var p = kv.split("=");
@@ -286,7 +301,7 @@ _JS = r"""
     var key = decodeURIComponent(p[0]), val = decodeURIComponent(p[1]);
     if (key === "item" || key === "layer") { state[key] = parseInt(val, 10) || 0; }
     else if (key === "head") { state.head = val === "mean" ? "mean" : (parseInt(val, 10) || 0); }
-    else if (key === "view" && D.views[val]) { state.view = val; }
+    else if (key === "view" && own(D.views, val)) { state.view = val; }
     else if (key === "scale" && (val === "linear" || val === "sqrt" || val === "relative")) { state.scale = val; }
     else if (key === "query") { state.query = parseInt(val, 10) || 0; }
   });
@@ -306,7 +321,7 @@ _JS = r"""
     if (state.head !== "mean" && (state.head < 0 || state.head >= V.n_heads)) { state.head = "mean"; }
   }
   function layerLabels() {
-    var V = D.views[state.view], ll = (D.layer_labels || {})[state.view];
+    var V = D.views[state.view], ll = own(D.layer_labels, state.view) ? D.layer_labels[state.view] : null;
     var out = [];
     for (var i = 0; i < V.n_layers; i++) { out.push(ll && ll[i] ? ll[i] : "L" + i); }
     return out;

@@ -54,7 +54,7 @@ def build_additive_mask(
     dtype: torch.dtype,
     device: torch.device,
     past_len: int = 0,
-) -> Float[Tensor, "batch 1 query_pos key_pos"] | None:
+) -> Float[Tensor, "#batch 1 #query_pos key_pos"] | None:
     """Combine a key padding mask (True = attend) and a causal mask into an additive mask.
 
     ``past_len`` is the number of cached positions before the first query (generation): query ``i``
@@ -224,6 +224,8 @@ class Attention(KeepPropertyErrors, nn.Module):
         ``load_state_dict`` and ``model.to(...)`` all invalidate it. Writes through ``param.data``
         bypass PyTorch's version counter: call :meth:`clear_weight_cache` after those. When a
         gradient may flow to the weights the layout is rebuilt on each call (differentiably), never cached.
+        Under ``torch.inference_mode()`` the cached copy is built as a normal tensor, so a later forward
+        with autograd (gradients w.r.t. activations of a frozen model) can use it.
         """
         params = (self.W_Q, self.W_K, self.W_V, self.b_Q, self.b_K, self.b_V)
         grad = torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params)
@@ -234,7 +236,13 @@ class Attention(KeepPropertyErrors, nn.Module):
             cached = self.__dict__.get("_flat_cache")
             if cached is not None and cached[0] == key:
                 return cached[1]
-        flat = FlatWeights.build(self.W_Q, self.W_K, self.W_V, self.b_Q, self.b_K, self.b_V)
+        if use_cache and torch.is_inference_mode_enabled():
+            # built outside inference mode: a cached inference tensor would break later autograd
+            # ("Inference tensors cannot be saved for backward"); a normal tensor serves both modes
+            with torch.inference_mode(False), torch.no_grad():
+                flat = FlatWeights.build(self.W_Q, self.W_K, self.W_V, self.b_Q, self.b_K, self.b_V)
+        else:
+            flat = FlatWeights.build(self.W_Q, self.W_K, self.W_V, self.b_Q, self.b_K, self.b_V)
         if use_cache:
             self.__dict__["_flat_cache"] = (key, flat)
         return flat

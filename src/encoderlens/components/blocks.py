@@ -24,22 +24,28 @@ class TransformerBlock(nn.Module):
         resid_mid_cross = resid_mid + cross_attn(ln2(resid_mid))           # decoders
         resid_post = resid_mid_cross + mlp(ln3(resid_mid_cross))           # decoders (ln2 elsewhere)
 
-    Post-LN (BERT, BART, wav2vec2-base)::
+    Post-LN (BERT, BART, wav2vec2-base), with TransformerLens's ``BertBlock`` names::
 
-        resid_mid  = ln1(resid_pre + attn(resid_pre))
-        resid_mid_cross = ln2(resid_mid + cross_attn(resid_mid))          # decoders
-        resid_post = ln3(resid_mid_cross + mlp(resid_mid_cross))          # decoders (ln2 elsewhere)
+        resid_mid             = resid_pre + attn(resid_pre)                       # the sum entering ln1
+        normalized_resid_mid  = ln1(resid_mid)
+        resid_mid_cross       = normalized_resid_mid + cross_attn(...)            # decoders
+        normalized_resid_mid_cross = ln2(resid_mid_cross)                        # decoders
+        resid_post            = normalized_resid_mid(_cross) + mlp(...)           # the sum entering the MLP norm
+        normalized_resid_post = ln3(resid_post)  (ln2 without cross-attention)    # the block's output
 
     Norm names follow TransformerLens: ``ln1`` before self-attention, ``ln2`` before cross-attention and
     ``ln3`` before the MLP in blocks with cross-attention (``T5Block``), ``ln1`` / ``ln2`` (attention /
     MLP) in the others. :attr:`mlp_norm_name` and :attr:`mlp_norm` give the MLP's norm in both.
 
-    In both orders ``hook_resid_post`` is exactly what the next block receives (HF's hidden state
-    after this layer). In post-LN blocks the residual stream is renormalised twice per block, so
-    ``resid_post != resid_pre + attn_out + mlp_out``; see :class:`~encoderlens.cache.ActivationCache`.
+    The block's output (what the next block receives, HF's hidden state after this layer) is
+    ``hook_resid_post`` in pre-LN blocks and ``hook_normalized_resid_post`` in post-LN blocks
+    (:meth:`~encoderlens.cache.StreamSpec.resid_hook` names it). In post-LN blocks the residual stream
+    is renormalised twice per block; see :class:`~encoderlens.cache.ActivationCache`.
 
     Hooks: ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid``, ``hook_cross_attn_out``,
-    ``hook_resid_mid_cross`` (decoders), ``hook_mlp_out``, ``hook_resid_post``.
+    ``hook_resid_mid_cross`` (decoders), ``hook_mlp_out``, ``hook_resid_post``; post-LN blocks add
+    ``hook_normalized_resid_mid``, ``hook_normalized_resid_mid_cross`` (decoders) and
+    ``hook_normalized_resid_post``.
 
     ``layer`` selects the block's attention settings (``cfg.attn_for(layer)``) and, with
     ``cfg.first_block_attn_norm=False``, drops ``ln1`` in block 0 (``ln1`` is then None).
@@ -61,6 +67,8 @@ class TransformerBlock(nn.Module):
             self.hook_cross_attn_out = HookPoint()
             self.hook_resid_mid_cross = HookPoint()
             self.ln3 = make_norm(d, cfg.norm)
+            if not self.pre_ln:
+                self.hook_normalized_resid_mid_cross = HookPoint()
         else:
             self.ln2 = make_norm(d, cfg.norm)
         #: Name of the norm before the MLP: ``"ln3"`` in blocks with cross-attention, else ``"ln2"``.
@@ -71,6 +79,9 @@ class TransformerBlock(nn.Module):
         self.hook_resid_mid = HookPoint()
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
+        if not self.pre_ln:
+            self.hook_normalized_resid_mid = HookPoint()
+            self.hook_normalized_resid_post = HookPoint()
 
     def forward(
         self,
@@ -107,11 +118,10 @@ class TransformerBlock(nn.Module):
             self.attn(attn_in, additive_mask=additive_mask, position_bias=position_bias, kv_cache=self_cache, **extra)
         )
         if self.pre_ln:
-            x = x + attn_out
+            x = self.hook_resid_mid(x + attn_out)
         else:
             assert self.ln1 is not None
-            x = self.ln1(x + attn_out)
-        x = self.hook_resid_mid(x)
+            x = self.hook_normalized_resid_mid(self.ln1(self.hook_resid_mid(x + attn_out)))
 
         if self.cfg.cross_attention:
             if encoder_hidden_states is None:
@@ -129,14 +139,17 @@ class TransformerBlock(nn.Module):
                     kv_cache=cross_cache,
                 )
             )
-            x = x + c_out if self.pre_ln else self.ln2(x + c_out)
-            x = self.hook_resid_mid_cross(x)
+            if self.pre_ln:
+                x = self.hook_resid_mid_cross(x + c_out)
+            else:
+                x = self.hook_normalized_resid_mid_cross(self.ln2(self.hook_resid_mid_cross(x + c_out)))
 
         mlp_norm = self.mlp_norm
         mlp_in = mlp_norm(x) if self.pre_ln else x
         mlp_out = self.hook_mlp_out(self.mlp(mlp_in))
-        x = x + mlp_out if self.pre_ln else mlp_norm(x + mlp_out)
-        return self.hook_resid_post(x)
+        if self.pre_ln:
+            return self.hook_resid_post(x + mlp_out)
+        return self.hook_normalized_resid_post(mlp_norm(self.hook_resid_post(x + mlp_out)))
 
     @property
     def mlp_norm(self) -> nn.Module:

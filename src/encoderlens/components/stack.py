@@ -53,6 +53,15 @@ def run_blocks(
         final_norm: Norm applied after the last block (None: none).
         final_norm_hook: Hook point on the final norm's output (None: not hooked).
     """
+    if stop_at_layer is not None:
+        n = len(blocks)
+        if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, int):
+            raise TypeError(f"stop_at_layer must be an int (a block index) or None, got {stop_at_layer!r}")
+        if not -n <= stop_at_layer <= n:
+            raise ValueError(
+                f"stop_at_layer={stop_at_layer} is out of range for {n} blocks: pass an int in [{-n}, {n}] "
+                "(0: the embeddings, a negative value counts from the end) or None for a full run"
+            )
     for i, block in enumerate(blocks[:stop_at_layer]):
         x = block(
             x,
@@ -171,11 +180,13 @@ class Stack(KeepPropertyErrors, StackWeightsMixin, nn.Module):
             if encoder_out is None or encoder_mask is None:
                 raise ValueError("the decoder needs the encoder output and its mask")
             cross_mask = build_additive_mask(encoder_mask.bool(), q_len, encoder_out.shape[1], False, x.dtype, x.device)
+        if bias is not None:
+            # mask + position bias added once for every block (as HF's T5 does), not once per layer
+            mask = bias if mask is None else mask + bias
         return run_blocks(
             self.blocks,
             x,
             additive_mask=mask,
-            position_bias=bias,
             encoder_out=encoder_out,
             cross_mask=cross_mask,
             kv_cache=kv_cache,

@@ -4,6 +4,8 @@
 import encoderlens.convert.albert
 import encoderlens.convert.bart
 import encoderlens.convert.bert
+import encoderlens.convert.camembert
+import encoderlens.convert.data2vec_text
 import encoderlens.convert.deberta_v2
 import encoderlens.convert.distilbert
 import encoderlens.convert.electra

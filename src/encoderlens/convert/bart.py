@@ -26,12 +26,68 @@ from encoderlens.config import (
     StackConfig,
     UnembedConfig,
 )
-from encoderlens.convert.common import head_bias, head_in_weight, head_out_weight, linear_weight
-from encoderlens.convert.registry import WeightReader, register, require
-from encoderlens.convert.t5 import eos_ids
+from encoderlens.convert.common import LayerNames, head_out_weight, take_heads_in, take_layer, take_norm
+from encoderlens.convert.registry import WeightReader, check_config_keys, register, require
+from encoderlens.convert.seq2seq import arch_name, eos_ids, take_lm_head, take_tied
 
 #: HF BART layer norms are nn.LayerNorm with the default eps.
 LN_EPS = 1e-5
+
+#: One BART layer: self-attention, its norm, the MLP and its norm (the decoder adds cross-attention).
+LAYER_NAMES = LayerNames(
+    q="self_attn.q_proj",
+    k="self_attn.k_proj",
+    v="self_attn.v_proj",
+    o="self_attn.out_proj",
+    ln1="self_attn_layer_norm",
+    mlp_in="fc1",
+    mlp_out="fc2",
+    ln2="final_layer_norm",
+)
+
+#: BartConfig / MBartConfig keys this converter reads.
+HANDLED_KEYS = frozenset(
+    {
+        "vocab_size",
+        "d_model",
+        "encoder_layers",
+        "decoder_layers",
+        "encoder_attention_heads",
+        "decoder_attention_heads",
+        "encoder_ffn_dim",
+        "decoder_ffn_dim",
+        "activation_function",
+        "max_position_embeddings",
+        "scale_embedding",
+        "pad_token_id",
+        "decoder_start_token_id",
+        "normalize_before",
+        "add_final_layer_norm",
+        "add_bias_logits",
+        "tie_word_embeddings",
+        "is_decoder",  # HF sets it per stack itself
+    }
+)
+#: Keys without effect in eval mode, and fairseq-era keys HF's BART / mBART never read (the
+#: embedding norm and learned positions with offset 2 are hard-coded; ``num_hidden_layers`` mirrors
+#: ``encoder_layers``).
+IGNORED_KEYS = frozenset(
+    {
+        "dropout",
+        "attention_dropout",
+        "activation_dropout",
+        "classifier_dropout",
+        "classif_dropout",
+        "encoder_layerdrop",
+        "decoder_layerdrop",
+        "init_std",
+        "num_hidden_layers",
+        "normalize_embedding",
+        "static_position_embeddings",
+        "extra_pos_embeddings",
+        "force_bos_token_to_be_generated",
+    }
+)
 
 
 def _stack(hf: Any, pre_ln: bool, decoder: bool) -> StackConfig:
@@ -51,6 +107,7 @@ def _stack(hf: Any, pre_ln: bool, decoder: bool) -> StackConfig:
 
 
 def _check_config(hf: Any, arch: str, pre_ln: bool) -> None:
+    check_config_keys(hf, hf.model_type, HANDLED_KEYS, IGNORED_KEYS)
     act = hf.activation_function
     require(act in ACTIVATIONS, arch, "activation_function", act, ", ".join(ACTIVATIONS))
     for side in ("encoder", "decoder"):
@@ -63,26 +120,12 @@ def _check_config(hf: Any, arch: str, pre_ln: bool) -> None:
     require(not getattr(hf, "add_bias_logits", False), arch, "add_bias_logits", True, "False (final_logits_bias only)")
 
 
-def _take_attn(r: WeightReader, out: dict[str, Tensor], n_heads: int, src: str, dst: str) -> None:
-    for ours, theirs in (("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")):
-        out[f"{dst}.W_{ours}"] = head_in_weight(r.take(f"{src}.{theirs}.weight"), n_heads)
-        out[f"{dst}.b_{ours}"] = head_bias(r.take(f"{src}.{theirs}.bias"), n_heads)
-    out[f"{dst}.W_O"] = head_out_weight(r.take(f"{src}.out_proj.weight"), n_heads)
-    out[f"{dst}.b_O"] = r.take(f"{src}.out_proj.bias")
-
-
-def _take_ln(r: WeightReader, out: dict[str, Tensor], src: str, dst: str) -> None:
-    out[f"{dst}.w"] = r.take(f"{src}.weight")
-    out[f"{dst}.b"] = r.take(f"{src}.bias")
-
-
-def _take_tied(r: WeightReader, key: str, shared: Tensor, arch: str) -> None:
-    t = r.take_optional(key)
-    if t is not None and not t.equal(shared):
-        raise ValueError(
-            f"{arch} checkpoint has {key} different from shared.weight; untied input embeddings are not supported "
-            "(encoderlens shares one token embedding between encoder and decoder, as BART does)"
-        )
+def _take_cross_attn(r: WeightReader, out: dict[str, Tensor], n_heads: int, src: str, dst: str) -> None:
+    for w in ("q", "k", "v"):
+        take_heads_in(r, out, f"{src}encoder_attn.{w}_proj", dst + "cross_attn.{}_" + w.upper(), n_heads)
+    out[dst + "cross_attn.W_O"] = head_out_weight(r.take(src + "encoder_attn.out_proj.weight"), n_heads)
+    out[dst + "cross_attn.b_O"] = r.take(src + "encoder_attn.out_proj.bias")
+    take_norm(r, out, src + "encoder_attn_layer_norm", dst + "ln2")
 
 
 def convert_bart(
@@ -95,8 +138,7 @@ def convert_bart(
         head: Whether an LM head exists (None: iff ``lm_head.weight`` or ``final_logits_bias`` is present).
     """
     pre_ln = mbart
-    arch_names = getattr(hf_config, "architectures", None) or []
-    arch = arch_names[0] if arch_names else hf_config.model_type
+    arch = arch_name(hf_config)
     _check_config(hf_config, arch, pre_ln)
     r = WeightReader(state_dict, hf_config.model_type)
     if head is None:
@@ -106,33 +148,24 @@ def convert_bart(
     shared = r.take("shared.weight")
     out["embed.W_E"] = shared
     for side in ("encoder", "decoder"):
-        _take_tied(r, f"{side}.embed_tokens.weight", shared, arch)
+        take_tied(r, f"{side}.embed_tokens.weight", shared, arch)
         out[f"{side}.pos_embed.W_pos"] = r.take(f"{side}.embed_positions.weight")
-        _take_ln(r, out, f"{side}.layernorm_embedding", f"{side}.embed_ln")
+        take_norm(r, out, f"{side}.layernorm_embedding", f"{side}.embed_ln")
         n_layers = getattr(hf_config, f"{side}_layers")
         heads = getattr(hf_config, f"{side}_attention_heads")
         for i in range(n_layers):
-            src, dst = f"{side}.layers.{i}", f"{side}.blocks.{i}"
-            _take_attn(r, out, heads, f"{src}.self_attn", f"{dst}.attn")
-            _take_ln(r, out, f"{src}.self_attn_layer_norm", f"{dst}.ln1")
+            src, dst = f"{side}.layers.{i}.", f"{side}.blocks.{i}."
+            take_layer(r, out, src, dst, heads, LAYER_NAMES)
             if side == "decoder":
-                _take_attn(r, out, heads, f"{src}.encoder_attn", f"{dst}.cross_attn")
-                _take_ln(r, out, f"{src}.encoder_attn_layer_norm", f"{dst}.ln2")
-            out[f"{dst}.mlp.W_in"] = linear_weight(r.take(f"{src}.fc1.weight"))
-            out[f"{dst}.mlp.b_in"] = r.take(f"{src}.fc1.bias")
-            out[f"{dst}.mlp.W_out"] = linear_weight(r.take(f"{src}.fc2.weight"))
-            out[f"{dst}.mlp.b_out"] = r.take(f"{src}.fc2.bias")
-            # TransformerLens's names: decoder blocks have ln2 (cross-attention) and ln3 (MLP)
-            _take_ln(r, out, f"{src}.final_layer_norm", f"{dst}.{'ln3' if side == 'decoder' else 'ln2'}")
+                # TransformerLens's names: decoder blocks have ln2 (cross-attention) and ln3 (MLP)
+                for key in [k for k in out if k.startswith(dst + "ln2.")]:
+                    out[dst + "ln3." + key[len(dst + "ln2.") :]] = out.pop(key)
+                _take_cross_attn(r, out, heads, src, dst)
         if pre_ln:
-            _take_ln(r, out, f"{side}.layer_norm", f"{side}.ln_final")
+            take_norm(r, out, f"{side}.layer_norm", f"{side}.ln_final")
     unembed = None
     if head:
-        lm = r.take_optional("lm_head.weight")
-        tied = lm is None or lm.equal(shared)
-        if not tied:
-            assert lm is not None
-            out["lm_head.W_U_untied"] = linear_weight(lm)
+        tied = take_lm_head(r, out, shared)
         bias = r.take_optional("final_logits_bias")
         if bias is not None:
             out["lm_head.b_U"] = bias.reshape(-1)

@@ -16,15 +16,6 @@ from encoderlens.convert.common import linear_weight
 from encoderlens.convert.registry import WeightReader, require
 
 
-def pick_architecture(hf: Any, known: tuple[str, ...], default: str) -> str:
-    """The first of ``hf.architectures`` this converter knows (``default`` when none is listed)."""
-    archs = list(getattr(hf, "architectures", None) or [])
-    for a in archs:
-        if a in known:
-            return a
-    return archs[0] if archs else default
-
-
 def class_labels(hf: Any) -> tuple[str, ...]:
     """Label names in logit order from ``config.id2label`` (HF fills ``LABEL_i`` when unnamed)."""
     id2label = getattr(hf, "id2label", None) or {}

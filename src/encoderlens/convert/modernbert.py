@@ -33,10 +33,58 @@ from encoderlens.config import (
     StackConfig,
 )
 from encoderlens.convert.common import head_bias, head_in_weight, head_out_weight, linear_weight
-from encoderlens.convert.registry import WeightReader, register, require
+from encoderlens.convert.registry import WeightReader, check_config_keys, register, require
 
 ARCH = "modernbert"
 _GLOBAL, _LOCAL = "full_attention", "sliding_attention"
+
+#: ModernBertConfig keys this converter reads (sizes, norms, attention pattern, rotary, head).
+HANDLED_KEYS = frozenset(
+    {
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "hidden_activation",
+        "max_position_embeddings",
+        "norm_eps",
+        "norm_bias",
+        "pad_token_id",
+        "attention_bias",
+        "mlp_bias",
+        "local_attention",
+        "layer_types",
+        "global_attn_every_n_layers",
+        "rope_parameters",
+        "rope_scaling",
+        "global_rope_theta",
+        "local_rope_theta",
+        "classifier_activation",
+        "classifier_bias",  # the head's dense bias: taken if present
+        "decoder_bias",  # the decoder bias: taken if present
+        "tie_word_embeddings",
+    }
+)
+#: Keys without effect on ModernBertModel / ModernBertForMaskedLM in eval mode; ``layer_norm_eps`` and
+#: ``position_embedding_type`` appear in released configs but HF ModernBERT reads neither.
+IGNORED_KEYS = frozenset(
+    {
+        "attention_dropout",
+        "embedding_dropout",
+        "mlp_dropout",
+        "classifier_dropout",
+        "classifier_pooling",  # sequence classification only
+        "initializer_cutoff_factor",
+        "deterministic_flash_attn",
+        "reference_compile",
+        "repad_logits_with_grad",
+        "sparse_prediction",  # HF then predicts masked positions only (with labels); logits elsewhere equal
+        "sparse_pred_ignore_index",
+        "layer_norm_eps",
+        "position_embedding_type",
+    }
+)
 
 
 def _layer_types(hf: Any) -> list[str]:
@@ -136,6 +184,7 @@ def _take_norm(r: WeightReader, theirs: str, ours: str, bias: bool, out: dict[st
 @register("ModernBertModel", "ModernBertForMaskedLM", model_types=["modernbert"])
 def convert(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderConfig, dict[str, Tensor]]:
     """Convert a ModernBERT checkpoint; the MLM head follows the weights present."""
+    check_config_keys(hf_config, ARCH, HANDLED_KEYS, IGNORED_KEYS)
     r = WeightReader(state_dict, ARCH)
     r.strip_prefix("model.")
     mlm = r.has("head.dense.weight")

@@ -104,3 +104,114 @@ def require(condition: bool, arch: str, setting: str, value: Any, supported: str
     """Raise ``ValueError`` for an HF config setting the converter does not handle."""
     if not condition:
         raise ValueError(f"{arch} converter does not support {setting}={value!r} (supported: {supported})")
+
+
+#: ``PretrainedConfig`` keys that never change a forward pass: bookkeeping, label names (read by the
+#: heads through ``id2label``), output switches, HF generation defaults (our ``generate`` takes its own
+#: arguments) and training-time switches, plus legacy keys of old releases. Every converter accepts them.
+GENERIC_IGNORED_KEYS = frozenset(
+    {
+        "architectures",
+        "model_type",
+        "transformers_version",
+        "dtype",
+        "torch_dtype",
+        "id2label",
+        "label2id",
+        "num_labels",
+        "problem_type",
+        "finetuning_task",
+        "tokenizer_class",
+        "prefix",
+        "task_specific_params",
+        "return_dict",
+        "output_attentions",
+        "output_hidden_states",
+        "output_past",
+        "use_cache",
+        "torchscript",
+        "use_bfloat16",
+        "gradient_checkpointing",
+        "chunk_size_feed_forward",  # chunked MLP: same result
+        "is_encoder_decoder",  # the weights decide whether a decoder exists
+        "bos_token_id",
+        "eos_token_id",
+        "sep_token_id",
+        "cls_token_id",
+        "initializer_range",
+        "initializer_factor",
+        # generation defaults
+        "max_length",
+        "min_length",
+        "do_sample",
+        "early_stopping",
+        "num_beams",
+        "num_beam_groups",
+        "diversity_penalty",
+        "temperature",
+        "top_k",
+        "top_p",
+        "typical_p",
+        "repetition_penalty",
+        "length_penalty",
+        "no_repeat_ngram_size",
+        "encoder_no_repeat_ngram_size",
+        "bad_words_ids",
+        "num_return_sequences",
+        "output_scores",
+        "return_dict_in_generate",
+        "forced_bos_token_id",
+        "forced_eos_token_id",
+        "remove_invalid_values",
+        "exponential_decay_length_penalty",
+        "suppress_tokens",
+        "begin_suppress_tokens",
+        "max_new_tokens",
+    }
+)
+
+
+def check_config_keys(hf: Any, arch: str, handled: Iterable[str], ignored: Iterable[str] = ()) -> None:
+    """Refuse an HF config key this converter does not know, unless it holds its class default.
+
+    A converter lists the keys it reads (``handled``: it maps or ``require``-checks them) and the keys
+    that change nothing for the forward pass (``ignored``: dropout rates, loss settings, legacy keys).
+    Any other key of ``hf.to_dict()`` must equal the value a default-constructed config of the same
+    class holds: the converter handles the architecture's defaults, so a default is safe, and a new
+    HF flag set to something else may change the computation without adding weights. Private keys
+    (``_name_or_path``, ``_attn_implementation``...) only choose HF kernels and are skipped.
+
+    Raises:
+        ValueError: Naming the key, its value and ``arch``; e.g. ``roberta converter does not support
+            position_embedding_type='relative_key'``.
+    """
+    allowed = GENERIC_IGNORED_KEYS.union(handled, ignored)
+    defaults = _class_defaults(type(hf))
+    items = hf.to_dict() if hasattr(hf, "to_dict") else dict(vars(hf))
+    for key, value in sorted(items.items()):
+        if key.startswith("_") or key in allowed:
+            continue
+        if key in defaults and defaults[key] == value:
+            continue
+        cls = type(hf).__name__
+        expected = f"{defaults[key]!r}, the {cls} default" if key in defaults else f"absent ({cls} has no such key)"
+        raise ValueError(
+            f"{arch} converter does not support {key}={value!r} (expected: {expected}). The converter neither "
+            "handles this HF config key nor knows it to change nothing, so loading could give a wrong result. "
+            "If it changes nothing for this checkpoint, remove it from config.json; otherwise the converter "
+            "has to implement it"
+        )
+
+
+_DEFAULTS: dict[type, dict[str, Any]] = {}
+
+
+def _class_defaults(cls: type) -> dict[str, Any]:
+    """``cls().to_dict()``, cached; empty when the class cannot be built without arguments."""
+    if cls not in _DEFAULTS:
+        try:
+            made = cls()
+            _DEFAULTS[cls] = made.to_dict() if hasattr(made, "to_dict") else dict(vars(made))
+        except Exception:  # a config class that needs arguments: every unknown key must then be listed
+            _DEFAULTS[cls] = {}
+    return _DEFAULTS[cls]

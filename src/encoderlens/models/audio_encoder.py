@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from jaxtyping import Bool, Float
@@ -22,7 +22,7 @@ from encoderlens.components.norm import make_norm
 from encoderlens.config import AudioEncoderConfig
 from encoderlens.hooks import HookPoint
 from encoderlens.io.audio import AudioBatch, AudioInput, AudioOptions, AudioPreprocessing, prepare_audio
-from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
+from encoderlens.io.checkpoint import Checkpoint, load_tokenizer, refuse_remote_code
 from encoderlens.models.audio_frames import AudioFrames, frames_input
 from encoderlens.models.base import StackWeightsMixin
 from encoderlens.models.contract import ExampleInput, Prepared, Readout, frame_position_labels
@@ -137,7 +137,8 @@ class HookedAudioEncoder(StackWeightsMixin, AudioFrames):
         if ckpt.path is not None and (ckpt.path / "preprocessor_config.json").exists():
             from transformers import AutoFeatureExtractor
 
-            fe = AutoFeatureExtractor.from_pretrained(str(ckpt.path))
+            refuse_remote_code(ckpt.path, "preprocessor_config.json")
+            fe = AutoFeatureExtractor.from_pretrained(str(ckpt.path), trust_remote_code=False)
         return {"tokenizer": load_tokenizer(ckpt.path, ckpt.config), "feature_extractor": fe}
 
     # ------------------------------------------------------------------ weights
@@ -342,7 +343,7 @@ class HookedAudioEncoder(StackWeightsMixin, AudioFrames):
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}")
         if return_type == "auto":
-            return_type = "logits" if self.ctc_head is not None else "hidden"
+            return_type = cast(AudioReturnType, "hidden" if stop_at_layer is not None else self.default_return_type)
         if return_type == "logits" and self.ctc_head is None:
             raise ValueError(
                 f"return_type='logits' needs a CTC head, and this {self.cfg.architecture} checkpoint has none; "

@@ -52,6 +52,7 @@ class EncoderDecoderInputs(HookedModel):
             pairs=False,
             what=what,
             mask_name=mask_name,
+            warn_unmasked_padding=what == "input",
         )
         device = self.embed.W_E.device
         return TextBatch(batch.tokens.to(device), batch.attention_mask.to(device), None)
@@ -106,9 +107,9 @@ class EncoderDecoderInputs(HookedModel):
                     "(token ids starting with the start token)"
                 )
             shifted[:, 0] = start
-        shifted_mask = torch.ones_like(mask)
-        shifted_mask[:, 1:] = mask[:, :-1]
-        return TextBatch(shifted, shifted_mask, None)
+        # position i predicts target i: the real positions are exactly the real targets' (a shorter row's
+        # last real target, shifted to the first padded position, predicts padding and is not real)
+        return TextBatch(shifted, mask.clone(), None)
 
     def _decoder_batch(self, decoder_input: Any, decoder_attention_mask: Any) -> TextBatch:
         stack = self._decoder()

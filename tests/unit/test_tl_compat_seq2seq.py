@@ -87,7 +87,7 @@ def test_tl_hook_names_resolve_everywhere(t5):
         assert n in cache and cache[n] is cache[model.canonical_hook_name(n)]
     # callables and globs see TL's names too
     _, c2 = model.run_with_cache(src, tgt, names_filter=lambda n: n.startswith("encoder.0."))
-    assert c2.keys() and all(k.startswith("encoder.blocks.0.") for k in c2.keys())
+    assert c2.keys() and all(k.startswith("encoder.blocks.0.") for k in c2)
     seen = []
     model.run_with_hooks(src, tgt, fwd_hooks=[("encoder.*.attn.hook_pattern", lambda x, hook: seen.append(hook.name))])
     assert seen == [f"encoder.blocks.{i}.attn.hook_pattern" for i in range(len(model.encoder))]

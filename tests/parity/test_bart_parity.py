@@ -57,7 +57,9 @@ def test_bart_parity_every_layer(tmp_path, kind, via):
         for i in range(n):
             assert masked_max_diff(cache[f"{side}.blocks.{i}.hook_resid_pre"], hidden[i], mask) < ATOL, (side, i)
             assert pattern_max_diff(cache[f"{side}.blocks.{i}.attn.hook_pattern"], attn[i], mask) < ATOL, (side, i)
-        last = cache[f"{side}.hook_final_norm"] if pre_ln else cache[f"{side}.blocks.{n - 1}.hook_resid_post"]
+        last = (
+            cache[f"{side}.hook_final_norm"] if pre_ln else cache[f"{side}.blocks.{n - 1}.hook_normalized_resid_post"]
+        )
         assert masked_max_diff(last, hidden[n], mask) < ATOL, side
     assert masked_max_diff(res.encoder_output, out.encoder_last_hidden_state, src_mask) < ATOL
     for i in range(2):

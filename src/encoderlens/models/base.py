@@ -8,6 +8,7 @@ and are re-exported here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -16,15 +17,17 @@ import torch
 from torch import Tensor
 
 from encoderlens.cache import ActivationCache, StreamSpec
+from encoderlens.components.mlp import MLP
 from encoderlens.components.stack_weights import StackWeights as StackWeights
 from encoderlens.components.stack_weights import StackWeightsMixin as StackWeightsMixin
 from encoderlens.convert import find_converter
 from encoderlens.hooks import HookedRootModule, NameFilter
 from encoderlens.io.checkpoint import Checkpoint, read_checkpoint
-from encoderlens.models.contract import ExampleInput, Prepared, Readout, StreamName
+from encoderlens.models.contract import ExampleInput, InputSpec, Prepared, Readout, StreamName
+from encoderlens.models.saes import SAEHostMixin, StopForward, saelens_run_options
 
 
-class HookedModel(HookedRootModule):
+class HookedModel(SAEHostMixin, HookedRootModule):
     """Base of every encoderlens model, and the model contract the analysis toolkit, harvest, views and the
     CLI use (and nothing else).
 
@@ -96,6 +99,13 @@ class HookedModel(HookedRootModule):
             f"{type(self).__name__} does not implement stream_spec(stream), which the model contract requires"
         )
 
+    def input_spec(self, stream: StreamName = None) -> InputSpec:
+        """Where ``stream``'s raw input enters as a tensor (token embeddings, waveform samples), for input
+        attribution; see :class:`~encoderlens.models.contract.InputSpec`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement input_spec(stream), which input attribution needs"
+        )
+
     def cross_attention_source(self, stream: StreamName) -> StreamName:
         """The stream whose positions ``stream``'s cross-attention attends to (its keys and values)."""
         raise ValueError(f"stream {stream!r} of this {self.architecture} model has no cross-attention")
@@ -105,6 +115,33 @@ class HookedModel(HookedRootModule):
         raise NotImplementedError(
             f"{type(self).__name__} does not implement example_input(), which the model contract requires"
         )
+
+    # ------------------------------------------------------------------ devices (TransformerLens spellings)
+    def to(self, *args: Any, print_details: bool = False, **kwargs: Any) -> Any:  # type: ignore[override]
+        """``nn.Module.to``; also keeps ``cfg.device`` current. ``print_details=True`` prints the move (TL).
+
+        Differs from TransformerLens: ``print_details`` defaults to False (TL prints every move).
+        """
+        out = super().to(*args, **kwargs)
+        param = next(self.parameters(), None)
+        if param is not None and getattr(self.cfg, "device", None) != str(param.device):
+            self.cfg = dataclasses.replace(self.cfg, device=str(param.device))
+            if print_details:
+                print(f"Moving model to device: {param.device}")
+        return out
+
+    def cuda(self, device: int | str | torch.device | None = None) -> Any:  # type: ignore[override]
+        """Move to a CUDA device (``cuda()``, ``cuda(1)``, ``cuda("cuda:1")``)."""
+        target = "cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else device
+        return self.to(target)
+
+    def cpu(self) -> Any:
+        """Move to the CPU."""
+        return self.to("cpu")
+
+    def mps(self) -> Any:
+        """Move to Apple's MPS device."""
+        return self.to(torch.device("mps"))
 
     @property
     def architecture(self) -> str:
@@ -145,6 +182,51 @@ class HookedModel(HookedRootModule):
             *batch.args, names_filter=names_filter, return_type=rt, **batch.kwargs, **cache_options
         )
 
+    def run_with_cache(
+        self,
+        *model_args: Any,
+        names_filter: NameFilter = None,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        reset_hooks_end: bool = True,
+        return_cache_object: bool = True,
+        **model_kwargs: Any,
+    ) -> tuple[Any, Any]:
+        """:meth:`~encoderlens.hooks.HookedRootModule.run_with_cache`, also taking the keywords SAELens passes.
+
+        ``prepend_bos`` (True / None: encoders always add their start token to text; False with text is
+        refused), ``padding_side`` (``"right"`` only) and ``stop_at_layer=n`` (return block ``n``'s
+        ``hook_resid_pre`` of the last stream, running nothing after it); see
+        :func:`~encoderlens.models.saes.saelens_run_options`.
+        """
+        spec = self.stream_spec(self.streams[-1])
+        extra, stops = saelens_run_options(
+            model_args, model_kwargs, lambda i: f"{spec.prefix}blocks.{i}.hook_resid_pre", spec.n_layers
+        )
+        if stops and incl_bwd:
+            raise ValueError("stop_at_layer cannot be combined with incl_bwd=True (nothing to differentiate)")
+        if not extra:
+            return super().run_with_cache(
+                *model_args,
+                names_filter=names_filter,
+                device=device,
+                remove_batch_dim=remove_batch_dim,
+                incl_bwd=incl_bwd,
+                reset_hooks_end=reset_hooks_end,
+                return_cache_object=return_cache_object,
+                **model_kwargs,
+            )
+        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim)
+        with self.hooks([*fwd, *extra], bwd, reset_hooks_end=reset_hooks_end):
+            try:
+                out = self(*model_args, **model_kwargs)
+            except StopForward as stop:
+                out = stop.value
+        if return_cache_object:
+            return out, self.make_cache(store, has_batch_dim=not remove_batch_dim)
+        return out, store
+
     # ------------------------------------------------------------------ loading
 
     def make_cache(self, store: dict[str, Tensor], has_batch_dim: bool = True) -> ActivationCache:
@@ -170,6 +252,10 @@ class HookedModel(HookedRootModule):
         hf_model: Any = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        *,
+        revision: str | None = None,
+        move_to_device: bool = True,
+        torch_dtype: torch.dtype | None = None,
         **extras: Any,
     ) -> Any:
         """Load an HF checkpoint: a hub name, a local folder, or an already-loaded HF model.
@@ -182,7 +268,11 @@ class HookedModel(HookedRootModule):
             hf_model: An already-loaded ``transformers`` model (its weights are converted).
             device: Where to put the model.
             dtype: Parameter dtype (float32 for parity work).
-            **extras: Override loaded extras, e.g. ``tokenizer=...``.
+            revision: Hub revision (branch, tag or commit) of a hub name; an unknown one raises.
+            move_to_device: As TransformerLens: False leaves the model on the CPU even if ``device`` is given.
+            torch_dtype: TransformerLens / HF spelling of ``dtype``.
+            **extras: Override loaded extras, e.g. ``tokenizer=...``. TransformerLens keywords that cannot
+                apply here (``checkpoint_index``, ``load_in_8bit``, ``fold_ln``...) raise a ValueError saying why.
 
         Example:
             >>> model = HookedEncoder.from_pretrained("default")  # packaged all-MiniLM-L6-v2
@@ -192,7 +282,10 @@ class HookedModel(HookedRootModule):
                 f"{cls.__name__}.from_pretrained needs a model family class; use encoderlens.from_pretrained "
                 "(it picks the class from the checkpoint) or HookedEncoder / HookedAudioEncoder / HookedEncoderDecoder"
             )
-        return load_pretrained(name_or_path, {cls.family: cls}, hf_model, device, dtype, **extras)
+        dtype = resolve_tl_keywords(extras, dtype, torch_dtype)
+        return load_pretrained(
+            name_or_path, {cls.family: cls}, hf_model, device if move_to_device else None, dtype, revision, **extras
+        )
 
     def load_converted(self, state_dict: dict[str, Tensor]) -> None:
         """Load a converted state dict; every parameter must be provided with the right shape."""
@@ -232,6 +325,7 @@ def load_pretrained(
     hf_model: Any = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
     **extras: Any,
 ) -> Any:
     """Read, convert and build a checkpoint as the class of ``classes`` named by its family.
@@ -242,6 +336,7 @@ def load_pretrained(
         hf_model: An already-loaded ``transformers`` model (its weights are converted).
         device: Where to put the model.
         dtype: Parameter dtype.
+        revision: Hub revision of a hub name.
         **extras: Override loaded extras, e.g. ``tokenizer=...``.
 
     Raises:
@@ -249,7 +344,9 @@ def load_pretrained(
     """
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
-    ckpt = read_checkpoint(name_or_path, hf_model)
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype (torch.float32, torch.bfloat16, torch.float16), got {dtype}")
+    ckpt = read_checkpoint(name_or_path, hf_model, revision=revision)
     cfg, state_dict = find_converter(ckpt.config)(ckpt.config, ckpt.state_dict)
     model_cls = classes.get(cfg.family)
     if model_cls is None:
@@ -263,5 +360,49 @@ def load_pretrained(
         model = model_cls(cfg, **kwargs)
     model.load_converted({**state_dict, **model.weights_from_checkpoint(ckpt)})
     model.to(device=device, dtype=dtype)
+    if dtype == torch.float16:
+        # modules HF keeps in float32 under float16 (T5's wo), so the numbers are HF's
+        for module in model.modules():
+            if isinstance(module, MLP):
+                module.keep_out_in_float32()
     model.eval()
     return model
+
+
+#: TransformerLens ``from_pretrained`` keywords that have no meaning here, with the reason.
+_INAPPLICABLE_TL_KEYWORDS: dict[str, str] = {
+    "checkpoint_index": "it picks an intermediate training checkpoint of TransformerLens's own model table; "
+    "pass the checkpoint's hub name with revision=... or a local folder instead",
+    "checkpoint_value": "it picks an intermediate training checkpoint of TransformerLens's own model table; "
+    "pass the checkpoint's hub name with revision=... or a local folder instead",
+    "load_in_8bit": "quantised weights would break parity with HF; load in float32, bfloat16 or float16 (dtype=)",
+    "load_in_4bit": "quantised weights would break parity with HF; load in float32, bfloat16 or float16 (dtype=)",
+    "n_devices": "models here live on one device; pass device=...",
+    "fold_ln": "weights are kept exactly as in the HF checkpoint (post-LN norms cannot be folded)",
+    "center_writing_weights": "weights are kept exactly as in the HF checkpoint",
+    "center_unembed": "weights are kept exactly as in the HF checkpoint",
+    "fold_value_biases": "weights are kept exactly as in the HF checkpoint",
+    "refactor_factored_attn_matrices": "weights are kept exactly as in the HF checkpoint",
+    "default_prepend_bos": "tokenisation is the checkpoint tokenizer's own (special tokens as HF adds them)",
+    "default_padding_side": "padding is always on the right, as the HF tokenizers of these models do",
+}
+
+
+def resolve_tl_keywords(extras: dict[str, Any], dtype: torch.dtype, torch_dtype: torch.dtype | None) -> torch.dtype:
+    """Check TransformerLens-only ``from_pretrained`` keywords (removed from ``extras``); return the dtype.
+
+    Raises:
+        ValueError: A keyword that cannot apply (why, and what to do instead), or both dtype spellings.
+    """
+    for key, why in _INAPPLICABLE_TL_KEYWORDS.items():
+        if key not in extras:
+            continue
+        value = extras.pop(key)
+        if value in (None, False) or (key == "n_devices" and value == 1):
+            continue  # the TransformerLens default: nothing asked
+        raise ValueError(f"from_pretrained(..., {key}={value!r}) is not supported: {why}")
+    if torch_dtype is None:
+        return dtype
+    if dtype is not torch.float32 and dtype != torch_dtype:
+        raise ValueError(f"from_pretrained got dtype={dtype} and torch_dtype={torch_dtype}; pass one of them")
+    return torch_dtype

@@ -104,7 +104,7 @@ def test_text_encoder_half_precision(tmp_path, arch, dtype):
     check("logits (no hooks)", fast, half.logits, ref.logits, mask)
     n = model.cfg.n_layers
     for i in range(n):
-        ours = cache["resid_post", i]
+        ours = cache[model.stream_spec().resid_hook(i)]  # the block output (post-LN: normalized_resid_post)
         if i == n - 1 and final_norm_last:
             ours = model.ln_final(ours)
         check(f"resid_post {i}", ours, half.hidden_states[i + 1], ref.hidden_states[i + 1], mask)
@@ -188,5 +188,6 @@ def test_audio_encoder_half_precision(tmp_path, variant, dtype):
     check("logits", out.logits, half.logits, ref.logits, mask)
     check("logits (no hooks)", fast, half.logits, ref.logits, mask)
     for i in range(model.cfg.n_layers):
-        check(f"resid_post {i}", cache["resid_post", i], half.hidden_states[i + 1], ref.hidden_states[i + 1], mask)
+        block_out = cache[model.stream_spec().resid_hook(i)]  # post-LN: normalized_resid_post
+        check(f"resid_post {i}", block_out, half.hidden_states[i + 1], ref.hidden_states[i + 1], mask)
         check_patterns(f"pattern {i}", cache["pattern", i], half.attentions[i], ref.attentions[i], mask)

@@ -245,7 +245,7 @@ def attribute_input(
     """Attribute ``target`` to the input (or to activations at ``hooks``) with saliency, x * grad or IG.
 
     Args:
-        model: Any encoderlens model.
+        model: An encoderlens model.
         input: Raw input (plus ``input_options``) or a :class:`Prepared`.
         target: ``target(output, batch) -> (batch,)``, e.g. from :mod:`encoderlens.analysis.targets`
             (its ``return_type`` is used unless ``return_type`` is given).

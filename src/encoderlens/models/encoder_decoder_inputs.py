@@ -47,7 +47,7 @@ class EncoderDecoderInputs(HookedModel):
             input,
             mask,
             tokenizer=self.tokenizer,
-            d_vocab=self.cfg.d_vocab,
+            d_vocab=stack.d_vocab,
             max_positions=stack.max_positions,
             pairs=False,
             what=what,

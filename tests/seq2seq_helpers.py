@@ -41,7 +41,6 @@ def t5_config(cls=T5Config, **kw):
         decoder_start_token_id=0,
         pad_token_id=0,
         eos_token_id=1,
-        layer_norm_epsilon=1e-2,  # not the default 1e-6: a converter ignoring the config's eps cannot pass
         attn_implementation="eager",
     )
     base.update(kw)

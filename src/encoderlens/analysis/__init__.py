@@ -25,6 +25,7 @@ from encoderlens.analysis.heads import ALL_DETECTORS, head_scores, score_pattern
 from encoderlens.analysis.html import HtmlView, page
 from encoderlens.analysis.input_attribution import InputAttribution, attribute_input
 from encoderlens.analysis.lens import LensResult, ctc_collapse, ctc_lens, head_fn, logit_lens
+from encoderlens.analysis.neuron_view import neuron_view_html
 from encoderlens.analysis.neurons import attribute_neurons, patch_neurons
 from encoderlens.analysis.patching import (
     Target,
@@ -120,6 +121,7 @@ __all__ = [
     "logit_diff",
     "logit_lens",
     "model_view_html",
+    "neuron_view_html",
     "page",
     "patch_attn_layers",
     "patch_block_outputs",

@@ -21,14 +21,11 @@ import numpy as np
 import pytest
 import torch
 from transformers import (
-    BartForConditionalGeneration,
     BertForMaskedLM,
-    DebertaV2Config,
     DebertaV2ForMaskedLM,
     HubertConfig,
     HubertForCTC,
     ModernBertForMaskedLM,
-    T5ForConditionalGeneration,
     Wav2Vec2Config,
     Wav2Vec2ForCTC,
 )

@@ -251,9 +251,7 @@ def load_pretrained(
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
     if not dtype.is_floating_point:
-        raise ValueError(
-            f"dtype must be a floating dtype (torch.float32, torch.bfloat16, torch.float16), got {dtype}"
-        )
+        raise ValueError(f"dtype must be a floating dtype (torch.float32, torch.bfloat16, torch.float16), got {dtype}")
     ckpt = read_checkpoint(name_or_path, hf_model)
     cfg, state_dict = find_converter(ckpt.config)(ckpt.config, ckpt.state_dict)
     model_cls = classes.get(cfg.family)

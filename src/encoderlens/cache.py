@@ -27,7 +27,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from encoderlens.cache_tl import TLCacheMethods
+from encoderlens.hooks import HookedRootModule
 from encoderlens.names import get_act_name
+from encoderlens.slicing import apply_slice
 
 
 class CacheKeyError(KeyError, ValueError):
@@ -70,6 +73,19 @@ class StreamSpec:
     unembed: tuple[Tensor, Tensor] | None = None
     unembed_note: str = ""
 
+    def resid_hook(self, layer: int, where: str = "post") -> str:
+        """Full name of the hook holding the residual stream itself in block ``layer``.
+
+        ``where``: ``"mid"`` (after attention), ``"mid_cross"`` (after cross-attention) or ``"post"`` (the
+        block's output, = the next block's ``hook_resid_pre``). Pre-LN: ``hook_resid_{where}``. Post-LN
+        (as TransformerLens's BertBlock): ``hook_resid_{where}`` is the sum entering the norm, and the
+        stream is ``hook_normalized_resid_{where}``.
+        """
+        if where not in ("mid", "mid_cross", "post"):
+            raise ValueError(f"where must be 'mid', 'mid_cross' or 'post', got {where!r}")
+        kind = "normalized_resid" if self.norm_position == "post" else "resid"
+        return f"{self.prefix}blocks.{layer}.hook_{kind}_{where}"
+
 
 def fold_norm_into_unembed(norm: nn.Module | None, W_U: Tensor, b_U: Tensor) -> tuple[Tensor, Tensor]:
     """Fold a final norm's affine ``(w, b)`` into an unembedding: ``W = diag(w) W_U``, ``b' = b_U + b W_U``.
@@ -87,19 +103,10 @@ def fold_norm_into_unembed(norm: nn.Module | None, W_U: Tensor, b_U: Tensor) -> 
 
 
 def _slice_pos(t: Tensor, pos_slice: Any, dim: int) -> Tensor:
-    if pos_slice is None:
-        return t
-    if isinstance(pos_slice, int):
-        return t.select(dim, pos_slice)
-    if isinstance(pos_slice, slice):
-        idx = [slice(None)] * t.ndim
-        idx[dim] = pos_slice
-        return t[tuple(idx)]
-    index = torch.as_tensor(pos_slice, device=t.device, dtype=torch.long)
-    return t.index_select(dim, index)
+    return apply_slice(t, pos_slice, dim)
 
 
-class ActivationCache:
+class ActivationCache(TLCacheMethods):
     """A dict of cached activations with short keys and residual-stream helpers.
 
     Keys: full hook names, or ``(short_name, layer[, layer_type])`` tuples: ``cache["pattern", 0]``,
@@ -128,12 +135,24 @@ class ActivationCache:
         if isinstance(key, str):
             if key in self.cache_dict:
                 return key
+            if isinstance(self.model, HookedRootModule):
+                # another name of a hook point (TransformerLens's T5 names: "encoder.0.attn.hook_v"...)
+                canonical = self.model.canonical_hook_name(key)
+                if canonical in self.cache_dict:
+                    return canonical
             prefixed = f"{self.stream}.{key}" if self.stream else key
+            if prefixed not in self.cache_dict and "." not in key and not key.startswith("hook_"):
+                try:  # TransformerLens short keys: cache["embed"] -> "hook_embed"
+                    return get_act_name(key, stream=self.stream)
+                except ValueError:
+                    pass
             return prefixed
         if isinstance(key, tuple) and key and isinstance(key[0], str):
             if len(key) > 3:
                 raise ValueError(f"cache keys are (name, layer[, layer_type]), got {key!r}")
             layer = key[1] if len(key) > 1 else None
+            if isinstance(layer, int) and layer < 0:  # cache["k", -1]: the last block
+                layer += self._spec().n_layers
             layer_type = key[2] if len(key) > 2 else None
             return get_act_name(key[0], layer, layer_type, stream=self._stream_for_short_keys())
         raise TypeError(f"cache key must be a hook name or (name, layer[, layer_type]) tuple, got {key!r}")
@@ -260,7 +279,7 @@ class ActivationCache:
         if spec.norm_position != "pre":
             raise ValueError(
                 f"{method} is not defined for this post-LN stream: each block renormalises the residual "
-                "(resid_mid = LN(resid_pre + attn_out), resid_post = LN(resid_mid + mlp_out)), so component outputs "
+                "(the stream is LN(resid_pre + attn_out), then LN(that + mlp_out)), so component outputs "
                 "do not sum to any later residual. Use accumulated_resid (the actual stream per layer) or "
                 "stack_head_results (each head's exact share of its own block's attn_out) instead."
             )
@@ -310,13 +329,13 @@ class ActivationCache:
             comps.append(self._need(f"{p}blocks.{i}.hook_resid_pre", "accumulated_resid"))
             labels.append(f"{i}_pre")
             if incl_mid:
-                comps.append(self._need(f"{p}blocks.{i}.hook_resid_mid", "accumulated_resid"))
+                comps.append(self._need(spec.resid_hook(i, "mid"), "accumulated_resid"))
                 labels.append(f"{i}_mid")
                 if spec.has_cross_attention:
-                    comps.append(self._need(f"{p}blocks.{i}.hook_resid_mid_cross", "accumulated_resid"))
+                    comps.append(self._need(spec.resid_hook(i, "mid_cross"), "accumulated_resid"))
                     labels.append(f"{i}_mid_cross")
         if n == spec.n_layers:
-            comps.append(self._need(f"{p}blocks.{n - 1}.hook_resid_post", "accumulated_resid"))
+            comps.append(self._need(spec.resid_hook(n - 1), "accumulated_resid"))
             labels.append("final_post")
         stack = torch.stack(comps)
         if apply_ln:
@@ -411,7 +430,7 @@ class ActivationCache:
             resid = (
                 self._need(f"{p}blocks.{n}.hook_resid_pre", "stack_head_results")
                 if n < spec.n_layers
-                else self._need(f"{p}blocks.{n - 1}.hook_resid_post", "stack_head_results")
+                else self._need(spec.resid_hook(n - 1), "stack_head_results")
             )
             stack = torch.cat([stack, (resid - stack.sum(0))[None]])
             labels.append("remainder")
@@ -494,22 +513,30 @@ class ActivationCache:
     # ------------------------------------------------------------------ norms and logits
     def apply_ln_to_stack(
         self,
-        residual_stack: Float[Tensor, "... batch pos d_model"],
+        residual_stack: Float[Tensor, "... d_model"],
         layer: int | None = None,
         mlp_input: bool = False,
         pos_slice: Any = None,
         batch_slice: Any = None,
         has_batch_dim: bool = True,
-    ) -> Float[Tensor, "... batch pos d_model"]:
+    ) -> Float[Tensor, "... d_model"]:
         """Apply a cached norm's scale to every component (pre-LN only), as the norm treats their sum.
 
-        ``layer=None`` uses the final norm; ``layer=i`` the norm before block ``i``'s attention (``ln1``)
-        or, with ``mlp_input``, before its MLP (``ln2``). LayerNorm components are centred first; RMSNorm
-        ones are not. The norm's weight is not applied (fold it into what reads the stream).
+        ``layer=None`` or ``-1`` uses the final norm; ``layer=i`` the norm before block ``i``'s attention
+        (``ln1``) or, with ``mlp_input``, before its MLP (``ln2``; ``ln3`` in decoder blocks, whose ``ln2`` is
+        the cross-attention norm). LayerNorm components are centred first; RMSNorm ones are not. The norm's
+        weight is not applied (fold it into what reads the stream).
+
+        Slices as TransformerLens: ``residual_stack`` is ``(component, batch, [pos,] d_model)`` already cut
+        to ``pos_slice``; ``pos_slice`` and ``batch_slice`` cut the cached scale to match, and
+        ``batch_slice`` also cuts the stack's batch axis (axis 1). Both take None, an int, a slice, a tuple
+        (``slice(*t)``), a list of indices or TransformerLens's ``Slice``.
         """
         spec = self._spec()
         if spec.norm_position != "pre":
             self._require_pre_ln(spec, "apply_ln_to_stack")
+        if layer is not None and layer < 0:
+            layer = self._n_layers(spec, layer)
         if layer is None or layer == spec.n_layers:
             if spec.final_norm is None:
                 raise ValueError("this stream has no final norm; pass layer=i to use block i's input norm")
@@ -517,16 +544,23 @@ class ActivationCache:
                 spec.prefix + spec.final_norm if not spec.final_norm.startswith(spec.prefix) else spec.final_norm
             )
         else:
-            norm_path = f"{spec.prefix}blocks.{layer}.{'ln2' if mlp_input else 'ln1'}"
+            ln = str(spec.blocks[layer].mlp_norm_name) if mlp_input else "ln1"
+            norm_path = f"{spec.prefix}blocks.{layer}.{ln}"
         scale = self._need(f"{norm_path}.hook_scale", "apply_ln_to_stack")
         norm_mod = self.model.get_submodule(norm_path)
         x = residual_stack
+        if has_batch_dim and self.has_batch_dim and batch_slice is not None:
+            x = apply_slice(x, batch_slice, 1)
         if getattr(norm_mod.cfg, "kind", "layernorm") == "layernorm":
             x = x - x.mean(-1, keepdim=True)
-        if pos_slice is not None:
-            scale = _slice_pos(scale, pos_slice, -2)
-        if batch_slice is not None and has_batch_dim:
-            scale = _slice_pos(scale, batch_slice, 0)
+        if self.has_batch_dim:
+            scale = apply_slice(scale, batch_slice, 0)
+        scale = apply_slice(scale, pos_slice, -2)
+        if scale.ndim > x.ndim - 1 or tuple(scale.shape[:-1]) != tuple(x.shape[-scale.ndim : -1]):
+            raise ValueError(
+                f"apply_ln_to_stack: the stack {tuple(x.shape)} does not match the cached scale {tuple(scale.shape)} "
+                "(batch, pos, 1) after pos_slice/batch_slice; pass the pos_slice the stack was cut with"
+            )
         return x / scale
 
     def logit_attrs(
@@ -538,10 +572,22 @@ class ActivationCache:
         batch_slice: Any = None,
         has_batch_dim: bool = True,
     ) -> Tensor:
-        """Project (already normalised) residual components onto unembedding directions.
+        """Logit attribution of each residual component, as TransformerLens.
 
-        ``attr = component . W_U[:, token]`` (minus the ``incorrect_tokens`` direction if given).
-        Apply :meth:`apply_ln_to_stack` first for pre-LN stacks. Needs a linear unembedding.
+        The components are normalised with the cached final-norm scale (:meth:`apply_ln_to_stack`, with
+        the same ``pos_slice`` / ``batch_slice`` meaning) where the stream has a final norm, then projected:
+        ``attr = component . W_U[:, token]`` (minus the ``incorrect_tokens`` direction if given). Needs a
+        linear unembedding (the final norm's affine is folded into it).
+
+        Args:
+            residual_stack: ``(component, batch, [pos,] d_model)``, cut to ``pos_slice`` already.
+            tokens: One token id, or ids per item (and position).
+            incorrect_tokens: Ids of the same shape whose direction is subtracted.
+            pos_slice: The positions the stack was cut to.
+            batch_slice: Items to keep (cuts the stack's axis 1).
+            has_batch_dim: Whether the stack has a batch axis.
+
+        Differs from TransformerLens: string tokens are not accepted (pass ids).
         """
         spec = self._spec()
         if spec.unembed is None:
@@ -553,10 +599,12 @@ class ActivationCache:
         if not isinstance(tokens, (int, Tensor)):
             raise TypeError(f"tokens must be an int or a LongTensor, got {type(tokens).__name__}")
         x = residual_stack
-        if pos_slice is not None:
-            x = _slice_pos(x, pos_slice, -2)
-        if batch_slice is not None and has_batch_dim:
-            x = _slice_pos(x, batch_slice, -3 if pos_slice is None or not isinstance(pos_slice, int) else -2)
+        if spec.final_norm is not None and spec.norm_position == "pre":
+            x = self.apply_ln_to_stack(
+                x, None, pos_slice=pos_slice, batch_slice=batch_slice, has_batch_dim=has_batch_dim
+            )
+        elif has_batch_dim and self.has_batch_dim:
+            x = apply_slice(x, batch_slice, 1)
         W_U = W_U.to(x.device, x.dtype)
         tok = torch.as_tensor(tokens, device=x.device)
         direction = W_U[:, tok].movedim(0, -1)

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from functools import cached_property
 from typing import Any
 
@@ -19,46 +20,74 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+__all__ = ["FactoredMatrix", "FactoredMatrixBroadcastError", "FactoredMatrixShapeError"]
+
 _HALF = (torch.float16, torch.bfloat16)
 
 
-class FactoredMatrix:
-    """The matrix ``A @ B`` with ``A: (..., ldim, mdim)`` and ``B: (..., mdim, rdim)``."""
+class FactoredMatrixShapeError(ValueError, AssertionError):
+    """Shapes that cannot combine (inner dimensions, a non-square ``BA``, a non-scalar scale).
 
-    def __init__(self, A: Float[Tensor, "... ldim mdim"], B: Float[Tensor, "... mdim rdim"]) -> None:
-        if not isinstance(A, Tensor) or not isinstance(B, Tensor):
+    A ``ValueError``, and also an ``AssertionError`` as TransformerLens raises for the same cases.
+    """
+
+
+class FactoredMatrixBroadcastError(FactoredMatrixShapeError, RuntimeError):
+    """Leading (batch) dimensions that do not broadcast; also a ``RuntimeError``, as TransformerLens raises."""
+
+
+def _is_matrix_like(x: Any) -> bool:
+    """A torch tensor or a tensor-like object (``ndim``, ``shape``, ``size``, ``@``)."""
+    return isinstance(x, Tensor) or all(hasattr(x, a) for a in ("ndim", "shape", "size", "__matmul__"))
+
+
+class FactoredMatrix:
+    """The matrix ``A @ B`` with ``A: (..., ldim, mdim)`` and ``B: (..., mdim, rdim)``, as in TransformerLens 3.5.
+
+    ``A`` and ``B`` may be tensor-like objects (``ndim``, ``shape``, ``size``, ``unsqueeze``, ``@``); then only
+    products (``@``, ``AB``, ``BA``) work. Leading dimensions broadcast like torch batch matmul.
+
+    Attributes:
+        A, B: The factors (broadcast to the common leading shape).
+        ldim, mdim, rdim: Rows, inner dimension, columns.
+        has_leading_dims: Whether ``A`` or ``B`` was given with leading (batch) dimensions.
+        shape: ``(*leading, ldim, rdim)``.
+    """
+
+    def __init__(self, A: Float[Tensor, "... ldim mdim"] | Any, B: Float[Tensor, "... mdim rdim"] | Any) -> None:
+        if not _is_matrix_like(A) or not _is_matrix_like(B):
             raise TypeError(f"FactoredMatrix needs two tensors, got {type(A).__name__} and {type(B).__name__}")
         if A.ndim < 2 or B.ndim < 2:
-            raise ValueError(f"A and B need at least 2 dims, got shapes {tuple(A.shape)} and {tuple(B.shape)}")
-        if A.shape[-1] != B.shape[-2]:
-            raise ValueError(
+            raise FactoredMatrixShapeError(
+                f"A and B need at least 2 dims, got shapes {tuple(A.shape)} and {tuple(B.shape)}"
+            )
+        if A.size(-1) != B.size(-2):
+            raise FactoredMatrixShapeError(
                 f"inner dimensions differ: A is {tuple(A.shape)}, B is {tuple(B.shape)}; "
                 "expected A.shape[-1] == B.shape[-2]"
             )
-        lead = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
-        self.A = A.broadcast_to(*lead, *A.shape[-2:])
-        self.B = B.broadcast_to(*lead, *B.shape[-2:])
-
-    # ------------------------------------------------------------------ shape
-    @property
-    def ldim(self) -> int:
-        return self.A.shape[-2]
-
-    @property
-    def rdim(self) -> int:
-        return self.B.shape[-1]
-
-    @property
-    def mdim(self) -> int:
-        return self.A.shape[-1]
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((*self.A.shape[:-2], self.ldim, self.rdim))
+        self.ldim: int = int(A.size(-2))
+        self.mdim: int = int(B.size(-2))
+        self.rdim: int = int(B.size(-1))
+        self.has_leading_dims: bool = A.ndim > 2 or B.ndim > 2
+        try:
+            lead = torch.broadcast_shapes(tuple(A.shape[:-2]), tuple(B.shape[:-2]))
+        except RuntimeError as e:
+            raise FactoredMatrixBroadcastError(
+                f"leading dimensions mismatch (they do not broadcast): A is {tuple(A.shape)}, B is {tuple(B.shape)}"
+            ) from e
+        self.shape = torch.Size((*lead, self.ldim, self.rdim))
+        self.A = A.broadcast_to((*lead, self.ldim, self.mdim)) if tuple(A.shape[:-2]) != tuple(lead) else A
+        self.B = B.broadcast_to((*lead, self.mdim, self.rdim)) if tuple(B.shape[:-2]) != tuple(lead) else B
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+    @property
+    def pair(self) -> tuple[Tensor, Tensor]:
+        """``(A, B)``."""
+        return self.A, self.B
 
     def __repr__(self) -> str:
         return f"FactoredMatrix(shape={tuple(self.shape)}, mdim={self.mdim})"
@@ -73,39 +102,61 @@ class FactoredMatrix:
     def BA(self) -> Float[Tensor, "... rdim ldim"]:
         """``B @ A`` (needs ``ldim == rdim``); has the same nonzero eigenvalues as ``AB``."""
         if self.ldim != self.rdim:
-            raise ValueError(f"BA needs a square product, got ldim={self.ldim}, rdim={self.rdim}")
+            raise FactoredMatrixShapeError(f"BA needs a square product, got ldim={self.ldim}, rdim={self.rdim}")
         return self.B @ self.A
 
     @property
     def T(self) -> FactoredMatrix:
         return FactoredMatrix(self.B.transpose(-2, -1), self.A.transpose(-2, -1))
 
-    def __matmul__(self, other: Tensor | FactoredMatrix) -> FactoredMatrix | Tensor:
-        if isinstance(other, FactoredMatrix):
-            # keep the smaller inner dimension
-            if self.mdim <= other.mdim:
-                return FactoredMatrix(self.A, (self.B @ other.A) @ other.B)
-            return FactoredMatrix(self.A @ (self.B @ other.A), other.B)
-        if isinstance(other, Tensor):
-            if other.ndim == 1:
-                return (self.A @ (self.B @ other[:, None]))[..., 0]
-            if other.shape[-2] != self.rdim:
-                raise ValueError(f"cannot multiply {tuple(self.shape)} by {tuple(other.shape)}: inner dims differ")
-            return FactoredMatrix(self.A, self.B @ other)
-        return NotImplemented
+    def __matmul__(self, other: Any) -> Any:
+        """``self @ other``: a FactoredMatrix for a matrix or a FactoredMatrix, a tensor for a vector.
 
-    def __rmatmul__(self, other: Tensor) -> FactoredMatrix | Tensor:
-        if isinstance(other, Tensor):
-            if other.ndim == 1:
-                return ((other[None, :] @ self.A) @ self.B)[..., 0, :]
-            if other.shape[-1] != self.ldim:
-                raise ValueError(f"cannot multiply {tuple(other.shape)} by {tuple(self.shape)}: inner dims differ")
+        As TransformerLens, the product keeps the smaller inner dimension: ``(A @ B) @ M`` is
+        ``FactoredMatrix(A, B @ M)`` when ``rdim > mdim``, else ``FactoredMatrix(AB, M)``.
+        """
+        if isinstance(other, FactoredMatrix):
+            return (self @ other.A) @ other.B
+        if not _is_matrix_like(other):
+            return NotImplemented
+        if other.ndim < 2:
+            if other.size(-1) != self.rdim:
+                raise FactoredMatrixShapeError(
+                    f"cannot multiply {tuple(self.shape)} by a vector of {other.size(-1)}: inner dims differ"
+                )
+            return (self.A @ (self.B @ other.unsqueeze(-1))).squeeze(-1)
+        if other.size(-2) != self.rdim:
+            raise FactoredMatrixShapeError(
+                f"cannot multiply {tuple(self.shape)} by {tuple(other.shape)}: inner dims differ "
+                f"({self.rdim} vs {other.size(-2)})"
+            )
+        if self.rdim > self.mdim:
+            return FactoredMatrix(self.A, self.B @ other)
+        return FactoredMatrix(self.AB, other)
+
+    def __rmatmul__(self, other: Any) -> Any:
+        """``other @ self`` for a matrix (a FactoredMatrix) or a vector (a tensor)."""
+        if isinstance(other, FactoredMatrix):
+            return other.A @ (other.B @ self)
+        if not _is_matrix_like(other):
+            return NotImplemented
+        if other.size(-1) != self.ldim:
+            raise FactoredMatrixShapeError(
+                f"cannot multiply {tuple(other.shape)} by {tuple(self.shape)}: inner dims differ "
+                f"({other.size(-1)} vs {self.ldim})"
+            )
+        if other.ndim < 2:
+            return ((other.unsqueeze(-2) @ self.A) @ self.B).squeeze(-2)
+        if self.ldim > self.mdim:
             return FactoredMatrix(other @ self.A, self.B)
-        return NotImplemented
+        return FactoredMatrix(other, self.AB)
 
     def __mul__(self, scalar: float | int | Tensor) -> FactoredMatrix:
         if isinstance(scalar, Tensor) and scalar.numel() != 1:
-            raise ValueError("FactoredMatrix can only be scaled by a scalar")
+            raise FactoredMatrixShapeError(
+                f"a FactoredMatrix can only be scaled by a scalar, got a tensor of shape {tuple(scalar.shape)}; "
+                "use @ for matrix products"
+            )
         return FactoredMatrix(self.A * scalar, self.B)
 
     __rmul__ = __mul__
@@ -150,14 +201,26 @@ class FactoredMatrix:
         return self._svd[1]
 
     @property
+    def V(self) -> Tensor:
+        """Right singular vectors: ``AB == U @ diag(S) @ V^T``."""
+        return self._svd[2]
+
+    @property
     def Vh(self) -> Tensor:
-        return self._svd[2].transpose(-2, -1)
+        """Deprecated (TransformerLens 3.5): an alias of :attr:`V`, not its transpose; warns."""
+        warnings.warn(
+            "FactoredMatrix.Vh returns V (the right singular vectors), not V^T, as in TransformerLens 3.5; "
+            "use .V, or .V.transpose(-2, -1) for V^T",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self._svd[2]
 
     @property
     def eigenvalues(self) -> Tensor:
         """Eigenvalues of ``AB`` (complex), computed as the ``mdim`` eigenvalues of ``BA``'s small form ``B @ A``."""
         if self.ldim != self.rdim:
-            raise ValueError(f"eigenvalues need a square matrix, got {tuple(self.shape)}")
+            raise FactoredMatrixShapeError(f"eigenvalues need a square matrix, got {tuple(self.shape)}")
         A, B = self._factors_for_linalg()
         return torch.linalg.eig(B @ A).eigenvalues
 
@@ -165,15 +228,21 @@ class FactoredMatrix:
         """Frobenius norm (over the last two dims)."""
         return self.S.pow(2).sum(-1).sqrt()
 
+    def make_even(self) -> FactoredMatrix:
+        """The same matrix as ``(U sqrt(S), sqrt(S) V^T)``: each factor carries half the singular values."""
+        root = self.S.sqrt()
+        return FactoredMatrix(self.U * root[..., None, :], root[..., :, None] * self.V.transpose(-2, -1))
+
     def get_corner(self, k: int = 3) -> Tensor:
         """Top-left ``k x k`` corner of ``AB`` (of every leading item), without forming the whole product."""
         return self.A[..., :k, :] @ self.B[..., :, :k]
 
     def collapse_l(self) -> Tensor:
-        """``S[:, None] * V^T``: the matrix with ``A`` collapsed to an orthonormal basis."""
-        return self.S[..., :, None] * self.Vh
+        """``S[:, None] * V^T``: the matrix with ``A`` collapsed to an orthonormal basis, ``(..., mdim, rdim)``."""
+        return self.S[..., :, None] * self.V.transpose(-2, -1)
 
     def collapse_r(self) -> Tensor:
+        """``U * S``: the matrix with ``B`` collapsed, ``(..., ldim, mdim)``."""
         return self.U * self.S[..., None, :]
 
     def unsqueeze(self, dim: int) -> FactoredMatrix:
@@ -184,16 +253,39 @@ class FactoredMatrix:
         return FactoredMatrix(self.A.unsqueeze(dim), self.B.unsqueeze(dim))
 
     def __getitem__(self, idx: Any) -> FactoredMatrix:
-        """Index leading dimensions only (e.g. ``model.OV[layer, head]``)."""
+        """Index as TransformerLens: leading dims, then rows (of ``A``), then columns (of ``B``).
+
+        An integer row or column index keeps that dimension with size 1 (``fm[..., 2, :]`` style results
+        stay matrices), e.g. ``model.OV[layer, head]`` or ``fm[0, 1:3]``.
+        """
         if not isinstance(idx, tuple):
             idx = (idx,)
-        n_lead = self.ndim - 2
-        if sum(1 for i in idx if i is not Ellipsis and i is not None) > n_lead:
-            raise IndexError(
-                f"FactoredMatrix of shape {tuple(self.shape)} can be indexed on its {n_lead} leading dim(s) only; "
-                "use .AB[...] to index the matrix itself"
-            )
-        return FactoredMatrix(self.A[idx], self.B[idx])
+        n = len([i for i in idx if i is not None])
+        if any(i is Ellipsis for i in idx):
+            if n - 1 > self.ndim - 2:
+                raise IndexError(
+                    f"an index with ... selects leading dims only; {idx} is too long for shape {tuple(self.shape)}"
+                )
+            return FactoredMatrix(self.A[idx], self.B[idx])
+        if n <= self.ndim - 2:
+            return FactoredMatrix(self.A[idx], self.B[idx])
+        if n == self.ndim - 1:
+            idx = _keep_dim(idx, -1)
+            return FactoredMatrix(self.A[idx], self.B[idx[:-1]])
+        if n == self.ndim:
+            idx = _keep_dim(_keep_dim(idx, -1), -2)
+            return FactoredMatrix(self.A[idx[:-1]], self.B[(*idx[:-2], slice(None), idx[-1])])
+        raise IndexError(f"{idx} is too long an index for a FactoredMatrix of shape {tuple(self.shape)}")
 
     def to(self, *args: Any, **kwargs: Any) -> FactoredMatrix:
         return FactoredMatrix(self.A.to(*args, **kwargs), self.B.to(*args, **kwargs))
+
+
+def _keep_dim(idx: tuple[Any, ...], pos: int) -> tuple[Any, ...]:
+    """Replace an integer at ``idx[pos]`` by a one-element slice (the dimension is kept)."""
+    value = idx[pos]
+    if not isinstance(value, int):
+        return idx
+    out = list(idx)
+    out[pos] = slice(value, value + 1 if value != -1 else None)
+    return tuple(out)

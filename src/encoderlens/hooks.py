@@ -5,40 +5,59 @@ path in the module tree (``blocks.3.attn.hook_pattern``). Forward hooks receive 
 and may return a replacement tensor, which then flows downstream. Backward hooks receive the gradient
 of the activation.
 
-Differs from TransformerLens: hooks are stored on the HookPoint itself rather than registered as
-torch forward hooks, so a HookPoint with no hooks costs one Python call and a component can ask
-``hook.has_hooks()`` to choose a fused fast path when nothing needs the intermediate values.
+As in TransformerLens 3.5, forward hooks are torch forward hooks recorded as :class:`LensHandle`
+(permanent flag, context level), :meth:`HookedRootModule.hooks` nests context levels, and
+``names_filter`` takes a name, a glob (``"blocks.*.attn.hook_pattern"``), a list of those or a callable.
+Components ask ``hook.has_hooks()`` to choose a fused fast path when nothing needs the intermediate
+values.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from encoderlens.names import get_act_name
 
-__all__ = ["OPT_IN_HOOKS", "HookPoint", "HookedRootModule", "KeepPropertyErrors", "get_act_name"]
+__all__ = ["OPT_IN_HOOKS", "HookPoint", "HookedRootModule", "KeepPropertyErrors", "LensHandle", "get_act_name"]
 
 HookFn = Callable[..., Tensor | None]
 NameFilter = Union[str, Sequence[str], Callable[[str], bool], None]
 Direction = Literal["fwd", "bwd"]
+Directions = Literal["fwd", "bwd", "both"]
 
 
-@dataclass(eq=False)
-class _Hook:
-    fn: HookFn
-    permanent: bool
+@dataclass
+class LensHandle:
+    """One hook attached to a :class:`HookPoint` (TransformerLens's record of it).
+
+    Attributes:
+        hook: The removable handle (``.id``, ``.remove()``).
+        is_permanent: Permanent hooks survive :meth:`HookedRootModule.reset_hooks`.
+        context_level: The :meth:`HookedRootModule.hooks` nesting level it was added at (None outside).
+        user_hook: The function as the user passed it.
+    """
+
+    hook: RemovableHandle
+    is_permanent: bool = False
+    context_level: int | None = None
+    user_hook: HookFn | None = None
 
 
 class HookPoint(nn.Module):
     """Identity module that calls hook functions on the activation passing through it.
+
+    Forward hooks are torch forward hooks on this module (as in TransformerLens): a hook returning a
+    tensor replaces the activation downstream. Backward hooks receive the activation's gradient.
 
     Example:
         >>> hp = HookPoint()
@@ -50,55 +69,163 @@ class HookPoint(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.name: str | None = None
-        self.fwd_hooks: list[_Hook] = []
-        self.bwd_hooks: list[_Hook] = []
+        self.fwd_hooks: list[LensHandle] = []
+        self.bwd_hooks: list[LensHandle] = []
+        self._bwd_fns: OrderedDict[int, Callable[[Tensor], Tensor | None]] = OrderedDict()
         self.ctx: dict[str, Any] = {}
 
-    def add_hook(self, fn: HookFn, dir: Direction = "fwd", is_permanent: bool = False) -> None:
-        """Attach ``fn``. Forward: ``fn(tensor, hook=self) -> Tensor | None``. Backward: ``fn(grad, hook=self)``."""
-        if not callable(fn):
-            raise TypeError(f"hook function must be callable, got {type(fn).__name__}")
+    def __repr__(self) -> str:
+        bits = [f"name={self.name!r}"] if self.name is not None else []
+        bits += [f"{len(hs)} {d}" for d, hs in (("fwd", self.fwd_hooks), ("bwd", self.bwd_hooks)) if hs]
+        return f"HookPoint({', '.join(bits)})"
+
+    def add_perma_hook(self, hook: HookFn, dir: Direction = "fwd") -> None:
+        """Attach a permanent hook (kept by :meth:`HookedRootModule.reset_hooks`)."""
+        self.add_hook(hook, dir=dir, is_permanent=True)
+
+    def add_hook(
+        self,
+        hook: HookFn,
+        dir: Direction = "fwd",
+        is_permanent: bool = False,
+        level: int | None = None,
+        prepend: bool = False,
+    ) -> None:
+        """Attach ``hook``: forward ``hook(tensor, hook=self) -> Tensor | None``, backward ``hook(grad, hook=self)``.
+
+        Args:
+            hook: The hook function.
+            dir: ``"fwd"`` or ``"bwd"``.
+            is_permanent: Keep it through :meth:`HookedRootModule.reset_hooks`.
+            level: Context level recorded on the :class:`LensHandle` (:meth:`remove_hooks` can filter on it).
+            prepend: Run it before the hooks already attached.
+        """
+        if not callable(hook):
+            raise TypeError(f"hook function must be callable, got {type(hook).__name__}")
         if dir == "fwd":
-            self.fwd_hooks.append(_Hook(fn, is_permanent))
+            handle = self.register_forward_hook(_ForwardCall(hook, self), prepend=prepend)
+            visible = self.fwd_hooks
         elif dir == "bwd":
-            self.bwd_hooks.append(_Hook(fn, is_permanent))
+            call = _BackwardCall(hook, self)
+            handle = RemovableHandle(self._bwd_fns)
+            self._bwd_fns[handle.id] = call
+            if prepend:
+                self._bwd_fns.move_to_end(handle.id, last=False)
+            visible = self.bwd_hooks
         else:
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+        record = LensHandle(handle, is_permanent, level, user_hook=hook)
+        if prepend:
+            visible.insert(0, record)
+        else:
+            visible.append(record)
 
-    def remove_hooks(self, dir: Literal["fwd", "bwd", "both"] = "both", including_permanent: bool = False) -> None:
-        """Remove hooks in one or both directions (permanent hooks only if asked)."""
-        keep = (lambda h: h.permanent) if not including_permanent else (lambda h: False)
+    def remove_hooks(
+        self, dir: Directions = "fwd", including_permanent: bool = False, level: int | None = None
+    ) -> None:
+        """Remove hooks in ``dir`` (``"fwd"``, ``"bwd"`` or ``"both"``), as TransformerLens.
+
+        Args:
+            dir: Which direction(s).
+            including_permanent: Also remove permanent hooks (then every hook of ``dir`` goes).
+            level: Only hooks added at this context level (None: any level).
+        """
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
+
+        def keep(handles: list[LensHandle]) -> list[LensHandle]:
+            kept = []
+            for h in handles:
+                if including_permanent or (not h.is_permanent and (level is None or h.context_level == level)):
+                    h.hook.remove()
+                else:
+                    kept.append(h)
+            return kept
+
         if dir in ("fwd", "both"):
-            self.fwd_hooks = [h for h in self.fwd_hooks if keep(h)]
+            self.fwd_hooks = keep(self.fwd_hooks)
         if dir in ("bwd", "both"):
-            self.bwd_hooks = [h for h in self.bwd_hooks if keep(h)]
+            self.bwd_hooks = keep(self.bwd_hooks)
 
     def clear_context(self) -> None:
+        """Empty the hook context dict ``ctx``."""
         self.ctx = {}
 
-    def has_hooks(self) -> bool:
-        """Whether any forward or backward hook is attached (used to pick fused fast paths)."""
-        return bool(self.fwd_hooks or self.bwd_hooks)
+    def has_hooks(self, dir: Directions = "both", including_permanent: bool = True, level: int | None = None) -> bool:
+        """Whether hooks matching the filters are attached (also picks the components' fused fast paths).
+
+        Args:
+            dir: ``"fwd"``, ``"bwd"`` or ``"both"``.
+            including_permanent: Count permanent hooks.
+            level: Only hooks of this context level (None: any).
+        """
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
+        if including_permanent and level is None:
+            return bool((dir != "bwd" and self.fwd_hooks) or (dir != "fwd" and self.bwd_hooks))
+        handles = (self.fwd_hooks if dir != "bwd" else []) + (self.bwd_hooks if dir != "fwd" else [])
+        return any(
+            (including_permanent or not h.is_permanent) and (level is None or h.context_level == level) for h in handles
+        )
+
+    def enable_reshape(self, hook_conversion: object = None) -> None:
+        """Not supported: TransformerLens 3's tensor conversions belong to its TransformerBridge.
+
+        Raises:
+            NotImplementedError: Always; hooks here see the activation in its documented shape.
+        """
+        raise NotImplementedError(
+            "HookPoint.enable_reshape / hook_conversion are TransformerLens 3 TransformerBridge internals, which "
+            "encoderlens does not have: hooks always see the activation in the shape of the model's hook table. "
+            "Reshape inside your hook function instead"
+        )
+
+    def layer(self) -> int:
+        """The layer index of a ``blocks.{i}.…`` hook name."""
+        if self.name is None:
+            raise ValueError("this HookPoint has no name yet (names are set by HookedRootModule.setup)")
+        parts = self.name.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if part == "blocks" and parts[i + 1].isdigit():
+                return int(parts[i + 1])
+        raise ValueError(f"hook {self.name!r} is not inside a block (expected 'blocks.{{i}}.…')")
 
     def forward(self, x: Tensor) -> Tensor:
-        for h in self.fwd_hooks:
-            out = h.fn(x, hook=self)
-            if out is not None:
-                if not isinstance(out, Tensor):
-                    raise TypeError(
-                        f"forward hook on {self.name!r} returned {type(out).__name__}; "
-                        "a hook must return a Tensor (the replacement activation) or None"
-                    )
-                if out.shape != x.shape:
-                    raise ValueError(
-                        f"forward hook on {self.name!r} returned shape {tuple(out.shape)}, expected "
-                        f"{tuple(x.shape)}; return a tensor of the activation's shape"
-                    )
-                x = out
-        if self.bwd_hooks and x.requires_grad:
-            for h in self.bwd_hooks:
-                x.register_hook(_BackwardCall(h.fn, self))
+        if self._bwd_fns and x.requires_grad:
+            for fn in self._bwd_fns.values():
+                x.register_hook(fn)
         return x
+
+
+class _ForwardCall:
+    """Calls a forward hook on a HookPoint's output and checks what it returns."""
+
+    def __init__(self, fn: HookFn, hook: HookPoint) -> None:
+        self.fn = fn
+        self.hook = hook
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, module: nn.Module, inputs: Any, x: Tensor) -> Tensor | None:
+        out = self.fn(x, hook=self.hook)
+        if out is None:
+            return None
+        name = self.hook.name
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"forward hook on {name!r} returned {type(out).__name__}; "
+                "a hook must return a Tensor (the replacement activation) or None"
+            )
+        if out.shape != x.shape:
+            raise ValueError(
+                f"forward hook on {name!r} returned shape {tuple(out.shape)}, expected "
+                f"{tuple(x.shape)}; return a tensor of the activation's shape"
+            )
+        if out.dtype != x.dtype or out.device != x.device:
+            raise TypeError(
+                f"forward hook on {name!r} returned a {out.dtype} tensor on {out.device}, expected "
+                f"{x.dtype} on {x.device}; return e.g. `out.to(x.dtype)` (the activation's dtype and device)"
+            )
+        return out
 
 
 class _BackwardCall:
@@ -118,19 +245,27 @@ class _BackwardCall:
 OPT_IN_HOOKS: tuple[str, ...] = ("hook_result",)
 
 
+def _is_glob(name: str) -> bool:
+    return any(ch in name for ch in "*?[")
+
+
 def _name_matcher(names_filter: NameFilter) -> Callable[[str], bool]:
+    """A predicate on hook names: None (all but :data:`OPT_IN_HOOKS`), a name or glob, a list of those, a callable."""
     if names_filter is None:
         return lambda name: not name.endswith(OPT_IN_HOOKS)
     if isinstance(names_filter, str):
-        target = names_filter
-        return lambda name: name == target
-    if callable(names_filter):
+        names_filter = [names_filter]
+    elif callable(names_filter):
         return names_filter
-    if isinstance(names_filter, Sequence):
-        targets = set(names_filter)
-        return lambda name: name in targets
+    if isinstance(names_filter, Sequence) and all(isinstance(n, str) for n in names_filter):
+        exact = {n for n in names_filter if not _is_glob(n)}
+        globs = [n for n in names_filter if _is_glob(n)]
+        if not globs:
+            return lambda name: name in exact
+        return lambda name: name in exact or any(fnmatch.fnmatchcase(name, g) for g in globs)
     raise TypeError(
-        f"names_filter must be None, a hook name, a list of names or a callable, got {type(names_filter).__name__}"
+        "names_filter must be None, a hook name or glob, a list of those or a callable, "
+        f"got {type(names_filter).__name__}"
     )
 
 
@@ -163,9 +298,11 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
 
     hook_dict: dict[str, HookPoint]
     mod_dict: dict[str, nn.Module]
+    #: Other accepted names of hook points (``alias -> name``), from :meth:`hook_alias`.
+    hook_alias_dict: dict[str, str]
 
     def setup(self) -> None:
-        """Name every HookPoint after its path and index modules by name."""
+        """Name every HookPoint after its path, index modules by name, and record hook-name aliases."""
         self.mod_dict = {}
         self.hook_dict = {}
         for name, module in self.named_modules():
@@ -175,23 +312,53 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
             self.mod_dict[name] = module
             if isinstance(module, HookPoint):
                 self.hook_dict[name] = module
+        self.hook_alias_dict = {}
+        self._alias_of: dict[str, str] = {}
+        for name in self.hook_dict:
+            alias = self.hook_alias(name)
+            if alias is not None and alias != name and alias not in self.hook_dict:
+                self.hook_alias_dict[alias] = name
+                self._alias_of[name] = alias
 
     # ------------------------------------------------------------------ names
+    def hook_alias(self, name: str) -> str | None:
+        """Another name this model accepts for hook point ``name`` (e.g. TransformerLens's), or None.
+
+        Aliases resolve wherever a hook name does (``add_hook``, ``run_with_hooks``, ``names_filter``
+        names, globs and callables, cache lookups); cached activations are stored under the hook's own name.
+        """
+        return None
+
+    def canonical_hook_name(self, name: str) -> str:
+        """The hook point's own name for ``name`` (an alias resolved; other names unchanged)."""
+        return self.__dict__.get("hook_alias_dict", {}).get(name, name)
+
+    def _with_aliases(self, match: Callable[[str], bool]) -> Callable[[str], bool]:
+        """A name filter that also accepts a hook point when it accepts the hook's alias."""
+        alias_of: dict[str, str] = self.__dict__.get("_alias_of", {})
+        if not alias_of:
+            return match
+        return lambda name: bool(match(name)) or (name in alias_of and bool(match(alias_of[name])))
+
     def hook_names(self) -> list[str]:
         """All hook point names in module order."""
         return list(self.hook_dict)
 
     def _resolve(self, name_or_filter: str | Callable[[str], bool]) -> list[HookPoint]:
         if callable(name_or_filter):
-            return [hp for name, hp in self.hook_dict.items() if name_or_filter(name)]
+            match = self._with_aliases(name_or_filter)
+            return [hp for name, hp in self.hook_dict.items() if match(name)]
         if not isinstance(name_or_filter, str):
             raise TypeError(
                 f"hook target must be a hook name (str) or a filter callable, got {type(name_or_filter).__name__}"
             )
-        if name_or_filter in self.hook_dict:
-            return [self.hook_dict[name_or_filter]]
+        canonical = self.canonical_hook_name(name_or_filter)
+        if canonical in self.hook_dict:
+            return [self.hook_dict[canonical]]
         if any(ch in name_or_filter for ch in "*?["):
-            hits = [hp for name, hp in self.hook_dict.items() if fnmatch.fnmatchcase(name, name_or_filter)]
+            pattern = name_or_filter
+            glob = self._with_aliases(lambda name: fnmatch.fnmatchcase(name, pattern))
+            hits = [hp for name, hp in self.hook_dict.items() if glob(name)]
             if hits:
                 return hits
         raise ValueError(self._unknown_hook_message(name_or_filter))
@@ -216,22 +383,62 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
         self._resolve(name)
 
     # ------------------------------------------------------------------ add / remove
+    #: Nesting depth of :meth:`hooks` contexts; hooks added inside record it and are removed on exit.
+    context_level: int = 0
+
+    def hook_points(self) -> Iterable[HookPoint]:
+        """Every HookPoint of the model."""
+        return self.hook_dict.values()
+
     def add_hook(
         self,
         name: str | Callable[[str], bool],
         hook: HookFn,
         dir: Direction = "fwd",
         is_permanent: bool = False,
+        level: int | None = None,
+        prepend: bool = False,
     ) -> None:
-        """Attach ``hook`` to the named hook point, every point matching a glob, or every point a filter accepts."""
-        for hp in self._resolve(name):
-            hp.add_hook(hook, dir=dir, is_permanent=is_permanent)
+        """Attach ``hook`` to the named hook point, every point matching a glob, or every point a filter accepts.
 
-    def reset_hooks(self, including_permanent: bool = False) -> None:
-        """Remove all (non-permanent, unless asked) hooks and clear hook contexts."""
+        Args:
+            name: A hook name, a glob, or a callable on names.
+            hook: ``hook(tensor, hook=HookPoint) -> Tensor | None``.
+            dir: ``"fwd"`` or ``"bwd"``.
+            is_permanent: Keep it through :meth:`reset_hooks`.
+            level: Context level to record (see :meth:`remove_all_hook_fns`).
+            prepend: Run before the hooks already on that point.
+        """
+        for hp in self._resolve(name):
+            hp.add_hook(hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    def add_perma_hook(self, name: str | Callable[[str], bool], hook: HookFn, dir: Direction = "fwd") -> None:
+        """:meth:`add_hook` with ``is_permanent=True``."""
+        self.add_hook(name, hook, dir=dir, is_permanent=True)
+
+    def remove_all_hook_fns(
+        self, direction: Directions = "both", including_permanent: bool = False, level: int | None = None
+    ) -> None:
+        """Remove hooks from every hook point (see :meth:`HookPoint.remove_hooks`)."""
         for hp in self.hook_dict.values():
-            hp.remove_hooks("both", including_permanent=including_permanent)
+            hp.remove_hooks(direction, including_permanent=including_permanent, level=level)
+
+    def clear_contexts(self) -> None:
+        """Empty every hook point's ``ctx``."""
+        for hp in self.hook_dict.values():
             hp.clear_context()
+
+    def reset_hooks(
+        self,
+        clear_contexts: bool = True,
+        direction: Directions = "both",
+        including_permanent: bool = False,
+        level: int | None = None,
+    ) -> None:
+        """Remove hooks (not the permanent ones, unless asked) and, by default, clear hook contexts."""
+        if clear_contexts:
+            self.clear_contexts()
+        self.remove_all_hook_fns(direction, including_permanent, level=level)
 
     def active_hook_names(self) -> list[str]:
         return [name for name, hp in self.hook_dict.items() if hp.has_hooks()]
@@ -242,28 +449,29 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
         fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
         bwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
         reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
     ) -> Iterator[HookedRootModule]:
         """Context manager that attaches hooks and removes them on exit, even if the body raises.
+
+        Contexts nest: each raises :attr:`context_level`, and on exit removes the (non-permanent) hooks
+        of its own level.
 
         Example:
             >>> with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x * 0)]):
             ...     logits = model("hello")
         """
-        added: list[tuple[HookPoint, _Hook, Direction]] = []
+        self.context_level += 1
+        level = self.context_level
         try:
             for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
                 for target, fn in pairs:
                     for hp in self._resolve(target):
-                        hp.add_hook(fn, dir=direction)  # type: ignore[arg-type]
-                        lst = hp.fwd_hooks if direction == "fwd" else hp.bwd_hooks
-                        added.append((hp, lst[-1], direction))  # type: ignore[arg-type]
+                        hp.add_hook(fn, dir=direction, level=level)  # type: ignore[arg-type]
             yield self
         finally:
             if reset_hooks_end:
-                for hp, h, direction in added:
-                    lst = hp.fwd_hooks if direction == "fwd" else hp.bwd_hooks
-                    if h in lst:
-                        lst.remove(h)
+                self.reset_hooks(clear_contexts, including_permanent=False, level=level)
+            self.context_level -= 1
 
     def run_with_hooks(
         self,
@@ -271,6 +479,7 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
         fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
         bwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
         reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
         **model_kwargs: Any,
     ) -> Any:
         """Run the model with temporary hooks.
@@ -285,7 +494,7 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
             ...     return z
             >>> model.run_with_hooks("hello", fwd_hooks=[("blocks.0.attn.hook_z", zero_head)])
         """
-        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end=reset_hooks_end):
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
             return self(*model_args, **model_kwargs)
 
     def get_caching_hooks(
@@ -301,8 +510,10 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
             self.check_hook_name(names_filter)
         if isinstance(names_filter, (list, tuple)):
             for n in names_filter:
+                if not isinstance(n, str):
+                    raise TypeError(f"names_filter lists hook names or globs (str), got {type(n).__name__}")
                 self.check_hook_name(n)
-        match = _name_matcher(names_filter)
+        match = self._with_aliases(_name_matcher(names_filter))
         store: dict[str, Tensor] = {} if cache is None else cache
 
         def saver(suffix: str) -> HookFn:
@@ -311,6 +522,11 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
                 if device is not None:
                     v = v.to(device)
                 if remove_batch_dim:
+                    if v.ndim == 0 or v.shape[0] != 1:
+                        raise ValueError(
+                            f"remove_batch_dim=True needs a batch of one, but {hook.name!r} has shape "
+                            f"{tuple(v.shape)} (batch first); run one item or pass remove_batch_dim=False"
+                        )
                     v = v[0]
                 assert hook.name is not None
                 store[hook.name + suffix] = v
@@ -336,7 +552,7 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
 
         Args:
             names_filter: None (every hook point but the :data:`OPT_IN_HOOKS`, i.e. ``hook_result``),
-                a hook name, a list of names, or a callable on names.
+                a hook name or glob (``"blocks.*.attn.hook_pattern"``), a list of those, or a callable on names.
             device: Move cached tensors there as they are produced (e.g. ``"cpu"`` to offload).
             remove_batch_dim: Drop the batch dimension (batch size must be 1).
             incl_bwd: Also cache gradients (``name_grad``); the output must be a scalar-reducible tensor

@@ -69,7 +69,7 @@ def assert_stream_parity(out: Any, cache: Any, model: HookedEncoder, mask: torch
     assert masked_max_diff(cache["hook_full_embed"], hidden[0], mask) < ATOL
     for i in range(model.cfg.n_layers):
         assert masked_max_diff(cache["resid_pre", i], hidden[i], mask) < ATOL, i
-        assert masked_max_diff(cache["resid_post", i], hidden[i + 1], mask) < ATOL, i
+        assert masked_max_diff(cache[model.stream_spec(None).resid_hook(i)], hidden[i + 1], mask) < ATOL, i
         assert pattern_max_diff(cache["pattern", i], out.attentions[i], mask) < ATOL, i
 
 

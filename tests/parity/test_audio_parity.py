@@ -100,7 +100,7 @@ def check_every_layer(model, hf_out, cache, frame_mask, n_layers):
     assert len(hidden) == n_layers + 1
     for i in range(n_layers):
         assert masked_max_diff(cache["resid_pre", i], hidden[i], frame_mask) < ATOL, i
-        assert masked_max_diff(cache["resid_post", i], hidden[i + 1], frame_mask) < ATOL, i
+        assert masked_max_diff(cache[model.stream_spec(None).resid_hook(i)], hidden[i + 1], frame_mask) < ATOL, i
         assert pattern_max_diff(cache["pattern", i], hf_out.attentions[i], frame_mask) < ATOL, i
     assert masked_max_diff(cache["hook_full_embed"], hidden[0], frame_mask) < ATOL
 
@@ -355,7 +355,7 @@ def test_pre_ln_decomposition_is_exact_and_ctc_logit_attrs(tmp_path):
     n = model.cfg.n_layers
     for layer in (0, 2, n):
         comps, labels = cache.decompose_resid(layer=layer, return_labels=True)
-        target = cache["resid_pre", layer] if layer < n else cache["resid_post", n - 1]
+        target = cache["resid_pre", layer] if layer < n else cache[model.stream_spec(None).resid_hook(n - 1)]
         assert labels[:2] == ["projected", "pos_conv"]
         assert (comps.sum(0) - target).abs().max() < 1e-4, layer
     with torch.no_grad():
@@ -366,9 +366,8 @@ def test_pre_ln_decomposition_is_exact_and_ctc_logit_attrs(tmp_path):
     # logits from the decomposition: normalise each component by the final norm (its affine is folded
     # into the unembedding the cache uses), project, add the folded bias
     comps = cache.decompose_resid()
-    normed = cache.apply_ln_to_stack(comps)
     tokens = logits.argmax(-1)
-    attrs = cache.logit_attrs(normed, tokens)
+    attrs = cache.logit_attrs(comps, tokens)  # normalises by the cached final-norm scale itself (TL)
     const = (model.ln_final.b @ model.W_U)[tokens] + model.b_U[tokens]
     assert (attrs.sum(0) + const - logits.gather(-1, tokens[..., None])[..., 0]).abs().max() < 1e-4
 

@@ -67,7 +67,7 @@ def test_bert_parity_every_layer(tmp_path, hf_cls, act):
     assert masked_max_diff(cache["hook_full_embed"], hidden[0], mask) < ATOL
     for i in range(model.cfg.n_layers):
         assert masked_max_diff(cache["resid_pre", i], hidden[i], mask) < ATOL, i
-        assert masked_max_diff(cache["resid_post", i], hidden[i + 1], mask) < ATOL, i
+        assert masked_max_diff(cache["normalized_resid_post", i], hidden[i + 1], mask) < ATOL, i
         assert pattern_max_diff(cache["pattern", i], out.attentions[i], mask) < ATOL, i
     if hf_cls is BertModel:
         assert masked_max_diff(all_out.embeddings, out.last_hidden_state, mask) < ATOL

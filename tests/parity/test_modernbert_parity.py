@@ -148,7 +148,7 @@ def test_cache_decomposition_is_exact(tmp_path):
         assert (heads.sum(0) - final).abs().max() < 1e-5
         normed = cache.apply_ln_to_stack(parts).sum(0) * model.ln_final.w + model.ln_final.b
         assert masked_max_diff(normed, model.ln_final(final), mask) < 1e-5
-        assert masked_max_diff(model.mlm_head(normed), theirs, mask) < ATOL
+        assert masked_max_diff(model.mlm_head.logits(normed), theirs, mask) < ATOL
         full = cache.get_full_resid_decomposition(expand_neurons=False)
         assert (full.sum(0) - final).abs().max() < 1e-5
     assert masked_max_diff(logits, theirs, mask) < ATOL

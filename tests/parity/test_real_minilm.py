@@ -30,7 +30,7 @@ def test_minilm_matches_hf_every_layer():
     mask = enc["attention_mask"]
     assert masked_max_diff(ours, out.last_hidden_state, mask) < 1e-4
     for i in range(6):
-        assert masked_max_diff(cache["resid_post", i], out.hidden_states[i + 1], mask) < 1e-4
+        assert masked_max_diff(cache["normalized_resid_post", i], out.hidden_states[i + 1], mask) < 1e-4
         assert pattern_max_diff(cache["pattern", i], out.attentions[i], mask) < 1e-4
     pair = tok(*SENTENCES[-1], return_tensors="pt")
     with torch.no_grad():

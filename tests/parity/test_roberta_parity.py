@@ -165,7 +165,7 @@ def test_text_input_and_mask_predictions_with_bpe_tokenizer(tmp_path):
     with torch.no_grad():
         theirs = hf(**enc).logits
         ours = model(texts)
-        preds = model(texts, return_type="predictions", top_k=3)
+        preds = model(texts, return_type="mask_predictions", top_k=3)
     assert masked_max_diff(ours, theirs, enc["attention_mask"]) < ATOL
     first = preds[0][0]
     assert first.token_ids == theirs[0, first.position].topk(3).indices.tolist()

@@ -30,7 +30,7 @@ def test_lens_applies_the_mlm_head_to_every_layer(model):
     assert lens.meta["final_max_abs_diff"] < 1e-5  # last entry = the model's own logits
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, one_zero_attention_mask=mask)
-        expected = model.mlm_head(cache["blocks.1.hook_resid_pre"])  # the output of layer 0
+        expected = model.mlm_head.logits(cache["blocks.1.hook_resid_pre"])  # the output of layer 0
     torch.testing.assert_close(lens.logits[1], expected, atol=1e-5, rtol=0)
     mid = logit_lens(model, tokens, one_zero_attention_mask=mask, include_mid=True, positions=[0, 3])
     assert mid.layer_labels == ["embed", "L0_mid", "L0", "L1_mid", "L1", "L2_mid", "L2"]
@@ -75,7 +75,7 @@ def test_lens_reads_through_the_final_norm_of_pre_ln_stacks():
     assert lens.meta["final_max_abs_diff"] < 1e-5
     with torch.no_grad():
         _, cache = m.run_with_cache(tokens, one_zero_attention_mask=mask)
-        expected = m.mlm_head(m.ln_final(cache["blocks.1.hook_resid_pre"]))
+        expected = m.mlm_head.logits(m.ln_final(cache["blocks.1.hook_resid_pre"]))
     torch.testing.assert_close(lens.logits[1], expected, atol=1e-5, rtol=0)
 
 

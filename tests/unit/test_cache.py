@@ -69,7 +69,9 @@ def test_post_ln_accumulated_resid_and_head_results(tiny_mlm):
     resid, labels = cache.accumulated_resid(return_labels=True)
     assert labels == ["0_pre", "1_pre", "2_pre", "final_post"]
     assert torch.equal(resid[-1], out)
-    assert torch.equal(resid[1], cache["resid_post", 0])
+    assert torch.equal(resid[1], cache["normalized_resid_post", 0])
+    # TransformerLens's post-LN names: resid_post is the sum entering ln2, whose output is the stream
+    assert not torch.allclose(cache["resid_post", 0], resid[1])
     heads, head_labels = cache.stack_head_results(return_labels=True)
     assert heads.shape == (3 * 3, *out.shape) and head_labels[4] == "L1H1"
     for layer in range(3):

@@ -25,13 +25,13 @@ def test_strings_pairs_and_tokens_agree(tiny_mlm):
     assert (ours - theirs).abs().max() < 1e-4
     assert model.to_str_tokens("the cats") == ["[CLS]", "the", "cat", "##s", "[SEP]"]
     assert model.to_str_tokens(["the", "a dog"])[1] == ["[CLS]", "a", "dog", "[SEP]"]
-    assert model.to_string(model.to_tokens("the cat")[0]) == "the cat"
+    assert model.to_string(model.to_tokens("the cat")[0][0]) == "the cat"
 
 
 def test_predictions_several_masks_across_a_batch(tiny_mlm):
     model, _, tok = tiny_mlm
     texts = ["the [MASK] sat on the [MASK]", "a dog [MASK]"]
-    preds = model(texts, return_type="predictions", top_k=3)
+    preds = model(texts, return_type="mask_predictions", top_k=3)
     assert [len(p) for p in preds] == [2, 1]
     logits = model(texts)
     first = preds[0][0]
@@ -40,10 +40,10 @@ def test_predictions_several_masks_across_a_batch(tiny_mlm):
     assert abs(sum(first.probs) - logits[0, 2].softmax(-1).topk(3).values.sum().item()) < 1e-5
     assert len(first.tokens) == 3 and "[MASK]" not in first.sequence
     assert all(w == (t[2:] if c else t) for w, t, c in zip(first.words, first.tokens, first.is_continuation))
-    single = model("a [MASK] dog", return_type="predictions")
+    single = model("a [MASK] dog", return_type="mask_predictions")
     assert isinstance(single, list) and len(single) == 1 and len(single[0].token_ids) == 5
     with pytest.raises(ValueError, match=r"\[MASK\]"):
-        model("no mask here", return_type="predictions")
+        model("no mask here", return_type="mask_predictions")
 
 
 def test_bad_inputs_raise_clear_errors(tiny_mlm):

@@ -45,8 +45,11 @@ def test_svd_norm_eigenvalues_corner_indexing():
         assert torch.allclose(torch.sort(eig[b].real).values, torch.sort(top.real).values, atol=1e-8)
     assert torch.allclose(f.get_corner(2), dense[..., :2, :2])
     assert torch.allclose(f[1].AB, dense[1])
-    with pytest.raises(IndexError, match="leading"):
-        f[0, 1]
+    # TransformerLens indexing: leading dims, then rows, then columns (an integer keeps its dim)
+    assert torch.allclose(f[0, 1].AB, dense[0, 1:2]) and f[0, 1].shape == (1, 6)
+    assert torch.allclose(f[2, -1, 1:4].AB, dense[2, -1:, 1:4])
+    with pytest.raises(IndexError, match="too long"):
+        f[0, 1, 2, 3]
     with pytest.raises(ValueError, match="square"):
         fm(l=3, r=4)[0].eigenvalues
     with pytest.raises(ValueError, match="inner dimensions"):
@@ -95,3 +98,69 @@ def test_half_precision_decompositions_upcast_to_float32(dtype):
     assert eig.dtype == torch.complex64
     assert torch.allclose(eig.abs().sort().values.double(), exact.eigenvalues.abs().sort().values, atol=1e-4)
     assert f.AB.dtype == dtype  # products stay in the factors' dtype
+
+
+def test_tl_surface_pair_v_vh_has_leading_dims():
+    from encoderlens.factored_matrix import FactoredMatrixShapeError
+
+    f, dense = fm(l=6, m=2, r=5)
+    assert f.pair[0] is f.A and f.pair[1] is f.B and not f.has_leading_dims
+    assert fm(2)[0].has_leading_dims
+    U, S, V = f.svd()
+    assert f.V is V and torch.allclose(U @ torch.diag_embed(S) @ f.V.T, dense, atol=1e-10)
+    with pytest.warns(DeprecationWarning, match="returns V"):
+        assert f.Vh is V  # TransformerLens 3.5: Vh is a deprecated alias of V
+    assert torch.allclose(f.make_even().AB, dense, atol=1e-10)
+    assert torch.allclose(f.collapse_l(), S[:, None] * V.T)
+    # shape errors are ValueErrors and AssertionErrors (TransformerLens raises AssertionError)
+    for bad in (lambda: f @ fm(l=4)[0], lambda: f.BA, lambda: f * torch.ones(2), lambda: torch.ones(3, 4) @ f):
+        with pytest.raises(FactoredMatrixShapeError) as err:
+            bad()
+        assert isinstance(err.value, ValueError) and isinstance(err.value, AssertionError)
+    with pytest.raises(RuntimeError, match="mismatch"):
+        FactoredMatrix(torch.ones(9, 5, 3), torch.ones(2, 4, 3, 7))
+
+
+def test_product_mdim_is_the_smallest_inner_dim():
+    """As TransformerLens: a product keeps the narrowest inner dimension (it was the old mdim)."""
+    a, ad = fm(l=4, m=6, r=3)  # rdim 3 < mdim 6
+    b, bd = fm(l=3, m=6, r=4)
+    prod = a @ b
+    assert prod.mdim == 3 and torch.allclose(prod.AB, ad @ bd)
+    M = torch.randn(3, 2, dtype=torch.float64)
+    assert (a @ M).mdim == 3 and torch.allclose((a @ M).AB, ad @ M)
+    N = torch.randn(5, 4, dtype=torch.float64)
+    assert (N @ a).mdim == 4 and torch.allclose((N @ a).AB, N @ ad)
+
+
+def test_tensor_like_operands():
+    class Wrapped:
+        def __init__(self, t):
+            self.t = t
+
+        ndim = property(lambda self: self.t.ndim)
+        shape = property(lambda self: self.t.shape)
+
+        def size(self, dim=None):
+            return self.t.size() if dim is None else self.t.size(dim)
+
+        def unsqueeze(self, d):
+            return Wrapped(self.t.unsqueeze(d))
+
+        def squeeze(self, d):
+            return Wrapped(self.t.squeeze(d))
+
+        def __matmul__(self, other):
+            if isinstance(other, FactoredMatrix):
+                return NotImplemented
+            return Wrapped(self.t @ (other.t if isinstance(other, Wrapped) else other))
+
+        def __rmatmul__(self, other):
+            return Wrapped(other @ self.t)
+
+    f, dense = fm(l=3, m=4, r=6)
+    right = f @ Wrapped(torch.randn(6, 5, dtype=torch.float64))
+    assert isinstance(right, FactoredMatrix) and isinstance(right.AB, Wrapped)
+    m = torch.randn(2, 3, dtype=torch.float64)
+    left = Wrapped(m) @ f
+    assert isinstance(left, FactoredMatrix) and torch.allclose(left.AB.t, m @ dense)

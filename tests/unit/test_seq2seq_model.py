@@ -50,10 +50,10 @@ def test_pre_ln_decompositions_are_exact_on_both_streams(kind):
     b_O = model.decoder.blocks[1].cross_attn.b_O
     out1 = cross[-model.cfg.decoder.n_heads :].sum(0) + (b_O if b_O is not None else 0)
     assert torch.allclose(out1, cache["decoder.blocks.1.hook_cross_attn_out"], atol=1e-5)
-    # logit attribution: normalised components times the folded unembedding sum to the logits
-    normed = cache.decoder.apply_ln_to_stack(cache.decoder.decompose_resid())
+    # logit attribution (normalised by the cached final-norm scale inside, as TransformerLens): times the
+    # folded unembedding, the components sum to the logits
     tok = torch.tensor(7)
-    attrs = cache.decoder.logit_attrs(normed, tok)
+    attrs = cache.decoder.logit_attrs(cache.decoder.decompose_resid(), tok)
     _, bias = model.folded_unembed()
     assert torch.allclose(attrs.sum(0) + bias[7], logits[..., 7], atol=1e-4)
     with pytest.raises(ValueError, match="not unembedded"):
@@ -65,8 +65,7 @@ def test_pre_ln_decompositions_are_exact_on_both_streams(kind):
 def test_t5_logit_attrs_include_the_tied_output_scale():
     model, logits, cache = run("t5")
     assert model.cfg.unembed.tied and model.cfg.unembed.scale == 36**-0.5
-    normed = cache.decoder.apply_ln_to_stack(cache.decoder.accumulated_resid())
-    attrs = cache.decoder.logit_attrs(normed[-1:], 11)[0]
+    attrs = cache.decoder.logit_attrs(cache.decoder.accumulated_resid()[-1:], 11)[0]
     assert torch.allclose(attrs, logits[..., 11], atol=1e-4)
 
 
@@ -107,14 +106,14 @@ def test_no_internal_key_error_anywhere():
             lambda c: c.logit_attrs(c.accumulated_resid(), 3),
             lambda c: c.stack_activation("pattern"),
             lambda c: c.stack_activation("pattern", sublayer_type="cross_attn"),
-            lambda c: c["scale", 0, "ln_cross"],
+            lambda c: c["scale", 0, "ln3"],
         ]
         for c in (cache.encoder, cache.decoder):
             for h in helpers:
                 try:
                     h(c)
                 except CacheKeyError:
-                    # a name that is genuinely absent from this stream (encoder ln_cross), reported as such
+                    # a name that is genuinely absent from this stream (encoder ln3), reported as such
                     assert c.stream == "encoder"
                 except KeyError as e:  # pragma: no cover - this is the failure being tested for
                     raise AssertionError(f"internal KeyError from {kind} {c.stream}: {e}") from e

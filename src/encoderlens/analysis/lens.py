@@ -267,8 +267,8 @@ def logit_lens(
     p = spec.prefix
     names = [f"{p}blocks.{i}.hook_resid_pre" for i in range(spec.n_layers)]
     if include_mid:
-        names += [f"{p}blocks.{i}.hook_resid_mid" for i in range(spec.n_layers)]
-    names.append(f"{p}blocks.{spec.n_layers - 1}.hook_resid_post")
+        names += [spec.resid_hook(i, "mid") for i in range(spec.n_layers)]
+    names.append(spec.resid_hook(spec.n_layers - 1))
     wanted = set(names)
     # run for the readout's own logits where the forward returns them (to check the last layer against)
     rt = readout.return_type if readout is not None and readout.return_type is not None else None
@@ -281,9 +281,9 @@ def logit_lens(
             stream_acts.append(cache[f"{p}blocks.{i}.hook_resid_pre"])
             labels.append("embed" if i == 0 else f"L{i - 1}")
             if include_mid:
-                stream_acts.append(cache[f"{p}blocks.{i}.hook_resid_mid"])
+                stream_acts.append(cache[spec.resid_hook(i, "mid")])
                 labels.append(f"L{i}_mid")
-        stream_acts.append(cache[f"{p}blocks.{spec.n_layers - 1}.hook_resid_post"])
+        stream_acts.append(cache[spec.resid_hook(spec.n_layers - 1)])
         labels.append(f"L{spec.n_layers - 1}")
         idx = torch.tensor(poss, device=stream_acts[0].device)
         logits = torch.stack([head(a.index_select(1, idx)) for a in stream_acts])

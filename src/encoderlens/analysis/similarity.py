@@ -301,10 +301,11 @@ def similarity_by_layer(encoder: SentenceEncoder, a: str, b: str) -> Labelled:
     p = encoder.prepare([a, b])
     model = encoder.model
     n = model.cfg.n_layers
-    names = {f"blocks.{i}.hook_resid_pre" for i in range(n)} | {f"blocks.{n - 1}.hook_resid_post"}
+    last = model.stream_spec(None).resid_hook(n - 1)
+    names = {f"blocks.{i}.hook_resid_pre" for i in range(n)} | {last}
     with torch.no_grad():
         _, cache = model.run_prepared_with_cache(p, names_filter=names.__contains__, return_type="embeddings")
-    stream = [cache[f"blocks.{i}.hook_resid_pre"] for i in range(n)] + [cache[f"blocks.{n - 1}.hook_resid_post"]]
+    stream = [cache[f"blocks.{i}.hook_resid_pre"] for i in range(n)] + [cache[last]]
     mask = p.mask(None)
     pooled = [encoder.pooling.pool(x, mask) for x in stream]
     sims = torch.stack([F.cosine_similarity(p[0], p[1], dim=-1) for p in pooled])

@@ -22,8 +22,10 @@ from encoderlens.hooks import HookPoint
 
 
 class MLMHead(nn.Module):
-    """``logits = LN(act(x @ W_transform + b_transform)) @ W_U + b_U``.
+    """The masked-LM head's transform ``LN(act(x @ W_transform + b_transform))``; :meth:`logits` adds ``@ W_U + b_U``.
 
+    As TransformerLens's ``BertMLMHead``, calling the head gives the transformed residual; the
+    vocabulary projection is the model's ``unembed`` (:class:`MLMUnembed`), whose weights live here.
     When tied, ``W_U`` is the transpose of the token embedding (one parameter, not a copy). The
     transform maps ``d_model`` to the token-embedding width (``d_embed``, smaller than ``d_model`` in
     ALBERT and the ELECTRA generator), which is what ``W_U`` reads.
@@ -48,11 +50,38 @@ class MLMHead(nn.Module):
     def W_U(self) -> Float[Tensor, "d_embed d_vocab"]:
         return self._embed[0].W_E.T if self.W_U_untied is None else self.W_U_untied
 
-    def transform(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+    def transform(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_embed"]:
         return self.hook_transformed(self.ln(self.act(x @ self.W_transform + self.b_transform)))
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_embed"]:
+        """The transformed residual (TransformerLens's ``mlm_head``); :meth:`logits` for the vocabulary logits."""
+        return self.transform(x)
+
+    def logits(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """Vocabulary logits: ``transform(x) @ W_U + b_U`` (the whole head, what the logit lens applies)."""
         return self.transform(x) @ self.W_U + self.b_U
+
+
+class MLMUnembed(nn.Module):
+    """The vocabulary projection ``x @ W_U + b_U`` of an :class:`MLMHead` (TransformerLens's ``unembed``).
+
+    Holds no parameters of its own: ``W_U`` and ``b_U`` are the head's (checkpoint names unchanged).
+    """
+
+    def __init__(self, head: MLMHead) -> None:
+        super().__init__()
+        self._head = [head]
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_embed d_vocab"]:
+        return self._head[0].W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"]:
+        return self._head[0].b_U
+
+    def forward(self, x: Float[Tensor, "... d_embed"]) -> Float[Tensor, "... d_vocab"]:
+        return x @ self.W_U + self.b_U
 
 
 class Pooler(nn.Module):
@@ -234,3 +263,31 @@ class LMHead(nn.Module):
             x = x * self.cfg.scale
         logits = x @ self.W_U
         return logits + self.b_U if self.b_U is not None else logits
+
+
+class Unembed(nn.Module):
+    """TransformerLens's ``unembed`` of an :class:`LMHead`: the raw linear map ``x @ W_U + b_U``.
+
+    A view (the head's parameters, nothing registered twice). It leaves out the head's ``scale``
+    (T5's tied ``d_model ** -0.5``, which TransformerLens applies to the stream before ``unembed``),
+    so ``unembed(x)`` equals HF's ``lm_head(x)``, and ``lm_head(x) == unembed(x * scale)``.
+    """
+
+    def __init__(self, head: LMHead) -> None:
+        super().__init__()
+        self._head = [head]
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self._head[0].W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"]:
+        """The head's bias, or zeros where it has none (T5)."""
+        head = self._head[0]
+        return head.b_U if head.b_U is not None else head.W_U.new_zeros(head.W_U.shape[1])
+
+    def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        logits = x @ self.W_U
+        b_U = self._head[0].b_U
+        return logits + b_U if b_U is not None else logits

@@ -47,7 +47,7 @@ def apply_rotary(
 
 
 def apply_local_window(
-    additive_mask: Float[Tensor, "batch 1 query_pos key_pos"] | None,
+    additive_mask: Float[Tensor, "#batch 1 #query_pos key_pos"] | None,
     window: int,
     query_len: int,
     key_len: int,

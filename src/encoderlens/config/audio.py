@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from encoderlens.config.attention import ACTIVATIONS, NormConfig
@@ -151,6 +151,8 @@ class AudioEncoderConfig(_SingleStackDims):
     embed_norm: NormConfig | None = None
     ctc_head: CTCHeadConfig | None = None
     quantizer: QuantizerConfig | None = None
+    #: The device the model lives on (kept up to date by ``model.to``; TransformerLens's ``cfg.device``).
+    device: str | None = field(default=None, compare=False)
 
     family = "audio_encoder"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from encoderlens.config.stack import StackConfig
@@ -63,6 +63,8 @@ class EncoderDecoderConfig:
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
     decoder_shift: DecoderShift = "start_token"
+    #: The device the model lives on (kept up to date by ``model.to``; TransformerLens's ``cfg.device``).
+    device: str | None = field(default=None, compare=False)
 
     family = "encoder_decoder"
 

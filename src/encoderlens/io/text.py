@@ -195,6 +195,22 @@ def _segment_ids(tt: Any, n_token_types: int) -> Any:
     return tt if n_token_types > 0 else None
 
 
+def warn_if_padded(tokens: Tensor, pad_token_id: int | None, mask_name: str = "one_zero_attention_mask") -> None:
+    """Warn, as HF does, when token ids without a mask start or end with the padding token.
+
+    Such a batch runs unmasked: padded items then differ from the same item run alone.
+    """
+    if pad_token_id is None or tokens.ndim != 2 or tokens.shape[1] == 0:
+        return
+    if bool((tokens[:, [-1, 0]] == pad_token_id).any()):
+        warnings.warn(
+            f"the token ids contain the padding token ({pad_token_id}) but no {mask_name} was given, so padding "
+            f"is attended to; pass {mask_name} (1 = real token) or the tokenizer's output",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def text_batch(
     input: Any,
     attention_mask: Any = None,
@@ -209,6 +225,7 @@ def text_batch(
     text_transform: Callable[[Any], Any] | None = None,
     what: str = "input",
     mask_name: str = "one_zero_attention_mask",
+    warn_unmasked_padding: bool = True,
 ) -> TextBatch:
     """Turn any accepted text input into a validated :class:`TextBatch` (on the CPU or the input's device).
 
@@ -226,6 +243,8 @@ def text_batch(
         text_transform: Applied to text before tokenisation (lower-casing).
         what: The argument's name, for messages.
         mask_name: The mask argument's name, for messages.
+        warn_unmasked_padding: Warn (as HF) when token ids without a mask start or end with the padding
+            token (off for decoder inputs, which start with it).
 
     Raises:
         TypeError: An input of no accepted kind. ValueError: A mask passed with text or tokenizer output,
@@ -265,6 +284,8 @@ def text_batch(
         tt_from_tokenizer = _segment_ids(batch.token_type_ids, n_token_types)
     else:
         tokens = as_token_tensor(input)
+        if attention_mask is None and warn_unmasked_padding:
+            warn_if_padded(tokens, getattr(tokenizer, "pad_token_id", None), mask_name)
         mask = (
             torch.ones_like(tokens) if attention_mask is None else check_mask(attention_mask, tokens.shape, mask_name)
         )

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from encoderlens.models.audio_encoder import AudioEncoderOutput, HookedAudioEncoder, Transcription
-from encoderlens.models.base import HookedModel, load_pretrained
+from encoderlens.models.base import HookedModel, load_pretrained, resolve_tl_keywords
 from encoderlens.models.encoder import EncoderOutput, HookedEncoder
 from encoderlens.models.encoder_decoder import EncoderDecoderOutput, HookedEncoderDecoder
 from encoderlens.models.mask_fill import MaskPrediction
@@ -25,6 +25,10 @@ def from_pretrained(
     hf_model: Any = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    *,
+    revision: str | None = None,
+    move_to_device: bool = True,
+    torch_dtype: torch.dtype | None = None,
     **extras: Any,
 ) -> Any:
     """Load any supported checkpoint; the model class follows the checkpoint's family.
@@ -34,12 +38,18 @@ def from_pretrained(
         hf_model: An already-loaded ``transformers`` model (its weights are converted).
         device: Where to put the model.
         dtype: Parameter dtype (float32 for parity work).
-        **extras: Override loaded extras, e.g. ``tokenizer=...``.
+        revision: Hub revision of a hub name.
+        move_to_device: False keeps the model on the CPU (TransformerLens keyword).
+        torch_dtype: Alias of ``dtype``.
+        **extras: Override loaded extras, e.g. ``tokenizer=...`` (see :meth:`HookedModel.from_pretrained`).
 
     Example:
         >>> model = encoderlens.models.from_pretrained("default")
     """
-    return load_pretrained(name_or_path, FAMILIES, hf_model, device, dtype, **extras)
+    dtype = resolve_tl_keywords(extras, dtype, torch_dtype)
+    return load_pretrained(
+        name_or_path, FAMILIES, hf_model, device if move_to_device else None, dtype, revision, **extras
+    )
 
 
 __all__ = [

@@ -8,6 +8,7 @@ and are re-exported here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -107,6 +108,33 @@ class HookedModel(HookedRootModule):
             f"{type(self).__name__} does not implement example_input(), which the model contract requires"
         )
 
+    # ------------------------------------------------------------------ devices (TransformerLens spellings)
+    def to(self, *args: Any, print_details: bool = False, **kwargs: Any) -> Any:  # type: ignore[override]
+        """``nn.Module.to``; also keeps ``cfg.device`` current. ``print_details=True`` prints the move (TL).
+
+        Differs from TransformerLens: ``print_details`` defaults to False (TL prints every move).
+        """
+        out = super().to(*args, **kwargs)
+        param = next(self.parameters(), None)
+        if param is not None and getattr(self.cfg, "device", None) != str(param.device):
+            self.cfg = dataclasses.replace(self.cfg, device=str(param.device))
+            if print_details:
+                print(f"Moving model to device: {param.device}")
+        return out
+
+    def cuda(self, device: int | str | torch.device | None = None) -> Any:  # type: ignore[override]
+        """Move to a CUDA device (``cuda()``, ``cuda(1)``, ``cuda("cuda:1")``)."""
+        target = "cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else device
+        return self.to(target)
+
+    def cpu(self) -> Any:
+        """Move to the CPU."""
+        return self.to("cpu")
+
+    def mps(self) -> Any:
+        """Move to Apple's MPS device."""
+        return self.to(torch.device("mps"))
+
     @property
     def architecture(self) -> str:
         """The checkpoint's architecture name (``"BertForMaskedLM"``...), or the class name."""
@@ -171,6 +199,10 @@ class HookedModel(HookedRootModule):
         hf_model: Any = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        *,
+        revision: str | None = None,
+        move_to_device: bool = True,
+        torch_dtype: torch.dtype | None = None,
         **extras: Any,
     ) -> Any:
         """Load an HF checkpoint: a hub name, a local folder, or an already-loaded HF model.
@@ -183,7 +215,11 @@ class HookedModel(HookedRootModule):
             hf_model: An already-loaded ``transformers`` model (its weights are converted).
             device: Where to put the model.
             dtype: Parameter dtype (float32 for parity work).
-            **extras: Override loaded extras, e.g. ``tokenizer=...``.
+            revision: Hub revision (branch, tag or commit) of a hub name; an unknown one raises.
+            move_to_device: As TransformerLens: False leaves the model on the CPU even if ``device`` is given.
+            torch_dtype: TransformerLens / HF spelling of ``dtype``.
+            **extras: Override loaded extras, e.g. ``tokenizer=...``. TransformerLens keywords that cannot
+                apply here (``checkpoint_index``, ``load_in_8bit``, ``fold_ln``...) raise a ValueError saying why.
 
         Example:
             >>> model = HookedEncoder.from_pretrained("default")  # packaged all-MiniLM-L6-v2
@@ -193,7 +229,10 @@ class HookedModel(HookedRootModule):
                 f"{cls.__name__}.from_pretrained needs a model family class; use encoderlens.from_pretrained "
                 "(it picks the class from the checkpoint) or HookedEncoder / HookedAudioEncoder / HookedEncoderDecoder"
             )
-        return load_pretrained(name_or_path, {cls.family: cls}, hf_model, device, dtype, **extras)
+        dtype = resolve_tl_keywords(extras, dtype, torch_dtype)
+        return load_pretrained(
+            name_or_path, {cls.family: cls}, hf_model, device if move_to_device else None, dtype, revision, **extras
+        )
 
     def load_converted(self, state_dict: dict[str, Tensor]) -> None:
         """Load a converted state dict; every parameter must be provided with the right shape."""
@@ -233,6 +272,7 @@ def load_pretrained(
     hf_model: Any = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
     **extras: Any,
 ) -> Any:
     """Read, convert and build a checkpoint as the class of ``classes`` named by its family.
@@ -243,6 +283,7 @@ def load_pretrained(
         hf_model: An already-loaded ``transformers`` model (its weights are converted).
         device: Where to put the model.
         dtype: Parameter dtype.
+        revision: Hub revision of a hub name.
         **extras: Override loaded extras, e.g. ``tokenizer=...``.
 
     Raises:
@@ -251,8 +292,10 @@ def load_pretrained(
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
     if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating dtype (torch.float32, torch.bfloat16, torch.float16), got {dtype}")
-    ckpt = read_checkpoint(name_or_path, hf_model)
+        raise ValueError(
+            f"dtype must be a floating dtype (torch.float32, torch.bfloat16, torch.float16), got {dtype}"
+        )
+    ckpt = read_checkpoint(name_or_path, hf_model, revision=revision)
     cfg, state_dict = find_converter(ckpt.config)(ckpt.config, ckpt.state_dict)
     model_cls = classes.get(cfg.family)
     if model_cls is None:
@@ -273,3 +316,42 @@ def load_pretrained(
                 module.keep_out_in_float32()
     model.eval()
     return model
+
+
+#: TransformerLens ``from_pretrained`` keywords that have no meaning here, with the reason.
+_INAPPLICABLE_TL_KEYWORDS: dict[str, str] = {
+    "checkpoint_index": "it picks an intermediate training checkpoint of TransformerLens's own model table; "
+    "pass the checkpoint's hub name with revision=... or a local folder instead",
+    "checkpoint_value": "it picks an intermediate training checkpoint of TransformerLens's own model table; "
+    "pass the checkpoint's hub name with revision=... or a local folder instead",
+    "load_in_8bit": "quantised weights would break parity with HF; load in float32, bfloat16 or float16 (dtype=)",
+    "load_in_4bit": "quantised weights would break parity with HF; load in float32, bfloat16 or float16 (dtype=)",
+    "n_devices": "models here live on one device; pass device=...",
+    "fold_ln": "weights are kept exactly as in the HF checkpoint (post-LN norms cannot be folded)",
+    "center_writing_weights": "weights are kept exactly as in the HF checkpoint",
+    "center_unembed": "weights are kept exactly as in the HF checkpoint",
+    "fold_value_biases": "weights are kept exactly as in the HF checkpoint",
+    "refactor_factored_attn_matrices": "weights are kept exactly as in the HF checkpoint",
+    "default_prepend_bos": "tokenisation is the checkpoint tokenizer's own (special tokens as HF adds them)",
+    "default_padding_side": "padding is always on the right, as the HF tokenizers of these models do",
+}
+
+
+def resolve_tl_keywords(extras: dict[str, Any], dtype: torch.dtype, torch_dtype: torch.dtype | None) -> torch.dtype:
+    """Check TransformerLens-only ``from_pretrained`` keywords (removed from ``extras``); return the dtype.
+
+    Raises:
+        ValueError: A keyword that cannot apply (why, and what to do instead), or both dtype spellings.
+    """
+    for key, why in _INAPPLICABLE_TL_KEYWORDS.items():
+        if key not in extras:
+            continue
+        value = extras.pop(key)
+        if value in (None, False) or (key == "n_devices" and value == 1):
+            continue  # the TransformerLens default: nothing asked
+        raise ValueError(f"from_pretrained(..., {key}={value!r}) is not supported: {why}")
+    if torch_dtype is None:
+        return dtype
+    if dtype is not torch.float32 and dtype != torch_dtype:
+        raise ValueError(f"from_pretrained got dtype={dtype} and torch_dtype={torch_dtype}; pass one of them")
+    return torch_dtype

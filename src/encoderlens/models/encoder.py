@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -16,7 +16,7 @@ from encoderlens.components.attention import build_additive_mask
 from encoderlens.components.attention_deberta import RelativeEmbedding
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.embed import Embed, EmbedProjection, PosEmbed, TokenTypeEmbed, position_ids
-from encoderlens.components.heads import ClassifierHead, MLMHead, NSPHead, Pooler, SentencePooler
+from encoderlens.components.heads import ClassifierHead, MLMHead, MLMUnembed, NSPHead, Pooler, SentencePooler
 from encoderlens.components.norm import make_norm
 from encoderlens.components.stack import run_blocks
 from encoderlens.config import EncoderConfig, SentencePoolingConfig
@@ -39,10 +39,12 @@ from encoderlens.models.contract import (
 from encoderlens.models.mask_fill import mask_predictions
 
 EncoderReturnType = Literal[
-    "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all"
-]
+    "auto", "logits", "predictions", "mask_predictions", "embeddings", "pooled", "nsp", "classification",
+    "sentence_embedding", "all",
+]  # fmt: skip
 _RETURN_TYPES = (
-    "logits", "predictions", "embeddings", "pooled", "nsp", "classification", "sentence_embedding", "all", None
+    "auto", "logits", "predictions", "mask_predictions", "embeddings", "pooled", "nsp", "classification",
+    "sentence_embedding", "all", None,
 )  # fmt: skip
 
 
@@ -140,6 +142,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         self._tie_shared_blocks()
         self.ln_final = make_norm(d, cfg.stack.norm) if cfg.stack.final_norm else None
         self.mlm_head = MLMHead(d, cfg.d_vocab, cfg.mlm_head, self.embed) if cfg.mlm_head is not None else None
+        self.unembed = MLMUnembed(self.mlm_head) if self.mlm_head is not None else None
         self.pooler = Pooler(d) if cfg.pooler else None
         self.nsp_head = NSPHead(d) if cfg.nsp_head else None
         self.classifier = ClassifierHead(d, cfg.classifier) if cfg.classifier is not None else None
@@ -214,6 +217,11 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         return self.pos_embed.W_pos
 
     @property
+    def W_E_pos(self) -> Float[Tensor, "d_vocab_plus_n_ctx d_model"]:
+        """Token and position embeddings stacked: ``cat([W_E, W_pos])`` (TransformerLens)."""
+        return torch.cat([self.W_E, self.W_pos], dim=0)
+
+    @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         if self.mlm_head is None:
             raise AttributeError("this checkpoint has no MLM head, hence no unembedding W_U")
@@ -284,9 +292,28 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         tt = batch.token_type_ids.to(device) if batch.token_type_ids is not None else None
         return TextBatch(batch.tokens.to(device), batch.attention_mask.to(device), tt)
 
-    def to_tokens(self, input: str | Sequence[str] | tuple[str, str]) -> Int[Tensor, "batch pos"]:
-        """Token ids of text (padded batch). Use :meth:`tokenize` for the mask and segment ids too."""
-        return self.tokenize(input).tokens
+    def to_tokens(
+        self, input: str | Sequence[str] | tuple[str, str], move_to_device: bool = True, truncate: bool = True
+    ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+        """``(tokens, token_type_ids, attention_mask)`` of text, as TransformerLens returns them.
+
+        Args:
+            input: A string, a list of strings, a ``(text_a, text_b)`` pair or a list of pairs.
+            move_to_device: Put them on the model's device (else on the CPU).
+            truncate: Must be True: texts are always truncated to the position table (with a warning).
+
+        Returns:
+            Padded token ids, segment ids (zeros for a model without segment embeddings) and the 0/1 mask.
+        """
+        if not truncate:
+            raise ValueError(
+                "to_tokens(truncate=False) is not supported: texts longer than the position table cannot run; "
+                "they are truncated with a warning"
+            )
+        batch = self.tokenize(input)
+        tt = batch.token_type_ids if batch.token_type_ids is not None else torch.zeros_like(batch.tokens)
+        out = (batch.tokens, tt, batch.attention_mask)
+        return out if move_to_device else (out[0].cpu(), out[1].cpu(), out[2].cpu())
 
     def to_str_tokens(self, input: Any) -> list[str] | list[list[str]]:
         """Tokens as strings: a list for one text or 1-D ids, a list of lists for a batch (padding dropped)."""
@@ -349,35 +376,57 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             final_norm=self.ln_final,
         )
 
+    def encoder_output(
+        self,
+        tokens: Any,
+        token_type_ids: Any = None,
+        one_zero_attention_mask: Any = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """The final residual stream (after the last block and ``ln_final`` where the model has one).
+
+        Same as ``forward(..., return_type="embeddings")``; TransformerLens's name and argument order.
+        """
+        return self.encode(self.tokenize(tokens, one_zero_attention_mask, token_type_ids))
+
     def forward(
         self,
         input: Any,
-        return_type: EncoderReturnType | None = "logits",
-        one_zero_attention_mask: Any = None,
+        return_type: EncoderReturnType | None = "auto",
         token_type_ids: Any = None,
+        one_zero_attention_mask: Any = None,
         top_k: int = 5,
         stop_at_layer: int | None = None,
     ) -> Any:
         """Run the encoder.
 
         Args:
-            input: A string, a list of strings, a ``(text_a, text_b)`` pair or a list of pairs, or token
-                ids ``(pos,)`` / ``(batch, pos)``.
-            return_type: ``"logits"`` (MLM vocabulary logits), ``"predictions"`` (top-k fills of every
+            input: A string, a list of strings, a ``(text_a, text_b)`` pair or a list of pairs, a
+                tokenizer's output (``BatchEncoding``), or token ids ``(pos,)`` / ``(batch, pos)``.
+            return_type: ``"logits"`` (MLM vocabulary logits), ``"predictions"`` (as TransformerLens: the
+                argmax fill of the masks, decoded: a string, or ``["Prediction 0: w", ...]`` when the decoded
+                fills contain a space), ``"mask_predictions"`` (top-k :class:`MaskPrediction` of every
                 ``[MASK]``; a list per text, or a list of lists for a batch), ``"embeddings"`` (final
                 residual stream), ``"pooled"``, ``"nsp"`` (next-sentence logits), ``"classification"``
                 (classifier logits: ``(batch, n_labels)`` for a sequence head, ``(batch, pos, n_labels)``
                 for a token head; names in :attr:`class_labels`), ``"sentence_embedding"`` (the pooling a
-                sentence-transformers folder declares), ``"all"`` (:class:`EncoderOutput`), or None (run for
-                hooks only).
-            one_zero_attention_mask: With token ids: 1 = real token, 0 = padding.
+                sentence-transformers folder declares), ``"all"`` (:class:`EncoderOutput`), ``"auto"`` (the
+                default: logits with an MLM head, else embeddings; see :attr:`default_return_type`), or None
+                (run for hooks only).
             token_type_ids: With token ids: segment ids.
-            top_k: Predictions per mask for ``return_type="predictions"``.
+            one_zero_attention_mask: With token ids: 1 = real token, 0 = padding. Token ids that start or
+                end with the padding token and come without a mask run unmasked, with a warning (as HF).
+            top_k: Predictions per mask for ``return_type="mask_predictions"``.
+
+        Differs from TransformerLens: a mask passed with text raises (text carries its own).
             stop_at_layer: Stop before this block and return the residual stream (``"embeddings"`` only).
         """
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}")
-        if return_type in ("logits", "predictions") and self.mlm_head is None:
+        if return_type == "auto":
+            return_type = cast(
+                EncoderReturnType, "embeddings" if stop_at_layer is not None else self.default_return_type
+            )
+        if return_type in ("logits", "predictions", "mask_predictions") and self.mlm_head is None:
             raise ValueError(
                 f"return_type={return_type!r} needs an MLM head, and this {self.cfg.architecture} checkpoint has none; "
                 "use return_type='embeddings' (or load a *ForMaskedLM checkpoint)"
@@ -420,7 +469,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             pooled = self.pooler(resid) if self.pooler is not None else None
             return EncoderOutput(
                 embeddings=resid,
-                logits=self.mlm_head(resid) if self.mlm_head is not None else None,
+                logits=self.mlm_head.logits(resid) if self.mlm_head is not None else None,
                 pooled=pooled,
                 nsp_logits=self.nsp_head(pooled) if self.nsp_head is not None and pooled is not None else None,
                 attention_mask=batch.attention_mask,
@@ -430,11 +479,26 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
                 ),
             )
         assert self.mlm_head is not None
-        logits = self.mlm_head(resid)
+        logits = self.mlm_head.logits(resid)
         if return_type == "logits":
             return logits
+        if return_type == "predictions":
+            return self._tl_predictions(batch.tokens, logits)
         preds = mask_predictions(self.tokenizer, batch, logits, top_k)
         return preds[0] if isinstance(input, str) or (isinstance(input, Tensor) and input.ndim == 1) else preds
+
+    def _tl_predictions(self, tokens: Tensor, logits: Tensor) -> str | list[str]:
+        """TransformerLens's ``return_type="predictions"``: decoded argmax fills of every mask token."""
+        tok = self.tokenizer
+        if tok is None or tok.mask_token_id is None:
+            raise ValueError("return_type='predictions' needs a tokenizer with a mask token; this model has none")
+        at_masks = tokens == tok.mask_token_id
+        if not bool(at_masks.any()):
+            raise ValueError(f"return_type='predictions' found no mask token ({tok.mask_token!r}) in the input")
+        predictions: str = tok.decode(logits[at_masks].argmax(dim=-1))
+        if " " in predictions:
+            return [f"Prediction {i}: {p}" for i, p in enumerate(predictions.split(" "))]
+        return predictions
 
     def _classify(self, resid: Float[Tensor, "batch pos d_model"], pooled: Tensor | None = None) -> Tensor:
         assert self.classifier is not None
@@ -546,7 +610,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         """The MLM head (nonlinear: dense -> act -> LN -> unembed), else a token-classification head."""
         self.stream_spec(stream)  # validates the stream name
         if self.mlm_head is not None:
-            return Readout("mlm_head", "mlm", self.mlm_head, linear=False, return_type="logits")
+            return Readout("mlm_head", "mlm", self.mlm_head.logits, linear=False, return_type="logits")
         head = self.classifier
         if head is None or head.cfg.task != "token":
             return None

@@ -58,9 +58,9 @@ def _split_pieces(tok: Any, tokens: list[str], marker: str | None) -> tuple[list
 
 
 def mask_predictions(tok: Any, batch: TextBatch, logits: Tensor, top_k: int) -> list[list[MaskPrediction]]:
-    """Top-``top_k`` fills of every ``[MASK]`` of every item (``return_type="predictions"``)."""
+    """Top-``top_k`` fills of every ``[MASK]`` of every item (``return_type="mask_predictions"``)."""
     if tok is None or tok.mask_token_id is None:
-        raise ValueError("return_type='predictions' needs a tokenizer with a mask token")
+        raise ValueError("return_type='mask_predictions' needs a tokenizer with a mask token")
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
     is_mask = batch.tokens == tok.mask_token_id

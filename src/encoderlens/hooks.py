@@ -73,6 +73,32 @@ class HookPoint(nn.Module):
         self.bwd_hooks: list[LensHandle] = []
         self._bwd_fns: OrderedDict[int, Callable[[Tensor], Tensor | None]] = OrderedDict()
         self.ctx: dict[str, Any] = {}
+        # a module spliced in after the hooks (an SAE): its output flows downstream, the hooks see the input
+        self._splice: Callable[[Tensor], Tensor] | None = None
+        self._splice_handle: RemovableHandle | None = None
+
+    @property
+    def splice(self) -> Callable[[Tensor], Tensor] | None:
+        """A function (an SAE) applied after every forward hook: its output flows downstream.
+
+        It runs as the last forward hook (hooks added later are still run before it), so hooks see and
+        may edit the activation the splice receives.
+        """
+        return self._splice
+
+    @splice.setter
+    def splice(self, fn: Callable[[Tensor], Tensor] | None) -> None:
+        if self._splice_handle is not None:
+            self._splice_handle.remove()
+            self._splice_handle = None
+        self._splice = fn
+        if fn is not None:
+            self._splice_handle = self.register_forward_hook(lambda module, inputs, out: fn(out))
+
+    def _keep_splice_last(self) -> None:
+        if self._splice_handle is not None:
+            hooks = self._forward_hooks
+            hooks[self._splice_handle.id] = hooks.pop(self._splice_handle.id)  # re-inserted last
 
     def __repr__(self) -> str:
         bits = [f"name={self.name!r}"] if self.name is not None else []
@@ -104,6 +130,7 @@ class HookPoint(nn.Module):
             raise TypeError(f"hook function must be callable, got {type(hook).__name__}")
         if dir == "fwd":
             handle = self.register_forward_hook(_ForwardCall(hook, self), prepend=prepend)
+            self._keep_splice_last()
             visible = self.fwd_hooks
         elif dir == "bwd":
             call = _BackwardCall(hook, self)
@@ -162,7 +189,9 @@ class HookPoint(nn.Module):
         if dir not in ("fwd", "bwd", "both"):
             raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
         if including_permanent and level is None:
-            return bool((dir != "bwd" and self.fwd_hooks) or (dir != "fwd" and self.bwd_hooks))
+            # a spliced module (an SAE) counts: the activation must be computed for it
+            fwd = bool(self.fwd_hooks) or self._splice is not None
+            return bool((dir != "bwd" and fwd) or (dir != "fwd" and self.bwd_hooks))
         handles = (self.fwd_hooks if dir != "bwd" else []) + (self.bwd_hooks if dir != "fwd" else [])
         return any(
             (including_permanent or not h.is_permanent) and (level is None or h.context_level == level) for h in handles
@@ -241,8 +270,19 @@ class _BackwardCall:
 
 #: Hook points that ``names_filter=None`` ("cache everything") leaves out, because hooking them makes
 #: the model compute something extra: ``hook_result`` (every head's output) is ``n_heads`` times the
-#: size of the residual stream. Name them (a name, a list or a callable filter) to cache them.
-OPT_IN_HOOKS: tuple[str, ...] = ("hook_result",)
+#: size of the residual stream, as are the per-head attention inputs (``hook_q_input``...,
+#: TransformerLens's ``use_split_qkv_input``); ``hook_mlp_in`` copies the MLP input. Name them (a name, a
+#: list or a callable filter) to cache them.
+OPT_IN_HOOKS: tuple[str, ...] = (
+    "hook_result",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+    "hook_cross_q_input",
+    "hook_cross_k_input",
+    "hook_cross_v_input",
+    "hook_mlp_in",
+)
 
 
 def _is_glob(name: str) -> bool:

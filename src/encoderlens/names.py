@@ -30,7 +30,19 @@ PAIRWISE_HOOKS: tuple[str, ...] = (
     "hook_position_bias",
 )
 #: Hook leaves whose activation is ``(batch, pos, head, d_head)``.
-PER_HEAD_HOOKS: tuple[str, ...] = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
+PER_HEAD_HOOKS: tuple[str, ...] = (
+    "hook_q",
+    "hook_k",
+    "hook_v",
+    "hook_z",
+    "hook_result",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+    "hook_cross_q_input",
+    "hook_cross_k_input",
+    "hook_cross_v_input",
+)
 
 
 def hook_leaf(hook_name: str) -> str:

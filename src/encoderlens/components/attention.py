@@ -265,6 +265,12 @@ class Attention(KeepPropertyErrors, nn.Module):
         out = out.view(*x.shape[:-1], h, dh)
         return out + b if b is not None else out
 
+    @staticmethod
+    def _project_heads(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
+        """Per-head inputs ``(batch, pos, head_index, d_in)`` through each head's ``W: (head_index, d_in, d_head)``."""
+        out = torch.einsum("bphd,hde->bphe", x, W)
+        return out + b if b is not None else out
+
     def needs_explicit_qkv(self) -> bool:
         """Whether q, k, v must be separate tensors; else one fused matmul and q, k, v are views of its output.
 
@@ -288,6 +294,7 @@ class Attention(KeepPropertyErrors, nn.Module):
         additive_mask: Float[Tensor, "#batch 1 #query_pos key_pos"] | None = None,
         position_bias: Float[Tensor, "#batch head_index query_pos key_pos"] | None = None,
         kv_cache: KVCache | None = None,
+        split: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Float[Tensor, "batch query_pos d_model"]:
         """Attend from ``query_input`` to ``key_input`` / ``value_input`` (``query_input`` itself by default).
 
@@ -303,6 +310,9 @@ class Attention(KeepPropertyErrors, nn.Module):
                 decoder's attention called on its own never looks ahead (as HF's).
             position_bias: Added to the scores (T5 relative bias).
             kv_cache: Generation cache; updated in place.
+            split: Separate inputs per head for q, k and v, each ``(batch, pos, head_index, d_in)`` (the
+                block's opt-in ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input``); then ``x`` and
+                ``kv_input`` are not projected.
         """
         x = query_input
         if key_input is x:
@@ -318,7 +328,14 @@ class Attention(KeepPropertyErrors, nn.Module):
         hd = h * dh
         static_hit = kv_cache is not None and kv_cache.static and kv_cache.k is not None
         kv_new: tuple[Tensor, Tensor] | None = None
-        if kv_input is None and w.qkv is not None and not static_hit and not self.needs_explicit_qkv():
+        if split is not None:
+            q_in, k_in, v_in = split
+            q = self.hook_q(self._project_heads(q_in, self.W_Q, self.b_Q))
+            kv_new = (
+                self.hook_k(self._project_heads(k_in, self.W_K, self.b_K)),
+                self.hook_v(self._project_heads(v_in, self.W_V, self.b_V)),
+            )
+        elif kv_input is None and w.qkv is not None and not static_hit and not self.needs_explicit_qkv():
             # self-attention and nothing reads q/k/v: one matmul; q, k, v are views of its output
             qkv = F.linear(x, w.qkv.t(), w.b_qkv).unflatten(-1, (3, h, dh))
             q = self.hook_q(qkv[..., 0, :, :])

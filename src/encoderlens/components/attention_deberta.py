@@ -142,6 +142,7 @@ class DisentangledAttention(Attention):
         additive_mask: Float[Tensor, "#batch 1 #query_pos key_pos"] | None = None,
         position_bias: Float[Tensor, "#batch head_index query_pos key_pos"] | None = None,
         kv_cache: KVCache | None = None,
+        split: tuple[Tensor, Tensor, Tensor] | None = None,
         rel_embeddings: RelativeEmbeddings | None = None,
     ) -> Float[Tensor, "batch query_pos d_model"]:
         """Attend from ``query_input`` to itself with content and relative-position terms.
@@ -152,6 +153,7 @@ class DisentangledAttention(Attention):
             additive_mask: Added to the scores (0 = attend, very negative = blocked).
             position_bias: Extra additive bias (unused by DeBERTa; added if given).
             kv_cache: Must be None.
+            split: Must be None (per-head q/k/v inputs are not supported with disentangled attention).
             rel_embeddings: The shared relative embeddings (from :class:`RelativeEmbedding`).
         """
         x = query_input
@@ -159,6 +161,10 @@ class DisentangledAttention(Attention):
             raise ValueError("disentangled attention is self-attention only: pass attn(x) (or attn(x, x, x))")
         if kv_cache is not None:
             raise ValueError("disentangled attention has no generation cache: kv_cache must be None")
+        if split is not None:
+            raise ValueError(
+                "per-head attention inputs (hook_q/k/v_input) are not supported with disentangled attention"
+            )
         if rel_embeddings is None:
             raise ValueError("disentangled attention needs rel_embeddings (the model builds them once per forward)")
         dc = self.dcfg

@@ -47,6 +47,14 @@ class TransformerBlock(nn.Module):
     ``hook_normalized_resid_mid``, ``hook_normalized_resid_mid_cross`` (decoders) and
     ``hook_normalized_resid_post``.
 
+    Opt-in hooks (computed only while hooked; :data:`~encoderlens.hooks.OPT_IN_HOOKS`):
+    ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` ``(batch, pos, head, d_model)``: a copy of the
+    attention input per head, *before* ``ln1`` in pre-LN blocks (the norm is applied per copy), as
+    TransformerLens's ``use_split_qkv_input``; ``hook_cross_q_input`` (before ``ln2``, the cross-attention norm) and
+    ``hook_cross_k_input`` / ``hook_cross_v_input`` (the encoder output) for cross-attention;
+    ``hook_mlp_in``: the MLP's input before its norm (``ln2``, ``ln3`` in decoder blocks; a separate branch
+    from the residual).
+
     ``layer`` selects the block's attention settings (``cfg.attn_for(layer)``) and, with
     ``cfg.first_block_attn_norm=False``, drops ``ln1`` in block 0 (``ln1`` is then None).
     The attention module follows ``kind``: :class:`Attention` or :class:`DisentangledAttention`.
@@ -74,6 +82,16 @@ class TransformerBlock(nn.Module):
         #: Name of the norm before the MLP: ``"ln3"`` in blocks with cross-attention, else ``"ln2"``.
         self.mlp_norm_name = "ln3" if cfg.cross_attention else "ln2"
         self.mlp = MLP(d, cfg.mlp)
+        # opt-in (hooks.OPT_IN_HOOKS): per-head copies of the attention inputs and the MLP input, as
+        # TransformerLens's use_split_qkv_input / use_hook_mlp_in; computed only while hooked
+        self.hook_q_input = HookPoint()
+        self.hook_k_input = HookPoint()
+        self.hook_v_input = HookPoint()
+        self.hook_mlp_in = HookPoint()
+        if cfg.cross_attention:
+            self.hook_cross_q_input = HookPoint()
+            self.hook_cross_k_input = HookPoint()
+            self.hook_cross_v_input = HookPoint()
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
         self.hook_resid_mid = HookPoint()
@@ -82,6 +100,17 @@ class TransformerBlock(nn.Module):
         if not self.pre_ln:
             self.hook_normalized_resid_mid = HookPoint()
             self.hook_normalized_resid_post = HookPoint()
+
+    def _split(
+        self, x: Tensor, kv: Tensor, n_heads: int, q_norm: nn.Module | None, kv_norm: nn.Module | None, kind: str
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-head copies of the q and k/v inputs through ``hook_{kind}q_input`` etc., then the norms."""
+
+        def one(src: Tensor, leaf: str, norm: nn.Module | None) -> Tensor:
+            t = getattr(self, f"hook_{kind}{leaf}_input")(src.unsqueeze(2).expand(-1, -1, n_heads, -1).clone())
+            return norm(t) if norm is not None else t
+
+        return one(x, "q", q_norm), one(kv, "k", kv_norm), one(kv, "v", kv_norm)
 
     def forward(
         self,
@@ -113,7 +142,14 @@ class TransformerBlock(nn.Module):
         self_cache = kv_cache[0] if kv_cache is not None else None
 
         attn_in = self.ln1(x) if self.pre_ln and self.ln1 is not None else x
-        extra = {"rel_embeddings": rel_embeddings} if isinstance(self.attn, DisentangledAttention) else {}
+        extra: dict = {"rel_embeddings": rel_embeddings} if isinstance(self.attn, DisentangledAttention) else {}
+        if self.hook_q_input.has_hooks() or self.hook_k_input.has_hooks() or self.hook_v_input.has_hooks():
+            if extra:
+                raise ValueError(
+                    "per-head attention inputs (hook_q/k/v_input) are not supported with disentangled attention"
+                )
+            ln = self.ln1 if self.pre_ln else None
+            extra["split"] = self._split(x, x, self.attn.cfg.n_heads, ln, ln, "")
         attn_out = self.hook_attn_out(
             self.attn(attn_in, additive_mask=additive_mask, position_bias=position_bias, kv_cache=self_cache, **extra)
         )
@@ -130,6 +166,16 @@ class TransformerBlock(nn.Module):
                 )
             cross_cache = kv_cache[1] if kv_cache is not None else None
             c_in = self.ln2(x) if self.pre_ln else x
+            split = None
+            if any(getattr(self, f"hook_cross_{a}_input").has_hooks() for a in "qkv"):
+                split = self._split(
+                    x,
+                    encoder_hidden_states,
+                    self.cross_attn.cfg.n_heads,
+                    self.ln2 if self.pre_ln else None,
+                    None,
+                    "cross_",
+                )
             c_out = self.hook_cross_attn_out(
                 self.cross_attn(
                     c_in,
@@ -137,6 +183,7 @@ class TransformerBlock(nn.Module):
                     additive_mask=cross_mask,
                     position_bias=cross_position_bias,
                     kv_cache=cross_cache,
+                    split=split,
                 )
             )
             if self.pre_ln:
@@ -145,7 +192,9 @@ class TransformerBlock(nn.Module):
                 x = self.hook_normalized_resid_mid_cross(self.ln2(self.hook_resid_mid_cross(x + c_out)))
 
         mlp_norm = self.mlp_norm
-        mlp_in = mlp_norm(x) if self.pre_ln else x
+        # a copy while hooked, so the hook sees (and may change) the MLP branch only
+        mlp_in = self.hook_mlp_in(x.clone()) if self.hook_mlp_in.has_hooks() else x
+        mlp_in = mlp_norm(mlp_in) if self.pre_ln else mlp_in
         mlp_out = self.hook_mlp_out(self.mlp(mlp_in))
         if self.pre_ln:
             return self.hook_resid_post(x + mlp_out)

@@ -25,7 +25,7 @@ from encoderlens.io.audio import AudioBatch, AudioInput, AudioOptions, AudioPrep
 from encoderlens.io.checkpoint import Checkpoint, load_tokenizer, refuse_remote_code
 from encoderlens.models.audio_frames import AudioFrames, frames_input
 from encoderlens.models.base import StackWeightsMixin
-from encoderlens.models.contract import ExampleInput, Prepared, Readout, frame_position_labels
+from encoderlens.models.contract import ExampleInput, InputSpec, Prepared, Readout, frame_position_labels
 
 AudioReturnType = Literal["auto", "logits", "hidden", "all", "pretraining"]
 _RETURN_TYPES = ("auto", "logits", "hidden", "all", "pretraining", None)
@@ -526,6 +526,11 @@ class HookedAudioEncoder(StackWeightsMixin, AudioFrames):
             batch_size=int(batch.input_values.shape[0]),
             alignment_hint="Give both recordings the same length (trim or pad the corrupted audio).",
         )
+
+    def input_spec(self, stream: str | None = None) -> InputSpec:
+        """The normalised, padded waveform (``hook_waveform``, ``(batch, samples)``)."""
+        self.stream_spec(stream)  # validates the stream name
+        return InputSpec("hook_waveform", "sample", float(self.sampling_rate))
 
     @property
     def default_return_type(self) -> str:

@@ -32,6 +32,7 @@ from encoderlens.models.base import HookedModel, StackWeightsMixin
 from encoderlens.models.contract import (
     TOKEN_ALIGNMENT_HINT,
     ExampleInput,
+    InputSpec,
     Prepared,
     Readout,
     text_position_labels,
@@ -600,6 +601,11 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             batch_size=int(batch.tokens.shape[0]),
             alignment_hint=TOKEN_ALIGNMENT_HINT,
         )
+
+    def input_spec(self, stream: str | None = None) -> InputSpec:
+        """The token embeddings (``hook_embed``, ``(batch, pos, d_embed)``)."""
+        self.stream_spec(stream)  # validates the stream name
+        return InputSpec("hook_embed", "token")
 
     @property
     def default_return_type(self) -> str:

@@ -34,6 +34,7 @@ from encoderlens.io.text import TextBatch, is_text
 from encoderlens.models.contract import (
     TOKEN_ALIGNMENT_HINT,
     ExampleInput,
+    InputSpec,
     Prepared,
     Readout,
     text_position_labels,
@@ -313,6 +314,11 @@ class HookedEncoderDecoder(EncoderDecoderTLNames):
             batch_size=int(enc.tokens.shape[0]),
             alignment_hint=TOKEN_ALIGNMENT_HINT,
         )
+
+    def input_spec(self, stream: str | None = None) -> InputSpec:
+        """Each stream's token embeddings (``encoder.hook_embed`` / ``decoder.hook_embed``)."""
+        stream = self.resolve_stream(stream)
+        return InputSpec(f"{stream}.hook_embed", "token")
 
     @property
     def default_return_type(self) -> str:

@@ -9,7 +9,7 @@ from encoderlens.components.sae import SAEConfig, SparseAutoencoder
 from encoderlens.components.sae_format import load_sae, save_sae
 from encoderlens.factored_matrix import FactoredMatrix
 from encoderlens.hooks import HookedRootModule, HookPoint, get_act_name
-from encoderlens.models import HookedAudioEncoder, HookedEncoder, HookedEncoderDecoder
+from encoderlens.models import HookedAudioEncoder, HookedEncoder, HookedEncoderDecoder, HookedWhisper
 from encoderlens.models import from_pretrained as _load
 from encoderlens.models.base import HookedModel
 
@@ -38,6 +38,7 @@ __all__ = [
     "HookedEncoderDecoder",
     "HookedModel",
     "HookedRootModule",
+    "HookedWhisper",
     "from_pretrained",
     "get_act_name",
 ]

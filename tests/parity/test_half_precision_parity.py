@@ -71,13 +71,6 @@ def check_patterns(name: str, ours: torch.Tensor, hf_half: torch.Tensor, hf_fp32
     assert ours_err <= 2 * hf_err + ULP[hf_half.dtype], (name, ours_err, hf_err)
 
 
-def block_output(cache: Any, layer: int) -> torch.Tensor:
-    """What block ``layer`` hands on (HF's hidden state): after the final LayerNorm in post-LN blocks."""
-    if ("normalized_resid_post", layer) in cache:
-        return cache["normalized_resid_post", layer]
-    return cache["resid_post", layer]
-
-
 def hf_pair(hf_fp32: Any, path: Any, dtype: torch.dtype) -> Any:
     """HF's own loader in ``dtype`` (T5 keeps ``wo`` in float32 under fp16, as HF does for checkpoints)."""
     return type(hf_fp32).from_pretrained(path, dtype=dtype, attn_implementation="eager").eval()
@@ -111,12 +104,11 @@ def test_text_encoder_half_precision(tmp_path, arch, dtype):
     check("logits (no hooks)", fast, half.logits, ref.logits, mask)
     n = model.cfg.n_layers
     for i in range(n):
-        check(f"resid_pre {i}", cache["resid_pre", i], half.hidden_states[i], ref.hidden_states[i], mask)
+        ours = cache[model.stream_spec().resid_hook(i)]  # the block output (post-LN: normalized_resid_post)
+        if i == n - 1 and final_norm_last:
+            ours = model.ln_final(ours)
+        check(f"resid_post {i}", ours, half.hidden_states[i + 1], ref.hidden_states[i + 1], mask)
         check_patterns(f"pattern {i}", cache["pattern", i], half.attentions[i], ref.attentions[i], mask)
-    last = block_output(cache, n - 1)
-    if final_norm_last:
-        last = model.ln_final(last)
-    check("last block output", last, half.hidden_states[n], ref.hidden_states[n], mask)
     assert all(t.dtype == dtype for t in cache.values() if t.is_floating_point())
 
 
@@ -195,8 +187,7 @@ def test_audio_encoder_half_precision(tmp_path, variant, dtype):
     mask = out.frame_mask
     check("logits", out.logits, half.logits, ref.logits, mask)
     check("logits (no hooks)", fast, half.logits, ref.logits, mask)
-    n = model.cfg.n_layers
-    for i in range(n):
-        check(f"resid_pre {i}", cache["resid_pre", i], half.hidden_states[i], ref.hidden_states[i], mask)
+    for i in range(model.cfg.n_layers):
+        block_out = cache[model.stream_spec().resid_hook(i)]  # post-LN: normalized_resid_post
+        check(f"resid_post {i}", block_out, half.hidden_states[i + 1], ref.hidden_states[i + 1], mask)
         check_patterns(f"pattern {i}", cache["pattern", i], half.attentions[i], ref.attentions[i], mask)
-    check("last block output", block_output(cache, n - 1), half.hidden_states[n], ref.hidden_states[n], mask)

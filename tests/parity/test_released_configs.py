@@ -171,7 +171,8 @@ def check_text(hf: Any) -> None:
         assert masked_max_diff(cache["resid_pre", i], hidden[i], mask) < ATOL, i
         assert pattern_max_diff(cache["pattern", i], out.attentions[i], mask) < ATOL, i
     final_norm = model.cfg.stack.final_norm  # HF's last hidden state is after it (ModernBERT)
-    last = ours.embeddings if final_norm else cache["resid_post", n - 1]
+    # the block output: hook_resid_post (pre-LN) or hook_normalized_resid_post (post-LN, TransformerLens's names)
+    last = ours.embeddings if final_norm else cache[model.stream_spec().resid_hook(n - 1)]
     assert masked_max_diff(last, hidden[n], mask) < ATOL
     logits = getattr(out, "logits", None)
     if logits is None:
@@ -213,7 +214,9 @@ def check_seq2seq(hf: Any) -> None:
         ):
             for i in range(2):
                 assert masked_max_diff(cache[f"{prefix}.blocks.{i}.hook_resid_pre"], hidden[i], m) < ATOL
-                assert masked_max_diff(cache[f"{prefix}.blocks.{i}.hook_resid_post"], hidden[i + 1], m) < ATOL
+                # post-LN block output: hook_normalized_resid_post (TransformerLens's BertBlock names)
+                out_hook = f"{prefix}.blocks.{i}.hook_normalized_resid_post"
+                assert masked_max_diff(cache[out_hook], hidden[i + 1], m) < ATOL
                 assert pattern_max_diff(cache[f"{prefix}.blocks.{i}.attn.hook_pattern"], attn[i], m) < ATOL
     for i in range(2):
         cross = cache[f"decoder.blocks.{i}.cross_attn.hook_pattern"]

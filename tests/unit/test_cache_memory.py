@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from encoderlens.hooks import OPT_IN_HOOKS
+
 TEXTS = ["the cat sat on the mat", "a dog ran over the lazy fox"]
 
 
@@ -31,7 +33,7 @@ def test_default_cache_leaves_out_hook_result_but_head_results_still_work(tiny_m
     with torch.inference_mode():
         _, cache = model.run_with_cache(batch.tokens, **kw)
         _, res = model.run_with_cache(batch.tokens, names_filter=lambda n: n.endswith("hook_result"), **kw)
-    expected = {n for n in model.hook_names() if not n.endswith("hook_result")}
+    expected = {n for n in model.hook_names() if not n.endswith(OPT_IN_HOOKS)}  # hook_result, split inputs...
     assert set(cache.keys()) == expected
     assert len(res) == model.cfg.n_layers
     # stack_head_results (from hook_z) equals the explicitly requested per-head results

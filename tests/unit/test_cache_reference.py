@@ -58,11 +58,13 @@ def test_accumulated_resid_and_head_results(which, request):
     ref = grab(model, tokens, mask)
     cache = cached(model, tokens, mask, names_filter=lambda n: True)  # opt-in hook_result too
     n = model.cfg.n_layers
+    spec = model.stream_spec()
     acc, labels = cache.accumulated_resid(incl_mid=True, return_labels=True)
     want = []
     for i in range(n):
-        want += [ref[f"blocks.{i}.hook_resid_pre"], ref[f"blocks.{i}.hook_resid_mid"]]
-    want.append(ref[f"blocks.{n - 1}.hook_resid_post"])
+        # the actual stream: on post-LN blocks the normalised tensors (TransformerLens's BertBlock names)
+        want += [ref[f"blocks.{i}.hook_resid_pre"], ref[spec.resid_hook(i, "mid")]]
+    want.append(ref[spec.resid_hook(n - 1, "post")])
     assert labels[-1] == "final_post" and len(labels) == len(want)
     torch.testing.assert_close(acc, torch.stack(want), atol=ATOL, rtol=0)
     torch.testing.assert_close(
@@ -158,7 +160,8 @@ def test_logit_attrs_against_the_unembedding(pre):
     cache = cached(pre, tokens, mask)
     W_U, _ = pre.stream_spec(None).unembed
     n = pre.cfg.n_layers
-    comps = cache.apply_ln_to_stack(cache.decompose_resid())
+    # logit_attrs applies the final norm's cached scale itself (TransformerLens's meaning)
+    comps = cache.decompose_resid()
     good = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13]] * 2)
     bad = torch.tensor([[20, 21, 22, 23, 24, 25, 26, 27, 28]] * 2)
     normed = ln_reference(ref[f"blocks.{n - 1}.hook_resid_post"], pre.cfg.stack.norm.eps)
@@ -169,6 +172,6 @@ def test_logit_attrs_against_the_unembedding(pre):
     torch.testing.assert_close(got.sum(0), want, atol=1e-4, rtol=0)
     only_good = cache.logit_attrs(comps, good).sum(0)
     torch.testing.assert_close(only_good, full_logits.gather(-1, good[..., None])[..., 0], atol=1e-4, rtol=0)
-    # one token for every position, and a position slice
-    one = cache.logit_attrs(comps, 5, incorrect_tokens=20, pos_slice=4)
+    # one token for every position, and a position slice (TransformerLens's meaning: the stack is already cut)
+    one = cache.logit_attrs(comps[:, :, 4], 5, incorrect_tokens=20, pos_slice=4)
     torch.testing.assert_close(one.sum(0), (normed[:, 4] @ (W_U[:, 5] - W_U[:, 20])), atol=1e-4, rtol=0)

@@ -91,8 +91,10 @@ def test_cli_consistency_dtypes_device_help(capsys):
         assert "--device" in opts, name  # every command runs a model
         assert "--debug" in opts, name
         assert p.epilog and p.epilog.startswith("example:") and f"encoderlens {name}" in p.epilog, name
-        helptext = p.format_help()
-        assert "(default:" in helptext, name
+        helptext = " ".join(p.format_help().split())
+        for a in p._actions:
+            if a.help != argparse.SUPPRESS and a.default not in (None, False, argparse.SUPPRESS) and not a.required:
+                assert f"(default: {a.default})" in helptext, (name, a.dest)
         for a in p._actions:
             if "--dtype" in a.option_strings:
                 assert set(a.choices) == {"float32", "float16", "bfloat16"}, name

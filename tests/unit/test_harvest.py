@@ -113,7 +113,7 @@ def test_default_storage_keeps_the_model_dtype(model, tmp_path):
 
 
 def test_dict_items_with_ids_and_token_items(model, tmp_path):
-    data = [{"id": f"doc-{i}", "text": t} for i, t in enumerate(texts(4))]
+    data = [{"id": f"doc-{i}", "text": t, "target": i % 2} for i, t in enumerate(texts(4))]  # a label: ignored
     harvest(model, data, ["blocks.1.hook_resid_post"], tmp_path / "d", batch_size=3, dtype="fp32", progress=False)
     assert load_harvest(tmp_path / "d").item_ids() == {i: f"doc-{i}" for i in range(4)}
     tokens = [model.tokenize(d["text"]).tokens[0].tolist() for d in data]

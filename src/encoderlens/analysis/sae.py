@@ -103,7 +103,7 @@ def patch_sae_features(
     """Activation patching of single SAE features (one run per feature and position).
 
     Args:
-        model: Any encoderlens model.
+        model: An encoderlens model.
         sae: The SAE, spliced in at its ``cfg.hook_name`` (with the error term) during the call.
         clean, corrupt, metric, direction, normalize, corrupt_hooks, return_type, input_kwargs, chunk_size,
             progress: As in :func:`~encoderlens.analysis.patching.patch_residual`.

@@ -43,7 +43,7 @@ def setup(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("input", nargs="+", help="input text(s) (each one an item), or audio file paths")
     p.add_argument("--html", required=True, help="output .html file")
-    p.add_argument("--layers", default=None, help="comma-separated layers to include (default: all)")
+    p.add_argument("--layers", default=None, help="comma-separated layers to include; default: all")
     p.add_argument("--decoder-input", default=None, help="encoder-decoders: target text for the decoder")
     add_device(p)
     p.set_defaults(func=_attention_cmd)

@@ -29,8 +29,16 @@ MODEL_HELP = "hub name, local checkpoint folder, or 'default' (embedded all-Mini
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Help with defaults shown and examples kept as written."""
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help with each option's default (where it has one: None and off flags are explained in the help)
+    and examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if action.required or default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str, help: str, example: str) -> argparse.ArgumentParser:
@@ -44,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help: str, example: s
 
 def add_device(p: argparse.ArgumentParser) -> None:
     """``--device`` (every command that runs a model)."""
-    p.add_argument("--device", default=None, help="where to run the model: cpu, cuda, cuda:1... (default: cpu)")
+    p.add_argument("--device", default=None, help="where to run the model: cpu, cuda, cuda:1...; default: cpu")
 
 
 def err(msg: str) -> None:

@@ -198,9 +198,9 @@ def setup(sub: argparse._SubParsersAction) -> None:
         "or cross-attention heads (encoder-decoders)",
     )
     p.add_argument("--decoder-input", default=None, help="encoder-decoders: target text whose probability is measured")
-    p.add_argument("--stream", default=None, help="models with several streams: the one patched (default: the first)")
-    p.add_argument("--answer", default=None, help="MLM: token whose logit is measured (default: clean top-1)")
-    p.add_argument("--wrong", default=None, help="MLM: token subtracted (default: corrupted top-1)")
+    p.add_argument("--stream", default=None, help="models with several streams: the one patched; default: the first")
+    p.add_argument("--answer", default=None, help="MLM: token whose logit is measured; default: the clean top-1")
+    p.add_argument("--wrong", default=None, help="MLM: token subtracted; default: the corrupted top-1")
     p.add_argument("--reference", default=None, help="embedding models: measure similarity to this text")
     p.add_argument("--no-normalize", action="store_true", help="report raw metric values")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

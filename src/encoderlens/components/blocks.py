@@ -9,10 +9,18 @@ from torch import Tensor, nn
 
 from encoderlens.components.attention import Attention, KVCache
 from encoderlens.components.attention_deberta import DisentangledAttention, RelativeEmbeddings
+from encoderlens.components.attention_gated import GatedRelativeAttention
 from encoderlens.components.mlp import MLP
 from encoderlens.components.norm import make_norm
 from encoderlens.config import StackConfig
 from encoderlens.hooks import HookPoint
+
+#: The self-attention module of each ``AttentionConfig.kind``.
+_ATTENTION: dict[str, type[Attention]] = {
+    "standard": Attention,
+    "disentangled": DisentangledAttention,
+    "gated_relative": GatedRelativeAttention,
+}
 
 
 class TransformerBlock(nn.Module):
@@ -57,7 +65,8 @@ class TransformerBlock(nn.Module):
 
     ``layer`` selects the block's attention settings (``cfg.attn_for(layer)``) and, with
     ``cfg.first_block_attn_norm=False``, drops ``ln1`` in block 0 (``ln1`` is then None).
-    The attention module follows ``kind``: :class:`Attention` or :class:`DisentangledAttention`.
+    The attention module follows ``kind``: :class:`Attention`, :class:`DisentangledAttention` or
+    :class:`GatedRelativeAttention`.
     """
 
     def __init__(self, cfg: StackConfig, kv_d_model: int | None = None, layer: int = 0) -> None:
@@ -67,7 +76,7 @@ class TransformerBlock(nn.Module):
         d = cfg.d_model
         attn_cfg = cfg.attn_for(layer)
         self.ln1 = None if layer == 0 and not cfg.first_block_attn_norm else make_norm(d, cfg.norm)
-        self.attn = DisentangledAttention(d, attn_cfg) if attn_cfg.kind == "disentangled" else Attention(d, attn_cfg)
+        self.attn = _ATTENTION[attn_cfg.kind](d, attn_cfg)
         if cfg.cross_attention:
             cross_cfg = dataclasses.replace(cfg.attn, causal=False)
             self.ln2 = make_norm(d, cfg.norm)

@@ -132,6 +132,11 @@ class Stack(KeepPropertyErrors, StackWeightsMixin, nn.Module):
         return StackWeights(self.blocks, "cross_attn")
 
     @property
+    def d_vocab(self) -> int:
+        """Rows of the token embedding this stack reads."""
+        return self._embed[0].W_E.shape[0]
+
+    @property
     def max_positions(self) -> int | None:
         """Longest input the learned position table allows (None: relative positions, no limit)."""
         return self.pos_embed.max_positions if self.pos_embed is not None else None

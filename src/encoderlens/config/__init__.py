@@ -54,8 +54,11 @@ from encoderlens.config.text import (
     EmbeddingConfig,
     EncoderConfig,
 )
+from encoderlens.config.whisper import LogMelConfig, WhisperConfig
 
 __all__ = [
+    "LogMelConfig",
+    "WhisperConfig",
     "ACTIVATIONS",
     "AttentionConfig",
     "AttentionKind",

@@ -7,7 +7,7 @@ from typing import Literal
 
 NormKind = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
-AttentionKind = Literal["standard", "disentangled"]
+AttentionKind = Literal["standard", "disentangled", "gated_relative"]
 
 #: Activation functions understood by :func:`encoderlens.components.mlp.get_activation`.
 ACTIVATIONS = (
@@ -128,8 +128,10 @@ class AttentionConfig:
         rotary: Rotary position embedding of q and k (ModernBERT), or None.
         local_window: Sliding-window attention: a query sees only keys at distance ``<= local_window``
             (ModernBERT local layers: ``local_attention // 2``). None: no window.
-        kind: ``"standard"`` (:class:`~encoderlens.components.attention.Attention`) or
-            ``"disentangled"`` (DeBERTa, needs ``disentangled``).
+        kind: ``"standard"`` (:class:`~encoderlens.components.attention.Attention`),
+            ``"disentangled"`` (DeBERTa, needs ``disentangled``) or ``"gated_relative"`` (WavLM: the stack's
+            ``relative_position`` bias gated per head and query,
+            :class:`~encoderlens.components.attention_gated.GatedRelativeAttention`).
         disentangled: Settings of disentangled attention when ``kind="disentangled"``.
     """
 
@@ -145,8 +147,10 @@ class AttentionConfig:
     disentangled: DisentangledConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("standard", "disentangled"):
-            raise ValueError(f"attention kind must be 'standard' or 'disentangled', got {self.kind!r}")
+        if self.kind not in ("standard", "disentangled", "gated_relative"):
+            raise ValueError(
+                f"attention kind must be 'standard', 'disentangled' or 'gated_relative', got {self.kind!r}"
+            )
         if (self.kind == "disentangled") != (self.disentangled is not None):
             raise ValueError(
                 f"kind={self.kind!r} with disentangled={self.disentangled!r}: "

@@ -32,8 +32,10 @@ DecoderShift = Literal["start_token", "wrap_last_token"]
 class EncoderDecoderConfig:
     """A sequence-to-sequence transformer (T5 family, BART, mBART).
 
-    The token embedding is shared by the encoder and the decoder (and the head when tied);
-    ``encoder_embed`` / ``decoder_embed`` describe each side's learned positions and embedding norm.
+    The token embedding is shared by the encoder and the decoder (and the head when tied) unless
+    ``shared_embedding=False`` (Marian with ``share_encoder_decoder_embeddings=False``: the decoder has its
+    own table, possibly of another vocabulary size, and a tied head reads it); ``encoder_embed`` /
+    ``decoder_embed`` describe each side's positions and embedding norm.
 
     Attributes:
         architecture: The HF architecture the checkpoint came from (informational only).
@@ -50,6 +52,8 @@ class EncoderDecoderConfig:
         decoder_shift: How targets become decoder inputs: ``"start_token"`` (T5, BART:
             ``[start] + targets[:-1]``) or ``"wrap_last_token"`` (mBART: the last non-pad target token,
             the language id, moves to the front).
+        shared_embedding: Whether encoder and decoder share one token embedding (False: the decoder
+            has its own, of ``decoder_embed.d_vocab`` rows).
     """
 
     architecture: str
@@ -63,6 +67,7 @@ class EncoderDecoderConfig:
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
     decoder_shift: DecoderShift = "start_token"
+    shared_embedding: bool = True
     #: The device the model lives on (kept up to date by ``model.to``; TransformerLens's ``cfg.device``).
     device: str | None = field(default=None, compare=False)
 
@@ -81,11 +86,13 @@ class EncoderDecoderConfig:
                 raise ValueError(
                     f"encoder and decoder widths differ ({self.encoder.d_model} vs {self.decoder.d_model})"
                 )
-            for field in ("d_vocab", "scale", "pad_token_id"):
+            for field in ("d_vocab", "scale", "pad_token_id") if self.shared_embedding else ():
                 if getattr(self.decoder_embed, field) != getattr(self.encoder_embed, field):
                     raise ValueError(f"encoder and decoder share one token embedding: their {field} must agree")
         if self.unembed is not None and self.decoder is None:
             raise ValueError("an LM head needs a decoder")
+        if not self.shared_embedding and self.decoder is None:
+            raise ValueError("shared_embedding=False describes a decoder's own embedding; this config has no decoder")
         if self.decoder_shift not in ("start_token", "wrap_last_token"):
             raise ValueError(f"decoder_shift must be 'start_token' or 'wrap_last_token', got {self.decoder_shift!r}")
 
@@ -95,7 +102,13 @@ class EncoderDecoderConfig:
 
     @property
     def d_vocab(self) -> int:
+        """Vocabulary of the encoder input (see ``d_vocab_out`` for the decoder and the head)."""
         return self.encoder_embed.d_vocab
+
+    @property
+    def d_vocab_out(self) -> int:
+        """Vocabulary of the decoder input and of the logits."""
+        return self.encoder_embed.d_vocab if self.decoder_embed is None else self.decoder_embed.d_vocab
 
     @property
     def n_layers(self) -> int:

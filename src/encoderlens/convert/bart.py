@@ -106,8 +106,14 @@ def _stack(hf: Any, pre_ln: bool, decoder: bool) -> StackConfig:
     )
 
 
-def _check_config(hf: Any, arch: str, pre_ln: bool) -> None:
-    check_config_keys(hf, hf.model_type, HANDLED_KEYS, IGNORED_KEYS)
+def _check_config(
+    hf: Any,
+    arch: str,
+    pre_ln: bool,
+    handled: frozenset[str] = HANDLED_KEYS,
+    ignored: frozenset[str] = IGNORED_KEYS,
+) -> None:
+    check_config_keys(hf, hf.model_type, handled, ignored)
     act = hf.activation_function
     require(act in ACTIVATIONS, arch, "activation_function", act, ", ".join(ACTIVATIONS))
     for side in ("encoder", "decoder"):

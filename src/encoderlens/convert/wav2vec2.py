@@ -132,9 +132,11 @@ def audio_encoder_config(
     ctc: bool,
     quantizer: bool,
     spec_embed: bool,
+    extra_keys: frozenset[str] = frozenset(),
 ) -> AudioEncoderConfig:
-    """Map and check an HF ``Wav2Vec2Config`` / ``HubertConfig`` (their shared fields)."""
-    check_config_keys(hf, arch, HANDLED_KEYS, IGNORED_KEYS)
+    """Map and check an HF ``Wav2Vec2Config`` / ``HubertConfig`` (their shared fields; ``extra_keys``: the
+    caller's own handled keys, e.g. WavLM's position buckets)."""
+    check_config_keys(hf, arch, HANDLED_KEYS | extra_keys, IGNORED_KEYS)
     require(hf.feat_extract_norm in ("group", "layer"), arch, "feat_extract_norm", hf.feat_extract_norm, "group, layer")
     require(not getattr(hf, "add_adapter", False), arch, "add_adapter", True, "False (no output adapter)")
     require(

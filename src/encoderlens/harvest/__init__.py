@@ -12,11 +12,14 @@ Layout of ``out_dir``::
     manifest.json                  merged view (rank 0 writes it; "complete": true at the end)
     rank000-00000.safetensors      shards: rank 0's first shard, ...
     _progress/rank000.json         each rank's committed shards (what a restart reads)
+    _progress/rank000.lock         the advisory lock of the process writing rank 0 (see ``lock``)
 
 What is not in a progress file does not exist: a shard is written under a temporary name and
 renamed into place (``os.replace``, atomic), then the rank's progress file is replaced the same
 way. A kill at any moment leaves either the old or the new state, never a partial shard; files not
-listed (from a kill between the two renames) are deleted on restart.
+listed (from a kill between the two renames) and temporary files are deleted on restart. One process
+per rank, of one run, may write a folder (:mod:`encoderlens.harvest.lock`), and a resume must use the
+same model (:mod:`encoderlens.harvest.fingerprint`).
 
 Nothing here depends on the model family: a batch of items becomes one input through the model
 contract (``model.prepare_input``, see :class:`ItemFields`), runs with ``model.run_prepared``, and each
@@ -25,7 +28,8 @@ activation's rows follow the positions of its residual stream (the prepared batc
 
 Modules: ``writer`` (:func:`harvest`), ``items`` (dataset items -> a prepared batch), ``alignment``
 (which positions an activation follows), ``manifest`` (progress files and the merged manifest),
-``reader`` (:func:`load_harvest`), ``command`` (the command line, also ``encoderlens harvest``).
+``reader`` (:func:`load_harvest`), ``lock``, ``fingerprint``, ``command`` (the command line, also
+``encoderlens harvest``).
 
 Example:
     >>> from encoderlens.harvest import harvest, load_harvest
@@ -37,6 +41,7 @@ Example:
 
 from encoderlens.harvest.command import main
 from encoderlens.harvest.items import ItemFields
+from encoderlens.harvest.lock import HarvestLockedError
 from encoderlens.harvest.manifest import FORMAT, FORMAT_VERSION
 from encoderlens.harvest.reader import Harvest, load_harvest
 from encoderlens.harvest.writer import harvest, storage_dtype
@@ -45,6 +50,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "Harvest",
+    "HarvestLockedError",
     "ItemFields",
     "harvest",
     "load_harvest",

@@ -64,24 +64,24 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", required=True, help="output folder (resumed if it holds a harvest)")
     ap.add_argument("--batch-size", type=int, default=32, help="items per forward")
     ap.add_argument(
-        "--dtype", choices=CLI_DTYPES, default=None, help="storage dtype (default: the model's dtype, no conversion)"
+        "--dtype", choices=CLI_DTYPES, default=None, help="storage dtype; None keeps the model's dtype (no conversion)"
     )
     ap.add_argument("--include-padding", action="store_true", help="store padding positions too, flagged")
     ap.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MiB")
     ap.add_argument("--items-per-shard", type=int, default=None, help="also start a new shard after this many items")
-    ap.add_argument("--max-items", type=int, default=None, help="stop after this many items (default: all)")
+    ap.add_argument("--max-items", type=int, default=None, help="stop after this many items; default: all")
     ap.add_argument(
         "--field",
         default=None,
-        help=f"item field holding the input (default: the first of {', '.join(DEFAULT_INPUT_KEYS)} present; "
-        "lines of a .txt file are the input)",
+        help=f"item field holding the input; default: the first of {', '.join(DEFAULT_INPUT_KEYS)} present; "
+        "lines of a .txt file are the input",
     )
     ap.add_argument(
         "--return-type",
         default=None,
-        help="forward return_type (default: the model's primary output); 'all' runs every head (pooler hooks)",
+        help="forward return_type; default: the model's primary output; 'all' runs every head (pooler hooks)",
     )
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--device", default=None, help="cpu or cuda; default: cuda if available")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -128,6 +128,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Defaults shown where an option has one (None and off flags are explained in the help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.required or action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m encoderlens.harvest`` (also under ``torchrun --nproc_per_node N -m encoderlens.harvest``)."""
     ap = argparse.ArgumentParser(
@@ -135,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Harvest activations to sharded safetensors files (resumable; torchrun for several processes). "
         "Same as `encoderlens harvest`.",
         epilog=f"example:\n  {EXAMPLE}",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     add_arguments(ap)

@@ -7,7 +7,7 @@ batch. What an item is does not depend on the model family:
 - a dict: the input under :attr:`ItemFields.input_key` (default: the first of ``input``, ``text``,
   ``tokens``, ``audio``, ``source`` present), the source id under ``"id"``, and per-item options of
   ``model.prepare_input`` under :attr:`ItemFields.option_keys` (default: ``"target"`` ->
-  ``decoder_input``).
+  ``decoder_input`` where the model takes a decoder input).
 
 Token id sequences of unequal lengths are padded (the tokenizer's pad id, else 0) and passed as
 tokenizer output (``{"input_ids", "attention_mask"}``), which every text family accepts; a datasets-style
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -38,21 +38,29 @@ class ItemFields:
     Attributes:
         input_key: Field holding the model input; None: the first of :data:`DEFAULT_INPUT_KEYS` present.
         option_keys: Item field -> ``prepare_input`` option, collected per item (every item of a batch
-            has it, or none does). Default: ``{"target": "decoder_input"}`` (teacher forcing of
-            encoder-decoders: target text, or decoder token ids used as given).
+            has it, or none does). None (default): ``{"target": "decoder_input"}`` for models whose
+            example input takes a ``decoder_input`` (encoder-decoders: teacher forcing on target text, or
+            on decoder token ids used as given), else none (a text encoder ignores a ``"target"`` label).
         options: ``prepare_input`` options for every batch (e.g. ``{"sampling_rate": 8000, "resample":
             True}``).
     """
 
     input_key: str | None = None
-    option_keys: Mapping[str, str] = field(default_factory=lambda: {"target": "decoder_input"})
+    option_keys: Mapping[str, str] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def for_model(self, model: HookedModel) -> ItemFields:
+        """These fields with the default ``option_keys`` resolved for ``model``."""
+        if self.option_keys is not None:
+            return self
+        takes_decoder = "decoder_input" in model.example_input().options
+        return replace(self, option_keys={"target": "decoder_input"} if takes_decoder else {})
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records (a resumed harvest must read items the same way)."""
         return {
             "input_key": self.input_key,
-            "option_keys": dict(sorted(self.option_keys.items())),
+            "option_keys": None if self.option_keys is None else dict(sorted(self.option_keys.items())),
             "options": {k: _jsonable(v) for k, v in sorted(self.options.items())},
         }
 
@@ -75,7 +83,8 @@ class ItemFields:
                 else "pass the input_key (CLI: --field) of the field that holds the input"
             )
             raise ValueError(f"dict item has no {' / '.join(map(repr, keys))} field (keys: {sorted(item)}); {fix}")
-        return item[key], {opt: item[k] for k, opt in self.option_keys.items() if k in item}
+        keys_ = self.option_keys or {}
+        return item[key], {opt: item[k] for k, opt in keys_.items() if k in item}
 
     def prepare(self, model: HookedModel, items: Sequence[Any]) -> Prepared:
         """One :class:`Prepared` batch of ``items`` (``model.prepare_input`` on the batched inputs)."""
@@ -85,7 +94,7 @@ class ItemFields:
         names = {n for _, o in parts for n in o}
         for name in sorted(names):
             if not all(name in o for _, o in parts):
-                field_name = next(k for k, v in self.option_keys.items() if v == name)
+                field_name = next(k for k, v in (self.option_keys or {}).items() if v == name)
                 raise ValueError(
                     f"some items have a {field_name!r} field and some do not; give every item one, or none"
                 )

@@ -143,7 +143,13 @@ class FolderLock:
                         )
                         g.truncate(0)
                     continue
+            # a peer of this run may have locked its file a moment ago and not yet replaced the record of
+            # the previous holder: give it a moment before calling it another run
+            deadline = time.monotonic() + 1.0
             holder = _read_holder(p)
+            while holder.get("run") != self.run and time.monotonic() < deadline:
+                time.sleep(0.05)
+                holder = _read_holder(p)
             if holder.get("run") != self.run:
                 self.release()
                 raise HarvestLockedError(

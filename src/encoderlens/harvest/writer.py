@@ -250,7 +250,7 @@ def harvest(
     store_dtype = storage_dtype(dtype) if dtype is not None else model_dtype(model)
     if items is not None and input_key is not None:
         raise ValueError("pass input_key inside items=ItemFields(...) or alone, not both")
-    fields_ = items if items is not None else ItemFields(input_key=input_key)
+    fields_ = (items if items is not None else ItemFields(input_key=input_key)).for_model(model)
     names = _resolve_hooks(model, hooks)
     streams = hook_streams(model, names)
     transforms = dict(transforms or {})

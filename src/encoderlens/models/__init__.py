@@ -12,11 +12,12 @@ from encoderlens.models.base import HookedModel, load_pretrained, resolve_tl_key
 from encoderlens.models.encoder import EncoderOutput, HookedEncoder
 from encoderlens.models.encoder_decoder import EncoderDecoderOutput, HookedEncoderDecoder
 from encoderlens.models.mask_fill import MaskPrediction
+from encoderlens.models.whisper import HookedWhisper
 
 #: ``family -> model class``: the converted config's ``family`` picks the class. A new family is one
 #: more entry here.
 FAMILIES: dict[str, type[HookedModel]] = {
-    cls.family: cls for cls in (HookedEncoder, HookedAudioEncoder, HookedEncoderDecoder)
+    cls.family: cls for cls in (HookedEncoder, HookedAudioEncoder, HookedEncoderDecoder, HookedWhisper)
 }
 
 
@@ -60,6 +61,7 @@ __all__ = [
     "HookedAudioEncoder",
     "HookedEncoder",
     "HookedEncoderDecoder",
+    "HookedWhisper",
     "MaskPrediction",
     "Transcription",
     "from_pretrained",

@@ -19,6 +19,7 @@ from encoderlens.components.audio_frontend import AudioFrontend, frame_mask_from
 from encoderlens.components.audio_heads import CTCHead, QuantizerHead, QuantizerOutput
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.norm import make_norm
+from encoderlens.components.position import RelativePositionBias
 from encoderlens.config import AudioEncoderConfig
 from encoderlens.hooks import HookPoint
 from encoderlens.io.audio import AudioBatch, AudioInput, AudioOptions, AudioPreprocessing, prepare_audio
@@ -73,7 +74,7 @@ class Transcription:
 
 
 class HookedAudioEncoder(StackWeightsMixin, AudioFrames):
-    """A wav2vec2 / HuBERT encoder with a hook point on every activation, from raw samples to logits.
+    """A wav2vec2 / HuBERT / WavLM encoder with a hook point on every activation, from raw samples to logits.
 
     Hook points (``j`` = conv layer, ``i`` = block); every activation is ``(batch, frames, features)``:
 
@@ -89,6 +90,9 @@ class HookedAudioEncoder(StackWeightsMixin, AudioFrames):
       ``blocks.{i}.attn.hook_q | k | v | attn_scores | pattern | z | result``, ``blocks.{i}.mlp.hook_pre | post``,
       ``blocks.{i}.ln1 | ln2 .hook_scale | hook_normalized``.
     - ``ln_final.*`` (pre-LN layout); ``quantizer.*`` (wav2vec2 pre-training checkpoints).
+    - WavLM: ``hook_position_bias`` ``(1, head_index, query_frame, key_frame)`` (the shared, ungated relative
+      bias), ``blocks.{i}.attn.hook_position_gate`` ``(batch, frames, head_index)`` and
+      ``blocks.{i}.attn.hook_gated_position_bias`` ``(batch, head_index, query_frame, key_frame)``.
 
     Example:
         >>> model = HookedAudioEncoder.from_pretrained("facebook/wav2vec2-base-960h")
@@ -125,6 +129,10 @@ class HookedAudioEncoder(StackWeightsMixin, AudioFrames):
         self.hook_pos_conv = HookPoint()
         self.embed_ln = make_norm(d, cfg.embed_norm) if cfg.embed_norm is not None else None
         self.hook_full_embed = HookPoint()
+        # WavLM: one relative position bias for the whole stack, gated per block (kind="gated_relative")
+        rel = cfg.stack.relative_position
+        self.position_bias = RelativePositionBias(cfg.n_heads, rel) if rel is not None else None
+        self.hook_position_bias = HookPoint() if rel is not None else None
         self.blocks = nn.ModuleList([TransformerBlock(cfg.stack) for _ in range(cfg.n_layers)])
         self.ln_final = make_norm(d, cfg.stack.norm) if cfg.stack.final_norm else None
         self.ctc_head = CTCHead(d, cfg.ctc_head) if cfg.ctc_head is not None else None

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from encoderlens.components.attention import build_additive_mask
 from encoderlens.components.audio_frontend import AudioFrontend, frame_mask_from_lengths
+from encoderlens.components.position import RelativePositionBias
 from encoderlens.components.stack import run_blocks
 from encoderlens.config import AudioEncoderConfig
 from encoderlens.hooks import HookPoint
@@ -35,6 +36,8 @@ class AudioFrames(HookedModel):
     hook_full_embed: HookPoint
     blocks: nn.ModuleList
     ln_final: nn.Module | None
+    position_bias: RelativePositionBias | None
+    hook_position_bias: HookPoint | None
     prepare: Callable[..., AudioBatch]
 
     def _run_frames(
@@ -57,7 +60,18 @@ class AudioFrames(HookedModel):
         x = self.hook_full_embed(x)
         n_frames = x.shape[1]
         additive = build_additive_mask(attn_mask, n_frames, n_frames, False, x.dtype, x.device)
-        return run_blocks(self.blocks, x, additive_mask=additive, stop_at_layer=stop_at_layer, final_norm=self.ln_final)
+        bias = None
+        if self.position_bias is not None:  # WavLM: one relative bias for the stack, gated per block
+            assert self.hook_position_bias is not None
+            bias = self.hook_position_bias(self.position_bias(n_frames, n_frames).to(x.dtype))
+        return run_blocks(
+            self.blocks,
+            x,
+            additive_mask=additive,
+            position_bias=bias,
+            stop_at_layer=stop_at_layer,
+            final_norm=self.ln_final,
+        )
 
     # ------------------------------------------------------------------ TransformerLens's frame API
     @property

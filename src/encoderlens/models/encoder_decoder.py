@@ -106,10 +106,15 @@ class HookedEncoderDecoder(EncoderDecoderTLNames):
         self.embed = Embed(d, cfg.encoder_embed)
         self.encoder = Stack(cfg.encoder, cfg.encoder_embed, self.embed)
         self.decoder: Stack | None = None
+        # the decoder's own token table when it shares none with the encoder (Marian, untied embeddings)
+        self.decoder_embed: Embed | None = None
+        dec_tokens = self.embed
         if cfg.decoder is not None:
             assert cfg.decoder_embed is not None
-            self.decoder = Stack(cfg.decoder, cfg.decoder_embed, self.embed)
-        self.lm_head = LMHead(d, cfg.d_vocab, cfg.unembed, self.embed) if cfg.unembed is not None else None
+            if not cfg.shared_embedding:
+                self.decoder_embed = dec_tokens = Embed(d, cfg.decoder_embed)
+            self.decoder = Stack(cfg.decoder, cfg.decoder_embed, dec_tokens)
+        self.lm_head = LMHead(d, cfg.d_vocab_out, cfg.unembed, dec_tokens) if cfg.unembed is not None else None
         self.streams: tuple[str, ...] = ("encoder", "decoder") if self.decoder is not None else ("encoder",)
         self.setup()
 

@@ -272,8 +272,14 @@ class Attention(KeepPropertyErrors, nn.Module):
         return out + b if b is not None else out
 
     def needs_explicit_qkv(self) -> bool:
-        """Whether q, k, v must be separate tensors (they are hooked or cached); else one fused matmul."""
-        return self.hook_q.has_hooks() or self.hook_k.has_hooks() or self.hook_v.has_hooks()
+        """Whether q, k, v must be separate tensors; else one fused matmul and q, k, v are views of its output.
+
+        Separate only when some but not all of them are hooked: a cached q that is a view would keep
+        the whole q|k|v buffer alive (three times its size). With all three hooked (a full cache) the
+        views together are exactly the buffer, stored once.
+        """
+        hooked = (self.hook_q.has_hooks(), self.hook_k.has_hooks(), self.hook_v.has_hooks())
+        return any(hooked) and not all(hooked)
 
     def needs_explicit_pattern(self) -> bool:
         """Whether scores/pattern must be materialised (they are hooked or cached)."""
@@ -350,8 +356,8 @@ class Attention(KeepPropertyErrors, nn.Module):
         else:
             if kv_new is not None:
                 k, v = kv_new
-            elif self.hook_k.has_hooks() or self.hook_v.has_hooks():
-                # separate (contiguous) tensors, so a cached k does not keep v's memory alive
+            elif self.hook_k.has_hooks() != self.hook_v.has_hooks():
+                # only one of k, v hooked: separate tensors, so a cached k does not keep v's memory alive
                 k = self.hook_k(F.linear(src, w.kv[:, :hd].t(), w.b_k).unflatten(-1, (h, dh)))
                 v = self.hook_v(F.linear(src, w.kv[:, hd:].t(), w.b_v).unflatten(-1, (h, dh)))
             else:

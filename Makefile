@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench install browser
+.PHONY: demo test lint typecheck bench install browser mutants
 
 $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,6 +44,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src/encoderlens
+
+# Not in CI: apply each plausible one-line bug of tools/mutants.py and report the ones no test catches
+# (MUTANTS_ARGS=--full runs the whole suite per mutation).
+mutants: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python tools/mutants.py $(MUTANTS_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

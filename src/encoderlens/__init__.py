@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from encoderlens.cache import ActivationCache
+from encoderlens.components.sae import SAEConfig, SparseAutoencoder
+from encoderlens.components.sae_format import load_sae, save_sae
 from encoderlens.factored_matrix import FactoredMatrix
 from encoderlens.hooks import HookedRootModule, HookPoint, get_act_name
 from encoderlens.models import HookedAudioEncoder, HookedEncoder, HookedEncoderDecoder
@@ -24,6 +26,10 @@ def from_pretrained(name_or_path: Any = None, **kwargs: Any) -> Any:
 
 
 __all__ = [
+    "SAEConfig",
+    "SparseAutoencoder",
+    "load_sae",
+    "save_sae",
     "ActivationCache",
     "FactoredMatrix",
     "HookPoint",

@@ -28,6 +28,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from encoderlens.cache_tl import TLCacheMethods
+from encoderlens.hooks import HookedRootModule
 from encoderlens.names import get_act_name
 from encoderlens.slicing import apply_slice
 
@@ -137,6 +138,11 @@ class ActivationCache(TLCacheMethods):
         if isinstance(key, str):
             if key in self.cache_dict:
                 return key
+            if isinstance(self.model, HookedRootModule):
+                # another name of a hook point (TransformerLens's T5 names: "encoder.0.attn.hook_v"...)
+                canonical = self.model.canonical_hook_name(key)
+                if canonical in self.cache_dict:
+                    return canonical
             prefixed = f"{self.stream}.{key}" if self.stream else key
             if prefixed not in self.cache_dict and "." not in key and not key.startswith("hook_"):
                 try:  # TransformerLens short keys: cache["embed"] -> "hook_embed"
@@ -507,8 +513,9 @@ class ActivationCache(TLCacheMethods):
         """Apply a cached norm's scale to every component (pre-LN only), as the norm treats their sum.
 
         ``layer=None`` or ``-1`` uses the final norm; ``layer=i`` the norm before block ``i``'s attention
-        (``ln1``) or, with ``mlp_input``, before its MLP (``ln2``). LayerNorm components are centred first;
-        RMSNorm ones are not. The norm's weight is not applied (fold it into what reads the stream).
+        (``ln1``) or, with ``mlp_input``, before its MLP (``ln2``; ``ln3`` in decoder blocks, whose ``ln2`` is
+        the cross-attention norm). LayerNorm components are centred first; RMSNorm ones are not. The norm's
+        weight is not applied (fold it into what reads the stream).
 
         Slices as TransformerLens: ``residual_stack`` is ``(component, batch, [pos,] d_model)`` already cut
         to ``pos_slice``; ``pos_slice`` and ``batch_slice`` cut the cached scale to match, and
@@ -527,7 +534,8 @@ class ActivationCache(TLCacheMethods):
                 spec.prefix + spec.final_norm if not spec.final_norm.startswith(spec.prefix) else spec.final_norm
             )
         else:
-            norm_path = f"{spec.prefix}blocks.{layer}.{'ln2' if mlp_input else 'ln1'}"
+            ln = str(spec.blocks[layer].mlp_norm_name) if mlp_input else "ln1"
+            norm_path = f"{spec.prefix}blocks.{layer}.{ln}"
         scale = self._need(f"{norm_path}.hook_scale", "apply_ln_to_stack")
         norm_mod = self.model.get_submodule(norm_path)
         x = residual_stack
@@ -582,7 +590,9 @@ class ActivationCache(TLCacheMethods):
             raise TypeError(f"tokens must be an int or a LongTensor, got {type(tokens).__name__}")
         x = residual_stack
         if spec.final_norm is not None and spec.norm_position == "pre":
-            x = self.apply_ln_to_stack(x, None, pos_slice=pos_slice, batch_slice=batch_slice, has_batch_dim=has_batch_dim)
+            x = self.apply_ln_to_stack(
+                x, None, pos_slice=pos_slice, batch_slice=batch_slice, has_batch_dim=has_batch_dim
+            )
         elif has_batch_dim and self.has_batch_dim:
             x = apply_slice(x, batch_slice, 1)
         W_U = W_U.to(x.device, x.dtype)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
@@ -73,6 +73,32 @@ class HookPoint(nn.Module):
         self.bwd_hooks: list[LensHandle] = []
         self._bwd_fns: OrderedDict[int, Callable[[Tensor], Tensor | None]] = OrderedDict()
         self.ctx: dict[str, Any] = {}
+        # a module spliced in after the hooks (an SAE): its output flows downstream, the hooks see the input
+        self._splice: Callable[[Tensor], Tensor] | None = None
+        self._splice_handle: RemovableHandle | None = None
+
+    @property
+    def splice(self) -> Callable[[Tensor], Tensor] | None:
+        """A function (an SAE) applied after every forward hook: its output flows downstream.
+
+        It runs as the last forward hook (hooks added later are still run before it), so hooks see and
+        may edit the activation the splice receives.
+        """
+        return self._splice
+
+    @splice.setter
+    def splice(self, fn: Callable[[Tensor], Tensor] | None) -> None:
+        if self._splice_handle is not None:
+            self._splice_handle.remove()
+            self._splice_handle = None
+        self._splice = fn
+        if fn is not None:
+            self._splice_handle = self.register_forward_hook(lambda module, inputs, out: fn(out))
+
+    def _keep_splice_last(self) -> None:
+        if self._splice_handle is not None:
+            hooks = self._forward_hooks
+            hooks[self._splice_handle.id] = hooks.pop(self._splice_handle.id)  # re-inserted last
 
     def __repr__(self) -> str:
         bits = [f"name={self.name!r}"] if self.name is not None else []
@@ -104,6 +130,7 @@ class HookPoint(nn.Module):
             raise TypeError(f"hook function must be callable, got {type(hook).__name__}")
         if dir == "fwd":
             handle = self.register_forward_hook(_ForwardCall(hook, self), prepend=prepend)
+            self._keep_splice_last()
             visible = self.fwd_hooks
         elif dir == "bwd":
             call = _BackwardCall(hook, self)
@@ -162,7 +189,9 @@ class HookPoint(nn.Module):
         if dir not in ("fwd", "bwd", "both"):
             raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
         if including_permanent and level is None:
-            return bool((dir != "bwd" and self.fwd_hooks) or (dir != "fwd" and self.bwd_hooks))
+            # a spliced module (an SAE) counts: the activation must be computed for it
+            fwd = bool(self.fwd_hooks) or self._splice is not None
+            return bool((dir != "bwd" and fwd) or (dir != "fwd" and self.bwd_hooks))
         handles = (self.fwd_hooks if dir != "bwd" else []) + (self.bwd_hooks if dir != "fwd" else [])
         return any(
             (including_permanent or not h.is_permanent) and (level is None or h.context_level == level) for h in handles
@@ -220,6 +249,11 @@ class _ForwardCall:
                 f"forward hook on {name!r} returned shape {tuple(out.shape)}, expected "
                 f"{tuple(x.shape)}; return a tensor of the activation's shape"
             )
+        if out.dtype != x.dtype or out.device != x.device:
+            raise TypeError(
+                f"forward hook on {name!r} returned a {out.dtype} tensor on {out.device}, expected "
+                f"{x.dtype} on {x.device}; return e.g. `out.to(x.dtype)` (the activation's dtype and device)"
+            )
         return out
 
 
@@ -236,8 +270,19 @@ class _BackwardCall:
 
 #: Hook points that ``names_filter=None`` ("cache everything") leaves out, because hooking them makes
 #: the model compute something extra: ``hook_result`` (every head's output) is ``n_heads`` times the
-#: size of the residual stream. Name them (a name, a list or a callable filter) to cache them.
-OPT_IN_HOOKS: tuple[str, ...] = ("hook_result",)
+#: size of the residual stream, as are the per-head attention inputs (``hook_q_input``...,
+#: TransformerLens's ``use_split_qkv_input``); ``hook_mlp_in`` copies the MLP input. Name them (a name, a
+#: list or a callable filter) to cache them.
+OPT_IN_HOOKS: tuple[str, ...] = (
+    "hook_result",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+    "hook_cross_q_input",
+    "hook_cross_k_input",
+    "hook_cross_v_input",
+    "hook_mlp_in",
+)
 
 
 def _is_glob(name: str) -> bool:
@@ -293,9 +338,11 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
 
     hook_dict: dict[str, HookPoint]
     mod_dict: dict[str, nn.Module]
+    #: Other accepted names of hook points (``alias -> name``), from :meth:`hook_alias`.
+    hook_alias_dict: dict[str, str]
 
     def setup(self) -> None:
-        """Name every HookPoint after its path and index modules by name."""
+        """Name every HookPoint after its path, index modules by name, and record hook-name aliases."""
         self.mod_dict = {}
         self.hook_dict = {}
         for name, module in self.named_modules():
@@ -305,23 +352,53 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
             self.mod_dict[name] = module
             if isinstance(module, HookPoint):
                 self.hook_dict[name] = module
+        self.hook_alias_dict = {}
+        self._alias_of: dict[str, str] = {}
+        for name in self.hook_dict:
+            alias = self.hook_alias(name)
+            if alias is not None and alias != name and alias not in self.hook_dict:
+                self.hook_alias_dict[alias] = name
+                self._alias_of[name] = alias
 
     # ------------------------------------------------------------------ names
+    def hook_alias(self, name: str) -> str | None:
+        """Another name this model accepts for hook point ``name`` (e.g. TransformerLens's), or None.
+
+        Aliases resolve wherever a hook name does (``add_hook``, ``run_with_hooks``, ``names_filter``
+        names, globs and callables, cache lookups); cached activations are stored under the hook's own name.
+        """
+        return None
+
+    def canonical_hook_name(self, name: str) -> str:
+        """The hook point's own name for ``name`` (an alias resolved; other names unchanged)."""
+        return self.__dict__.get("hook_alias_dict", {}).get(name, name)
+
+    def _with_aliases(self, match: Callable[[str], bool]) -> Callable[[str], bool]:
+        """A name filter that also accepts a hook point when it accepts the hook's alias."""
+        alias_of: dict[str, str] = self.__dict__.get("_alias_of", {})
+        if not alias_of:
+            return match
+        return lambda name: bool(match(name)) or (name in alias_of and bool(match(alias_of[name])))
+
     def hook_names(self) -> list[str]:
         """All hook point names in module order."""
         return list(self.hook_dict)
 
     def _resolve(self, name_or_filter: str | Callable[[str], bool]) -> list[HookPoint]:
         if callable(name_or_filter):
-            return [hp for name, hp in self.hook_dict.items() if name_or_filter(name)]
+            match = self._with_aliases(name_or_filter)
+            return [hp for name, hp in self.hook_dict.items() if match(name)]
         if not isinstance(name_or_filter, str):
             raise TypeError(
                 f"hook target must be a hook name (str) or a filter callable, got {type(name_or_filter).__name__}"
             )
-        if name_or_filter in self.hook_dict:
-            return [self.hook_dict[name_or_filter]]
+        canonical = self.canonical_hook_name(name_or_filter)
+        if canonical in self.hook_dict:
+            return [self.hook_dict[canonical]]
         if any(ch in name_or_filter for ch in "*?["):
-            hits = [hp for name, hp in self.hook_dict.items() if fnmatch.fnmatchcase(name, name_or_filter)]
+            pattern = name_or_filter
+            glob = self._with_aliases(lambda name: fnmatch.fnmatchcase(name, pattern))
+            hits = [hp for name, hp in self.hook_dict.items() if glob(name)]
             if hits:
                 return hits
         raise ValueError(self._unknown_hook_message(name_or_filter))
@@ -476,7 +553,7 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
                 if not isinstance(n, str):
                     raise TypeError(f"names_filter lists hook names or globs (str), got {type(n).__name__}")
                 self.check_hook_name(n)
-        match = _name_matcher(names_filter)
+        match = self._with_aliases(_name_matcher(names_filter))
         store: dict[str, Tensor] = {} if cache is None else cache
 
         def saver(suffix: str) -> HookFn:
@@ -485,6 +562,11 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
                 if device is not None:
                     v = v.to(device)
                 if remove_batch_dim:
+                    if v.ndim == 0 or v.shape[0] != 1:
+                        raise ValueError(
+                            f"remove_batch_dim=True needs a batch of one, but {hook.name!r} has shape "
+                            f"{tuple(v.shape)} (batch first); run one item or pass remove_batch_dim=False"
+                        )
                     v = v[0]
                 assert hook.name is not None
                 store[hook.name + suffix] = v

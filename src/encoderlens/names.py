@@ -30,7 +30,19 @@ PAIRWISE_HOOKS: tuple[str, ...] = (
     "hook_position_bias",
 )
 #: Hook leaves whose activation is ``(batch, pos, head, d_head)``.
-PER_HEAD_HOOKS: tuple[str, ...] = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
+PER_HEAD_HOOKS: tuple[str, ...] = (
+    "hook_q",
+    "hook_k",
+    "hook_v",
+    "hook_z",
+    "hook_result",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+    "hook_cross_q_input",
+    "hook_cross_k_input",
+    "hook_cross_v_input",
+)
 
 
 def hook_leaf(hook_name: str) -> str:
@@ -116,7 +128,9 @@ def get_act_name(
         name: Short name (``"pattern"``, ``"resid_post"``, ``"z"``...) or a full hook name.
         layer: Block index for per-block activations.
         layer_type: For attention hooks: ``"attn"`` (default) or ``"cross_attn"``; for norm hooks:
-            ``"ln1"``, ``"ln2"``, ``"ln_cross"`` (or ``"1"``/``"2"``).
+            ``"ln1"``, ``"ln2"``, ``"ln3"`` (or ``"1"``/``"2"``/``"3"``). As in TransformerLens, decoder
+            blocks (cross-attention) have ``ln1`` (self-attention), ``ln2`` (cross-attention) and ``ln3``
+            (MLP); other blocks ``ln1`` (attention) and ``ln2`` (MLP).
         stream: Prefix for encoder-decoders: ``"encoder"`` or ``"decoder"``.
 
     Example:
@@ -130,7 +144,7 @@ def get_act_name(
         return prefix + name if stream and not name.startswith(prefix) else name
     template = _ACT_ALIASES.get(name)
     if template is None:
-        m = re.fullmatch(r"(ln\d|ln_cross|ln_final|final_norm)_?(scale|normalized)?", name)
+        m = re.fullmatch(r"(ln\d|ln_final|final_norm)_?(scale|normalized)?", name)
         if m:
             raise ValueError(f"use get_act_name({m.group(2) or 'scale'!r}, layer, {m.group(1)!r}) for norm hooks")
         close = difflib.get_close_matches(name, list(_ACT_ALIASES), n=3)
@@ -144,13 +158,16 @@ def get_act_name(
         if layer_type is not None:
             if layer_type in ("attn", "cross_attn"):
                 attn = layer_type
-            elif layer_type in ("ln1", "ln2", "ln_cross"):
+            elif layer_type in ("ln1", "ln2", "ln3"):
                 ln = layer_type
-            elif layer_type in ("1", "2"):
+            elif layer_type in ("1", "2", "3"):
                 ln = f"ln{layer_type}"
-            else:
+            elif layer_type == "ln_cross":
                 raise ValueError(
-                    f"layer_type must be 'attn', 'cross_attn', 'ln1', 'ln2' or 'ln_cross', got {layer_type!r}"
+                    "layer_type 'ln_cross' is now 'ln2' (TransformerLens's name for a decoder block's "
+                    "cross-attention norm); the decoder's MLP norm is 'ln3'"
                 )
+            else:
+                raise ValueError(f"layer_type must be 'attn', 'cross_attn', 'ln1', 'ln2' or 'ln3', got {layer_type!r}")
         return prefix + template.format(i=layer, attn=attn, ln=ln)
     return prefix + template

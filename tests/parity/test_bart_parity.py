@@ -57,7 +57,9 @@ def test_bart_parity_every_layer(tmp_path, kind, via):
         for i in range(n):
             assert masked_max_diff(cache[f"{side}.blocks.{i}.hook_resid_pre"], hidden[i], mask) < ATOL, (side, i)
             assert pattern_max_diff(cache[f"{side}.blocks.{i}.attn.hook_pattern"], attn[i], mask) < ATOL, (side, i)
-        last = cache[f"{side}.hook_final_norm"] if pre_ln else cache[f"{side}.blocks.{n - 1}.hook_normalized_resid_post"]
+        last = (
+            cache[f"{side}.hook_final_norm"] if pre_ln else cache[f"{side}.blocks.{n - 1}.hook_normalized_resid_post"]
+        )
         assert masked_max_diff(last, hidden[n], mask) < ATOL, side
     assert masked_max_diff(res.encoder_output, out.encoder_last_hidden_state, src_mask) < ATOL
     for i in range(2):
@@ -104,7 +106,7 @@ def test_decoder_input_from_targets_matches_hf_shift():
         labels = torch.tensor([[5, 6, 7, 2, 50], [8, 9, 2, 50, -100]])  # mBART: "... </s> [lang]", -100 = ignored
         ours = model.decoder_input_from_targets(labels)
         assert torch.equal(ours.tokens, shift(labels)), kind
-        assert ours.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
+        assert ours.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]  # the -100 label is not real
     # mBART moves the language id (last real target token) to the front
     assert ours.tokens[:, 0].tolist() == [50, 50]
 

@@ -202,7 +202,7 @@ def test_cli_on_audio_files(post, tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "clean run's frame predictions" in out and "mlp_out by layer and position" in out
+    assert "clean run's ctc predictions" in out and "mlp_out by layer and position" in out
     short = tmp_path / "short.wav"
     sf.write(str(short), waves()[1], 16000)
     assert main(["patch", str(path), "--clean", str(wav), "--corrupt", str(short)]) == 2

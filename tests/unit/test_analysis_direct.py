@@ -26,7 +26,9 @@ def test_post_ln_parts_sum_to_the_residual(post_ln, heads, layer):
         expected.append(f"L{i}_mlp")
     assert dec.labels == [*expected, "bias"]
     assert dec.max_error() < 1e-4
-    assert dec.target_name == ("blocks.2.hook_normalized_resid_post" if layer is None else f"blocks.{layer}.hook_resid_pre")
+    assert dec.target_name == (
+        "blocks.2.hook_normalized_resid_post" if layer is None else f"blocks.{layer}.hook_resid_pre"
+    )
     # embed LN + two norms per block are frozen
     assert dec.frozen_norms[:1] == ["embed.ln"] and len(dec.frozen_norms) == 1 + 2 * n
 

@@ -227,3 +227,36 @@ def test_bad_arguments(model, pair):
         run_patches(model, p, {}, [Target("blocks.0.hook_mlp_out")], metric)
     with pytest.raises(ValueError, match="chunk_size"):
         run_patches(model, p, {}, [], metric, chunk_size=0)
+
+
+def test_nearly_equal_clean_and_corrupted_metrics_warn(model, pair):
+    import warnings
+
+    clean, corrupt, mask = pair
+    kw = {"input_kwargs": {"one_zero_attention_mask": mask}, "layers": [0]}
+    ld = logit_diff(METRIC_POS, GOOD, BAD)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clear clean/corrupted gap: no warning
+        patch_residual(model, clean, corrupt, ld, **kw)
+
+    def offset(logits):  # a tiny effect on an offset: the difference is mostly float rounding
+        return 1.0 + 1e-3 * ld(logits)
+
+    with pytest.warns(
+        UserWarning, match=r"nearly equal: normalised scores divide by their difference .*normalize=False"
+    ):
+        patch_residual(model, clean, corrupt, offset, **kw)
+
+    # the case: a small clean/corrupted gap next to patched values far outside it (scores of +-122)
+    from types import SimpleNamespace
+
+    from encoderlens.analysis.patching_core import normalise
+
+    base, src = torch.tensor(2.00), torch.tensor(2.05)
+    setup = SimpleNamespace(metric_base=base, metric_source=src, metric_clean=src, metric_corrupt=base)
+    with pytest.warns(UserWarning, match=r"reach 122"):
+        out = normalise(torch.tensor([2.0, 2.05, 8.1]), setup, True)
+    assert out.tolist() == pytest.approx([0.0, 1.0, 122.0], rel=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        patch_residual(model, clean, corrupt, offset, normalize=False, **kw)

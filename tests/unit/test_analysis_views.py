@@ -107,7 +107,7 @@ def assert_renders(path: Path, tmp: Path, fragment: str = "", expect: dict[str, 
     dom, err = chromium(path.as_uri() + fragment, tmp)
     assert console_lines(err) == [], console_lines(err)
     attrs = body_attrs(dom)
-    assert attrs.get("data-status") == "ok", (attrs, re.findall(r"attention view failed[^<]*", dom))
+    assert attrs.get("data-status") == "ok", (attrs, re.findall(r"view failed[^<]*", dom))
     for k, v in (expect or {}).items():
         assert attrs.get(f"data-{k}") == v, (k, attrs)
 
@@ -230,7 +230,7 @@ def test_broken_data_is_reported_not_silent(tmp_path):
     path.write_text(doc)
     dom, _ = chromium(path.as_uri(), tmp_path)
     assert body_attrs(dom).get("data-status") == "error"
-    assert "attention view failed" in dom
+    assert "view failed" in dom
 
 
 # ---------------------------------------------------------------------- hostile strings
@@ -262,7 +262,7 @@ def test_embedded_json_escapes_markup_and_line_separators():
 
     views, items = hostile_views()
     doc = render_attention_html(views, items, title="<script>" + PWN + "</script>")
-    blob = re.search(r"id='el-data'>(.*?)</script>", doc, re.S)
+    blob = re.search(r"class='el-data'>(.*?)</script>", doc, re.S)
     assert blob is not None
     text = blob.group(1)
     for bad in ("<", ">", "&", "\u2028", "\u2029"):
@@ -281,7 +281,7 @@ def test_hostile_tokens_render_and_run_no_injected_script(tmp_path):
         dom, err = chromium(path.as_uri() + fragment, tmp_path)
         assert console_lines(err) == [], (fragment, console_lines(err))
         attrs = body_attrs(dom)
-        assert attrs.get("data-status") == "ok", (fragment, attrs, re.findall(r"attention view failed[^<]*", dom))
+        assert attrs.get("data-status") == "ok", (fragment, attrs, re.findall(r"view failed[^<]*", dom))
         assert attrs.get("data-view") == "self", (fragment, attrs)
         assert "data-pwned" not in attrs, fragment
         assert "<img" not in dom

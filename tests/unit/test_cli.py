@@ -57,7 +57,7 @@ def test_inspect_prints_architecture_and_hook_shapes(capsys):
     data = json.loads(out)
     shapes = {h["name"]: h["shape"] for h in data["hooks"]}
     assert shapes["blocks.0.attn.hook_z"] == [1, 4, 12, 32] and len(shapes) == 7
-    assert data["info"]["n_layers"] == "6"
+    assert data["info"]["n_layers"] == 6 and isinstance(data["info"]["parameters"], int)  # numbers as numbers
     code, _, err = run(capsys, "inspect", "default", "--hooks", "blocks.9.*")
     assert code == 2 and "matches no hook point" in err
 

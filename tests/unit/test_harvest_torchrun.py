@@ -26,7 +26,7 @@ def torchrun(ckpt: Path, inp: Path, out: Path, kill_after_shards: int | None = N
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         *worker, str(ckpt), "--input", str(inp), "--hooks", *HOOKS, "--out", str(out),
-        "--batch-size", "2", "--dtype", "fp32", "--items-per-shard", "2", "--device", "cpu", "--no-progress",
+        "--batch-size", "2", "--dtype", "float32", "--items-per-shard", "2", "--device", "cpu", "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
     if kill_after_shards is not None:

@@ -106,14 +106,14 @@ def test_no_internal_key_error_anywhere():
             lambda c: c.logit_attrs(c.accumulated_resid(), 3),
             lambda c: c.stack_activation("pattern"),
             lambda c: c.stack_activation("pattern", sublayer_type="cross_attn"),
-            lambda c: c["scale", 0, "ln_cross"],
+            lambda c: c["scale", 0, "ln3"],
         ]
         for c in (cache.encoder, cache.decoder):
             for h in helpers:
                 try:
                     h(c)
                 except CacheKeyError:
-                    # a name that is genuinely absent from this stream (encoder ln_cross), reported as such
+                    # a name that is genuinely absent from this stream (encoder ln3), reported as such
                     assert c.stream == "encoder"
                 except KeyError as e:  # pragma: no cover - this is the failure being tested for
                     raise AssertionError(f"internal KeyError from {kind} {c.stream}: {e}") from e

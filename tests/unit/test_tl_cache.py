@@ -79,4 +79,3 @@ def test_toggle_autodiff_restores(linear):
         cache.toggle_autodiff(False)
     assert not torch.is_grad_enabled()
     torch.set_grad_enabled(before)
-

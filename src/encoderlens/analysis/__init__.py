@@ -8,6 +8,7 @@ streams) and hook names; no module here knows about model families (see docs/arc
 
 from __future__ import annotations
 
+from encoderlens.analysis.attention_flow import attention_flow, attention_rollout
 from encoderlens.analysis.attribution import (
     attribute_attn_layers,
     attribute_block_outputs,
@@ -17,7 +18,10 @@ from encoderlens.analysis.attribution import (
 )
 from encoderlens.analysis.direct import Decomposition, component_norms, decompose, direct_logit_attribution
 from encoderlens.analysis.families import Prepared, prepare
+from encoderlens.analysis.gradients import quadrature
 from encoderlens.analysis.heads import ALL_DETECTORS, head_scores, score_patterns, summarize
+from encoderlens.analysis.html import HtmlView, page
+from encoderlens.analysis.input_attribution import InputAttribution, attribute_input
 from encoderlens.analysis.lens import LensResult, ctc_collapse, ctc_lens, head_fn, logit_lens
 from encoderlens.analysis.patching import (
     Target,
@@ -33,6 +37,8 @@ from encoderlens.analysis.patching import (
     run_patches,
 )
 from encoderlens.analysis.results import Labelled
+from encoderlens.analysis.sae import attribute_sae_features, patch_sae_features
+from encoderlens.analysis.sequence_attribution import SequenceAttribution, attribute_sequence
 from encoderlens.analysis.similarity import (
     Pooling,
     SentenceEncoder,
@@ -41,12 +47,34 @@ from encoderlens.analysis.similarity import (
     pooling_from_checkpoint,
     similarity_by_layer,
 )
-from encoderlens.analysis.views import AttentionView, attention_html, render_attention_html
+from encoderlens.analysis.targets import (
+    class_score,
+    ctc_token,
+    ctc_transcript,
+    mask_fill,
+    similarity,
+    token_score,
+)
+from encoderlens.analysis.views import AttentionView, attention_html, model_view_html, render_attention_html
 
 __all__ = [
     "ALL_DETECTORS",
+    "InputAttribution",
+    "attention_flow",
+    "attention_rollout",
+    "SequenceAttribution",
+    "attribute_input",
+    "attribute_sequence",
+    "class_score",
+    "ctc_token",
+    "ctc_transcript",
+    "mask_fill",
+    "quadrature",
+    "similarity",
+    "token_score",
     "AttentionView",
     "Decomposition",
+    "HtmlView",
     "Labelled",
     "LensResult",
     "Pooling",
@@ -60,6 +88,7 @@ __all__ = [
     "attribute_heads",
     "attribute_mlp",
     "attribute_residual",
+    "attribute_sae_features",
     "attribute_similarity",
     "check_compatible",
     "component_norms",
@@ -73,11 +102,14 @@ __all__ = [
     "log_prob",
     "logit_diff",
     "logit_lens",
+    "model_view_html",
+    "page",
     "patch_attn_layers",
     "patch_block_outputs",
     "patch_heads",
     "patch_mlp",
     "patch_residual",
+    "patch_sae_features",
     "pooling_from_checkpoint",
     "prepare",
     "render_attention_html",

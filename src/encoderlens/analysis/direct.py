@@ -243,13 +243,14 @@ def _decompose(
             else:
                 walk.add(f"L{i}_{attn}", cache[out_hook])
             if post:
-                ln = "ln1" if attn == "attn" else "ln_cross"
+                ln = "ln1" if attn == "attn" else "ln2"  # TransformerLens's names: ln2 = cross-attention norm
                 walk.through(getattr(block, ln), cache[f"{p}blocks.{i}.{ln}.hook_scale"])
                 frozen.append(f"{p}blocks.{i}.{ln}")
         walk.add(f"L{i}_mlp", cache[f"{p}blocks.{i}.hook_mlp_out"])
         if post:
-            walk.through(block.ln2, cache[f"{p}blocks.{i}.ln2.hook_scale"])
-            frozen.append(f"{p}blocks.{i}.ln2")
+            ln_mlp = str(block.mlp_norm_name)  # ln3 in blocks with cross-attention, else ln2
+            walk.through(getattr(block, ln_mlp), cache[f"{p}blocks.{i}.{ln_mlp}.hook_scale"])
+            frozen.append(f"{p}blocks.{i}.{ln_mlp}")
     meta: dict[str, Any] = {"norm_position": spec.norm_position}
     if not post and not spec.embed_normalized and not heads and walk.parts:
         # pre-LN sanity: the same parts as the cache's own exact decomposition

@@ -17,11 +17,6 @@ from encoderlens.models.contract import Prepared, Readout, StreamName
 
 __all__ = ["Prepared", "Readout", "StreamName", "prepare", "run", "run_with_cache"]
 
-# Family names, kept only for encoderlens/analysis/cli_commands.py until the CLI uses the contract.
-ENCODER = "encoder"
-AUDIO = "audio_encoder"
-SEQ2SEQ = "encoder_decoder"
-
 
 def prepare(model: HookedModel, input: Any, **options: Any) -> Prepared:
     """``model.prepare_input(input, **options)``: user input -> :class:`Prepared` (one passes through).

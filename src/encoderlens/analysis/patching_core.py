@@ -10,6 +10,7 @@ the heads (:func:`resid_targets`, :func:`head_targets`), and the assembly of a
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, is_dataclass
@@ -23,6 +24,12 @@ from encoderlens.cache import StreamSpec
 from encoderlens.hooks import get_act_name
 from encoderlens.models.base import HookedModel
 from encoderlens.models.contract import Prepared, StreamName
+
+#: Normalised patching warns when ``|source - base|`` is below this fraction of the metrics' magnitude
+#: (the difference is then mostly float rounding)...
+NEAR_EQUAL_RTOL = 1e-4
+#: ...or when a normalised score exceeds this in absolute value (a clean/corrupted gap too small to divide by).
+NORMALISED_PEAK = 10.0
 
 Metric = Callable[[Any], Tensor | float]
 Direction = Literal["denoise", "noise"]
@@ -313,7 +320,21 @@ def normalise(values: Tensor, setup: PatchSetup, normalize: bool) -> Tensor:
             f"({setup.metric_corrupt.tolist()}) runs, so effects cannot be normalised; pass normalize=False, "
             "or choose a corruption / metric that differ"
         )
-    return (values - setup.metric_base) / denom
+    out = (values - setup.metric_base) / denom
+    scale = torch.maximum(setup.metric_clean.abs(), setup.metric_corrupt.abs())
+    small_gap = bool((denom.abs() < NEAR_EQUAL_RTOL * scale).any())
+    finite = out[torch.isfinite(out)]
+    peak = float(finite.abs().max()) if finite.numel() else 0.0
+    if small_gap or peak > NORMALISED_PEAK:
+        warnings.warn(
+            f"the clean ({setup.metric_clean.tolist()}) and corrupted ({setup.metric_corrupt.tolist()}) metrics are "
+            f"nearly equal: normalised scores divide by their difference ({denom.tolist()}) and reach "
+            f"{peak:.3g} in absolute value, so they say little. Pass normalize=False to see raw metric values, "
+            "or choose a corruption / metric the model separates more clearly",
+            UserWarning,
+            stacklevel=4,
+        )
+    return out
 
 
 def _meta(setup: PatchSetup, normalize: bool, **extra: Any) -> dict[str, Any]:

@@ -171,7 +171,8 @@ class Labelled:
 
     # ------------------------------------------------------------------ display
     def to_text(self, digits: int = 3, max_cols: int = 40) -> str:
-        """A plain-text table (1-D or 2-D; higher dims print one table per leading index)."""
+        """A plain-text table (1-D or 2-D; a per-item 3-D result is one table whose rows are item x the first
+        other axis; other higher dims print one table per leading index)."""
         if self.values.ndim == 0:
             return f"{self.title}: {float(self.values):.{digits}f}"
         if self.values.ndim == 1:
@@ -179,6 +180,8 @@ class Labelled:
             w = max(len(s) for s in self.labels[axis])
             rows = [f"{lab:<{w}}  {_fmt(float(v), digits)}" for lab, v in zip(self.labels[axis], self.values.tolist())]
             return "\n".join(([self.title] if self.title else []) + rows)
+        if self.values.ndim == 3 and "item" in self.axes:
+            return self._item_table().to_text(digits, max_cols)
         if self.values.ndim > 2:
             lead = self.axes[0]
             parts = []
@@ -200,6 +203,19 @@ class Labelled:
             lines.append(f"... ({len(self.labels[c_ax]) - max_cols} more columns)")
         return "\n".join(lines)
 
+    def _item_table(self) -> Labelled:
+        """A 3-D result with an ``item`` axis as one 2-D table: rows ``item x (first other axis)``."""
+        r_ax, c_ax = (a for a in self.axes if a != "item")
+        vals = self.values.permute(self.axes.index("item"), self.axes.index(r_ax), self.axes.index(c_ax))
+        rows = [f"item {i} {r}" for i in self.labels["item"] for r in self.labels[r_ax]]
+        return Labelled(
+            vals.reshape(-1, vals.shape[-1]),
+            (f"item.{r_ax}", c_ax),
+            {f"item.{r_ax}": rows, c_ax: self.labels[c_ax]},
+            self.title,
+            self.meta,
+        )
+
     def plot(self, ax: Any = None, cmap: str = "RdBu", center: float | None = 0.0, **imshow_kwargs: Any) -> Any:
         """Draw a 1-D result as bars or a 2-D result as a heatmap with labelled axes (needs matplotlib).
 
@@ -220,9 +236,10 @@ class Labelled:
                 "Labelled.to_html(path) for a self-contained HTML heatmap that needs nothing"
             ) from None
         if self.values.ndim not in (1, 2):
+            first = "item" if "item" in self.axes else self.axes[0]
             raise ValueError(
                 f"plot draws 1-D or 2-D results; this one has axes {self.axes}. "
-                "Select or average first, e.g. res.sel(batch=0) or res.mean('batch')"
+                f"Select or average first, e.g. res.sel({first}=0) or res.mean({first!r})"
             )
         if ax is None:
             _, ax = plt.subplots(figsize=(max(4.0, 0.35 * self.shape[-1] + 2), max(3.0, 0.3 * self.shape[0] + 1.5)))
@@ -255,9 +272,11 @@ class Labelled:
     def to_html(self, path: str | Path | None = None, digits: int = 3) -> str:
         """A self-contained HTML heatmap (no script, no external resource); written to ``path`` if given.
 
-        1-D results become one row; 3-D and more one table per index of the leading axes.
+        1-D results become one row; per-item 3-D results one table (rows: item x the first other axis);
+        other 3-D and more one table per index of the leading axes.
         """
-        body = _html_tables(self, digits)
+        one = self._item_table() if self.values.ndim == 3 and "item" in self.axes else self
+        body = _html_tables(one, digits)
         doc = (
             "<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(self.title or 'encoderlens result')}</title><style>{_TABLE_CSS}</style></head>"

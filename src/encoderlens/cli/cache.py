@@ -3,43 +3,57 @@
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
+import os
 from pathlib import Path
 
 import torch
 
-from encoderlens.cli.common import MODEL_HELP, guard, input_for, load_model
+from encoderlens.cli.common import DTYPES, MODEL_HELP, add_device, add_parser, hook_names, input_for, load_model
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], out: Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file that honours the umask (the writer creates files 0600) atomically."""
+    from safetensors.torch import save_file
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _cache_cmd(args: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
-
-    from encoderlens.analysis.families import prepare, run_with_cache
-
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {out.name!r}")
     if not out.parent.exists():
-        raise FileNotFoundError(f"output folder {out.parent} does not exist")
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
-    model = load_model(args.model)
+        raise FileNotFoundError(f"output folder {out.parent} does not exist; create it first")
     patterns = [p.strip() for arg in args.hooks for p in arg.split(",") if p.strip()]
-    names: list[str] = []
-    for pat in patterns:
-        hits = [n for n in model.hook_names() if fnmatch.fnmatchcase(n, pat)]
-        if not hits:
-            model.check_hook_name(pat)  # raises with close matches
-        names += [n for n in hits if n not in names]
-    inp, kw = input_for(model, args.input, args.decoder_input)
-    prepared = prepare(model, inp, **kw)
+    if not patterns:
+        raise ValueError(
+            f"--hooks {' '.join(map(repr, args.hooks))} names no hook; pass e.g. --hooks 'blocks.*.hook_resid_post'"
+        )
+    dtype = DTYPES[args.dtype]
+    model = load_model(args.model, args.device)
+    names = hook_names(model, patterns)
+    prepared = input_for(model, args.input, args.decoder_input)
     wanted = set(names)
     with torch.no_grad():
-        _, cache = run_with_cache(model, prepared, names_filter=lambda n: n in wanted, return_type=None)
-    tensors = {n: cache[n].to(dtype).contiguous().cpu() for n in names if n in cache}
+        _, cache = model.run_prepared_with_cache(prepared, names_filter=wanted.__contains__)
+    missing = [n for n in names if n not in cache]
+    if missing:
+        raise ValueError(
+            f"hooks {missing[:5]} did not run on this input (return type {model.default_return_type!r}); "
+            "leave them out of --hooks"
+        )
+    tensors = {n: cache[n].to(dtype).contiguous().cpu() for n in names}
     for stream, mask in prepared.masks.items():
-        if mask is not None:
-            tensors[f"input.{stream + '.' if stream else ''}attention_mask"] = mask.contiguous().cpu()
+        tensors[f"input.{stream + '.' if stream else ''}attention_mask"] = mask.contiguous().cpu()
     for stream, ids in prepared.token_ids.items():
         tensors[f"input.{stream + '.' if stream else ''}tokens"] = ids.contiguous().cpu()
     meta = {
@@ -52,7 +66,7 @@ def _cache_cmd(args: argparse.Namespace) -> int:
     labels = prepared.labels.get(next(iter(prepared.labels), None))
     if labels is not None:
         meta["tokens"] = json.dumps(labels)
-    save_file(tensors, str(out), metadata=meta)
+    save_safetensors(tensors, out, meta)
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     print(f"wrote {len(names)} activations ({size / 2**20:.2f} MiB, {args.dtype}) to {out}")
     return 0
@@ -60,11 +74,17 @@ def _cache_cmd(args: argparse.Namespace) -> int:
 
 def setup(sub: argparse._SubParsersAction) -> None:
     """Add ``cache`` to the ``encoderlens`` parser."""
-    p = sub.add_parser("cache", help="save activations to a .safetensors file")
+    p = add_parser(
+        sub,
+        "cache",
+        "save activations to a .safetensors file",
+        "encoderlens cache default 'The cat sat.' --hooks 'blocks.*.hook_resid_post' --out acts.safetensors",
+    )
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("input", nargs="+", help="input text(s) (audio file paths for speech models)")
     p.add_argument("--hooks", action="append", required=True, help="hook name glob(s), repeatable or comma-separated")
     p.add_argument("--out", required=True, help="output FILE.safetensors")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="storage dtype")
     p.add_argument("--decoder-input", default=None, help="encoder-decoders: target text for the decoder")
-    p.set_defaults(func=guard("cache", _cache_cmd))
+    add_device(p)
+    p.set_defaults(func=_cache_cmd)

@@ -1,6 +1,9 @@
-"""Helpers shared by the ``encoderlens`` subcommands: loading, error reporting, default inputs.
+"""Helpers shared by the ``encoderlens`` subcommands: arguments, loading, error reporting, inputs.
 
-``MODEL`` is a hub name, a local checkpoint folder, or ``default`` (the embedded all-MiniLM-L6-v2, offline).
+Every subcommand talks to the model through the model contract only
+(:class:`~encoderlens.models.base.HookedModel`: ``prepare_input``, ``run_prepared``, ``readout``,
+``streams``, ``example_input``). ``MODEL`` is a hub name, a local checkpoint folder, or ``default``
+(the embedded all-MiniLM-L6-v2, offline).
 """
 
 from __future__ import annotations
@@ -9,14 +12,39 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from encoderlens.analysis.families import AUDIO, ENCODER
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import Prepared
+
+if TYPE_CHECKING:
+    from encoderlens.analysis.similarity import SentenceEncoder
 
 #: Help text of the ``MODEL`` positional argument.
 MODEL_HELP = "hub name, local checkpoint folder, or 'default' (embedded all-MiniLM-L6-v2, offline)"
+
+#: The one spelling of dtypes on the command line (torch's names).
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help with defaults shown and examples kept as written."""
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand parser with its help, an example, defaults in the help, and ``--debug``."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, description=help, epilog=f"example:\n  {example}", formatter_class=Formatter
+    )
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
+    return p
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    """``--device`` (every command that runs a model)."""
+    p.add_argument("--device", default=None, help="where to run the model: cpu, cuda, cuda:1... (default: cpu)")
 
 
 def err(msg: str) -> None:
@@ -25,27 +53,19 @@ def err(msg: str) -> None:
 
 
 def guard(name: str, fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn failures main() does not catch into a one-line message and exit code 1."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except FileNotFoundError:
-            raise  # main() reports it as a bad argument (exit code 2)
-        except (NotImplementedError, RuntimeError, OSError, ImportError, KeyError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            err(f"encoderlens {name}: error: {msg}")
-            return 1
-
-    return run
+    """Kept for callers that wrap a command themselves: :func:`encoderlens.cli.main.main` reports errors."""
+    return fn
 
 
-def load_model(name: str) -> Any:
+def load_model(name: str, device: str | None = None) -> HookedModel:
     """Load ``name`` with :func:`encoderlens.from_pretrained`, saying so on stderr."""
     import encoderlens
 
     err(f"loading {name} ...")
-    return encoderlens.from_pretrained(name)
+    model = encoderlens.from_pretrained(name, device=device)
+    if not isinstance(model, HookedModel):
+        raise TypeError(f"{name} did not load as an encoderlens model (got {type(model).__name__})")
+    return model
 
 
 def checkpoint_folder(name: str) -> Path | None:
@@ -58,43 +78,57 @@ def checkpoint_folder(name: str) -> Path | None:
         return None
 
 
-def sentence_encoder(model: Any, name: str) -> Any:
-    """A SentenceEncoder when the model or its folder declares sentence-transformers pooling, else None."""
+def sentence_encoder(model: HookedModel, name: str) -> SentenceEncoder | None:
+    """A SentenceEncoder when the checkpoint folder declares sentence-transformers modules, else None."""
     from encoderlens.analysis.similarity import SentenceEncoder
 
     folder = checkpoint_folder(name)
-    declared = folder is not None and (folder / "modules.json").exists()
-    if getattr(model.cfg, "sentence_pooling", None) is None and not declared:
+    if folder is None or not (folder / "modules.json").exists():
         return None
-    return SentenceEncoder.from_model(model, folder)
+    return SentenceEncoder.from_model(cast(Any, model), folder)  # it checks the model is a text encoder
 
 
-def dummy_input(model: Any) -> tuple[Any, dict[str, Any], str]:
-    """A small input the model accepts, its forward keyword arguments, and a description."""
-    fam = model.family
-    if fam == ENCODER:
-        if model.tokenizer is not None:
-            return "Hello world", {}, "the text 'Hello world'"
-        return torch.tensor([[1, 2, 3, 4]]) % model.cfg.d_vocab, {}, "4 token ids"
-    if fam == AUDIO:
-        rate = int(getattr(model, "sampling_rate", None) or getattr(model.cfg, "sampling_rate", 16000) or 16000)
-        g = torch.Generator().manual_seed(0)
-        return torch.randn(1, rate, generator=g) * 0.1, {}, f"1 s of noise at {rate} Hz"
-    start = getattr(model.cfg, "decoder_start_token_id", None)
-    start = 0 if start is None else int(start)
-    return "Hello world", {"decoder_input": torch.tensor([[start, start]])}, "'Hello world' -> 2 decoder tokens"
+def mean_pooling_encoder(model: HookedModel) -> SentenceEncoder:
+    """Mean pooling, normalised: the sentence embedding of a text encoder that declares none."""
+    from encoderlens.analysis.similarity import Pooling, SentenceEncoder
+
+    return SentenceEncoder(cast(Any, model), Pooling(("mean",), normalize=True))
 
 
-def input_for(model: Any, inputs: Sequence[str], decoder_input: str | None) -> tuple[Any, dict[str, Any]]:
-    """The model input (and keyword arguments) for the command-line ``inputs`` and ``--decoder-input``."""
-    if model.family == AUDIO:
-        for p in inputs:
-            if not Path(p).exists():
-                raise FileNotFoundError(f"no such audio file: {p} (speech models take audio file paths)")
-        return (inputs[0] if len(inputs) == 1 else list(inputs)), {}
-    kw: dict[str, Any] = {}
-    if model.family == "encoder_decoder":
-        if decoder_input is None:
-            raise ValueError("encoder-decoders need --decoder-input TEXT (the target side to run the decoder on)")
-        kw["decoder_input"] = [decoder_input] * len(inputs) if len(inputs) > 1 else decoder_input
-    return (inputs[0] if len(inputs) == 1 else list(inputs)), kw
+def dummy_input(model: HookedModel) -> tuple[Prepared, str]:
+    """The model's example input, prepared, and its description."""
+    ex = model.example_input()
+    return model.prepare_input(ex.input, **ex.options), ex.description
+
+
+def decoder_options(model: HookedModel, decoder_input: Any) -> dict[str, Any]:
+    """``{"decoder_input": ...}`` where the model takes one (its example input does), checked against ``--decoder-input``."""
+    needs = "decoder_input" in model.example_input().options
+    if needs and decoder_input is None:
+        raise ValueError(
+            f"this {model.architecture} runs a decoder: pass --decoder-input TEXT (the target side it reads)"
+        )
+    if not needs and decoder_input is not None:
+        raise ValueError(f"--decoder-input is for models with a decoder; this {model.architecture} has none")
+    return {} if decoder_input is None else {"decoder_input": decoder_input}
+
+
+def input_for(model: HookedModel, inputs: Sequence[str], decoder_input: str | None) -> Prepared:
+    """The prepared input for the command-line ``inputs`` (texts or audio files) and ``--decoder-input``."""
+    kw = decoder_options(
+        model, [decoder_input] * len(inputs) if decoder_input is not None and len(inputs) > 1 else decoder_input
+    )
+    return model.prepare_input(inputs[0] if len(inputs) == 1 else list(inputs), **kw)
+
+
+def hook_names(model: HookedModel, patterns: Sequence[str]) -> list[str]:
+    """Hook names matching glob ``patterns`` (model order); a pattern matching nothing raises with close names."""
+    import fnmatch
+
+    names: list[str] = []
+    for pat in patterns:
+        hits = [n for n in model.hook_names() if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            model.check_hook_name(pat)  # raises with close matches
+        names += [n for n in hits if n not in names]
+    return names

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import torch
 
+from encoderlens.cli.common import add_device, add_parser
+
 DEMO_PAIRS = (
     ("A man is playing a guitar on stage.", "Someone performs music with a guitar."),
     ("A man is playing a guitar on stage.", "The stock market fell sharply today."),
@@ -19,7 +21,9 @@ def _mean_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_demo(model_name: str = "default", out: Callable[[str], None] = print) -> dict[str, object]:
+def run_demo(
+    model_name: str = "default", out: Callable[[str], None] = print, device: str | None = None
+) -> dict[str, object]:
     """Run the offline demo analysis on the embedded model and print a report.
 
     Returns the computed numbers (used by the tests).
@@ -27,7 +31,7 @@ def run_demo(model_name: str = "default", out: Callable[[str], None] = print) ->
     from encoderlens import HookedEncoder
 
     torch.manual_seed(0)
-    model = HookedEncoder.from_pretrained(model_name)
+    model = HookedEncoder.from_pretrained(model_name, device=device)
     cfg = model.cfg
     out(
         f"encoderlens demo: {cfg.architecture} ({cfg.model_type}), {cfg.n_layers} layers, "
@@ -90,12 +94,13 @@ def run_demo(model_name: str = "default", out: Callable[[str], None] = print) ->
 
 
 def _demo_cmd(args: argparse.Namespace) -> int:
-    run_demo(args.model)
+    run_demo(args.model, device=args.device)
     return 0
 
 
 def setup(sub: argparse._SubParsersAction) -> None:
     """Add ``demo`` to the ``encoderlens`` parser."""
-    demo = sub.add_parser("demo", help="offline demo on the embedded all-MiniLM-L6-v2")
-    demo.add_argument("--model", default="default", help="hub name or local folder (default: embedded model)")
+    demo = add_parser(sub, "demo", "offline demo on the embedded all-MiniLM-L6-v2", "encoderlens demo")
+    demo.add_argument("--model", default="default", help="hub name or local folder of a text encoder")
+    add_device(demo)
     demo.set_defaults(func=_demo_cmd)

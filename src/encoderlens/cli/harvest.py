@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import argparse
 
-from encoderlens.harvest.command import add_arguments, run
+from encoderlens.cli.common import add_parser
+from encoderlens.harvest.command import EXAMPLE, add_arguments, run
 
 
 def setup(sub: argparse._SubParsersAction) -> None:
     """Add ``harvest`` to the ``encoderlens`` parser."""
-    p = sub.add_parser(
+    p = add_parser(
+        sub,
         "harvest",
-        help="harvest activations of a dataset to sharded safetensors files (resumable; works under torchrun)",
+        "harvest activations of a dataset to sharded safetensors files (resumable; works under torchrun)",
+        EXAMPLE,
     )
     add_arguments(p)
     p.set_defaults(func=run)

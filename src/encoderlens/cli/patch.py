@@ -1,137 +1,171 @@
-"""``encoderlens patch MODEL --clean X --corrupt Y``: activation patching for a clean/corrupted pair."""
+"""``encoderlens patch MODEL --clean X --corrupt Y``: activation patching for a clean/corrupted pair.
+
+The metric follows the model's :meth:`~encoderlens.models.base.HookedModel.readout` (no family switch):
+``mlm``: the logit difference at the mask; ``lm``: the mean log-probability of the target (teacher
+forcing); ``ctc`` / ``classifier``: the mean log-probability of the clean run's predictions at real
+positions; no readout: the sentence embedding's similarity to the clean run (or ``--reference``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from encoderlens.analysis.families import AUDIO, ENCODER, SEQ2SEQ
-from encoderlens.cli.common import MODEL_HELP, err, guard, load_model, sentence_encoder
+from encoderlens.cli.common import (
+    MODEL_HELP,
+    add_device,
+    add_parser,
+    err,
+    load_model,
+    mean_pooling_encoder,
+    sentence_encoder,
+)
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import Prepared, Readout
+
+Metric = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _token_id(tokenizer: Any, word: str) -> int:
+def _token_id(tokenizer: Any, word: str, flag: str) -> int:
     ids = tokenizer(word, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
-        raise ValueError(f"{word!r} is {len(ids)} tokens for this tokenizer; pass a single-token word")
+        raise ValueError(f"{flag} {word!r} is {len(ids)} tokens for this tokenizer; pass a single-token word")
     return int(ids[0])
 
 
-def _text_metric(model: Any, args: argparse.Namespace, clean: Any) -> tuple[Any, str, str]:
-    """Metric for text encoders: MLM logit difference at the mask, or sentence-embedding similarity."""
+def _mlm_metric(
+    model: HookedModel, readout: Readout, args: argparse.Namespace, clean: Prepared, corrupt: Prepared
+) -> tuple[Metric, str]:
+    """Logit difference at the clean text's mask."""
     from encoderlens.analysis import patching as P
 
     tok = model.tokenizer
-    if model.mlm_head is not None:
-        if tok.mask_token not in args.clean:
-            raise ValueError(f"with an MLM model the clean text needs a {tok.mask_token} whose prediction is measured")
-        pos = int(clean.token_ids[None][0].eq(tok.mask_token_id).nonzero()[0, 0])
-        with torch.no_grad():
-            lc = model(args.clean)[0, pos]
-            lk = model(args.corrupt)[0, pos]
-        good = _token_id(tok, args.answer) if args.answer else int(lc.argmax())
-        bad = _token_id(tok, args.wrong) if args.wrong else int(lk.argmax())
-        if good == bad:
-            raise ValueError(
-                f"clean and corrupted runs both predict {tok.convert_ids_to_tokens(good)!r} at the mask; "
-                "pass --answer and --wrong"
-            )
-        what = f"logit({tok.convert_ids_to_tokens(good)}) - logit({tok.convert_ids_to_tokens(bad)}) at position {pos}"
-        return P.logit_diff(pos, good, bad), what, "logits"
-    enc = sentence_encoder(model, args.model)
-    if enc is None:
-        from encoderlens.analysis.similarity import Pooling, SentenceEncoder
-
-        enc = SentenceEncoder(model, Pooling(("mean",), normalize=True))
-        err("no sentence-transformers pooling declared; using mean pooling")
-    ref = enc.embed(args.reference if args.reference else args.clean)
-    per_item = enc.reference_metric(clean, ref)
-    what = f"cosine similarity of the sentence embedding to {'the reference' if args.reference else 'the clean run'}"
-    return (lambda out: per_item(out).mean()), what, "embeddings"
+    if tok is None or tok.mask_token is None:
+        raise ValueError("an MLM metric needs the checkpoint's tokenizer with a mask token")
+    if tok.mask_token not in args.clean:
+        raise ValueError(f"with an MLM model the clean text needs a {tok.mask_token} whose prediction is measured")
+    stream = model.resolve_stream(None)
+    pos = int(clean.token_ids[stream][0].eq(tok.mask_token_id).nonzero()[0, 0])
+    with torch.no_grad():
+        lc = model.run_prepared(clean, readout.return_type)[0, pos]
+        lk = model.run_prepared(corrupt, readout.return_type)[0, pos]
+    good = _token_id(tok, args.answer, "--answer") if args.answer else int(lc.argmax())
+    bad = _token_id(tok, args.wrong, "--wrong") if args.wrong else int(lk.argmax())
+    if good == bad:
+        raise ValueError(
+            f"clean and corrupted runs both predict {tok.convert_ids_to_tokens(good)!r} at the mask; "
+            "pass --answer and --wrong"
+        )
+    what = f"logit({tok.convert_ids_to_tokens(good)}) - logit({tok.convert_ids_to_tokens(bad)}) at position {pos}"
+    return P.logit_diff(pos, good, bad), what
 
 
-def _seq2seq_metric(model: Any, args: argparse.Namespace, clean: Any) -> tuple[Any, str, str]:
-    """Metric for encoder-decoders: mean log-probability of the target under teacher forcing."""
-    if getattr(model, "lm_head", None) is None:
-        raise ValueError("`patch` on an encoder-decoder needs an LM head (a *ForConditionalGeneration checkpoint)")
-    tok = model.tokenizer
-    dec = clean.kwargs["decoder_input"]
-    # decoder_input_from_targets shifts the targets right: position t predicts target token t
-    labels = torch.as_tensor(tok([args.decoder_input])["input_ids"], device=dec.tokens.device)
-    if labels.shape != dec.tokens.shape:
+def _lm_metric(model: HookedModel, args: argparse.Namespace, clean: Prepared) -> tuple[Metric, str]:
+    """Mean log-probability of the target under teacher forcing (decoder position t predicts target t)."""
+    if model.tokenizer is None:
+        raise ValueError("an LM metric needs the checkpoint's tokenizer")
+    stream = model.resolve_stream(None)
+    dec = clean.token_ids[stream]
+    labels = torch.as_tensor(model.tokenizer([args.decoder_input])["input_ids"], device=dec.device)
+    if labels.shape != dec.shape:
         raise ValueError("--decoder-input must be target text (it is tokenized, then shifted right)")
-    real = dec.attention_mask.bool()
+    real = clean.mask(stream).bool()
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         lp = logits.log_softmax(-1).gather(-1, labels[..., None].expand(logits.shape[0], -1, 1))[..., 0]
         return lp[real.expand_as(lp)].mean()
 
-    return metric, f"mean log-probability of {args.decoder_input!r} (teacher forcing)", "logits"
+    return metric, f"mean log-probability of {args.decoder_input!r} (teacher forcing)"
 
 
-def _audio_metric(model: Any, clean: Any) -> tuple[Any, str, str]:
-    """Metric for speech encoders with a CTC head: agreement with the clean run's frame predictions."""
-    from encoderlens.analysis.families import run
-
-    if getattr(model, "ctc_head", None) is None:
-        raise ValueError("`patch` on a speech encoder needs a CTC head (a *ForCTC checkpoint)")
+def _agreement_metric(model: HookedModel, readout: Readout, clean: Prepared) -> tuple[Metric, str]:
+    """Mean log-probability of the clean run's per-position predictions, at real positions."""
     with torch.no_grad():
-        labels = run(model, clean, "logits").argmax(-1)
-    real = clean.mask(None).bool()
+        labels = model.run_prepared(clean, readout.return_type).argmax(-1)
+    real = clean.mask(model.resolve_stream(None)).bool()
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         lp = logits.log_softmax(-1).gather(-1, labels[..., None])[..., 0]
         return lp[real].mean()
 
-    return metric, "mean log-probability of the clean run's frame predictions (CTC, real frames)", "logits"
+    return metric, f"mean log-probability of the clean run's {readout.kind} predictions (real positions)"
+
+
+def _similarity_metric(model: HookedModel, args: argparse.Namespace, clean: Prepared) -> tuple[Metric, str]:
+    """Cosine similarity of the sentence embedding to the clean run's (or ``--reference``'s)."""
+    enc = sentence_encoder(model, args.model)
+    if enc is None:
+        enc = mean_pooling_encoder(model)
+        err("no sentence-transformers pooling declared; using mean pooling")
+    ref = enc.embed(args.reference if args.reference else args.clean)
+    per_item = enc.reference_metric(clean, ref)
+    what = f"cosine similarity of the sentence embedding to {'the reference' if args.reference else 'the clean run'}"
+    return (lambda out: per_item(out).mean()), what
+
+
+def _check_flags(model: HookedModel, readout: Readout | None, args: argparse.Namespace) -> None:
+    kind = readout.kind if readout is not None else None
+    if (args.answer or args.wrong) and kind != "mlm":
+        raise ValueError(
+            f"--answer/--wrong choose tokens of an MLM head, and this {model.architecture} has "
+            f"{'no output head' if readout is None else f'a {kind} head'}; leave them out"
+        )
+    if args.reference and readout is not None:
+        raise ValueError("--reference is for sentence-embedding models (no output head); leave it out")
+    if kind == "lm" and args.decoder_input is None:
+        raise ValueError(
+            "this model generates text: pass --decoder-input TEXT, the target whose probability is measured"
+        )
 
 
 def _patch_cmd(args: argparse.Namespace) -> int:
     from encoderlens.analysis import patching as P
-    from encoderlens.analysis.families import prepare
 
-    model = load_model(args.model)
-    fam = model.family
-    kw: dict[str, Any] = {}
-    if fam == SEQ2SEQ:
-        if args.decoder_input is None:
-            raise ValueError("encoder-decoders need --decoder-input TEXT: the target whose probability is measured")
-        kw["decoder_input"] = args.decoder_input
-    elif args.decoder_input is not None:
-        raise ValueError("--decoder-input is for encoder-decoders only")
-    if args.target == "cross" and fam != SEQ2SEQ:
-        raise ValueError("--target cross (cross-attention heads) needs an encoder-decoder")
-    if fam != AUDIO and getattr(model, "tokenizer", None) is None:
-        raise ValueError("this checkpoint has no tokenizer; `patch` takes text")
-    if fam == AUDIO:
-        for path in (args.clean, args.corrupt):
-            if not Path(path).exists():
-                raise FileNotFoundError(f"no such audio file: {path} (speech models take audio file paths)")
-    clean = prepare(model, args.clean, **kw)
-    corrupt = prepare(model, args.corrupt, **kw)
+    model = load_model(args.model, args.device)
+    readout = model.readout()
+    _check_flags(model, readout, args)
+    stream = model.resolve_stream(args.stream) if args.stream is not None else model.streams[0]
+    if args.target == "cross" and not model.stream_spec(model.resolve_stream(None)).has_cross_attention:
+        raise ValueError(f"--target cross patches cross-attention heads, and this {model.architecture} has none")
+    kw: dict[str, Any] = {} if args.decoder_input is None else {"decoder_input": args.decoder_input}
+    try:
+        clean = model.prepare_input(args.clean, **kw)
+        corrupt = model.prepare_input(args.corrupt, **kw)
+    except TypeError as e:
+        if kw and "decoder_input" in str(e):
+            raise ValueError(
+                f"--decoder-input is for models with a decoder; this {model.architecture} has none"
+            ) from None
+        raise
     P.check_compatible(clean, corrupt)
-    if fam == ENCODER:
-        metric, what, rt = _text_metric(model, args, clean)
-    elif fam == SEQ2SEQ:
-        metric, what, rt = _seq2seq_metric(model, args, clean)
+    if readout is None:
+        metric, what = _similarity_metric(model, args, clean)
+        rt = None
+    elif readout.kind == "mlm":
+        metric, what = _mlm_metric(model, readout, args, clean, corrupt)
+        rt = readout.return_type
+    elif readout.kind == "lm":
+        metric, what = _lm_metric(model, args, clean)
+        rt = readout.return_type
     else:
-        metric, what, rt = _audio_metric(model, clean)
-    stream = None if fam != SEQ2SEQ else args.stream
-    common: dict[str, Any] = dict(
-        normalize=not args.no_normalize, return_type=rt, progress=not args.no_progress, stream=stream
-    )
+        metric, what = _agreement_metric(model, readout, clean)
+        rt = readout.return_type
+    common: dict[str, Any] = dict(normalize=not args.no_normalize, return_type=rt, progress=not args.no_progress)
     if args.target == "resid":
-        res = P.patch_residual(model, clean, corrupt, metric, hook="resid_pre", **common)
+        res = P.patch_residual(model, clean, corrupt, metric, hook="resid_pre", stream=stream, **common)
     elif args.target == "heads":
-        res = P.patch_heads(model, clean, corrupt, metric, **common)
+        res = P.patch_heads(model, clean, corrupt, metric, stream=stream, **common)
     elif args.target == "cross":
-        common["stream"] = "decoder"
-        res = P.patch_heads(model, clean, corrupt, metric, attn="cross_attn", **common)
+        res = P.patch_heads(
+            model, clean, corrupt, metric, attn="cross_attn", stream=model.resolve_stream(None), **common
+        )
     else:
-        res = P.patch_residual(model, clean, corrupt, metric, hook=f"{args.target}_out", **common)
+        res = P.patch_residual(model, clean, corrupt, metric, hook=f"{args.target}_out", stream=stream, **common)
     print(f"metric: {what}")
     print(f"clean {res.meta['metric_clean']:+.4f}, corrupted {res.meta['metric_corrupt']:+.4f}")
     print(res.to_text())
@@ -147,7 +181,12 @@ def _patch_cmd(args: argparse.Namespace) -> int:
 
 def setup(sub: argparse._SubParsersAction) -> None:
     """Add ``patch`` to the ``encoderlens`` parser."""
-    p = sub.add_parser("patch", help="activation patching for a clean/corrupted pair")
+    p = add_parser(
+        sub,
+        "patch",
+        "activation patching for a clean/corrupted pair",
+        "encoderlens patch default --clean 'The cat sat on the mat.' --corrupt 'The dog sat on the mat.' --target mlp",
+    )
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--clean", required=True, help="clean text (with [MASK] for MLM models), or audio file")
     p.add_argument("--corrupt", required=True, help="corrupted text with as many tokens (or audio of equal length)")
@@ -159,7 +198,7 @@ def setup(sub: argparse._SubParsersAction) -> None:
         "or cross-attention heads (encoder-decoders)",
     )
     p.add_argument("--decoder-input", default=None, help="encoder-decoders: target text whose probability is measured")
-    p.add_argument("--stream", choices=("encoder", "decoder"), default="encoder", help="encoder-decoders: stream")
+    p.add_argument("--stream", default=None, help="models with several streams: the one patched (default: the first)")
     p.add_argument("--answer", default=None, help="MLM: token whose logit is measured (default: clean top-1)")
     p.add_argument("--wrong", default=None, help="MLM: token subtracted (default: corrupted top-1)")
     p.add_argument("--reference", default=None, help="embedding models: measure similarity to this text")
@@ -167,4 +206,5 @@ def setup(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--html", default=None, help="also write the result as an HTML heatmap")
     p.add_argument("--json", default=None, help="also write the result as JSON")
-    p.set_defaults(func=guard("patch", _patch_cmd))
+    add_device(p)
+    p.set_defaults(func=_patch_cmd)

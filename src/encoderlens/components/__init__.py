@@ -15,10 +15,16 @@ from encoderlens.components.heads import ClassifierHead, LMHead, MLMHead, NSPHea
 from encoderlens.components.mlp import MLP, get_activation
 from encoderlens.components.norm import LayerNorm, RMSNorm, make_norm
 from encoderlens.components.position import RelativePositionBias, relative_position_bucket
+from encoderlens.components.sae import SAEConfig, SparseAutoencoder
+from encoderlens.components.sae_format import load_sae, save_sae
 from encoderlens.components.stack import Stack, run_blocks
 from encoderlens.components.stack_weights import StackWeights, StackWeightsMixin
 
 __all__ = [
+    "SAEConfig",
+    "SparseAutoencoder",
+    "load_sae",
+    "save_sae",
     "MLP",
     "Attention",
     "ClassifierHead",

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from encoderlens.components.position import RelativePositionBias
 from encoderlens.components.rotary import apply_local_window, apply_rotary
 from encoderlens.config import AttentionConfig
-from encoderlens.hooks import HookPoint
+from encoderlens.hooks import HookPoint, KeepPropertyErrors
 
 
 @dataclass
@@ -123,7 +124,7 @@ class FlatWeights(NamedTuple):
         return FlatWeights(q, kv, qkv, b_q, b_kv, b_qkv)
 
 
-class Attention(nn.Module):
+class Attention(KeepPropertyErrors, nn.Module):
     """Multi-head (self or cross) attention.
 
     Hooks (shapes):
@@ -163,6 +164,51 @@ class Attention(nn.Module):
         # only rotary models get these; no dead hook points elsewhere
         self.hook_rot_q = HookPoint() if cfg.rotary is not None else None
         self.hook_rot_k = HookPoint() if cfg.rotary is not None else None
+
+    def attach_relative_position_bias(self, bias: RelativePositionBias) -> None:
+        """Give this attention TransformerLens's T5 view of the stack's relative position table.
+
+        T5 (HF and TransformerLens) stores the table in block 0's self-attention; here the stack owns it
+        (``encoder.position_bias``) and computes the bias once per forward. Attaching it (not registering:
+        the parameter keeps its one name) makes ``has_relative_attention_bias``, ``rel_pos_bias.weight``
+        and :meth:`compute_relative_attention_bias` work on block 0's attention, as in TransformerLens.
+        """
+        self.__dict__["_rel_bias"] = bias
+
+    @property
+    def has_relative_attention_bias(self) -> bool:
+        """Whether this attention holds the stack's relative position table (T5 block 0)."""
+        return self.__dict__.get("_rel_bias") is not None
+
+    @property
+    def rel_pos_bias(self) -> RelativePositionBias:
+        """The stack's :class:`RelativePositionBias` (``.weight``: ``(num_buckets, head_index)``)."""
+        bias = self.__dict__.get("_rel_bias")
+        if bias is None:
+            raise AttributeError(
+                "this attention has no relative position table: T5 keeps it in block 0's self-attention "
+                "(model.encoder[0].attn / model.decoder[0].attn); the bias it computes is shared by every block"
+            )
+        return bias
+
+    @property
+    def relative_attention_num_buckets(self) -> int:
+        return self.rel_pos_bias.cfg.num_buckets
+
+    @property
+    def relative_attention_max_distance(self) -> int:
+        return self.rel_pos_bias.cfg.max_distance
+
+    def compute_relative_attention_bias(
+        self, query_length: int, key_length: int, device: str | torch.device | None = None
+    ) -> Float[Tensor, "1 head_index query_pos key_pos"]:
+        """T5's bucketed relative position bias ``(1, head_index, query_pos, key_pos)`` (TransformerLens's name).
+
+        Decoder stacks use causal buckets, as HF (TransformerLens 3.x uses bidirectional ones in the
+        decoder too, which does not match HF's T5).
+        """
+        out = self.rel_pos_bias(query_length, key_length)
+        return out if device is None else out.to(device)
 
     #: Keep the fused projection weights between forwards when no gradient is needed. Set to False
     #: (class-wide or per instance) to save that copy's memory at some speed.
@@ -219,6 +265,12 @@ class Attention(nn.Module):
         out = out.view(*x.shape[:-1], h, dh)
         return out + b if b is not None else out
 
+    @staticmethod
+    def _project_heads(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
+        """Per-head inputs ``(batch, pos, head_index, d_in)`` through each head's ``W: (head_index, d_in, d_head)``."""
+        out = torch.einsum("bphd,hde->bphe", x, W)
+        return out + b if b is not None else out
+
     def needs_explicit_qkv(self) -> bool:
         """Whether q, k, v must be separate tensors (they are hooked or cached); else one fused matmul."""
         return self.hook_q.has_hooks() or self.hook_k.has_hooks() or self.hook_v.has_hooks()
@@ -229,27 +281,55 @@ class Attention(nn.Module):
 
     def forward(
         self,
-        x: Float[Tensor, "batch query_pos d_model"],
-        kv_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
+        query_input: Float[Tensor, "batch query_pos d_model"],
+        key_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
+        value_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
+        *,
         additive_mask: Float[Tensor, "#batch 1 #query_pos key_pos"] | None = None,
-        position_bias: Float[Tensor, "batch_or_1 head_index query_pos key_pos"] | None = None,
+        position_bias: Float[Tensor, "#batch head_index query_pos key_pos"] | None = None,
         kv_cache: KVCache | None = None,
+        split: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Float[Tensor, "batch query_pos d_model"]:
-        """Attend from ``x`` to ``kv_input`` (``x`` itself for self-attention).
+        """Attend from ``query_input`` to ``key_input`` / ``value_input`` (``query_input`` itself by default).
+
+        The positional order is TransformerLens's ``attn(query_input, key_input, value_input)``:
+        ``attn(x)`` and ``attn(x, x, x)`` are self-attention, ``cross_attn(x, enc, enc)`` cross-attention.
 
         Args:
-            x: Query-side input.
-            kv_input: Key/value-side input for cross-attention.
-            additive_mask: Added to the scores (0 = attend, very negative = blocked).
+            query_input: Query-side input.
+            key_input: Key-side input (cross-attention); None or ``query_input`` itself: self-attention.
+            value_input: Value-side input; None: the key input.
+            additive_mask: Added to the scores (0 = attend, very negative = blocked). When None and the
+                attention is causal (a decoder's self-attention), the causal mask is built here, so a
+                decoder's attention called on its own never looks ahead (as HF's).
             position_bias: Added to the scores (T5 relative bias).
             kv_cache: Generation cache; updated in place.
+            split: Separate inputs per head for q, k and v, each ``(batch, pos, head_index, d_in)`` (the
+                block's opt-in ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input``); then ``x`` and
+                ``kv_input`` are not projected.
         """
+        x = query_input
+        if key_input is x:
+            key_input = None
+        if value_input is not None and value_input is not (x if key_input is None else key_input):
+            return self._separate_value_forward(x, key_input, value_input, additive_mask, position_bias, kv_cache)
+        kv_input = key_input
+        if additive_mask is None and self.cfg.causal and kv_input is None:
+            past = kv_cache.length if kv_cache is not None and not kv_cache.static else 0
+            additive_mask = build_additive_mask(None, x.shape[1], past + x.shape[1], True, x.dtype, x.device, past)
         w = self.flat_weights()
         h, dh = self.cfg.n_heads, self.cfg.d_head
         hd = h * dh
         static_hit = kv_cache is not None and kv_cache.static and kv_cache.k is not None
         kv_new: tuple[Tensor, Tensor] | None = None
-        if kv_input is None and w.qkv is not None and not static_hit and not self.needs_explicit_qkv():
+        if split is not None:
+            q_in, k_in, v_in = split
+            q = self.hook_q(self._project_heads(q_in, self.W_Q, self.b_Q))
+            kv_new = (
+                self.hook_k(self._project_heads(k_in, self.W_K, self.b_K)),
+                self.hook_v(self._project_heads(v_in, self.W_V, self.b_V)),
+            )
+        elif kv_input is None and w.qkv is not None and not static_hit and not self.needs_explicit_qkv():
             # self-attention and nothing reads q/k/v: one matmul; q, k, v are views of its output
             qkv = F.linear(x, w.qkv.t(), w.b_qkv).unflatten(-1, (3, h, dh))
             q = self.hook_q(qkv[..., 0, :, :])
@@ -296,6 +376,37 @@ class Attention(nn.Module):
 
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         z = self._attend(qh, kh, vh, bias, self.cfg.attn_scale)
+        return self._output(z)
+
+    def _separate_value_forward(
+        self,
+        x: Tensor,
+        key_input: Tensor | None,
+        value_input: Tensor,
+        additive_mask: Tensor | None,
+        position_bias: Tensor | None,
+        kv_cache: KVCache | None,
+    ) -> Tensor:
+        """Keys and values from different tensors (TransformerLens's split inputs); no generation cache."""
+        if kv_cache is not None:
+            raise ValueError("a kv_cache needs keys and values from the same input; pass value_input=None")
+        if self.cfg.rotary is not None or self.cfg.local_window is not None:
+            raise ValueError("separate key and value inputs are not supported with rotary or windowed attention")
+        keys = x if key_input is None else key_input
+        if keys.shape[:-1] != value_input.shape[:-1]:
+            raise ValueError(
+                f"key_input {tuple(keys.shape)} and value_input {tuple(value_input.shape)} must have the same "
+                "batch and position sizes"
+            )
+        if additive_mask is None and self.cfg.causal and key_input is None:
+            additive_mask = build_additive_mask(None, x.shape[1], x.shape[1], True, x.dtype, x.device)
+        q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
+        k = self.hook_k(self._project(keys, self.W_K, self.b_K))
+        v = self.hook_v(self._project(value_input, self.W_V, self.b_V))
+        bias = additive_mask
+        if position_bias is not None:
+            bias = position_bias if bias is None else bias + position_bias
+        z = self._attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias, self.cfg.attn_scale)
         return self._output(z)
 
     def _attend(

@@ -135,25 +135,36 @@ class DisentangledAttention(Attention):
 
     def forward(
         self,
-        x: Float[Tensor, "batch query_pos d_model"],
-        kv_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
+        query_input: Float[Tensor, "batch query_pos d_model"],
+        key_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
+        value_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
+        *,
         additive_mask: Float[Tensor, "#batch 1 #query_pos key_pos"] | None = None,
-        position_bias: Float[Tensor, "batch_or_1 head_index query_pos key_pos"] | None = None,
+        position_bias: Float[Tensor, "#batch head_index query_pos key_pos"] | None = None,
         kv_cache: KVCache | None = None,
+        split: tuple[Tensor, Tensor, Tensor] | None = None,
         rel_embeddings: RelativeEmbeddings | None = None,
     ) -> Float[Tensor, "batch query_pos d_model"]:
-        """Attend from ``x`` to itself with content and relative-position terms.
+        """Attend from ``query_input`` to itself with content and relative-position terms.
 
         Args:
-            x: Input of the attention.
-            kv_input: Must be None (self-attention only).
+            query_input: Input of the attention.
+            key_input, value_input: None or ``query_input`` itself (self-attention only).
             additive_mask: Added to the scores (0 = attend, very negative = blocked).
             position_bias: Extra additive bias (unused by DeBERTa; added if given).
             kv_cache: Must be None.
+            split: Must be None (per-head q/k/v inputs are not supported with disentangled attention).
             rel_embeddings: The shared relative embeddings (from :class:`RelativeEmbedding`).
         """
-        if kv_input is not None or kv_cache is not None:
-            raise ValueError("disentangled attention is self-attention only: kv_input and kv_cache must be None")
+        x = query_input
+        if (key_input is not None and key_input is not x) or (value_input is not None and value_input is not x):
+            raise ValueError("disentangled attention is self-attention only: pass attn(x) (or attn(x, x, x))")
+        if kv_cache is not None:
+            raise ValueError("disentangled attention has no generation cache: kv_cache must be None")
+        if split is not None:
+            raise ValueError(
+                "per-head attention inputs (hook_q/k/v_input) are not supported with disentangled attention"
+            )
         if rel_embeddings is None:
             raise ValueError("disentangled attention needs rel_embeddings (the model builds them once per forward)")
         dc = self.dcfg

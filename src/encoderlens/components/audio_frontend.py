@@ -60,12 +60,22 @@ def frame_mask_from_lengths(
     """
     out_len = conv_output_lengths(sample_lengths.long(), kernels, strides)
     assert isinstance(out_len, Tensor)
-    if bool((out_len < 1).any()):
+    _check_frames_on_host(sample_lengths, out_len)
+    return torch.arange(n_frames, device=out_len.device)[None, :] < out_len[:, None]
+
+
+def _check_frames_on_host(sample_lengths: Tensor, out_len: Tensor) -> None:
+    """Refuse items shorter than one frame, when the lengths are on the host.
+
+    :func:`encoderlens.io.audio.prepare_audio` validates lengths on the host already; this catches
+    lengths given by hand. On an accelerator reading the values would be a host-device sync in every
+    forward, so device tensors are not read.
+    """
+    if out_len.device.type == "cpu" and bool((out_len < 1).any()):
         raise ValueError(
             f"audio of {sample_lengths.tolist()} samples gives {out_len.tolist()} frames; every item needs at "
             "least one frame (a waveform at least as long as the conv receptive field)"
         )
-    return torch.arange(n_frames, device=out_len.device)[None, :] < out_len[:, None]
 
 
 class ChannelNorm(nn.Module):

@@ -263,3 +263,31 @@ class LMHead(nn.Module):
             x = x * self.cfg.scale
         logits = x @ self.W_U
         return logits + self.b_U if self.b_U is not None else logits
+
+
+class Unembed(nn.Module):
+    """TransformerLens's ``unembed`` of an :class:`LMHead`: the raw linear map ``x @ W_U + b_U``.
+
+    A view (the head's parameters, nothing registered twice). It leaves out the head's ``scale``
+    (T5's tied ``d_model ** -0.5``, which TransformerLens applies to the stream before ``unembed``),
+    so ``unembed(x)`` equals HF's ``lm_head(x)``, and ``lm_head(x) == unembed(x * scale)``.
+    """
+
+    def __init__(self, head: LMHead) -> None:
+        super().__init__()
+        self._head = [head]
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self._head[0].W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"]:
+        """The head's bias, or zeros where it has none (T5)."""
+        head = self._head[0]
+        return head.b_U if head.b_U is not None else head.W_U.new_zeros(head.W_U.shape[1])
+
+    def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        logits = x @ self.W_U
+        b_U = self._head[0].b_U
+        return logits + b_U if b_U is not None else logits

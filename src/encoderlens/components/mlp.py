@@ -76,4 +76,13 @@ class MLP(nn.Module):
             post = self.hook_post(self.act(pre) * self.hook_pre_linear(lin))
         else:
             post = self.hook_post(self.act(self.hook_pre(lin)))
+        if post.dtype != self.W_out.dtype:  # W_out kept in float32 (cfg.out_float32_in_fp16), as HF's T5
+            post = post.to(self.W_out.dtype)
         return F.linear(post, self.W_out.t(), self.b_out)
+
+    def keep_out_in_float32(self) -> None:
+        """Put ``W_out`` (and ``b_out``) in float32 if ``cfg.out_float32_in_fp16`` and the model is float16."""
+        if self.cfg.out_float32_in_fp16 and self.W_out.dtype == torch.float16:
+            self.W_out.data = self.W_out.data.float()
+            if self.b_out is not None:
+                self.b_out.data = self.b_out.data.float()

@@ -66,6 +66,11 @@ class RelativePositionBias(nn.Module):
         self.cfg = cfg
         self.W_rel = nn.Parameter(torch.empty(cfg.num_buckets, n_heads))
 
+    @property
+    def weight(self) -> Float[Tensor, "num_buckets head_index"]:
+        """``W_rel`` under the name of HF's / TransformerLens's ``nn.Embedding`` (``rel_pos_bias.weight``)."""
+        return self.W_rel
+
     def buckets(self, query_len: int, key_len: int, past_len: int = 0) -> Int[Tensor, "query_pos key_pos"]:
         """Bucket index of every (query, key) pair."""
         device = self.W_rel.device

@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from encoderlens.components.attention import KVCache, build_additive_mask
+from encoderlens.components.attention import Attention, KVCache, build_additive_mask
 from encoderlens.components.attention_deberta import RelativeEmbeddings
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.embed import Embed, PosEmbed
@@ -51,12 +53,21 @@ def run_blocks(
         final_norm: Norm applied after the last block (None: none).
         final_norm_hook: Hook point on the final norm's output (None: not hooked).
     """
+    if stop_at_layer is not None:
+        n = len(blocks)
+        if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, int):
+            raise TypeError(f"stop_at_layer must be an int (a block index) or None, got {stop_at_layer!r}")
+        if not -n <= stop_at_layer <= n:
+            raise ValueError(
+                f"stop_at_layer={stop_at_layer} is out of range for {n} blocks: pass an int in [{-n}, {n}] "
+                "(0: the embeddings, a negative value counts from the end) or None for a full run"
+            )
     for i, block in enumerate(blocks[:stop_at_layer]):
         x = block(
             x,
             additive_mask=additive_mask,
             position_bias=position_bias,
-            encoder_out=encoder_out,
+            encoder_hidden_states=encoder_out,
             cross_mask=cross_mask,
             kv_cache=kv_cache[i] if kv_cache is not None else None,
             rel_embeddings=rel_embeddings,
@@ -92,9 +103,26 @@ class Stack(KeepPropertyErrors, StackWeightsMixin, nn.Module):
         rel = cfg.relative_position
         self.position_bias = RelativePositionBias(cfg.n_heads, rel) if rel is not None else None
         self.hook_position_bias = HookPoint() if self.position_bias is not None else None
-        self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        blocks = [TransformerBlock(cfg) for _ in range(cfg.n_layers)]
+        if self.position_bias is not None and blocks and isinstance(blocks[0].attn, Attention):
+            blocks[0].attn.attach_relative_position_bias(self.position_bias)
+        self.blocks = nn.ModuleList(blocks)
         self.ln_final = make_norm(d, cfg.norm) if cfg.final_norm else None
         self.hook_final_norm = HookPoint() if self.ln_final is not None else None
+
+    # TransformerLens's HookedEncoderDecoder keeps each side as a list of blocks: model.encoder[0]...
+    def __getitem__(self, index: int | slice) -> nn.Module:
+        """``stack[i]``: block ``i`` (``stack.blocks[i]``), as TransformerLens's ``model.encoder[i]``."""
+        block: nn.Module = self.blocks[index]
+        return block
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        """The blocks in order (``for block in model.encoder``)."""
+        return iter(self.blocks)
+
+    def __len__(self) -> int:
+        """Number of blocks."""
+        return len(self.blocks)
 
     @property
     def cross(self) -> StackWeights:
@@ -152,11 +180,13 @@ class Stack(KeepPropertyErrors, StackWeightsMixin, nn.Module):
             if encoder_out is None or encoder_mask is None:
                 raise ValueError("the decoder needs the encoder output and its mask")
             cross_mask = build_additive_mask(encoder_mask.bool(), q_len, encoder_out.shape[1], False, x.dtype, x.device)
+        if bias is not None:
+            # mask + position bias added once for every block (as HF's T5 does), not once per layer
+            mask = bias if mask is None else mask + bias
         return run_blocks(
             self.blocks,
             x,
             additive_mask=mask,
-            position_bias=bias,
             encoder_out=encoder_out,
             cross_mask=cross_mask,
             kv_cache=kv_cache,

@@ -16,12 +16,17 @@ class MLPConfig:
         act_fn: Activation name (see :data:`ACTIVATIONS`).
         gated: Gated-linear-unit MLP (``act(x W_gate) * (x W_in)``) as in T5 v1.1 / Flan-T5.
         bias: Whether the linear layers have biases.
+        out_float32_in_fp16: Keep ``W_out`` in float32 when the model is loaded in float16 (T5: HF's
+            ``_keep_in_fp32_modules = ["wo"]``, without which T5's residual stream overflows float16).
+            ``hook_post`` is cast to float32 before ``W_out``, so the MLP output and the residual
+            stream after it are float32, exactly as in HF.
     """
 
     d_mlp: int
     act_fn: str
     gated: bool = False
     bias: bool = True
+    out_float32_in_fp16: bool = False
 
     def __post_init__(self) -> None:
         if self.act_fn not in ACTIVATIONS:

@@ -125,7 +125,7 @@ def _take_cross_attn(r: WeightReader, out: dict[str, Tensor], n_heads: int, src:
         take_heads_in(r, out, f"{src}encoder_attn.{w}_proj", dst + "cross_attn.{}_" + w.upper(), n_heads)
     out[dst + "cross_attn.W_O"] = head_out_weight(r.take(src + "encoder_attn.out_proj.weight"), n_heads)
     out[dst + "cross_attn.b_O"] = r.take(src + "encoder_attn.out_proj.bias")
-    take_norm(r, out, src + "encoder_attn_layer_norm", dst + "ln_cross")
+    take_norm(r, out, src + "encoder_attn_layer_norm", dst + "ln2")
 
 
 def convert_bart(
@@ -157,6 +157,9 @@ def convert_bart(
             src, dst = f"{side}.layers.{i}.", f"{side}.blocks.{i}."
             take_layer(r, out, src, dst, heads, LAYER_NAMES)
             if side == "decoder":
+                # TransformerLens's names: decoder blocks have ln2 (cross-attention) and ln3 (MLP)
+                for key in [k for k in out if k.startswith(dst + "ln2.")]:
+                    out[dst + "ln3." + key[len(dst + "ln2.") :]] = out.pop(key)
                 _take_cross_attn(r, out, heads, src, dst)
         if pre_ln:
             take_norm(r, out, f"{side}.layer_norm", f"{side}.ln_final")

@@ -78,7 +78,7 @@ def t5_stack(hf: Any, n_layers: int, decoder: bool) -> StackConfig:
         attn=AttentionConfig(
             n_heads=hf.num_heads, d_head=hf.d_kv, causal=decoder, qkv_bias=False, out_bias=False, scale=1.0
         ),
-        mlp=MLPConfig(d_mlp=hf.d_ff, act_fn=act, gated=gated, bias=False),
+        mlp=MLPConfig(d_mlp=hf.d_ff, act_fn=act, gated=gated, bias=False, out_float32_in_fp16=True),
         norm=norm,
         norm_position="pre",
         cross_attention=decoder,
@@ -112,7 +112,7 @@ def _take_layer(r: WeightReader, out: dict[str, Tensor], n_heads: int, gated: bo
     # (HF sub-layer index, HF attention name, our attention, our norm)
     attn_parts = [(0, "SelfAttention", "attn", "ln1")]
     if dst.startswith("decoder"):
-        attn_parts.append((1, "EncDecAttention", "cross_attn", "ln_cross"))
+        attn_parts.append((1, "EncDecAttention", "cross_attn", "ln2"))
     for j, theirs, ours, ln in attn_parts:
         p = f"{src}.layer.{j}"
         for w in ("q", "k", "v"):
@@ -127,7 +127,8 @@ def _take_layer(r: WeightReader, out: dict[str, Tensor], n_heads: int, gated: bo
     else:
         out[f"{dst}.mlp.W_in"] = linear_weight(r.take(f"{ff}.DenseReluDense.wi.weight"))
     out[f"{dst}.mlp.W_out"] = linear_weight(r.take(f"{ff}.DenseReluDense.wo.weight"))
-    out[f"{dst}.ln2.w"] = r.take(f"{ff}.layer_norm.weight")
+    # TransformerLens's names: ln2 is the cross-attention norm in decoder blocks, ln3 their MLP norm
+    out[f"{dst}.{'ln3' if len(attn_parts) > 1 else 'ln2'}.w"] = r.take(f"{ff}.layer_norm.weight")
 
 
 def convert_t5(

@@ -18,13 +18,14 @@ renamed into place (``os.replace``, atomic), then the rank's progress file is re
 way. A kill at any moment leaves either the old or the new state, never a partial shard; files not
 listed (from a kill between the two renames) are deleted on restart.
 
-The model-specific part (turning items into a batch, calling the model, which positions are real,
-which axis of an activation is the position) is a :class:`HarvestAdapter`. Text encoders use
-:class:`TextAdapter`; other families register theirs with :func:`register_adapter`.
+Nothing here depends on the model family: a batch of items becomes one input through the model
+contract (``model.prepare_input``, see :class:`ItemFields`), runs with ``model.run_prepared``, and each
+activation's rows follow the positions of its residual stream (the prepared batch's masks; see
+:mod:`encoderlens.harvest.alignment`).
 
-Modules: ``writer`` (:func:`harvest`), ``manifest`` (progress files and the merged manifest),
-``reader`` (:func:`load_harvest`), ``adapters``, ``command`` (the command line, also
-``encoderlens harvest``).
+Modules: ``writer`` (:func:`harvest`), ``items`` (dataset items -> a prepared batch), ``alignment``
+(which positions an activation follows), ``manifest`` (progress files and the merged manifest),
+``reader`` (:func:`load_harvest`), ``command`` (the command line, also ``encoderlens harvest``).
 
 Example:
     >>> from encoderlens.harvest import harvest, load_harvest
@@ -34,16 +35,8 @@ Example:
     >>> rows = h.rows("token")                         # {"item": ..., "pos": ...} per row
 """
 
-from encoderlens.harvest.adapters import (
-    AudioAdapter,
-    HarvestAdapter,
-    PreparedBatch,
-    Seq2SeqAdapter,
-    TextAdapter,
-    default_adapter,
-    register_adapter,
-)
 from encoderlens.harvest.command import main
+from encoderlens.harvest.items import ItemFields
 from encoderlens.harvest.manifest import FORMAT, FORMAT_VERSION
 from encoderlens.harvest.reader import Harvest, load_harvest
 from encoderlens.harvest.writer import harvest, storage_dtype
@@ -51,16 +44,10 @@ from encoderlens.harvest.writer import harvest, storage_dtype
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
-    "AudioAdapter",
     "Harvest",
-    "HarvestAdapter",
-    "PreparedBatch",
-    "Seq2SeqAdapter",
-    "TextAdapter",
-    "default_adapter",
+    "ItemFields",
     "harvest",
     "load_harvest",
     "main",
-    "register_adapter",
     "storage_dtype",
 ]

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from encoderlens.harvest.adapters import default_adapter
+from encoderlens.harvest.items import DEFAULT_INPUT_KEYS, ItemFields
 from encoderlens.harvest.writer import harvest
 
 
-def read_items(path: str, field: str) -> Iterator[Any]:
+def read_items(path: str, field: str = "input") -> Iterator[Any]:
     """Stream items from a ``.jsonl`` (one JSON object or string per line) or a text file (one input per
     line: a text, or an audio path; item id = line number)."""
     p = Path(path)
@@ -41,6 +41,16 @@ def read_items(path: str, field: str) -> Iterator[Any]:
                 yield {"id": n, field: line}
 
 
+#: An example command line (the help's epilog).
+EXAMPLE = (
+    "encoderlens harvest default --input items.jsonl --hooks 'blocks.*.hook_resid_post' --out acts/ "
+    "--dtype float16  (under torchrun: torchrun --nproc_per_node 4 -m encoderlens.harvest ...)"
+)
+
+#: The one spelling of storage dtypes on the command line (torch's names, as the manifest records them).
+CLI_DTYPES = ("float16", "bfloat16", "float32")
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """Declare the harvest arguments on ``ap``."""
     ap.add_argument("model", help="checkpoint folder or hub name (anything encoderlens.from_pretrained takes)")
@@ -52,19 +62,27 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--hooks", required=True, nargs="+", help="hook names or globs, e.g. 'blocks.*.hook_resid_post'")
     ap.add_argument("--out", required=True, help="output folder (resumed if it holds a harvest)")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--dtype", default="fp16", help="storage dtype: fp16, bf16 or fp32")
+    ap.add_argument("--batch-size", type=int, default=32, help="items per forward")
+    ap.add_argument(
+        "--dtype", choices=CLI_DTYPES, default=None, help="storage dtype (default: the model's dtype, no conversion)"
+    )
     ap.add_argument("--include-padding", action="store_true", help="store padding positions too, flagged")
-    ap.add_argument("--shard-mb", type=float, default=256.0)
-    ap.add_argument("--items-per-shard", type=int, default=None)
-    ap.add_argument("--max-items", type=int, default=None)
+    ap.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MiB")
+    ap.add_argument("--items-per-shard", type=int, default=None, help="also start a new shard after this many items")
+    ap.add_argument("--max-items", type=int, default=None, help="stop after this many items (default: all)")
     ap.add_argument(
         "--field",
         default=None,
-        help="item field holding the input (default: 'text' for text, 'audio' for speech, 'source' for seq2seq)",
+        help=f"item field holding the input (default: the first of {', '.join(DEFAULT_INPUT_KEYS)} present; "
+        "lines of a .txt file are the input)",
+    )
+    ap.add_argument(
+        "--return-type",
+        default=None,
+        help="forward return_type (default: the model's primary output); 'all' runs every head (pooler hooks)",
     )
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,21 +101,15 @@ def run(args: argparse.Namespace) -> int:
         started_pg = True
     try:
         model = encoderlens.from_pretrained(args.model, device=device)
-        adapter = default_adapter(model, *([args.field] if args.field else []))
-        item_field = str(
-            args.field
-            or getattr(adapter, "text_key", None)
-            or getattr(adapter, "audio_key", None)
-            or getattr(adapter, "source_key", "input")
-        )
         manifest = harvest(
             model,
-            read_items(args.input, item_field),
+            read_items(args.input, args.field or "input"),
             args.hooks,
             args.out,
             args.batch_size,
             dtype=args.dtype,
-            adapter=adapter,
+            items=ItemFields(input_key=args.field),
+            return_type=args.return_type,
             include_padding=args.include_padding,
             shard_mb=args.shard_mb,
             items_per_shard=args.items_per_shard,
@@ -120,7 +132,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m encoderlens.harvest`` (also under ``torchrun --nproc_per_node N -m encoderlens.harvest``)."""
     ap = argparse.ArgumentParser(
         prog="python -m encoderlens.harvest",
-        description="Harvest activations to sharded safetensors files (resumable; torchrun for several processes).",
+        description="Harvest activations to sharded safetensors files (resumable; torchrun for several processes). "
+        "Same as `encoderlens harvest`.",
+        epilog=f"example:\n  {EXAMPLE}",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     add_arguments(ap)
-    return run(ap.parse_args(argv))
+    args = ap.parse_args(argv)
+    try:
+        return run(args)
+    except Exception as e:
+        if args.debug:
+            raise
+        msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split()) or type(e).__name__
+        print(f"encoderlens harvest: error: {msg} (--debug shows the traceback)", file=sys.stderr)
+        return 2 if isinstance(e, (ValueError, TypeError, FileNotFoundError, KeyError)) else 1

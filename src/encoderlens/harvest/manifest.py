@@ -8,22 +8,30 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from encoderlens.harvest.fingerprint import differences
+
 FORMAT = "encoderlens-harvest"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: alignments named after the model's streams (``token``, ``frame``, ``encoder_token``...), items read
+through the model contract (settings ``items`` and ``return_type`` instead of ``adapter``)."""
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def to_runs(indices: Sequence[int]) -> list[list[int]]:
@@ -57,8 +65,11 @@ def rank_file(rank: int) -> str:
     return f"rank{rank:03d}"
 
 
-def load_state(out: Path, settings: dict[str, Any], resume: bool) -> dict[int, dict[str, Any]]:
-    """Every rank's progress file in ``out`` (from this run or earlier ones), checked against ``settings``."""
+def load_state(
+    out: Path, settings: dict[str, Any], resume: bool, model: dict[str, Any] | None = None
+) -> dict[int, dict[str, Any]]:
+    """Every rank's progress file in ``out`` (from this run or earlier ones), checked against ``settings``
+    and the model's fingerprint (:mod:`encoderlens.harvest.fingerprint`)."""
     state: dict[int, dict[str, Any]] = {}
     for p in sorted((out / "_progress").glob("rank*.json")):
         st = json.loads(p.read_text())
@@ -71,19 +82,52 @@ def load_state(out: Path, settings: dict[str, Any], resume: bool) -> dict[int, d
         if st.get("settings") != settings:
             raise ValueError(
                 f"{out} holds a harvest with other settings ({st.get('settings')}) than this one ({settings}); "
-                "resume it with the same hooks, dtype, padding and adapter, or use another out_dir"
+                "resume it with the same hooks, dtype, padding, item fields and return_type, or use another out_dir"
+            )
+        stored = st.get("model", {})
+        diff = differences(stored, model) if model is not None else []
+        if diff:
+            detail = "; ".join(f"{k}: stored {stored.get(k)!r}, now {model.get(k)!r}" for k in diff if model)
+            raise ValueError(
+                f"{out} holds a harvest of another model ({', '.join(diff)} differ: {detail}); resuming would mix "
+                "two models' activations. Resume with the same checkpoint and tokenizer, or use another out_dir"
             )
     return state
 
 
-def remove_orphans(out: Path, rank: int, keep: set[str]) -> None:
-    """Delete this rank's shard files that no progress file lists, and temporary files (from a kill)."""
+_TMP_RANK = re.compile(r"\.rank(\d+)[-.].*\.tmp-\d+")
+_TMP_PID = re.compile(r"\..*\.tmp-(\d+)")
+
+
+def remove_orphans(out: Path, rank: int, keep: set[str], rank_is_free: Callable[[int], bool] | None = None) -> None:
+    """Delete what interrupted writes left: this rank's shard files that no progress file lists, and temporary
+    files (shards, progress files, the manifest) of this rank, of ranks nobody holds (``rank_is_free``), and
+    of processes that no longer run."""
     prefix = rank_file(rank)
     for p in out.glob(f"{prefix}-*.safetensors"):
         if p.name not in keep:
-            p.unlink()
-    for p in out.glob(f".{prefix}-*.tmp-*"):
-        p.unlink()
+            p.unlink(missing_ok=True)
+    for folder in (out, out / "_progress"):
+        for p in folder.glob(".*.tmp-*"):
+            m = _TMP_RANK.fullmatch(p.name)
+            if m is not None:
+                other = int(m.group(1))
+                debris = other == rank or (rank_is_free is not None and rank_is_free(other))
+            else:
+                pid = _TMP_PID.fullmatch(p.name)
+                debris = pid is not None and int(pid.group(1)) != os.getpid() and not _pid_alive(int(pid.group(1)))
+            if debris:
+                p.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_manifest(out: Path, final: bool, world_size: int | None = None, strict: bool = False) -> dict[str, Any]:

@@ -39,15 +39,11 @@ class Harvest:
 
     def iter_shards(self) -> Iterator[dict[str, Tensor]]:
         """Each shard's tensors in turn (bounded memory)."""
-        from safetensors.torch import load_file
-
         for p in self.shard_paths():
-            yield load_file(str(p))
+            yield read_shard(p)
 
     def _order(self, align: str) -> tuple[list[dict[str, Tensor]], Tensor]:
-        from safetensors.torch import load_file
-
-        cols = [load_file(str(p)) for p in self.shard_paths()]
+        cols = [read_shard(p) for p in self.shard_paths()]
         item = torch.cat([c[f"_rows.{align}.item"] for c in cols]) if cols else torch.zeros(0, dtype=torch.long)
         if align == "item":
             order = torch.argsort(item, stable=True)
@@ -76,11 +72,31 @@ class Harvest:
 
         out: dict[int, Any] = {}
         for p in self.shard_paths():
-            with safe_open(str(p), "pt") as f:
-                meta = f.metadata() or {}
-                idx = f.get_tensor("_items.index").tolist()
+            try:
+                with safe_open(str(p), "pt") as f:
+                    meta = f.metadata() or {}
+                    idx = f.get_tensor("_items.index").tolist()
+            except Exception as e:  # safetensors errors come in several types
+                raise _unreadable(p, e) from e
             out.update(zip(idx, json.loads(meta.get("item_ids", "[]"))))
         return dict(sorted(out.items()))
+
+
+def read_shard(path: Path) -> dict[str, Tensor]:
+    """One shard's tensors; a missing, truncated or corrupt file raises a ValueError naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors errors come in several types
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path: Path, e: Exception) -> ValueError:
+    return ValueError(
+        f"could not read the harvest shard {path} ({type(e).__name__}: {e}); it is missing, truncated or corrupt. "
+        "Restore the file, or harvest again into a new out_dir"
+    )
 
 
 def load_harvest(out_dir: str | os.PathLike[str]) -> Harvest:

@@ -3,7 +3,8 @@
 Accepted inputs (one item or a list of items, which may have different lengths):
 
 - a 1-D float waveform: ``torch.Tensor``, ``numpy.ndarray`` or a list of floats;
-- a 2-D float array ``(batch, samples)`` of equal-length waveforms (HF's convention);
+- a 2-D float array ``(batch, samples)`` of equal-length waveforms, for every batch size (HF's and
+  TransformerLens's convention); a multi-channel recording is one 2-D array with ``channel_axis=``;
 - a path (``str`` / ``os.PathLike``) to an audio file soundfile can read (wav, flac, ogg...): it is
   decoded to float, downmixed to mono (mean over channels) and resampled to the model's rate.
 
@@ -14,7 +15,7 @@ their header). Resampling is :func:`resample`, a Kaiser-windowed sinc interpolat
 
 Normalisation and padding follow HF's ``Wav2Vec2FeatureExtractor`` exactly, see :func:`prepare_audio`.
 
-Errors: wrong rate without ``resample=True``, ambiguous multi-channel arrays, empty or too-short
+Errors: wrong rate without ``resample=True``, ``(samples, channels)`` arrays without ``channel_axis``, empty or too-short
 audio, NaN/inf samples, integer PCM, missing files and unreadable formats each raise a ``ValueError``
 or ``TypeError`` saying what was expected, what arrived and how to fix it.
 """
@@ -319,8 +320,15 @@ def _check_values(t: Tensor, what: str) -> None:
         )
 
 
+#: A 2-D array with at most this many columns and more rows is taken for ``(samples, channels)`` audio.
+_MAX_CHANNELS = 8
+
+
 def _mono_items(x: Tensor, what: str, channel_axis: int | None) -> list[Tensor]:
-    """Split an array into 1-D waveforms, refusing layouts that could be multi-channel audio."""
+    """Split an array into 1-D waveforms: ``(batch, samples)`` rows, or channels averaged with ``channel_axis``.
+
+    ``(samples, channels)`` layouts (a few columns, many rows) are refused with a hint to ``channel_axis=1``.
+    """
     if channel_axis is not None:
         if x.ndim != 2:
             raise ValueError(
@@ -335,18 +343,14 @@ def _mono_items(x: Tensor, what: str, channel_axis: int | None) -> list[Tensor]:
         return [x]
     if x.ndim == 2:
         b, s = x.shape
-        if b > s:
+        if s <= _MAX_CHANNELS < b:
             raise ValueError(
                 f"{what}: got shape {tuple(x.shape)}, which looks like (samples, channels) multi-channel audio. "
                 "Pass channel_axis=1 to average the channels to mono, or x.mean(-1) yourself; a batch of "
                 "waveforms is (batch, samples) or a list of 1-D arrays"
             )
-        if b == 2:
-            raise ValueError(
-                f"{what}: got shape {tuple(x.shape)}: ambiguous between stereo (channels, samples) and a batch of "
-                "two mono waveforms. For stereo pass channel_axis=0 (averaged to mono); for a batch pass a list "
-                "[x[0], x[1]]"
-            )
+        # (batch, samples) for every batch size, as in HF and TransformerLens; (channels, samples)
+        # recordings need channel_axis=0
         return list(x.unbind(0))
     raise ValueError(
         f"{what}: expected audio of shape (samples,) or (batch, samples), got {tuple(x.shape)}; "

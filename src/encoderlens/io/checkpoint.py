@@ -177,7 +177,9 @@ def read_checkpoint(
     name_or_path: str | os.PathLike[str] | None, hf_model: Any = None, revision: str | None = None
 ) -> Checkpoint:
     """Read config and weights from a hub name (at ``revision``), a local folder or an already-loaded HF model."""
-    if revision is not None and (hf_model is not None or (name_or_path is not None and Path(str(name_or_path)).is_dir())):
+    if revision is not None and (
+        hf_model is not None or (name_or_path is not None and Path(str(name_or_path)).is_dir())
+    ):
         raise ValueError(
             f"revision={revision!r} applies to hub names only; {name_or_path or 'hf_model'!r} is already a local "
             "checkpoint (check out the revision you want there, or pass the hub name)"

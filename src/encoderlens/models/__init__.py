@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from encoderlens.models.audio_encoder import AudioEncoderOutput, HookedAudioEncoder, Transcription
-from encoderlens.models.base import resolve_tl_keywords, HookedModel, load_pretrained
+from encoderlens.models.base import HookedModel, load_pretrained, resolve_tl_keywords
 from encoderlens.models.encoder import EncoderOutput, HookedEncoder
 from encoderlens.models.encoder_decoder import EncoderDecoderOutput, HookedEncoderDecoder
 from encoderlens.models.mask_fill import MaskPrediction

@@ -8,25 +8,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from encoderlens.cache import StreamSpec, fold_norm_into_unembed
-from encoderlens.components.attention import build_additive_mask
 from encoderlens.components.audio_frontend import AudioFrontend, frame_mask_from_lengths
 from encoderlens.components.audio_heads import CTCHead, QuantizerHead, QuantizerOutput
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.norm import make_norm
-from encoderlens.components.stack import run_blocks
 from encoderlens.config import AudioEncoderConfig
 from encoderlens.hooks import HookPoint
 from encoderlens.io.audio import AudioBatch, AudioInput, AudioOptions, AudioPreprocessing, prepare_audio
 from encoderlens.io.checkpoint import Checkpoint, load_tokenizer, refuse_remote_code
-from encoderlens.models.base import HookedModel, StackWeightsMixin
-from encoderlens.models.contract import ExampleInput, Prepared, Readout, frame_position_labels
+from encoderlens.models.audio_frames import AudioFrames, frames_input
+from encoderlens.models.base import StackWeightsMixin
+from encoderlens.models.contract import ExampleInput, InputSpec, Prepared, Readout, frame_position_labels
 
 AudioReturnType = Literal["auto", "logits", "hidden", "all", "pretraining"]
 _RETURN_TYPES = ("auto", "logits", "hidden", "all", "pretraining", None)
@@ -73,7 +72,7 @@ class Transcription:
     end_times: list[float]
 
 
-class HookedAudioEncoder(StackWeightsMixin, HookedModel):
+class HookedAudioEncoder(StackWeightsMixin, AudioFrames):
     """A wav2vec2 / HuBERT encoder with a hook point on every activation, from raw samples to logits.
 
     Hook points (``j`` = conv layer, ``i`` = block); every activation is ``(batch, frames, features)``:
@@ -287,37 +286,9 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
         if self.hook_features_normed is not None:
             normed = self.hook_features_normed(normed)
         x = self.frontend.projection(normed)
-        if mask_time_indices is not None:
-            x = self._apply_time_mask(x, mask_time_indices)
         attn_mask = frame_mask if batch.use_attention_mask else None
-        if attn_mask is not None:
-            # HF zeroes padded frames before the positional conv
-            x = torch.where(attn_mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
-        x = self.hook_projected(x)
-        x = x + self.hook_pos_conv(self.frontend.pos_conv(x))
-        if self.embed_ln is not None:
-            x = self.embed_ln(x)
-        x = self.hook_full_embed(x)
-        additive = build_additive_mask(attn_mask, n_frames, n_frames, False, x.dtype, x.device)
-        x = run_blocks(self.blocks, x, additive_mask=additive, stop_at_layer=stop_at_layer, final_norm=self.ln_final)
+        x = self._run_frames(x, attn_mask, mask_time_indices, stop_at_layer)
         return x, frame_mask, features, normed if self.hook_features_normed is not None else None
-
-    def _apply_time_mask(self, x: Tensor, mask_time_indices: Any) -> Tensor:
-        emb = self.frontend.masked_spec_embed
-        if emb is None:
-            raise ValueError(
-                "mask_time_indices needs the learned masked_spec_embed, and this checkpoint has none "
-                "(its HF config has mask_time_prob = mask_feature_prob = 0 or apply_spec_augment=False)"
-            )
-        m = torch.as_tensor(mask_time_indices, device=x.device)
-        if tuple(m.shape) != tuple(x.shape[:2]):
-            raise ValueError(
-                f"mask_time_indices must have shape (batch, frames) = {tuple(x.shape[:2])}, got {tuple(m.shape)}; "
-                "use model.num_frames(samples) to size it"
-            )
-        if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
-            raise ValueError("mask_time_indices must hold only 0/1 or booleans (1 = masked frame)")
-        return torch.where(m.bool()[..., None], emb.to(x.dtype), x)
 
     def forward(
         self,
@@ -332,12 +303,16 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
         mask_time_indices: Any = None,
         stop_at_layer: int | None = None,
         options: AudioOptions | None = None,
+        one_zero_attention_mask: Any = None,
     ) -> Any:
-        """Run the encoder on audio.
+        """Run the encoder on audio, or on precomputed frames.
 
         Args:
-            input: A waveform (1-D tensor / array / list of floats), a ``(batch, samples)`` array, a list of
-                waveforms of any lengths, an audio file path, a list of paths, or a prepared :class:`AudioBatch`.
+            input: A waveform (1-D tensor / array / list of floats), a ``(batch, samples)`` array (for every
+                batch size; a multi-channel recording needs ``channel_axis=``), a list of waveforms of any
+                lengths, an audio file path, a list of paths, a prepared :class:`AudioBatch`; or, as in
+                TransformerLens, precomputed frames from :meth:`to_frames`: a ``(batch, frames, d_model)``
+                tensor or a ``(frames, frame_mask)`` tuple.
             return_type: ``"logits"`` (CTC logits), ``"hidden"`` (final residual stream, HF
                 ``last_hidden_state``), ``"all"`` (:class:`AudioEncoderOutput`), ``"pretraining"``
                 (:class:`QuantizerOutput`, wav2vec2 pre-training checkpoints), ``"auto"`` (logits with a CTC
@@ -357,11 +332,18 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
             options: All of ``sampling_rate``, ``resample``, ``channel_axis``, ``normalize`` and
                 ``use_attention_mask`` as one :class:`~encoderlens.io.audio.AudioOptions` (instead of those
                 keywords, which build it).
+            one_zero_attention_mask: With frames: ``(batch, frames)``, 1 = real frame (TransformerLens's
+                keyword; it overrides a tuple's mask).
         """
+        if return_type is not None and not isinstance(return_type, str):
+            raise TypeError(
+                f"return_type must be a string or None, got {type(return_type).__name__}; pass a frame mask as "
+                "one_zero_attention_mask= (TransformerLens's second positional argument)"
+            )
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}")
         if return_type == "auto":
-            return_type = "logits" if self.ctc_head is not None else "hidden"
+            return_type = cast(AudioReturnType, "hidden" if stop_at_layer is not None else self.default_return_type)
         if return_type == "logits" and self.ctc_head is None:
             raise ValueError(
                 f"return_type='logits' needs a CTC head, and this {self.cfg.architecture} checkpoint has none; "
@@ -381,6 +363,26 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
             normalize=normalize,
             use_attention_mask=use_attention_mask,
         )
+        frames = frames_input(input)
+        if frames is not None:
+            if opts != AudioOptions() or attention_mask is not None or return_type in ("all", "pretraining"):
+                raise ValueError(
+                    "precomputed frames skip the front end: audio options, a sample attention_mask and "
+                    "return_type='all' / 'pretraining' need audio input; pass one_zero_attention_mask= for frames"
+                )
+            x, mask = self._frames_and_mask(
+                frames[0], frames[1] if one_zero_attention_mask is None else one_zero_attention_mask
+            )
+            hidden = self._run_frames(x, mask, mask_time_indices, stop_at_layer)
+            if return_type == "logits":
+                assert self.ctc_head is not None
+                return self.ctc_head(hidden)
+            return None if return_type is None else hidden
+        if one_zero_attention_mask is not None:
+            raise ValueError(
+                "one_zero_attention_mask is a frame-level mask for frame inputs (model.to_frames); with audio pass "
+                "the sample-level attention_mask= (or nothing: padding is tracked for lists of waveforms)"
+            )
         if isinstance(input, AudioBatch):
             if opts != AudioOptions() or attention_mask is not None:
                 raise ValueError(
@@ -524,6 +526,11 @@ class HookedAudioEncoder(StackWeightsMixin, HookedModel):
             batch_size=int(batch.input_values.shape[0]),
             alignment_hint="Give both recordings the same length (trim or pad the corrupted audio).",
         )
+
+    def input_spec(self, stream: str | None = None) -> InputSpec:
+        """The normalised, padded waveform (``hook_waveform``, ``(batch, samples)``)."""
+        self.stream_spec(stream)  # validates the stream name
+        return InputSpec("hook_waveform", "sample", float(self.sampling_rate))
 
     @property
     def default_return_type(self) -> str:

@@ -17,15 +17,17 @@ import torch
 from torch import Tensor
 
 from encoderlens.cache import ActivationCache, StreamSpec
+from encoderlens.components.mlp import MLP
 from encoderlens.components.stack_weights import StackWeights as StackWeights
 from encoderlens.components.stack_weights import StackWeightsMixin as StackWeightsMixin
 from encoderlens.convert import find_converter
 from encoderlens.hooks import HookedRootModule, NameFilter
 from encoderlens.io.checkpoint import Checkpoint, read_checkpoint
-from encoderlens.models.contract import ExampleInput, Prepared, Readout, StreamName
+from encoderlens.models.contract import ExampleInput, InputSpec, Prepared, Readout, StreamName
+from encoderlens.models.saes import SAEHostMixin, StopForward, saelens_run_options
 
 
-class HookedModel(HookedRootModule):
+class HookedModel(SAEHostMixin, HookedRootModule):
     """Base of every encoderlens model, and the model contract the analysis toolkit, harvest, views and the
     CLI use (and nothing else).
 
@@ -95,6 +97,13 @@ class HookedModel(HookedRootModule):
         """How residual stream ``stream`` is built (prefix, blocks, norms, embeddings, unembedding)."""
         raise NotImplementedError(
             f"{type(self).__name__} does not implement stream_spec(stream), which the model contract requires"
+        )
+
+    def input_spec(self, stream: StreamName = None) -> InputSpec:
+        """Where ``stream``'s raw input enters as a tensor (token embeddings, waveform samples), for input
+        attribution; see :class:`~encoderlens.models.contract.InputSpec`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement input_spec(stream), which input attribution needs"
         )
 
     def cross_attention_source(self, stream: StreamName) -> StreamName:
@@ -172,6 +181,51 @@ class HookedModel(HookedRootModule):
         return self.run_with_cache(
             *batch.args, names_filter=names_filter, return_type=rt, **batch.kwargs, **cache_options
         )
+
+    def run_with_cache(
+        self,
+        *model_args: Any,
+        names_filter: NameFilter = None,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        reset_hooks_end: bool = True,
+        return_cache_object: bool = True,
+        **model_kwargs: Any,
+    ) -> tuple[Any, Any]:
+        """:meth:`~encoderlens.hooks.HookedRootModule.run_with_cache`, also taking the keywords SAELens passes.
+
+        ``prepend_bos`` (True / None: encoders always add their start token to text; False with text is
+        refused), ``padding_side`` (``"right"`` only) and ``stop_at_layer=n`` (return block ``n``'s
+        ``hook_resid_pre`` of the last stream, running nothing after it); see
+        :func:`~encoderlens.models.saes.saelens_run_options`.
+        """
+        spec = self.stream_spec(self.streams[-1])
+        extra, stops = saelens_run_options(
+            model_args, model_kwargs, lambda i: f"{spec.prefix}blocks.{i}.hook_resid_pre", spec.n_layers
+        )
+        if stops and incl_bwd:
+            raise ValueError("stop_at_layer cannot be combined with incl_bwd=True (nothing to differentiate)")
+        if not extra:
+            return super().run_with_cache(
+                *model_args,
+                names_filter=names_filter,
+                device=device,
+                remove_batch_dim=remove_batch_dim,
+                incl_bwd=incl_bwd,
+                reset_hooks_end=reset_hooks_end,
+                return_cache_object=return_cache_object,
+                **model_kwargs,
+            )
+        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim)
+        with self.hooks([*fwd, *extra], bwd, reset_hooks_end=reset_hooks_end):
+            try:
+                out = self(*model_args, **model_kwargs)
+            except StopForward as stop:
+                out = stop.value
+        if return_cache_object:
+            return out, self.make_cache(store, has_batch_dim=not remove_batch_dim)
+        return out, store
 
     # ------------------------------------------------------------------ loading
 
@@ -290,6 +344,8 @@ def load_pretrained(
     """
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype (torch.float32, torch.bfloat16, torch.float16), got {dtype}")
     ckpt = read_checkpoint(name_or_path, hf_model, revision=revision)
     cfg, state_dict = find_converter(ckpt.config)(ckpt.config, ckpt.state_dict)
     model_cls = classes.get(cfg.family)
@@ -304,6 +360,11 @@ def load_pretrained(
         model = model_cls(cfg, **kwargs)
     model.load_converted({**state_dict, **model.weights_from_checkpoint(ckpt)})
     model.to(device=device, dtype=dtype)
+    if dtype == torch.float16:
+        # modules HF keeps in float32 under float16 (T5's wo), so the numbers are HF's
+        for module in model.modules():
+            if isinstance(module, MLP):
+                module.keep_out_in_float32()
     model.eval()
     return model
 

@@ -137,6 +137,22 @@ class Readout:
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """Where a stream's raw input enters the model as a tensor gradients can reach (input attribution).
+
+    Attributes:
+        hook: Full hook name of that tensor: token embeddings ``(batch, pos, d_model)`` for token streams,
+            waveform samples ``(batch, samples)`` for audio.
+        unit: ``"token"`` (the hook's axis 1 is the stream's positions) or ``"sample"`` (audio samples).
+        sampling_rate: Samples per second (``unit="sample"``), else None.
+    """
+
+    hook: str
+    unit: str
+    sampling_rate: float | None = None
+
+
+@dataclass(frozen=True)
 class ExampleInput:
     """A small valid input (for docs, tests and the CLI): ``model.prepare_input(input, **options)``.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -32,6 +32,7 @@ from encoderlens.models.base import HookedModel, StackWeightsMixin
 from encoderlens.models.contract import (
     TOKEN_ALIGNMENT_HINT,
     ExampleInput,
+    InputSpec,
     Prepared,
     Readout,
     text_position_labels,
@@ -39,11 +40,11 @@ from encoderlens.models.contract import (
 from encoderlens.models.mask_fill import mask_predictions
 
 EncoderReturnType = Literal[
-    "logits", "predictions", "mask_predictions", "embeddings", "pooled", "nsp", "classification",
+    "auto", "logits", "predictions", "mask_predictions", "embeddings", "pooled", "nsp", "classification",
     "sentence_embedding", "all",
 ]  # fmt: skip
 _RETURN_TYPES = (
-    "logits", "predictions", "mask_predictions", "embeddings", "pooled", "nsp", "classification",
+    "auto", "logits", "predictions", "mask_predictions", "embeddings", "pooled", "nsp", "classification",
     "sentence_embedding", "all", None,
 )  # fmt: skip
 
@@ -373,7 +374,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
     def forward(
         self,
         input: Any,
-        return_type: EncoderReturnType | None = "logits",
+        return_type: EncoderReturnType | None = "auto",
         token_type_ids: Any = None,
         one_zero_attention_mask: Any = None,
         top_k: int = 5,
@@ -391,8 +392,9 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
                 residual stream), ``"pooled"``, ``"nsp"`` (next-sentence logits), ``"classification"``
                 (classifier logits: ``(batch, n_labels)`` for a sequence head, ``(batch, pos, n_labels)``
                 for a token head; names in :attr:`class_labels`), ``"sentence_embedding"`` (the pooling a
-                sentence-transformers folder declares), ``"all"`` (:class:`EncoderOutput`), or None (run for
-                hooks only).
+                sentence-transformers folder declares), ``"all"`` (:class:`EncoderOutput`), ``"auto"`` (the
+                default: logits with an MLM head, else embeddings; see :attr:`default_return_type`), or None
+                (run for hooks only).
             token_type_ids: With token ids: segment ids.
             one_zero_attention_mask: With token ids: 1 = real token, 0 = padding. Token ids that start or
                 end with the padding token and come without a mask run unmasked, with a warning (as HF).
@@ -403,6 +405,10 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         """
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}")
+        if return_type == "auto":
+            return_type = cast(
+                EncoderReturnType, "embeddings" if stop_at_layer is not None else self.default_return_type
+            )
         if return_type in ("logits", "predictions", "mask_predictions") and self.mlm_head is None:
             raise ValueError(
                 f"return_type={return_type!r} needs an MLM head, and this {self.cfg.architecture} checkpoint has none; "
@@ -578,6 +584,11 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             batch_size=int(batch.tokens.shape[0]),
             alignment_hint=TOKEN_ALIGNMENT_HINT,
         )
+
+    def input_spec(self, stream: str | None = None) -> InputSpec:
+        """The token embeddings (``hook_embed``, ``(batch, pos, d_embed)``)."""
+        self.stream_spec(stream)  # validates the stream name
+        return InputSpec("hook_embed", "token")
 
     @property
     def default_return_type(self) -> str:

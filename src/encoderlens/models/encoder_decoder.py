@@ -17,8 +17,6 @@ See ``docs/encoder_decoder.md`` for the full hook table and the differences from
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -26,23 +24,22 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from encoderlens.cache import ActivationCache, StreamSpec, fold_norm_into_unembed
+from encoderlens.cache import StreamSpec, fold_norm_into_unembed
 from encoderlens.components.embed import Embed
 from encoderlens.components.heads import LMHead
 from encoderlens.components.stack import Stack
 from encoderlens.config import EncoderDecoderConfig
-from encoderlens.hooks import HookPoint, NameFilter, _name_matcher
 from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
-from encoderlens.io.text import TextBatch, as_token_tensor, check_mask, is_text, is_tokenizer_output, text_batch
-from encoderlens.models import generation
-from encoderlens.models.base import HookedModel
+from encoderlens.io.text import TextBatch, is_text
 from encoderlens.models.contract import (
     TOKEN_ALIGNMENT_HINT,
     ExampleInput,
+    InputSpec,
     Prepared,
     Readout,
     text_position_labels,
 )
+from encoderlens.models.encoder_decoder_tl import EncoderDecoderTLNames
 
 ReturnType = Literal["auto", "logits", "encoder_output", "decoder_output", "all"]
 _RETURN_TYPES = ("auto", "logits", "encoder_output", "decoder_output", "all", None)
@@ -68,7 +65,7 @@ class EncoderDecoderOutput:
     decoder_attention_mask: Int[Tensor, "batch pos"] | None
 
 
-class HookedEncoderDecoder(HookedModel):
+class HookedEncoderDecoder(EncoderDecoderTLNames):
     """A sequence-to-sequence transformer with a hook point on every activation, both stacks.
 
     Submodules ``encoder`` and ``decoder`` (see the module docstring and ``docs/encoder_decoder.md``
@@ -83,11 +80,18 @@ class HookedEncoderDecoder(HookedModel):
         >>> model.generate("translate English to German: The house is wonderful.", max_new_tokens=10)
 
     Differs from HF:
-        - A missing decoder input raises (HF's BART silently builds one from the encoder input).
+        - A missing decoder input raises with token ids (HF's BART silently builds one from the encoder
+          input); with text, the decoder runs on its start token (TransformerLens's meaning).
         - ``generate`` does what its arguments say (greedy, sampling or beam search): the checkpoint's
           generation config (forced BOS/EOS, ``no_repeat_ngram_size``, ``min_length``, default beams) is not
           applied.
         - Text passed as ``decoder_input`` is treated as targets (see :meth:`decoder_input_from_targets`).
+
+    Differs from TransformerLens (see ``docs/transformerlens.md``):
+        - Hook names are ``encoder.blocks.{i}.*`` / ``encoder.ln_final.*``; TransformerLens's
+          ``encoder.{i}.*``, ``encoder_final_ln.*`` and root ``hook_embed`` are aliases of them.
+        - The decoder's self-attention is causal (and its relative buckets unidirectional), as in HF.
+        - ``generate`` defaults to greedy decoding with a KV cache (HF's defaults).
     """
 
     family: ClassVar[str] = "encoder_decoder"
@@ -145,141 +149,6 @@ class HookedEncoderDecoder(HookedModel):
         """
         return fold_norm_into_unembed(self._decoder().ln_final, self.effective_W_U(), self.b_U)
 
-    def _head(self) -> LMHead:
-        if self.lm_head is None:
-            raise AttributeError(
-                f"this {self.cfg.architecture} checkpoint has no LM head, hence no unembedding; "
-                "load a *ForConditionalGeneration checkpoint for logits"
-            )
-        return self.lm_head
-
-    def _decoder(self) -> Stack:
-        if self.decoder is None:
-            raise ValueError(
-                f"this {self.cfg.architecture} checkpoint is encoder-only (no decoder weights): "
-                "use model(input) or model.encode(input) for the encoder output"
-            )
-        return self.decoder
-
-    # ------------------------------------------------------------------ inputs
-    def tokenize(self, input: Any, one_zero_attention_mask: Any = None) -> TextBatch:
-        """Encoder input: strings (padded right, truncated to the position table with a warning),
-        token ids ``(pos,)`` / ``(batch, pos)`` with an optional mask, a tokenizer's output
-        (``BatchEncoding`` / dict with ``input_ids``) or a :class:`TextBatch`
-        (decided by :func:`encoderlens.io.text.text_batch`)."""
-        return self._batch(input, one_zero_attention_mask, self.encoder, "input", "one_zero_attention_mask")
-
-    def _batch(self, input: Any, mask: Any, stack: Stack, what: str, mask_name: str) -> TextBatch:
-        batch = text_batch(
-            input,
-            mask,
-            tokenizer=self.tokenizer,
-            d_vocab=self.cfg.d_vocab,
-            max_positions=stack.max_positions,
-            pairs=False,
-            what=what,
-            mask_name=mask_name,
-            warn_unmasked_padding=what == "input",
-        )
-        device = self.embed.W_E.device
-        return TextBatch(batch.tokens.to(device), batch.attention_mask.to(device), None)
-
-    def decoder_input_from_targets(self, targets: Any, attention_mask: Any = None) -> TextBatch:
-        """Teacher-forcing decoder input for target text or target token ids.
-
-        Targets are tokenized with special tokens (T5 appends ``</s>``; BART wraps in ``<s> ... </s>``),
-        then shifted right: ``[decoder_start] + targets[:-1]`` (mBART, ``decoder_shift="wrap_last_token"``:
-        the last real target token, the language id, moves to the front instead). Position ``i`` of the
-        logits then predicts target token ``i``. ``-100`` in target ids (ignored labels) becomes padding.
-
-        Args:
-            targets: A string, a list of strings, or target token ids ``(pos,)`` / ``(batch, pos)``.
-            attention_mask: With token ids: 1 = real target token.
-
-        Returns:
-            A :class:`TextBatch` to pass as ``decoder_input`` (it carries the shifted mask).
-
-        Example:
-            >>> dec = model.decoder_input_from_targets(["Das Haus.", "Hallo"])
-            >>> logits = model(["The house.", "Hello"], decoder_input=dec)
-        """
-        self._decoder()
-        pad = self.cfg.pad_token_id
-        if isinstance(targets, Tensor) or not (
-            is_text(targets, pairs=False) or isinstance(targets, TextBatch) or is_tokenizer_output(targets)
-        ):
-            tokens = as_token_tensor(targets).clone()
-            ignored = tokens == -100
-            if bool(ignored.any()):
-                if pad is None:
-                    raise ValueError("targets contain -100 (ignored labels) but the model has no pad_token_id")
-                tokens[ignored] = pad
-            if attention_mask is None:
-                attention_mask = (~ignored).long()
-            targets = TextBatch(tokens, check_mask(attention_mask, tokens.shape, "attention_mask"), None)
-        elif attention_mask is not None:
-            raise ValueError("attention_mask is built from text automatically; pass it with token ids only")
-        batch = self._batch(targets, None, self._decoder(), "targets", "attention_mask")
-        tokens, mask = batch.tokens, batch.attention_mask
-        shifted = torch.empty_like(tokens)
-        shifted[:, 1:] = tokens[:, :-1]
-        if self.cfg.decoder_shift == "wrap_last_token":
-            last = mask.sum(dim=1) - 1
-            shifted[:, 0] = tokens.gather(1, last[:, None]).squeeze(1)
-        else:
-            start = self.cfg.decoder_start_token_id
-            if start is None:
-                raise ValueError(
-                    "this checkpoint's config has no decoder_start_token_id; build decoder inputs yourself "
-                    "(token ids starting with the start token)"
-                )
-            shifted[:, 0] = start
-        shifted_mask = torch.ones_like(mask)
-        shifted_mask[:, 1:] = mask[:, :-1]
-        return TextBatch(shifted, shifted_mask, None)
-
-    def _decoder_batch(self, decoder_input: Any, decoder_attention_mask: Any) -> TextBatch:
-        stack = self._decoder()
-        if decoder_input is None:
-            raise ValueError(
-                "this forward needs a decoder input and got none (encoderlens never builds one silently). "
-                "For target text use decoder_input=model.decoder_input_from_targets(text) "
-                "(start token + shift right); for free generation use model.generate(input); "
-                "for the encoder alone use return_type='encoder_output'"
-            )
-        if is_text(decoder_input, pairs=False):
-            if decoder_attention_mask is not None:
-                raise ValueError("decoder_attention_mask is built from text automatically; pass it with token ids")
-            return self.decoder_input_from_targets(decoder_input)
-        return self._batch(decoder_input, decoder_attention_mask, stack, "decoder_input", "decoder_attention_mask")
-
-    def to_tokens(self, input: str | Sequence[str]) -> Int[Tensor, "batch pos"]:
-        """Token ids of encoder text (padded batch)."""
-        return self.tokenize(input).tokens
-
-    def to_string(self, tokens: Tensor | Sequence[int]) -> str | list[str]:
-        """Decode ids to text, skipping special tokens (one string for 1-D ids, a list for a batch)."""
-        if self.tokenizer is None:
-            raise ValueError("to_string needs a tokenizer; this model was loaded without one")
-        single = (isinstance(tokens, Tensor) and tokens.ndim == 1) or (
-            not isinstance(tokens, Tensor) and len(tokens) > 0 and isinstance(tokens[0], int)
-        )
-        t = as_token_tensor(tokens)
-        out = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in t]
-        return out[0] if single else out
-
-    def to_str_tokens(self, input: Any) -> list[str] | list[list[str]]:
-        """Encoder tokens as strings (a list for one text, a list of lists for a batch; padding dropped)."""
-        if self.tokenizer is None:
-            raise ValueError("to_str_tokens needs a tokenizer; this model was loaded without one")
-        single = isinstance(input, str) or (isinstance(input, Tensor) and input.ndim == 1)
-        batch = self.tokenize(input)
-        rows = [
-            self.tokenizer.convert_ids_to_tokens(t[m.bool()].tolist())
-            for t, m in zip(batch.tokens, batch.attention_mask)
-        ]
-        return rows[0] if single else rows
-
     # ------------------------------------------------------------------ forward
     def encode(self, input: Any, one_zero_attention_mask: Any = None) -> Float[Tensor, "batch enc_pos d_model"]:
         """The encoder output (what cross-attention reads) for text or token ids."""
@@ -301,8 +170,10 @@ class HookedEncoderDecoder(HookedModel):
                 or a :class:`TextBatch`.
             decoder_input: Decoder token ids (used as given: they must start with the decoder start
                 token), a :class:`TextBatch` from :meth:`decoder_input_from_targets`, or target text
-                (converted by :meth:`decoder_input_from_targets`). Required unless
-                ``return_type="encoder_output"`` or the checkpoint is encoder-only.
+                (converted by :meth:`decoder_input_from_targets`). None with text ``input``: the decoder
+                runs on its start token alone (TransformerLens's meaning; :meth:`start_decoder_input`).
+                Required with token ids unless ``return_type="encoder_output"`` or the checkpoint is
+                encoder-only.
             return_type: ``"logits"``; ``"encoder_output"`` (final encoder states); ``"decoder_output"``
                 (final decoder states); ``"all"`` (:class:`EncoderDecoderOutput`); None (run for hooks);
                 ``"auto"``: logits when the checkpoint has an LM head, else the output of its last stack.
@@ -332,6 +203,9 @@ class HookedEncoderDecoder(HookedModel):
                 raise ValueError("return_type='encoder_output' runs the encoder only; do not pass decoder_input")
             return self.encoder(enc.tokens, enc.attention_mask)
         assert self.decoder is not None
+        if decoder_input is None and decoder_attention_mask is None and is_text(input, pairs=False):
+            # TransformerLens's meaning: text alone runs the decoder on its start token
+            decoder_input = self.start_decoder_input(enc.tokens.shape[0])
         dec = self._decoder_batch(decoder_input, decoder_attention_mask)
         if dec.tokens.shape[0] != enc.tokens.shape[0]:
             raise ValueError(
@@ -348,167 +222,6 @@ class HookedEncoderDecoder(HookedModel):
         if return_type == "logits":
             return logits
         return EncoderDecoderOutput(logits, enc_out, dec_out, enc.attention_mask, dec.attention_mask)
-
-    # ------------------------------------------------------------------ generation
-    @torch.no_grad()
-    def generate(
-        self,
-        input: Any,
-        max_new_tokens: int = 20,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        num_beams: int = 1,
-        length_penalty: float = 1.0,
-        early_stopping: bool | Literal["never"] = False,
-        eos_token_id: int | Sequence[int] | None = None,
-        stop_at_eos: bool = True,
-        decoder_input: Any = None,
-        one_zero_attention_mask: Any = None,
-        use_cache: bool = True,
-        return_cache: bool = False,
-        names_filter: NameFilter = None,
-        return_type: Literal["input", "tokens", "str"] = "input",
-        seed: int | None = None,
-    ) -> Any:
-        """Generate decoder tokens, running the encoder once and the decoder with a KV cache.
-
-        Hooks attached to the model (``model.hooks(...)``, ``model.add_hook``) fire on every step, so a
-        hook can steer generation. With the cache, each step runs only the new position: self-attention
-        hooks see ``query_pos = 1`` and ``key_pos`` growing; cross-attention ``hook_k``/``hook_v`` fire
-        on the first step only (their keys and values are static and reused).
-
-        Args:
-            input: Encoder input (text, token ids, or a :class:`TextBatch`).
-            max_new_tokens: Tokens to generate after the decoder prefix.
-            do_sample: Sample instead of taking the argmax.
-            temperature: Divides the logits before sampling (``do_sample`` only).
-            top_k: Sample among the ``top_k`` most likely tokens only.
-            top_p: Sample from the smallest set of tokens whose probability reaches ``top_p``.
-            num_beams: Beams for beam search (1: greedy or sampling). Beam search follows HF's algorithm
-                (``2 * num_beams`` candidates per step, finished hypotheses scored by
-                ``sum_logprobs / generated_len ** length_penalty``) and returns the best hypothesis per input.
-            length_penalty: Exponent of the length normalisation of finished beams (beam search only).
-            early_stopping: Beam search stopping rule, as in HF: False (stop when no running beam can beat
-                the worst finished one, judged at the current length), True (stop once ``num_beams``
-                hypotheses are finished), ``"never"`` (judge at the maximum length when ``length_penalty > 0``).
-            eos_token_id: Token(s) that end a sequence (default: the checkpoint's).
-            stop_at_eos: Stop a sequence at EOS (later positions get the pad token) and stop when every
-                sequence has ended. False: always generate ``max_new_tokens``.
-            decoder_input: Decoder prefix (token ids starting with the start token, a :class:`TextBatch`,
-                or text, converted by :meth:`decoder_input_from_targets`); default: the start token. All
-                rows must have the same length (no padding).
-            one_zero_attention_mask: With encoder token ids: 1 = real token.
-            use_cache: Reuse keys/values between steps (False: recompute the whole decoder each step).
-            return_cache: Also return an :class:`ActivationCache` of the whole generation: encoder
-                activations once, decoder activations concatenated over the steps along the position axis
-                (attention scores/patterns/position bias padded on the key axis), so it equals
-                ``run_with_cache(input, decoder_input=tokens[:, :-1])`` on the generated tokens.
-            names_filter: Which hooks ``return_cache`` records (default: all).
-            return_type: ``"tokens"`` (``(batch, prefix + new)`` ids including the prefix, as HF returns
-                them), ``"str"`` (decoded, special tokens skipped), or ``"input"`` (strings for text
-                input, tokens otherwise).
-            seed: Seed of the sampling generator.
-
-        Returns:
-            Tokens or strings, and the cache when ``return_cache``.
-        """
-        stack = self._decoder()
-        if self.lm_head is None:
-            raise ValueError(f"generate needs an LM head; this {self.cfg.architecture} checkpoint has none")
-        generation.check_generate_args(
-            max_new_tokens, do_sample, temperature, top_k, top_p, num_beams, early_stopping, stop_at_eos,
-            return_cache, return_type,
-        )  # fmt: skip
-        eos = self.cfg.eos_token_ids if eos_token_id is None else generation.as_id_tuple(eos_token_id)
-        pad = self.cfg.pad_token_id if self.cfg.pad_token_id is not None else (eos[0] if eos else 0)
-
-        enc = self.tokenize(input, one_zero_attention_mask)
-        batch_size = enc.tokens.shape[0]
-        prefix = self._generation_prefix(decoder_input, batch_size)
-        total = prefix.shape[1] + max_new_tokens
-        limit = stack.max_positions
-        if limit is not None and total - 1 > limit:
-            raise ValueError(
-                f"decoder prefix ({prefix.shape[1]}) + max_new_tokens ({max_new_tokens}) needs {total - 1} decoder "
-                f"positions but the model has {limit}; lower max_new_tokens to {limit + 1 - prefix.shape[1]}"
-            )
-
-        records: dict[str, list[Tensor]] = defaultdict(list)
-        fwd: list[tuple[str, Any]] = []
-        if return_cache:
-            match = _name_matcher(names_filter)
-
-            def record(t: Tensor, hook: HookPoint) -> None:
-                assert hook.name is not None
-                records[hook.name].append(t.detach())
-
-            fwd = [(name, record) for name in self.hook_dict if match(name)]
-
-        gen = None
-        if do_sample and seed is not None:
-            gen = torch.Generator(device=enc.tokens.device).manual_seed(seed)
-        with self.hooks(fwd_hooks=fwd):
-            enc_out = self.encoder(enc.tokens, enc.attention_mask)
-            if num_beams > 1:
-                tokens = generation.beam_search(
-                    stack, self.lm_head, enc_out, enc.attention_mask, prefix, max_new_tokens, num_beams, eos, pad,
-                    length_penalty, early_stopping, use_cache,
-                )  # fmt: skip
-                return self._format_generated(tokens, input, return_type)
-
-            def forget_decoder_steps() -> None:
-                # a full recompute: the last step's decoder activations cover every position
-                for name in [n for n in records if n.startswith("decoder.")]:
-                    del records[name]
-
-            tokens = generation.greedy_or_sample(
-                stack, self.lm_head, enc_out, enc.attention_mask, prefix, max_new_tokens, eos=eos, pad=pad,
-                stop_at_eos=stop_at_eos, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                gen=gen, use_cache=use_cache, on_recompute=forget_decoder_steps,
-            )  # fmt: skip
-
-        out = self._format_generated(tokens, input, return_type)
-        if return_cache:
-            bias = self.decoder.position_bias if self.decoder is not None else None
-            cache_dict = generation.merge_steps(records, tokens.shape[1] - 1, use_cache, bias)
-            return out, ActivationCache(cache_dict, self)
-        return out
-
-    def _format_generated(self, tokens: Tensor, input: Any, return_type: str) -> Any:
-        if return_type == "str" or (return_type == "input" and is_text(input, pairs=False)):
-            if self.tokenizer is None:
-                raise ValueError("return_type='str' needs a tokenizer; this model was loaded without one")
-            texts = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in tokens]
-            return texts[0] if isinstance(input, str) else texts
-        return tokens
-
-    def _generation_prefix(self, decoder_input: Any, batch_size: int) -> Tensor:
-        device = self.embed.W_E.device
-        if decoder_input is None:
-            start = self.cfg.decoder_start_token_id
-            if start is None:
-                raise ValueError(
-                    "this checkpoint's config has no decoder_start_token_id; pass decoder_input (e.g. the "
-                    "target-language token id for mBART) to start generation"
-                )
-            return torch.full((batch_size, 1), start, dtype=torch.long, device=device)
-        dec = self._decoder_batch(decoder_input, None)
-        if not bool(dec.attention_mask.bool().all()):
-            raise ValueError(
-                "generate needs decoder prefixes of equal length without padding; "
-                "generate rows with different prefixes in separate calls"
-            )
-        tokens = dec.tokens
-        if tokens.shape[0] == 1 and batch_size > 1:
-            tokens = tokens.expand(batch_size, -1)
-        if tokens.shape[0] != batch_size:
-            raise ValueError(
-                f"encoder input has batch size {batch_size} but the decoder prefix has {tokens.shape[0]}; "
-                "pass one prefix per input (or a single prefix for all)"
-            )
-        return tokens.contiguous()
 
     # ------------------------------------------------------------------ cache support
     def stream_spec(self, stream: str | None = None) -> StreamSpec:
@@ -571,11 +284,12 @@ class HookedEncoderDecoder(HookedModel):
         ids: dict[str | None, Tensor] = {"encoder": enc.tokens}
         kwargs: dict[str, Any] = {"one_zero_attention_mask": enc.attention_mask}
         if self.decoder is not None:
+            if decoder_input is None and decoder_attention_mask is None and is_text(input, pairs=False):
+                decoder_input = self.start_decoder_input(enc.tokens.shape[0])  # as the forward does
             if decoder_input is None:
                 raise ValueError(
                     "an encoder-decoder needs decoder_input= (target text, or decoder token ids starting with the "
-                    "start token) to run the decoder; e.g. prepare(model, 'translate English to German: Hello', "
-                    "decoder_input='Hallo')"
+                    "start token) to run the decoder on token ids; e.g. prepare(model, ids, decoder_input='Hallo')"
                 )
             dec = self._decoder_batch(decoder_input, decoder_attention_mask)
             if dec.tokens.shape[0] != enc.tokens.shape[0]:
@@ -600,6 +314,11 @@ class HookedEncoderDecoder(HookedModel):
             batch_size=int(enc.tokens.shape[0]),
             alignment_hint=TOKEN_ALIGNMENT_HINT,
         )
+
+    def input_spec(self, stream: str | None = None) -> InputSpec:
+        """Each stream's token embeddings (``encoder.hook_embed`` / ``decoder.hook_embed``)."""
+        stream = self.resolve_stream(stream)
+        return InputSpec(f"{stream}.hook_embed", "token")
 
     @property
     def default_return_type(self) -> str:
@@ -631,23 +350,3 @@ class HookedEncoderDecoder(HookedModel):
         start = self.cfg.decoder_start_token_id
         start = 0 if start is None else int(start)
         return ExampleInput(src, {"decoder_input": torch.tensor([[start, start]])}, f"{what} -> 2 decoder tokens")
-
-
-def _is_text(x: Any) -> bool:
-    return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(s, str) for s in x))
-
-
-def _as_text_list(x: Any) -> str | list[str]:
-    # a tuple of strings is a batch here (there are no sentence pairs in seq2seq inputs)
-    return x if isinstance(x, str) else list(x)
-
-
-def _as_id_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
-    if isinstance(x, int):
-        return (x,)
-    if isinstance(x, Tensor):
-        return tuple(int(v) for v in x.flatten().tolist())
-    try:
-        return tuple(int(v) for v in x)
-    except TypeError:
-        raise TypeError(f"eos_token_id must be an int or a sequence of ints, got {type(x).__name__}") from None

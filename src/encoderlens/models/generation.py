@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import tqdm
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -36,8 +37,14 @@ def check_generate_args(
     stop_at_eos: bool,
     return_cache: bool,
     return_type: str,
+    freq_penalty: float = 0.0,
 ) -> None:
     """Refuse generation arguments that are out of range or do not combine (ValueError saying why)."""
+    if freq_penalty != 0.0 and (not do_sample or num_beams > 1):
+        raise ValueError(
+            f"freq_penalty={freq_penalty} applies to sampling only (as in TransformerLens, where greedy decoding "
+            "ignores it); pass do_sample=True, or drop freq_penalty"
+        )
     if not isinstance(num_beams, int) or num_beams < 1:
         raise ValueError(f"num_beams must be a positive int, got {num_beams!r}")
     if num_beams > 1:
@@ -61,8 +68,8 @@ def check_generate_args(
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
         if top_p is not None and not 0 < top_p <= 1:
             raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
-    if return_type not in ("input", "tokens", "str"):
-        raise ValueError(f"return_type must be 'input', 'tokens' or 'str', got {return_type!r}")
+    if return_type not in ("input", "tokens", "tensor", "str"):
+        raise ValueError(f"return_type must be 'input', 'tokens' (or 'tensor') or 'str', got {return_type!r}")
 
 
 def as_id_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
@@ -84,11 +91,22 @@ def pick_next_token(
     top_k: int | None,
     top_p: float | None,
     gen: torch.Generator | None,
+    freq_penalty: float = 0.0,
+    tokens: Int[Tensor, "batch pos"] | None = None,
 ) -> Int[Tensor, " batch"]:
-    """The next token of each row: the argmax, or a sample (``temperature``, then ``top_k`` / ``top_p``)."""
+    """The next token of each row: the argmax, or a sample (``temperature``, then ``top_k`` / ``top_p``).
+
+    ``freq_penalty`` (sampling only, as TransformerLens): after the temperature, each logit is lowered by
+    ``freq_penalty`` times the number of times its token occurs in ``tokens`` (the decoder tokens so far).
+    """
     if not do_sample:
         return logits.argmax(dim=-1)
     logits = logits / temperature
+    if freq_penalty != 0.0 and tokens is not None:
+        counts = torch.zeros_like(logits).scatter_add_(
+            -1, tokens, torch.ones(tokens.shape, dtype=logits.dtype, device=logits.device)
+        )
+        logits = logits - freq_penalty * counts
     neg = torch.finfo(logits.dtype).min
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
@@ -122,6 +140,8 @@ def greedy_or_sample(
     gen: torch.Generator | None = None,
     use_cache: bool = True,
     on_recompute: Callable[[], None] | None = None,
+    freq_penalty: float = 0.0,
+    verbose: bool = False,
 ) -> Int[Tensor, "batch pos"]:
     """Greedy decoding or sampling: extend ``prefix`` by up to ``max_new_tokens`` tokens per row.
 
@@ -142,6 +162,8 @@ def greedy_or_sample(
         do_sample, temperature, top_k, top_p, gen: Sampling (see :func:`pick_next_token`).
         use_cache: Reuse keys and values between steps.
         on_recompute: Called before each full recompute (``use_cache=False``).
+        freq_penalty: Sampling only: lower each logit by this times its token's count so far.
+        verbose: Show a progress bar over the steps.
 
     Returns:
         ``(batch, prefix + new)`` token ids.
@@ -150,7 +172,7 @@ def greedy_or_sample(
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     kv = [(KVCache(), KVCache(static=True)) for _ in decoder.blocks] if use_cache else None
     eos_t = torch.tensor(eos, device=tokens.device, dtype=torch.long)
-    for _ in range(max_new_tokens):
+    for _ in tqdm.trange(max_new_tokens, disable=not verbose):
         if use_cache:
             assert kv is not None
             past = kv[0][0].length
@@ -162,7 +184,7 @@ def greedy_or_sample(
         key_mask = torch.ones_like(tokens)
         dec_out = decoder(new, key_mask, enc_out, enc_mask, kv, past)
         logits = head(dec_out[:, -1:])[:, 0].float()
-        next_tok = pick_next_token(logits, do_sample, temperature, top_k, top_p, gen)
+        next_tok = pick_next_token(logits, do_sample, temperature, top_k, top_p, gen, freq_penalty, tokens)
         if stop_at_eos and eos:
             next_tok = torch.where(finished, torch.full_like(next_tok, pad), next_tok)
             finished = finished | torch.isin(next_tok, eos_t)

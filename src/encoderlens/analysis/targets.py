@@ -1,0 +1,191 @@
+"""Targets for input attribution: what value of the output is explained, one value per batch item.
+
+A target is ``target(output, batch) -> (batch,)`` where ``output`` is the model output for the
+``return_type`` the attribution runs with and ``batch`` the :class:`~encoderlens.models.contract.Prepared`
+input (repeated copies included, so positions read from it follow the copies). Every builder here says
+which ``return_type`` it needs in :attr:`Target.return_type` (None: the model's primary output).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from encoderlens.models.base import HookedModel
+from encoderlens.models.contract import Prepared
+
+Kind = Literal["logit", "logprob", "prob"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A named target: ``fn(output, batch) -> (batch,)`` and the forward ``return_type`` it reads."""
+
+    fn: Any
+    name: str
+    return_type: str | None = None
+
+    def __call__(self, output: Any, batch: Prepared) -> Tensor:
+        return self.fn(output, batch)
+
+
+def _per_item(values: Any, batch: int, device: torch.device, what: str) -> Tensor:
+    t = torch.as_tensor(values, device=device)
+    if t.ndim == 0:
+        return t.expand(batch).long()
+    if t.ndim == 1 and t.shape[0] == batch:
+        return t.long()
+    if t.ndim == 1 and batch % t.shape[0] == 0:  # repeated copies of the batch
+        return t.repeat(batch // t.shape[0]).long()
+    raise ValueError(f"{what} must be an int or one per batch item, got shape {tuple(t.shape)} for {batch} items")
+
+
+def _score(logits: Tensor, kind: Kind) -> Tensor:
+    if kind == "logit":
+        return logits
+    if kind == "logprob":
+        return F.log_softmax(logits.float(), -1)
+    if kind == "prob":
+        return F.softmax(logits.float(), -1)
+    raise ValueError(f"kind must be 'logit', 'logprob' or 'prob', got {kind!r}")
+
+
+def _check_logits(out: Any, ndim: int, what: str) -> Tensor:
+    if not isinstance(out, Tensor) or out.ndim != ndim:
+        raise TypeError(
+            f"{what} expects a tensor output with {ndim} dims, got {type(out).__name__} "
+            f"{tuple(getattr(out, 'shape', ()))}; check the return_type"
+        )
+    return out
+
+
+def token_score(
+    position: int | Sequence[int],
+    token: int | Sequence[int],
+    kind: Kind = "logit",
+    return_type: str | None = None,
+    stream_name: str = "",
+) -> Target:
+    """``score(logits[item, position])[token]``: a token's logit, log-probability or probability.
+
+    For MLM logits, CTC logits (frames are positions) and encoder-decoder LM logits (decoder positions).
+
+    Example:
+        >>> t = token_score(position=3, token=paris_id, kind="logprob")
+    """
+
+    def fn(out: Any, batch: Prepared) -> Tensor:
+        logits = _check_logits(out, 3, "token_score")
+        b = logits.shape[0]
+        rows = torch.arange(b, device=logits.device)
+        pos = _per_item(position, b, logits.device, "position")
+        return _score(logits[rows, pos], kind)[rows, _per_item(token, b, logits.device, "token")]
+
+    return Target(fn, f"{kind}[{token}] at position {position}", return_type)
+
+
+def mask_fill(model: HookedModel, token: int | Sequence[int], kind: Kind = "logprob") -> Target:
+    """The masked-LM fill: ``kind`` of ``token`` at each item's first ``[MASK]`` (needs a tokenizer).
+
+    Example:
+        >>> t = mask_fill(model, model.tokenizer.convert_tokens_to_ids("paris"))
+    """
+    mask_id = getattr(model.tokenizer, "mask_token_id", None) if model.tokenizer is not None else None
+    if mask_id is None:
+        raise ValueError("mask_fill needs a tokenizer with a mask token; use token_score(position, token) instead")
+
+    def fn(out: Any, batch: Prepared) -> Tensor:
+        logits = _check_logits(out, 3, "mask_fill")
+        ids = batch.token_ids.get(batch.streams[0])
+        if ids is None:
+            raise ValueError("mask_fill needs token inputs")
+        is_mask = ids.to(logits.device) == mask_id
+        if not bool(is_mask.any(1).all()):
+            raise ValueError(
+                f"every item needs a mask token ({model.tokenizer.mask_token}); items without: "
+                f"{(~is_mask.any(1)).nonzero().flatten().tolist()}"
+            )
+        pos = is_mask.float().argmax(1)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        return _score(logits[rows, pos], kind)[rows, _per_item(token, logits.shape[0], logits.device, "token")]
+
+    return Target(fn, f"mask fill {kind}[{token}]", "logits")
+
+
+def class_score(label: int | Sequence[int], kind: Kind = "logit", return_type: str = "classification") -> Target:
+    """A sequence classifier's ``kind`` of class ``label`` (output ``(batch, n_labels)``)."""
+
+    def fn(out: Any, batch: Prepared) -> Tensor:
+        logits = _check_logits(out, 2, "class_score")
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        return _score(logits, kind)[rows, _per_item(label, logits.shape[0], logits.device, "label")]
+
+    return Target(fn, f"class {kind}[{label}]", return_type)
+
+
+def similarity(reference: Tensor, return_type: str = "sentence_embedding") -> Target:
+    """Cosine similarity of each item's sentence embedding with ``reference`` (``(d,)`` or one per item).
+
+    Example:
+        >>> ref = model("A dog runs.", return_type="sentence_embedding")[0]
+        >>> t = similarity(ref)
+    """
+    ref = reference.detach()
+
+    def fn(out: Any, batch: Prepared) -> Tensor:
+        emb = _check_logits(out, 2, "similarity")
+        r = ref.to(emb.device, emb.dtype)
+        if r.ndim == 2 and r.shape[0] != emb.shape[0]:
+            r = r.repeat(emb.shape[0] // r.shape[0], 1)
+        return F.cosine_similarity(emb, r.expand_as(emb), dim=-1)
+
+    return Target(fn, "cosine similarity", return_type)
+
+
+def ctc_token(token: int, frames: Sequence[int] | tuple[int, int]) -> Target:
+    """Summed CTC log-probability of ``token`` over ``frames`` (a list, or a ``(start, end)`` span)."""
+    idx = list(range(*frames)) if isinstance(frames, tuple) else list(frames)
+    if not idx:
+        raise ValueError("frames is empty")
+
+    def fn(out: Any, batch: Prepared) -> Tensor:
+        logp = F.log_softmax(_check_logits(out, 3, "ctc_token").float(), -1)
+        return logp[:, idx, token].sum(1)
+
+    return Target(fn, f"CTC log p[{token}] over frames {idx[0]}..{idx[-1]}", "logits")
+
+
+def ctc_transcript(
+    labels: Sequence[int] | Sequence[Sequence[int]], blank: int, frames: tuple[int, int] | None = None
+) -> Target:
+    """Log-likelihood of a transcript under the CTC head (``-ctc_loss``), over every real frame or a span.
+
+    Args:
+        labels: Token ids of the transcript (one list for every item, or one list per item).
+        blank: The CTC blank id (``model.readout().blank_id``).
+        frames: ``(start, end)``: the transcript span must be emitted within these frames.
+    """
+    per_item = bool(labels) and isinstance(labels[0], Sequence)
+
+    def fn(out: Any, batch: Prepared) -> Tensor:
+        logits = _check_logits(out, 3, "ctc_transcript")
+        b = logits.shape[0]
+        rows = [list(x) for x in labels] if per_item else [list(labels)] * b  # type: ignore[arg-type]
+        if len(rows) != b:
+            rows = rows * (b // len(rows))
+        lengths = batch.mask(batch.streams[0]).sum(1).to(logits.device)
+        logp = F.log_softmax(logits.float(), -1)
+        if frames is not None:
+            logp = logp[:, frames[0] : frames[1]]
+            lengths = (lengths - frames[0]).clamp(0, frames[1] - frames[0])
+        tgt = torch.tensor([t for r in rows for t in r], dtype=torch.long, device=logits.device)
+        tl = torch.tensor([len(r) for r in rows], dtype=torch.long, device=logits.device)
+        loss = F.ctc_loss(logp.transpose(0, 1), tgt, lengths, tl, blank=blank, reduction="none", zero_infinity=False)
+        return -loss
+
+    return Target(fn, "CTC transcript log-likelihood", "logits")

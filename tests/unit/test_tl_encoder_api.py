@@ -113,3 +113,20 @@ def test_from_pretrained_transformerlens_keywords(tiny_mlm, tmp_path):
             HookedEncoder.from_pretrained(path, **{key: value})
     with pytest.raises(ValueError, match="revision"):
         HookedEncoder.from_pretrained(path, revision="main")  # a local folder has no revisions
+
+
+def test_hooked_encoder_from_a_transformerlens_config():
+    from encoderlens import HookedTransformerConfig
+
+    tl_cfg = HookedTransformerConfig(d_head=4, d_model=12, n_ctx=5, n_layers=3, act_fn="gelu", d_vocab=22)
+    model = HookedEncoder(tl_cfg)
+    assert model.cfg.n_heads == 3 and model.cfg.stack.mlp.d_mlp == 48 and model.cfg.stack.norm_position == "post"
+    assert model.W_U is model.unembed.W_U and model.W_E is model.embed.embed.W_E
+    assert model.W_pos is model.embed.pos_embed.W_pos and model.W_E_pos.shape == (27, 12)
+    assert HookedEncoder(dict(d_head=4, d_model=12, n_ctx=5, n_layers=1, d_vocab=22)).cfg.n_layers == 1
+    with pytest.raises(ValueError, match="normalization_type"):
+        HookedEncoder(HookedTransformerConfig(d_head=4, d_model=12, n_ctx=5, n_layers=1, d_vocab=9, normalization_type="RMS"))
+    with pytest.raises(ValueError, match="not supported here"):
+        HookedEncoder({"d_head": 4, "d_model": 12, "n_ctx": 5, "n_layers": 1, "d_vocab": 9, "rotary_dim": 4})
+    with pytest.raises(TypeError, match="from_pretrained"):
+        HookedEncoder("bert-base-cased")

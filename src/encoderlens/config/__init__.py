@@ -55,7 +55,10 @@ from encoderlens.config.text import (
     EncoderConfig,
 )
 
+from encoderlens.config.transformerlens import HookedTransformerConfig
+
 __all__ = [
+    "HookedTransformerConfig",
     "ACTIVATIONS",
     "AttentionConfig",
     "AttentionKind",

@@ -19,7 +19,7 @@ from encoderlens.components.heads import ClassifierHead, MLMHead, MLMUnembed, NS
 from encoderlens.components.norm import make_norm
 from encoderlens.components.text_embed import TextEmbed, nest_embed_weights
 from encoderlens.components.stack import run_blocks
-from encoderlens.config import EncoderConfig, SentencePoolingConfig
+from encoderlens.config import EncoderConfig, HookedTransformerConfig, SentencePoolingConfig
 from encoderlens.hooks import HookPoint
 from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.io.sentence_transformers import read_sentence_transformer
@@ -102,7 +102,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
 
     def __init__(
         self,
-        cfg: EncoderConfig,
+        cfg: EncoderConfig | HookedTransformerConfig | dict[str, Any],
         tokenizer: Any = None,
         sentence_pooling: SentencePoolingConfig | None = None,
         sentence_pooling_note: str = "",
@@ -110,13 +110,23 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         """Build the model (weights uninitialised; use :meth:`from_pretrained`).
 
         Args:
-            cfg: The model config.
+            cfg: The model config; or, as TransformerLens, a :class:`HookedTransformerConfig` or a dict of its
+                fields (a randomly initialisable BERT layout).
             tokenizer: HF tokenizer for text input.
             sentence_pooling: Sentence-embedding pooling; overrides ``cfg.sentence_pooling`` (from_pretrained
                 reads it from a sentence-transformers folder; pass one to pool any checkpoint).
             sentence_pooling_note: Why a sentence-transformers folder's pipeline is not reproduced.
         """
         super().__init__()
+        if isinstance(cfg, dict):
+            cfg = HookedTransformerConfig.from_dict(cfg)
+        if isinstance(cfg, HookedTransformerConfig):
+            cfg = cfg.to_encoder_config()
+        if not isinstance(cfg, EncoderConfig):
+            raise TypeError(
+                f"HookedEncoder needs an EncoderConfig, a HookedTransformerConfig or a dict, got {type(cfg).__name__}; "
+                "to load a checkpoint use HookedEncoder.from_pretrained(name)"
+            )
         if sentence_pooling is not None:
             if not isinstance(sentence_pooling, SentencePoolingConfig):
                 raise TypeError(

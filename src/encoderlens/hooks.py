@@ -76,7 +76,6 @@ class HookPoint(nn.Module):
         # a module spliced in after the hooks (an SAE): its output flows downstream, the hooks see the input
         self._splice: Callable[[Tensor], Tensor] | None = None
         self._splice_handle: RemovableHandle | None = None
-        self._muted = False
 
     @property
     def splice(self) -> Callable[[Tensor], Tensor] | None:
@@ -198,15 +197,6 @@ class HookPoint(nn.Module):
             (including_permanent or not h.is_permanent) and (level is None or h.context_level == level) for h in handles
         )
 
-    @contextmanager
-    def muted(self) -> Iterator[HookPoint]:
-        """Within the block, the attached hooks do not run (they stay attached); e.g. a side computation."""
-        before, self._muted = self._muted, True
-        try:
-            yield self
-        finally:
-            self._muted = before
-
     def enable_reshape(self, hook_conversion: object = None) -> None:
         """Not supported: TransformerLens 3's tensor conversions belong to its TransformerBridge.
 
@@ -230,7 +220,7 @@ class HookPoint(nn.Module):
         raise ValueError(f"hook {self.name!r} is not inside a block (expected 'blocks.{{i}}.…')")
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._bwd_fns and x.requires_grad and not self._muted:
+        if self._bwd_fns and x.requires_grad:
             for fn in self._bwd_fns.values():
                 x.register_hook(fn)
         return x
@@ -245,8 +235,6 @@ class _ForwardCall:
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
 
     def __call__(self, module: nn.Module, inputs: Any, x: Tensor) -> Tensor | None:
-        if self.hook._muted:
-            return None
         out = self.fn(x, hook=self.hook)
         if out is None:
             return None

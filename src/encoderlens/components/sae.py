@@ -29,8 +29,6 @@ Reading and writing SAELens folders (``cfg.json`` + ``sae_weights.safetensors``)
 
 from __future__ import annotations
 
-import contextlib
-
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -155,10 +153,14 @@ class SparseAutoencoder(KeepPropertyErrors, nn.Module):
 
     @contextmanager
     def _hooks_disabled(self) -> Any:
-        with contextlib.ExitStack() as stack:
+        saved = {n: (hp.fwd_hooks, hp.bwd_hooks) for n, hp in self.hook_points().items()}
+        try:
             for hp in self.hook_points().values():
-                stack.enter_context(hp.muted())
+                hp.fwd_hooks, hp.bwd_hooks = [], []
             yield
+        finally:
+            for n, hp in self.hook_points().items():
+                hp.fwd_hooks, hp.bwd_hooks = saved[n]
 
     # ------------------------------------------------------------------ maths
     def _check_input(self, x: Tensor) -> Tensor:

@@ -46,15 +46,15 @@ def run_paths(attn: Attention, x, kv, mask, pos_bias):
     """Output of every path: SDPA + fused/separate projections, explicit pattern, all hooks."""
     outs = {}
     with torch.no_grad():
-        outs["fast"] = attn(x, kv, mask, pos_bias)
+        outs["fast"] = attn(x, kv, additive_mask=mask, position_bias=pos_bias)
         for name in ("hook_pattern", "hook_q", "hook_k", "hook_result"):
             hp = getattr(attn, name)
             hp.add_hook(lambda t, hook: None)
-            outs[name] = attn(x, kv, mask, pos_bias)
+            outs[name] = attn(x, kv, additive_mask=mask, position_bias=pos_bias)
             hp.remove_hooks()
         for hp in (attn.hook_pattern, attn.hook_q, attn.hook_v, attn.hook_result):
             hp.add_hook(lambda t, hook: None)
-        outs["all_hooks"] = attn(x, kv, mask, pos_bias)
+        outs["all_hooks"] = attn(x, kv, additive_mask=mask, position_bias=pos_bias)
         for hp in (attn.hook_pattern, attn.hook_q, attn.hook_v, attn.hook_result):
             hp.remove_hooks()
     return outs
@@ -101,7 +101,14 @@ def test_causal_self_attention_fused_path_and_kv_cache_decoding_agree():
         with torch.no_grad():
             for t in range(6):
                 m = build_additive_mask(None, 1, t + 1, causal=True, dtype=x.dtype, device=x.device, past_len=t)
-                steps.append(attn(x[:, t : t + 1], None, m, pos_bias[:, :, t : t + 1, : t + 1], kv_cache=cache))
+                steps.append(
+                    attn(
+                        x[:, t : t + 1],
+                        additive_mask=m,
+                        position_bias=pos_bias[:, :, t : t + 1, : t + 1],
+                        kv_cache=cache,
+                    )
+                )
         attn.hook_pattern.remove_hooks()
         assert (torch.cat(steps, 1) - ref).abs().max() < ATOL, hooked
 

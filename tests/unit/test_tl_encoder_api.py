@@ -125,7 +125,9 @@ def test_hooked_encoder_from_a_transformerlens_config():
     assert model.W_pos is model.embed.pos_embed.W_pos and model.W_E_pos.shape == (27, 12)
     assert HookedEncoder(dict(d_head=4, d_model=12, n_ctx=5, n_layers=1, d_vocab=22)).cfg.n_layers == 1
     with pytest.raises(ValueError, match="normalization_type"):
-        HookedEncoder(HookedTransformerConfig(d_head=4, d_model=12, n_ctx=5, n_layers=1, d_vocab=9, normalization_type="RMS"))
+        HookedEncoder(
+            HookedTransformerConfig(d_head=4, d_model=12, n_ctx=5, n_layers=1, d_vocab=9, normalization_type="RMS")
+        )
     with pytest.raises(ValueError, match="not supported here"):
         HookedEncoder({"d_head": 4, "d_model": 12, "n_ctx": 5, "n_layers": 1, "d_vocab": 9, "rotary_dim": 4})
     with pytest.raises(TypeError, match="from_pretrained"):

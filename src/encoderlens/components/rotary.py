@@ -54,7 +54,7 @@ def apply_local_window(
     past_len: int,
     dtype: torch.dtype,
     device: torch.device,
-) -> Float[Tensor, "batch_or_1 1 query_pos key_pos"]:
+) -> Float[Tensor, "#batch 1 query_pos key_pos"]:
     """Block keys farther than ``window`` positions from the query (``|i - j| > window``).
 
     Blocked entries are set to the dtype's minimum rather than added to, so a fully blocked row

@@ -54,7 +54,6 @@ from encoderlens.config.text import (
     EmbeddingConfig,
     EncoderConfig,
 )
-
 from encoderlens.config.transformerlens import HookedTransformerConfig
 
 __all__ = [

@@ -60,9 +60,13 @@ class HookedTransformerConfig:
         if self.d_vocab_out not in (-1, self.d_vocab):
             raise ValueError(f"d_vocab_out must equal d_vocab for an MLM head, got {self.d_vocab_out}")
         if self.normalization_type != "LN":
-            raise ValueError(f"a HookedEncoder (BERT) uses LayerNorm: normalization_type must be 'LN', got {self.normalization_type!r}")
+            raise ValueError(
+                f"a HookedEncoder (BERT) uses LayerNorm: normalization_type must be 'LN', got {self.normalization_type!r}"
+            )
         if self.attention_dir != "bidirectional":
-            raise ValueError(f"a HookedEncoder is bidirectional: attention_dir must be 'bidirectional', got {self.attention_dir!r}")
+            raise ValueError(
+                f"a HookedEncoder is bidirectional: attention_dir must be 'bidirectional', got {self.attention_dir!r}"
+            )
         if self.positional_embedding_type != "standard":
             raise ValueError(
                 f"a HookedEncoder has learned positions: positional_embedding_type must be 'standard', "
@@ -100,5 +104,7 @@ class HookedTransformerConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(fields) - known)
         if unknown:
-            raise ValueError(f"HookedTransformerConfig fields {unknown} are not supported here; supported: {sorted(known)}")
+            raise ValueError(
+                f"HookedTransformerConfig fields {unknown} are not supported here; supported: {sorted(known)}"
+            )
         return cls(**fields)

@@ -17,8 +17,8 @@ from encoderlens.components.attention_deberta import RelativeEmbedding
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.heads import ClassifierHead, MLMHead, MLMUnembed, NSPHead, Pooler, SentencePooler
 from encoderlens.components.norm import make_norm
-from encoderlens.components.text_embed import TextEmbed, nest_embed_weights
 from encoderlens.components.stack import run_blocks
+from encoderlens.components.text_embed import TextEmbed, nest_embed_weights
 from encoderlens.config import EncoderConfig, HookedTransformerConfig, SentencePoolingConfig
 from encoderlens.hooks import HookPoint
 from encoderlens.io.checkpoint import Checkpoint, load_tokenizer

@@ -59,6 +59,8 @@ class StreamSpec:
             gives), so the norm's weight and bias must be folded in (:func:`fold_norm_into_unembed`);
             without one, on the final stream itself.
         unembed_note: Why there is no linear unembedding, when there is none.
+        embed_norm: Module path of the norm between the embedding summands and block 0 (when
+            ``embed_normalized``; None: ``{prefix}embed_ln``).
     """
 
     prefix: str
@@ -72,6 +74,7 @@ class StreamSpec:
     blocks: nn.ModuleList
     unembed: tuple[Tensor, Tensor] | None = None
     unembed_note: str = ""
+    embed_norm: str | None = None
 
     def resid_hook(self, layer: int, where: str = "post") -> str:
         """Full name of the hook holding the residual stream itself in block ``layer``.

@@ -148,7 +148,7 @@ class _Walk:
 
 def _embed_norm(model: HookedModel, spec: StreamSpec) -> tuple[str, Any] | None:
     """The norm between the embedding summands and block 0 (BERT, wav2vec2/HuBERT base), if it is hooked."""
-    path = f"{spec.prefix}embed_ln"
+    path = spec.embed_norm if spec.embed_norm is not None else f"{spec.prefix}embed_ln"
     if f"{path}.hook_scale" not in model.hook_dict:
         return None
     return path, model.get_submodule(path)

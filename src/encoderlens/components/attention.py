@@ -420,7 +420,7 @@ class Attention(KeepPropertyErrors, nn.Module):
         qh: Float[Tensor, "batch head_index query_pos d_head"],
         kh: Float[Tensor, "batch head_index key_pos d_head"],
         vh: Float[Tensor, "batch head_index key_pos d_head"],
-        bias: Float[Tensor, "batch_or_1 head_or_1 query_pos key_pos"] | None,
+        bias: Float[Tensor, "#batch #head_index #query_pos key_pos"] | None,
         scale: float,
         content_scores_hook: HookPoint | None = None,
     ) -> Float[Tensor, "batch query_pos head_index d_head"]:

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench install browser mutants
+.PHONY: demo test test-typecheck lint typecheck bench install browser mutants
 
 $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,11 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# The whole suite again with jaxtyping + beartype checking every annotation of encoderlens at run time
+# (TransformerLens's own test setting): shapes in annotations must be what the code passes.
+test-typecheck: $(STAMP) browser
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --jaxtyping-packages=encoderlens,beartype.beartype
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -102,27 +102,42 @@ class Ratio:
 
     label: str
     ours: str
-    ref: str
+    ref: str | tuple[str, ...]
     target: float | None = None
+    higher_is_better: bool = False
+
+
+def _ref_times(times: dict[str, list[float]], ref: str | tuple[str, ...]) -> list[float] | None:
+    """The reference's time per round; for several references the fastest of them in each round."""
+    refs = (ref,) if isinstance(ref, str) else ref
+    if not all(r in times for r in refs):
+        return None
+    return [min(ts) for ts in zip(*(times[r] for r in refs))]
 
 
 def ratio_rows(times: dict[str, list[float]], rows: list[Ratio]) -> list[dict[str, object]]:
     out = []
     for row in rows:
-        if row.ours not in times or row.ref not in times:
+        ref = _ref_times(times, row.ref)
+        if row.ours not in times or ref is None:
             continue
-        per_round = [a / b for a, b in zip(times[row.ours], times[row.ref])]
+        per_round = [a / b for a, b in zip(times[row.ours], ref)]
         ratio = statistics.median(per_round)
+        if row.higher_is_better:  # a throughput: reference time / our time
+            per_round = [1 / r for r in per_round]
+            ratio = statistics.median(per_round)
+        ok = None if row.target is None else (ratio >= row.target if row.higher_is_better else ratio <= row.target)
         out.append(
             {
                 "case": row.label,
                 "ours_ms": 1e3 * statistics.median(times[row.ours]),
-                "ref_ms": 1e3 * statistics.median(times[row.ref]),
+                "ref_ms": 1e3 * statistics.median(ref),
                 "ratio": ratio,
-                "min_ratio": min(times[row.ours]) / min(times[row.ref]),
+                "min_ratio": (min(times[row.ours]) / min(ref)) ** (-1 if row.higher_is_better else 1),
                 "spread": (min(per_round), max(per_round)),
                 "target": row.target,
-                "ok": None if row.target is None else ratio <= row.target,
+                "higher_is_better": row.higher_is_better,
+                "ok": ok,
             }
         )
     return out
@@ -134,7 +149,7 @@ def print_table(title: str, rows: list[dict[str, object]]) -> None:
     print("|---|---:|---:|---:|---:|---|---:|---|")
     for r in rows:
         lo, hi = r["spread"]  # type: ignore[misc]
-        target = "" if r["target"] is None else f"<= {r['target']:.2f}"
+        target = "" if r["target"] is None else f"{'>=' if r['higher_is_better'] else '<='} {r['target']:.2f}"
         ok = "" if r["ok"] is None else ("yes" if r["ok"] else "NO")
         print(
             f"| {r['case']} | {r['ours_ms']:.1f} | {r['ref_ms']:.1f} | {r['ratio']:.3f} | {r['min_ratio']:.3f} | "

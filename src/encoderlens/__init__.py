@@ -7,6 +7,7 @@ from typing import Any
 from encoderlens.cache import ActivationCache
 from encoderlens.components.sae import SAEConfig, SparseAutoencoder
 from encoderlens.components.sae_format import load_sae, save_sae
+from encoderlens.config import HookedTransformerConfig
 from encoderlens.factored_matrix import FactoredMatrix
 from encoderlens.hooks import HookedRootModule, HookPoint, get_act_name
 from encoderlens.models import HookedAudioEncoder, HookedEncoder, HookedEncoderDecoder, HookedWhisper
@@ -39,6 +40,7 @@ __all__ = [
     "HookedModel",
     "HookedRootModule",
     "HookedWhisper",
+    "HookedTransformerConfig",
     "from_pretrained",
     "get_act_name",
 ]

@@ -59,6 +59,8 @@ class StreamSpec:
             gives), so the norm's weight and bias must be folded in (:func:`fold_norm_into_unembed`);
             without one, on the final stream itself.
         unembed_note: Why there is no linear unembedding, when there is none.
+        embed_norm: Module path of the norm between the embedding summands and block 0 (when
+            ``embed_normalized``; None: ``{prefix}embed_ln``).
     """
 
     prefix: str
@@ -72,6 +74,7 @@ class StreamSpec:
     blocks: nn.ModuleList
     unembed: tuple[Tensor, Tensor] | None = None
     unembed_note: str = ""
+    embed_norm: str | None = None
 
     def resid_hook(self, layer: int, where: str = "post") -> str:
         """Full name of the hook holding the residual stream itself in block ``layer``.
@@ -205,8 +208,21 @@ class ActivationCache(TLCacheMethods):
         return f"ActivationCache({len(self)} tensors, {self.nbytes() / 2**20:.1f} MiB, stream={self.stream!r})"
 
     def nbytes(self) -> int:
-        """Total bytes held by cached tensors."""
-        return sum(t.numel() * t.element_size() for t in self.cache_dict.values())
+        """Bytes of memory the cached tensors hold: each storage counted once.
+
+        Cached q, k and v of one attention layer are views of one fused projection buffer (stored
+        once); a view that keeps a larger buffer alive counts the whole buffer.
+        """
+        storages: dict[tuple[str, int], int] = {}
+        total = 0
+        for t in self.cache_dict.values():
+            if t.device.type == "meta":  # no storage to share
+                total += t.numel() * t.element_size()
+                continue
+            st = t.untyped_storage()
+            key = (str(t.device), st.data_ptr())
+            storages[key] = max(storages.get(key, 0), st.nbytes())
+        return total + sum(storages.values())
 
     def size_report(self) -> str:
         """A table of the largest cached tensors and the total size."""

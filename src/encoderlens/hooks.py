@@ -95,18 +95,6 @@ class HookPoint(nn.Module):
         if fn is not None:
             self._splice_handle = self.register_forward_hook(lambda module, inputs, out: fn(out))
 
-    @contextmanager
-    def hooks_disabled(self) -> Iterator[None]:
-        """Run without this point's hooks (forward, backward and splice); they are restored on exit."""
-        saved = (self.fwd_hooks, self.bwd_hooks, self._bwd_fns, self._forward_hooks, self._splice)
-        self.fwd_hooks, self.bwd_hooks, self._bwd_fns = [], [], OrderedDict()
-        self._forward_hooks = OrderedDict()
-        self._splice = None
-        try:
-            yield
-        finally:
-            self.fwd_hooks, self.bwd_hooks, self._bwd_fns, self._forward_hooks, self._splice = saved
-
     def _keep_splice_last(self) -> None:
         if self._splice_handle is not None:
             hooks = self._forward_hooks

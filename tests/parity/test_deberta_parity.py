@@ -96,7 +96,7 @@ CASES = [
 def test_deberta_parity_every_layer(tmp_path, hf_cls, kw):
     hf, model = load_pair(tmp_path, hf_cls, **kw)
     tokens, mask, tt = padded_batch()
-    tt = tt if model.token_type_embed is not None else None
+    tt = tt if model.embed.token_type_embed is not None else None
     with torch.no_grad():
         out = hf(
             input_ids=tokens, attention_mask=mask, token_type_ids=tt, output_hidden_states=True, output_attentions=True
@@ -145,7 +145,7 @@ def test_position_terms_match_hf(tmp_path, kw):
     such as the key bias, cancel in the softmax, so the patterns alone would not show them.)"""
     hf, model = load_pair(tmp_path, DebertaV2Model, **kw)
     tokens, mask, tt = padded_batch()
-    tt = tt if model.token_type_embed is not None else None
+    tt = tt if model.embed.token_type_embed is not None else None
     with torch.no_grad():
         out = hf(input_ids=tokens, attention_mask=mask, token_type_ids=tt, output_hidden_states=True)
         _, cache = model.run_with_cache(

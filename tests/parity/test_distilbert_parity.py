@@ -38,7 +38,7 @@ def tiny(**kw):
 @pytest.mark.parametrize("hf_cls,act", [(DistilBertModel, "gelu"), (DistilBertForMaskedLM, "relu")])
 def test_distilbert_parity_every_layer(tmp_path, hf_cls, act):
     hf, model = load_pair(hf_cls(tiny(activation=act)), tmp_path)
-    assert model.token_type_embed is None and model.pooler is None
+    assert model.embed.token_type_embed is None and model.pooler is None
     tokens, mask, _ = padded_batch()
     out, ours, cache = run_both(hf, model, tokens, mask, None)
     assert_stream_parity(out, cache, model, mask)

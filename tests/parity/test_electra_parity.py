@@ -37,14 +37,14 @@ def tiny(**kw):
 @pytest.mark.parametrize("embedding_size", [20, 36])
 def test_electra_model_parity(tmp_path, embedding_size):
     hf, model = load_pair(ElectraModel(tiny(embedding_size=embedding_size)), tmp_path)
-    assert (model.embed_proj is not None) == (embedding_size != 36)
+    assert (model.embed.proj is not None) == (embedding_size != 36)
     assert model.W_E.shape == (99, embedding_size)
     tokens, mask, tt = padded_batch(n_token_types=3)
     out, ours, cache = run_both(hf, model, tokens, mask, tt)
     assert_stream_parity(out, cache, model, mask)
     assert masked_max_diff(ours.embeddings, out.last_hidden_state, mask) < ATOL
     if embedding_size != 36:
-        assert cache["hook_embed_pre_proj"].shape == (3, 23, embedding_size)
+        assert cache["embed.hook_embed_pre_proj"].shape == (3, 23, embedding_size)
 
 
 def test_discriminator_parity(tmp_path):
@@ -95,6 +95,6 @@ def test_projection_hook_changes_the_stream(tmp_path):
             tokens,
             return_type="embeddings",
             one_zero_attention_mask=mask,
-            fwd_hooks=[("hook_embed_pre_proj", lambda x, hook: torch.zeros_like(x))],
+            fwd_hooks=[("embed.hook_embed_pre_proj", lambda x, hook: torch.zeros_like(x))],
         )
     assert (base - zeroed).abs().max() > 1e-2

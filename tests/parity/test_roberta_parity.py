@@ -75,7 +75,7 @@ def test_positions_count_non_padding_tokens_like_hf(tmp_path):
     out, _, cache = run_both(hf, model, tokens, mask, tt)
     assert_stream_parity(out, cache, model, mask)
     # the shift is real: with plain 0..n positions the embeddings would differ after token 4
-    pos_rows = cache["hook_pos_embed"][0]
+    pos_rows = cache["embed.hook_pos_embed"][0]
     assert torch.allclose(pos_rows[4], model.W_pos[PAD]) and torch.allclose(pos_rows[5], model.W_pos[PAD + 5])
 
 

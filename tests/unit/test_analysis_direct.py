@@ -30,7 +30,7 @@ def test_post_ln_parts_sum_to_the_residual(post_ln, heads, layer):
         "blocks.2.hook_normalized_resid_post" if layer is None else f"blocks.{layer}.hook_resid_pre"
     )
     # embed LN + two norms per block are frozen
-    assert dec.frozen_norms[:1] == ["embed_ln"] and len(dec.frozen_norms) == 1 + 2 * n
+    assert dec.frozen_norms[:1] == ["embed.ln"] and len(dec.frozen_norms) == 1 + 2 * n
 
 
 def test_post_ln_parts_are_the_frozen_norm_images(post_ln):

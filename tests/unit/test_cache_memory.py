@@ -49,12 +49,28 @@ def test_nbytes_counts_real_memory_of_cached_tensors(tiny_mlm):
         _, cache = model.run_with_cache(
             batch.tokens, names_filter=lambda n: n.endswith(("hook_q", "hook_k", "hook_v")), **kw
         )
-    # q/k/v are separate tensors when cached (not views into a fused q|k|v buffer that would hold 3x)
-    for name, t in cache.items():
-        assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), name
+        _, q_only = model.run_with_cache(batch.tokens, names_filter=lambda n: n.endswith("hook_q"), **kw)
+    # all three cached: views of one fused q|k|v buffer, stored once and exactly covered by the views
+    for i in range(model.cfg.n_layers):
+        q, k, v = (cache[f"blocks.{i}.attn.hook_{x}"] for x in "qkv")
+        assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
+        assert q.untyped_storage().nbytes() == sum(t.numel() * t.element_size() for t in (q, k, v))
     assert cache.nbytes() == sum(t.numel() * t.element_size() for t in cache.values())
+    # q alone: its own memory (a view would keep k and v alive too)
+    for name, t in q_only.items():
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), name
+    assert q_only.nbytes() == sum(t.numel() * t.element_size() for t in q_only.values())
     report = cache.size_report()
     assert "blocks.0.attn.hook_q" in report and f"total: {len(cache)} tensors" in report
+
+
+def test_nbytes_counts_a_kept_alive_buffer_once_and_whole():
+    from encoderlens.cache import ActivationCache
+
+    buf = torch.zeros(4, 10)
+    cache = ActivationCache({"a": buf[:1], "b": buf[1:2]}, model=None)
+    assert cache.nbytes() == buf.numel() * buf.element_size()
+    assert ActivationCache({"a": buf[:1].clone()}, model=None).nbytes() == 10 * buf.element_size()
 
 
 def test_device_moves_each_tensor_as_it_is_produced(tiny_mlm):

@@ -95,7 +95,7 @@ def test_cache_writes_safetensors(capsys, tmp_path):
         "--hooks",
         "blocks.*.attn.hook_pattern",
         "--hooks",
-        "blocks.0.hook_resid_post,hook_embed",
+        "blocks.0.hook_resid_post,embed.hook_embed",
         "--dtype",
         "float16",
         "--out",
@@ -110,7 +110,7 @@ def test_cache_writes_safetensors(capsys, tmp_path):
         assert {
             "blocks.3.attn.hook_pattern",
             "blocks.0.hook_resid_post",
-            "hook_embed",
+            "embed.hook_embed",
             "input.tokens",
             "input.attention_mask",
         } <= keys
@@ -124,7 +124,7 @@ def test_cache_writes_safetensors(capsys, tmp_path):
 
 
 def test_cache_bad_arguments(capsys, tmp_path):
-    code, _, err = run(capsys, "cache", "default", "x", "--hooks", "hook_embed", "--out", str(tmp_path / "a.pt"))
+    code, _, err = run(capsys, "cache", "default", "x", "--hooks", "embed.hook_embed", "--out", str(tmp_path / "a.pt"))
     assert code == 2 and ".safetensors" in err
     code, _, err = run(
         capsys,
@@ -138,7 +138,7 @@ def test_cache_bad_arguments(capsys, tmp_path):
     )
     assert code == 2 and "did you mean" in err and "hook_pattern" in err
     code, _, err = run(
-        capsys, "cache", "default", "x", "--hooks", "hook_embed", "--out", str(tmp_path / "no" / "a.safetensors")
+        capsys, "cache", "default", "x", "--hooks", "embed.hook_embed", "--out", str(tmp_path / "no" / "a.safetensors")
     )
     assert code == 2 and "does not exist" in err
 

@@ -41,7 +41,7 @@ def test_hook_edit_on_embeddings_propagates(tiny_mlm):
     model, _, _ = tiny_mlm
     with torch.no_grad():
         clean = model("the cat sat")
-        edited = model.run_with_hooks("the cat sat", fwd_hooks=[("hook_embed", lambda x, hook: x * 0)])
+        edited = model.run_with_hooks("the cat sat", fwd_hooks=[("embed.hook_embed", lambda x, hook: x * 0)])
     assert (clean - edited).abs().max() > 1e-3
 
 
@@ -110,9 +110,9 @@ def test_run_with_cache_filters_device_and_batch_dim(tiny_mlm):
     _, cache = model.run_with_cache("the cat sat", remove_batch_dim=True)
     assert cache["pattern", 0].ndim == 3
     _, d = model.run_with_cache("the cat sat", return_cache_object=False)
-    assert isinstance(d, dict) and "hook_embed" in d
+    assert isinstance(d, dict) and "embed.hook_embed" in d
     # only what is asked is cached
-    _, small = model.run_with_cache("the cat sat", names_filter=["hook_embed"])
+    _, small = model.run_with_cache("the cat sat", names_filter=["embed.hook_embed"])
     assert small.nbytes() < cache.nbytes()
 
 
@@ -123,7 +123,7 @@ def test_backward_hooks_and_incl_bwd(tiny_mlm):
     assert cache["blocks.0.hook_resid_pre_grad"].abs().sum() > 0
     model.zero_grad()
     grads = []
-    with model.hooks(bwd_hooks=[("hook_embed", lambda g, hook: grads.append(g))]):
+    with model.hooks(bwd_hooks=[("embed.hook_embed", lambda g, hook: grads.append(g))]):
         model("the cat").sum().backward()
     assert len(grads) == 1 and grads[0].shape[-1] == model.cfg.d_model
     assert model.active_hook_names() == []

@@ -48,7 +48,7 @@ def test_negative_layers_and_short_keys(linear):
     m, _, cache = linear
     n = m.cfg.n_layers
     assert torch.equal(cache["k", -1], cache[f"blocks.{n - 1}.attn.hook_k"])
-    assert torch.equal(cache["embed"], cache["hook_embed"])
+    assert torch.equal(cache["full_embed"], cache["hook_full_embed"])  # TL short key
     assert torch.equal(cache["pattern", -2], cache["pattern", n - 2])
 
 

@@ -76,9 +76,9 @@ def test_glob_names_filter_caches_every_match(tiny_mlm):
     model, _, _ = tiny_mlm
     with torch.no_grad():
         _, cache = model.run_with_cache("the cat sat", names_filter="blocks.*.attn.hook_pattern")
-        _, both = model.run_with_cache("the cat sat", names_filter=["blocks.*.attn.hook_pattern", "hook_embed"])
+        _, both = model.run_with_cache("the cat sat", names_filter=["blocks.*.attn.hook_pattern", "embed.hook_embed"])
     expected = [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
     assert sorted(cache.keys()) == expected
-    assert sorted(both.keys()) == sorted([*expected, "hook_embed"])
+    assert sorted(both.keys()) == sorted([*expected, "embed.hook_embed"])
     with pytest.raises(ValueError, match="unknown hook name"):
         model.run_with_cache("the cat sat", names_filter="blocks.*.attn.hook_patern")

@@ -68,6 +68,10 @@ class Decomposition:
     stream: StreamName
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the interactive heatmap of how much each part writes at each position of item 0."""
+        return component_norms(self)._repr_html_()
+
     def max_error(self) -> float:
         """Max |sum of parts - target| over real positions (float rounding only)."""
         err = (self.components.sum(0) - self.target).abs().amax(-1)
@@ -144,7 +148,7 @@ class _Walk:
 
 def _embed_norm(model: HookedModel, spec: StreamSpec) -> tuple[str, Any] | None:
     """The norm between the embedding summands and block 0 (BERT, wav2vec2/HuBERT base), if it is hooked."""
-    path = f"{spec.prefix}embed_ln"
+    path = spec.embed_norm if spec.embed_norm is not None else f"{spec.prefix}embed_ln"
     if f"{path}.hook_scale" not in model.hook_dict:
         return None
     return path, model.get_submodule(path)

@@ -170,7 +170,7 @@ def patch_residual(
         layers, positions: Subsets to patch (all by default).
         direction: ``"denoise"`` or ``"noise"`` (see module doc).
         normalize: Report ``(patched - base) / (source - base)`` instead of raw metric values.
-        corrupt_hooks: Hooks that corrupt the corrupted run (e.g. noise on ``hook_embed``); deterministic.
+        corrupt_hooks: Hooks that corrupt the corrupted run (e.g. noise on ``embed.hook_embed``); deterministic.
         return_type: Forward return type given to the metric (default: the family's main output).
         chunk_size: Patched copies per forward.
         progress: tqdm progress bar.
@@ -388,7 +388,7 @@ def embedding_noise_hook(
     std: float,
     positions: Sequence[int] | None = None,
     seed: int = 0,
-    hook: str = "hook_embed",
+    hook: str = "embed.hook_embed",
 ) -> tuple[str, Callable[..., Tensor]]:
     """A deterministic corruption for ``corrupt_hooks``: fixed Gaussian noise on the token embeddings.
 

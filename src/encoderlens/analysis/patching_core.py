@@ -266,7 +266,7 @@ def setup_runs(
         if not corrupt_hooks:
             raise ValueError(
                 "pass a corrupted input, or corrupt=None with corrupt_hooks that corrupt the clean run "
-                "(e.g. noise on hook_embed)"
+                "(e.g. noise on embed.hook_embed)"
             )
         corrupt_p = clean_p
     else:

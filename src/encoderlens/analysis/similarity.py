@@ -14,7 +14,7 @@ model's :class:`~encoderlens.components.heads.SentencePooler` in both cases; ``m
 - **tokens, occlusion** (exact, default): each real token of each text is removed in turn (masked out of
   attention and pooling, positions unchanged) and the change of the similarity is recorded:
   ``delta = sim(without token) - sim``.
-- **tokens, grad x input** (first order): ``sum_d grad_d * token_embedding_d`` at ``hook_embed``; cheap but
+- **tokens, grad x input** (first order): ``sum_d grad_d * token_embedding_d`` at the token embedding (``embed.hook_embed``); cheap but
   only a local linear estimate, and its sum is not the similarity.
 - **token pairs** (exact, mean pooling without Dense layers): at the output, ``mean(a) . mean(b)`` expands
   into ``sum_ij x_i . y_j / (n_a n_b |mean(a)| |mean(b)|)``, so the matrix sums to the cosine. It says which
@@ -29,6 +29,7 @@ model's :class:`~encoderlens.components.heads.SentencePooler` in both cases; ``m
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,7 +213,7 @@ class SentenceEncoder:
         limit = min(known) if known else None
         enc = tok(texts, padding=True, truncation=limit is not None, max_length=limit, return_tensors="pt")
         kw: dict[str, Any] = {"one_zero_attention_mask": enc["attention_mask"]}
-        if "token_type_ids" in enc and self.model.token_type_embed is not None:
+        if "token_type_ids" in enc and self.model.embed.token_type_embed is not None:
             kw["token_type_ids"] = enc["token_type_ids"]
         return self.model.prepare_input(enc["input_ids"], **kw)
 
@@ -275,6 +276,13 @@ class SimilarityAttribution:
     heads: Labelled | None
     by_layer: Labelled
     methods: dict[str, str] = field(default_factory=dict)
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the text report, then interactive heatmaps of the per-layer and per-head parts."""
+        parts = [f"<pre class='el-text'>{html.escape(self.to_text())}</pre>", self.layers._repr_html_()]
+        if self.heads is not None:
+            parts.append(self.heads._repr_html_())
+        return "".join(parts)
 
     def to_text(self, k: int = 5) -> str:
         """A short report."""
@@ -363,7 +371,8 @@ def _token_grad_x_input(encoder: SentenceEncoder, p: Prepared) -> tuple[Tensor, 
         return x
 
     with torch.enable_grad():
-        resid = model.run_prepared(p, "embeddings", fwd_hooks=[("hook_embed", keep)])
+        token_embedding = model.stream_spec(None).embed_hooks[0]
+        resid = model.run_prepared(p, "embeddings", fwd_hooks=[(token_embedding, keep)])
         sim = encoder.pair_metric(p)(resid)
         (g,) = torch.autograd.grad(sim, store["embed"])
     scores = (g * store["embed"].detach()).sum(-1).cpu()
@@ -512,7 +521,7 @@ def attribute_similarity(
         tok_desc = f"occlusion ({occlusion}): exact change of similarity"
     else:
         ta, tb = _token_grad_x_input(encoder, p)
-        tok_desc = "grad x input at hook_embed (first order)"
+        tok_desc = "grad x input at embed.hook_embed (first order)"
     _, la = _real_labels(p, 0)
     _, lb = _real_labels(p, 1)
     comp_desc = (

@@ -272,8 +272,14 @@ class Attention(KeepPropertyErrors, nn.Module):
         return out + b if b is not None else out
 
     def needs_explicit_qkv(self) -> bool:
-        """Whether q, k, v must be separate tensors (they are hooked or cached); else one fused matmul."""
-        return self.hook_q.has_hooks() or self.hook_k.has_hooks() or self.hook_v.has_hooks()
+        """Whether q, k, v must be separate tensors; else one fused matmul and q, k, v are views of its output.
+
+        Separate only when some but not all of them are hooked: a cached q that is a view would keep
+        the whole q|k|v buffer alive (three times its size). With all three hooked (a full cache) the
+        views together are exactly the buffer, stored once.
+        """
+        hooked = (self.hook_q.has_hooks(), self.hook_k.has_hooks(), self.hook_v.has_hooks())
+        return any(hooked) and not all(hooked)
 
     def needs_explicit_pattern(self) -> bool:
         """Whether scores/pattern must be materialised (they are hooked or cached)."""
@@ -285,7 +291,7 @@ class Attention(KeepPropertyErrors, nn.Module):
         key_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
         value_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
         *,
-        additive_mask: Float[Tensor, "#batch 1 #query_pos key_pos"] | None = None,
+        additive_mask: Float[Tensor, "#batch #head_index #query_pos key_pos"] | None = None,
         position_bias: Float[Tensor, "#batch head_index query_pos key_pos"] | None = None,
         kv_cache: KVCache | None = None,
         split: tuple[Tensor, Tensor, Tensor] | None = None,
@@ -350,8 +356,8 @@ class Attention(KeepPropertyErrors, nn.Module):
         else:
             if kv_new is not None:
                 k, v = kv_new
-            elif self.hook_k.has_hooks() or self.hook_v.has_hooks():
-                # separate (contiguous) tensors, so a cached k does not keep v's memory alive
+            elif self.hook_k.has_hooks() != self.hook_v.has_hooks():
+                # only one of k, v hooked: separate tensors, so a cached k does not keep v's memory alive
                 k = self.hook_k(F.linear(src, w.kv[:, :hd].t(), w.b_k).unflatten(-1, (h, dh)))
                 v = self.hook_v(F.linear(src, w.kv[:, hd:].t(), w.b_v).unflatten(-1, (h, dh)))
             else:
@@ -414,7 +420,7 @@ class Attention(KeepPropertyErrors, nn.Module):
         qh: Float[Tensor, "batch head_index query_pos d_head"],
         kh: Float[Tensor, "batch head_index key_pos d_head"],
         vh: Float[Tensor, "batch head_index key_pos d_head"],
-        bias: Float[Tensor, "batch_or_1 head_or_1 query_pos key_pos"] | None,
+        bias: Float[Tensor, "#batch #head_index #query_pos key_pos"] | None,
         scale: float,
         content_scores_hook: HookPoint | None = None,
     ) -> Float[Tensor, "batch query_pos head_index d_head"]:

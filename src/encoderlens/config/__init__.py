@@ -54,9 +54,11 @@ from encoderlens.config.text import (
     EmbeddingConfig,
     EncoderConfig,
 )
+from encoderlens.config.transformerlens import HookedTransformerConfig
 from encoderlens.config.whisper import LogMelConfig, WhisperConfig
 
 __all__ = [
+    "HookedTransformerConfig",
     "LogMelConfig",
     "WhisperConfig",
     "ACTIVATIONS",

@@ -15,11 +15,11 @@ from encoderlens.cache import StreamSpec
 from encoderlens.components.attention import build_additive_mask
 from encoderlens.components.attention_deberta import RelativeEmbedding
 from encoderlens.components.blocks import TransformerBlock
-from encoderlens.components.embed import Embed, EmbedProjection, PosEmbed, TokenTypeEmbed, position_ids
 from encoderlens.components.heads import ClassifierHead, MLMHead, MLMUnembed, NSPHead, Pooler, SentencePooler
 from encoderlens.components.norm import make_norm
 from encoderlens.components.stack import run_blocks
-from encoderlens.config import EncoderConfig, SentencePoolingConfig
+from encoderlens.components.text_embed import TextEmbed, nest_embed_weights
+from encoderlens.config import EncoderConfig, HookedTransformerConfig, SentencePoolingConfig
 from encoderlens.hooks import HookPoint
 from encoderlens.io.checkpoint import Checkpoint, load_tokenizer
 from encoderlens.io.sentence_transformers import read_sentence_transformer
@@ -71,8 +71,10 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
 
     Hook points (``i`` = block):
 
-    - ``hook_embed``, ``hook_pos_embed``, ``hook_token_type_embed``: the embedding parts.
-    - ``hook_embed_pre_proj``: factorised embeddings only (ALBERT, ELECTRA): their normalised sum, of
+    - ``embed.hook_embed``, ``embed.hook_pos_embed``, ``embed.hook_token_type_embed``: the embedding parts
+      (``embed`` is TransformerLens's ``BertEmbed``: :class:`~encoderlens.components.text_embed.TextEmbed`).
+    - ``embed.ln.hook_scale | hook_normalized``: the embedding norm.
+    - ``embed.hook_embed_pre_proj``: factorised embeddings only (ALBERT, ELECTRA): their normalised sum, of
       width ``d_embed``, before the projection to ``d_model``.
     - ``hook_full_embed``: their sum after the embedding norm (and projection): the input of block 0.
     - ``blocks.{i}.hook_resid_pre | hook_attn_out | hook_resid_mid | hook_mlp_out | hook_resid_post``
@@ -100,7 +102,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
 
     def __init__(
         self,
-        cfg: EncoderConfig,
+        cfg: EncoderConfig | HookedTransformerConfig | dict[str, Any],
         tokenizer: Any = None,
         sentence_pooling: SentencePoolingConfig | None = None,
         sentence_pooling_note: str = "",
@@ -108,13 +110,23 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         """Build the model (weights uninitialised; use :meth:`from_pretrained`).
 
         Args:
-            cfg: The model config.
+            cfg: The model config; or, as TransformerLens, a :class:`HookedTransformerConfig` or a dict of its
+                fields (a randomly initialisable BERT layout).
             tokenizer: HF tokenizer for text input.
             sentence_pooling: Sentence-embedding pooling; overrides ``cfg.sentence_pooling`` (from_pretrained
                 reads it from a sentence-transformers folder; pass one to pool any checkpoint).
             sentence_pooling_note: Why a sentence-transformers folder's pipeline is not reproduced.
         """
         super().__init__()
+        if isinstance(cfg, dict):
+            cfg = HookedTransformerConfig.from_dict(cfg)
+        if isinstance(cfg, HookedTransformerConfig):
+            cfg = cfg.to_encoder_config()
+        if not isinstance(cfg, EncoderConfig):
+            raise TypeError(
+                f"HookedEncoder needs an EncoderConfig, a HookedTransformerConfig or a dict, got {type(cfg).__name__}; "
+                "to load a checkpoint use HookedEncoder.from_pretrained(name)"
+            )
         if sentence_pooling is not None:
             if not isinstance(sentence_pooling, SentencePoolingConfig):
                 raise TypeError(
@@ -126,15 +138,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         self.sentence_pooling_note = sentence_pooling_note
         d = cfg.d_model
         de = cfg.d_embed
-        self.embed = Embed(de, cfg.embed)
-        self.hook_embed = HookPoint()
-        self.pos_embed = PosEmbed(de, cfg.embed) if cfg.embed.n_ctx else None
-        self.hook_pos_embed = HookPoint() if self.pos_embed is not None else None
-        self.token_type_embed = TokenTypeEmbed(de, cfg.embed) if cfg.embed.n_token_types else None
-        self.hook_token_type_embed = HookPoint() if self.token_type_embed is not None else None
-        self.embed_ln = make_norm(de, cfg.embed.norm) if cfg.embed.norm is not None else None
-        self.embed_proj = EmbedProjection(de, d) if cfg.embed.project else None
-        self.hook_embed_pre_proj = HookPoint() if self.embed_proj is not None else None
+        self.embed = TextEmbed(de, d, cfg.embed)
         self.hook_full_embed = HookPoint()
         self.blocks = nn.ModuleList([TransformerBlock(cfg.stack, layer=i) for i in range(cfg.n_layers)])
         disentangled = cfg.stack.attn.disentangled
@@ -142,7 +146,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         self.rel_embed = RelativeEmbedding(d, disentangled) if disentangled is not None else None
         self._tie_shared_blocks()
         self.ln_final = make_norm(d, cfg.stack.norm) if cfg.stack.final_norm else None
-        self.mlm_head = MLMHead(d, cfg.d_vocab, cfg.mlm_head, self.embed) if cfg.mlm_head is not None else None
+        self.mlm_head = MLMHead(d, cfg.d_vocab, cfg.mlm_head, self.embed.embed) if cfg.mlm_head is not None else None
         self.unembed = MLMUnembed(self.mlm_head) if self.mlm_head is not None else None
         self.pooler = Pooler(d) if cfg.pooler else None
         self.nsp_head = NSPHead(d) if cfg.nsp_head else None
@@ -196,8 +200,12 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
                     module._parameters[pname] = owner_module._parameters[pname]
 
     def load_converted(self, state_dict: dict[str, Tensor]) -> None:
-        """Load converted weights; shared blocks are tied again (loading assigns new parameter objects)."""
-        super().load_converted(state_dict)
+        """Load converted weights; shared blocks are tied again (loading assigns new parameter objects).
+
+        Converters name the embedding weights flat (``embed.W_E``, ``pos_embed.W_pos``, ``embed_ln.w``); they
+        are renamed into :class:`TextEmbed`'s (``embed.embed.W_E``...).
+        """
+        super().load_converted(nest_embed_weights(state_dict))
         self._tie_shared_blocks()
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> HookedEncoder:
@@ -213,9 +221,9 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
 
     @property
     def W_pos(self) -> Float[Tensor, "n_ctx d_model"]:
-        if self.pos_embed is None:
+        if self.embed.pos_embed is None:
             raise AttributeError("this model has no learned position embedding")
-        return self.pos_embed.W_pos
+        return self.embed.pos_embed.W_pos
 
     @property
     def W_E_pos(self) -> Float[Tensor, "d_vocab_plus_n_ctx d_model"]:
@@ -236,7 +244,7 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
 
     @property
     def max_positions(self) -> int | None:
-        return self.pos_embed.max_positions if self.pos_embed is not None else None
+        return self.embed.max_positions
 
     @property
     def class_labels(self) -> tuple[str, ...]:
@@ -342,24 +350,8 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
 
     # ------------------------------------------------------------------ forward
     def embed_input(self, batch: TextBatch) -> Float[Tensor, "batch pos d_model"]:
-        """Embedding sum (after the embedding norm), i.e. the input of block 0."""
-        tokens = batch.tokens
-        x = self.hook_embed(self.embed(tokens))
-        if self.pos_embed is not None:
-            assert self.hook_pos_embed is not None
-            x = x + self.hook_pos_embed(self.pos_embed(position_ids(tokens, self.cfg.embed)))
-        if self.token_type_embed is not None:
-            assert self.hook_token_type_embed is not None
-            tt = batch.token_type_ids if batch.token_type_ids is not None else torch.zeros_like(tokens)
-            x = x + self.hook_token_type_embed(self.token_type_embed(tt))
-        if self.embed_ln is not None:
-            x = self.embed_ln(x)
-        if self.embed_proj is not None:
-            assert self.hook_embed_pre_proj is not None
-            x = self.embed_proj(self.hook_embed_pre_proj(x))
-        if self.cfg.embed.zero_padding:
-            x = x * batch.attention_mask[..., None].to(x.dtype)
-        return self.hook_full_embed(x)
+        """Embedding sum (after the embedding norm), i.e. the input of block 0 (``hook_full_embed``)."""
+        return self.hook_full_embed(self.embed(batch.tokens, batch.token_type_ids, batch.attention_mask))
 
     def encode(self, batch: TextBatch, stop_at_layer: int | None = None) -> Float[Tensor, "batch pos d_model"]:
         """Run embeddings and blocks (``stop_at_layer``: run blocks ``[0, stop_at_layer)`` only, no final norm)."""
@@ -547,14 +539,14 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
         embed_hooks = tuple(
             name
             for name, hp in (
-                ("hook_embed", self.hook_embed),
-                ("hook_pos_embed", self.hook_pos_embed),
-                ("hook_token_type_embed", self.hook_token_type_embed),
+                ("embed.hook_embed", self.embed.hook_embed),
+                ("embed.hook_pos_embed", self.embed.hook_pos_embed),
+                ("embed.hook_token_type_embed", self.embed.hook_token_type_embed),
             )
             if hp is not None
         )
         pre_ln = self.cfg.stack.norm_position == "pre"
-        if pre_ln and self.embed_ln is not None:
+        if pre_ln and self.embed.ln is not None:
             # pre-LN with an embedding norm (ModernBERT): the normalised embedding is the stream's first summand
             embed_hooks = ("hook_full_embed",)
         return StreamSpec(
@@ -563,7 +555,8 @@ class HookedEncoder(StackWeightsMixin, HookedModel):
             n_heads=self.cfg.n_heads,
             norm_position=self.cfg.stack.norm_position,
             embed_hooks=embed_hooks,
-            embed_normalized=self.embed_ln is not None and not pre_ln,
+            embed_normalized=self.embed.ln is not None and not pre_ln,
+            embed_norm="embed.ln" if self.embed.ln is not None and not pre_ln else None,
             final_norm="ln_final" if self.ln_final is not None else None,
             has_cross_attention=False,
             blocks=self.blocks,

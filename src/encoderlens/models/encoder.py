@@ -497,9 +497,9 @@ class HookedEncoder(StackWeightsMixin, EncoderTextIO, HookedModel):
         )
 
     def input_spec(self, stream: str | None = None) -> InputSpec:
-        """The token embeddings (``hook_embed``, ``(batch, pos, d_embed)``)."""
+        """The token embeddings (``embed.hook_embed``, ``(batch, pos, d_embed)``)."""
         self.stream_spec(stream)  # validates the stream name
-        return InputSpec("hook_embed", "token")
+        return InputSpec("embed.hook_embed", "token")
 
     @property
     def default_return_type(self) -> str:

@@ -138,7 +138,7 @@ def test_position_bias_hook_is_shared_by_all_layers():
 
 def test_t5_model_without_head(tmp_path):
     torch.manual_seed(0)
-    hf = T5Model(t5_config(feed_forward_proj="gated-gelu")).eval()
+    hf = T5Model(t5_config(feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-2)).eval()
     randomize_norms(hf)
     model = encoderlens.from_pretrained(save_tiny(hf, tmp_path))  # the family follows the checkpoint
     assert isinstance(model, HookedEncoderDecoder)
@@ -157,7 +157,11 @@ def test_t5_model_without_head(tmp_path):
 @pytest.mark.parametrize("mt5", [False, True])
 def test_t5_encoder_model_is_encoder_only(tmp_path, mt5):
     torch.manual_seed(0)
-    hf = (MT5EncoderModel(t5_config(MT5Config)) if mt5 else T5EncoderModel(t5_config())).eval()
+    hf = (
+        MT5EncoderModel(t5_config(MT5Config, layer_norm_epsilon=1e-2))
+        if mt5
+        else T5EncoderModel(t5_config(layer_norm_epsilon=1e-2))
+    ).eval()
     randomize_norms(hf)
     model = HookedEncoderDecoder.from_pretrained(save_tiny(hf, tmp_path))
     assert model.decoder is None and model.streams == ("encoder",)

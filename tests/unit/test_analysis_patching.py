@@ -127,9 +127,22 @@ def test_head_patching_z_and_pattern_match_manual(model, pair):
     assert pat.values[2, 2].item() == pytest.approx(manual, abs=1e-5)
     by_pos = patch_heads(model, clean, corrupt, metric, act="z", by_pos=True, layers=[0], **kw)
     assert by_pos.axes == ("layer", "head", "pos") and by_pos.shape == (1, 3, 9)
+    with torch.no_grad():  # hook_result is opt-in: cache every hook
+        _, full_cache = model.run_with_cache(clean, one_zero_attention_mask=mask, names_filter=lambda n: True)
     for act in ("q", "k", "v", "result"):
         r = patch_heads(model, clean, corrupt, metric, act=act, layers=[2], **kw)
-        assert r.shape == (1, 3) and torch.isfinite(r.values).all()
+        assert r.shape == (1, 3)
+        name = f"blocks.2.attn.hook_{act}"
+        for h in range(3):
+
+            def put(x, hook, h=h, name=name):
+                x = x.clone()
+                x[:, :, h] = full_cache[name][:, :, h]  # (batch, pos, head, ...)
+                return x
+
+            manual = _metric_value(model, corrupt, mask, [(name, put)])
+            assert r.values[0, h].item() == pytest.approx(manual, abs=1e-5), (act, h)
+        assert r.values.std() > 0  # heads differ: the manual runs patch one head each
 
 
 def test_mlp_and_attention_layer_patching(model, pair):

@@ -186,6 +186,8 @@ def test_mask_fill_class_logit_and_similarity_targets(tmp_path):
     res = attribute_input(mlm, ["the capital of france is [MASK] .", "a [MASK] sat"], mask_fill(mlm, paris), n_steps=32)
     assert res.delta.abs().max() < 0.01 * (res.target - res.baseline_target).abs().min()
     assert "france" in res.to_text(0)
+    # each item shows its own tokens (the axis labels are item 0's)
+    assert "sat" in res.to_text(1) and "france" not in res.to_text(1) and ">sat<" in res.to_html(item=1)
     with pytest.raises(ValueError, match="mask token"):
         attribute_input(mlm, "no mask here", mask_fill(mlm, paris), method="saliency")
 

@@ -16,6 +16,8 @@ from encoderlens.analysis.attribution import (
     attribute_mlp,
     attribute_residual,
 )
+from encoderlens.analysis.circuit_view import circuit_html
+from encoderlens.analysis.circuits import EdgeScores, Graph, ablate_edges, build_graph, edge_attribution, faithfulness
 from encoderlens.analysis.direct import Decomposition, component_norms, decompose, direct_logit_attribution
 from encoderlens.analysis.families import Prepared, prepare
 from encoderlens.analysis.gradients import quadrature
@@ -23,6 +25,8 @@ from encoderlens.analysis.heads import ALL_DETECTORS, head_scores, score_pattern
 from encoderlens.analysis.html import HtmlView, page
 from encoderlens.analysis.input_attribution import InputAttribution, attribute_input
 from encoderlens.analysis.lens import LensResult, ctc_collapse, ctc_lens, head_fn, logit_lens
+from encoderlens.analysis.neuron_view import neuron_view_html
+from encoderlens.analysis.neurons import attribute_neurons, patch_neurons
 from encoderlens.analysis.patching import (
     Target,
     check_compatible,
@@ -36,6 +40,7 @@ from encoderlens.analysis.patching import (
     patch_residual,
     run_patches,
 )
+from encoderlens.analysis.path_patching import frozen_hooks, head, path_patch, path_patch_heads
 from encoderlens.analysis.results import Labelled
 from encoderlens.analysis.sae import attribute_sae_features, patch_sae_features
 from encoderlens.analysis.sequence_attribution import SequenceAttribution, attribute_sequence
@@ -60,6 +65,19 @@ from encoderlens.analysis.views import AttentionView, attention_html, model_view
 __all__ = [
     "ALL_DETECTORS",
     "InputAttribution",
+    "EdgeScores",
+    "Graph",
+    "ablate_edges",
+    "attribute_neurons",
+    "build_graph",
+    "circuit_html",
+    "edge_attribution",
+    "faithfulness",
+    "frozen_hooks",
+    "head",
+    "patch_neurons",
+    "path_patch",
+    "path_patch_heads",
     "attention_flow",
     "attention_rollout",
     "SequenceAttribution",
@@ -103,6 +121,7 @@ __all__ = [
     "logit_diff",
     "logit_lens",
     "model_view_html",
+    "neuron_view_html",
     "page",
     "patch_attn_layers",
     "patch_block_outputs",

@@ -120,12 +120,14 @@ def _sender_value(x: Tensor, node: Node) -> Tensor:
     return x[:, :, node.head] if node.head is not None else x
 
 
-def _sender_values(model: HookedModel, batch: Prepared, graph: Graph, return_type: str | None) -> dict[str, Tensor]:
-    """Each sender's activation in a plain run of ``batch``."""
+def _sender_values(
+    model: HookedModel, batch: Prepared, graph: Graph, return_type: str | None
+) -> tuple[dict[str, Tensor], Any]:
+    """Each sender's activation in a plain run of ``batch``, and the run's output."""
     hooks = sorted({s.hook for s in graph.senders})
     with torch.no_grad():
-        _, cache = model.run_prepared_with_cache(batch, names_filter=set(hooks).__contains__, return_type=return_type)
-    return {s.name: _sender_value(cache[s.hook], s).detach() for s in graph.senders}
+        out, cache = model.run_prepared_with_cache(batch, names_filter=set(hooks).__contains__, return_type=return_type)
+    return {s.name: _sender_value(cache[s.hook], s).detach() for s in graph.senders}, out
 
 
 @dataclass
@@ -204,7 +206,9 @@ def edge_attribution(
     clean_p, corrupt_p = model.prepare_input(clean, **kw), model.prepare_input(corrupt, **kw)
     check_compatible(clean_p, corrupt_p)
     graph = build_graph(model)
-    corrupt_vals = _sender_values(model, corrupt_p, graph, return_type)
+    corrupt_vals, corrupt_out = _sender_values(model, corrupt_p, graph, return_type)
+    m_corrupt = float(torch.as_tensor(metric(corrupt_out)).float().sum())
+    m_clean = 0.0
     rhooks = sorted({r.hook for r in graph.receivers})
     inputs = sorted({s.hook for s in graph.senders if s.name.endswith("input")})
     grads: dict[str, Tensor] = {}
@@ -213,7 +217,10 @@ def edge_attribution(
         alphas, weights = [0.0], [1.0]
     else:
         alphas, weights = quadrature(rule, n_steps)
-    start = _sender_values(model, clean_p, graph, return_type) if method == "EAP-IG" else None
+    start = None
+    if method == "EAP-IG":
+        start, clean_out = _sender_values(model, clean_p, graph, return_type)
+        m_clean = float(torch.as_tensor(metric(clean_out)).float().sum())
     for a, w in zip(alphas, weights):
         store: dict[str, Tensor] = {}
 
@@ -243,6 +250,8 @@ def edge_attribution(
                 ],
             )
             value = _metric_tensor(metric(out))
+            if a == 0.0:
+                m_clean = float(value.detach())
             got = torch.autograd.grad(value, [store[h] for h in rhooks], allow_unused=True)
         for h, g in zip(rhooks, got):
             g = torch.zeros_like(store[h]) if g is None else g.detach()
@@ -252,21 +261,25 @@ def edge_attribution(
     if method == "EAP-IG":
         assert start is not None
         clean_vals = start
+    # one matrix product per position layout: (senders, b*pos*d) @ (b*pos*d, receivers)
     scores = torch.zeros(len(graph.edges))
-    for i, (s, r) in enumerate(graph.edges):
-        sn, rn = graph.senders[s], graph.receivers[r]
-        delta = corrupt_vals[sn.name] - clean_vals[sn.name]
-        scores[i] = float((delta * _sender_value(grads[rn.hook], rn)).sum())
-    m_clean, m_corrupt = (
-        _plain_metric(model, clean_p, metric, return_type),
-        _plain_metric(model, corrupt_p, metric, return_type),
-    )
+    groups: dict[tuple[int, ...], tuple[list[int], list[int]]] = {}
+    for i, sn in enumerate(graph.senders):
+        groups.setdefault(tuple(corrupt_vals[sn.name].shape), ([], []))[0].append(i)
+    for j, rn in enumerate(graph.receivers):
+        groups.setdefault(tuple(_sender_value(grads[rn.hook], rn).shape), ([], []))[1].append(j)
+    full = torch.zeros(len(graph.senders), len(graph.receivers))
+    for si, ri in groups.values():
+        if not si or not ri:
+            continue
+        d = torch.stack(
+            [(corrupt_vals[graph.senders[i].name] - clean_vals[graph.senders[i].name]).flatten() for i in si]
+        )
+        g = torch.stack([_sender_value(grads[graph.receivers[j].hook], graph.receivers[j]).flatten() for j in ri])
+        full[torch.tensor(si)[:, None], torch.tensor(ri)[None, :]] = (d.double() @ g.double().t()).float().cpu()
+    idx = torch.tensor(graph.edges)
+    scores = full[idx[:, 0], idx[:, 1]]
     return EdgeScores(graph, scores, m_clean, m_corrupt, method, {"n_steps": n_steps if method == "EAP-IG" else 1})
-
-
-def _plain_metric(model: HookedModel, batch: Prepared, metric: Metric, return_type: str | None) -> float:
-    with torch.no_grad():
-        return float(torch.as_tensor(metric(model.run_prepared(batch, return_type))).float().sum())
 
 
 def ablate_edges(
@@ -290,7 +303,7 @@ def ablate_edges(
     clean_p, corrupt_p = model.prepare_input(clean, **kw), model.prepare_input(corrupt, **kw)
     check_compatible(clean_p, corrupt_p)
     graph = graph or build_graph(model)
-    corrupt_vals = _sender_values(model, corrupt_p, graph, return_type)
+    corrupt_vals, _ = _sender_values(model, corrupt_p, graph, return_type)
     b = clean_p.batch_size
     results = []
     for i in range(0, len(ablated), chunk_size):

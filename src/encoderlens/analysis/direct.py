@@ -68,6 +68,10 @@ class Decomposition:
     stream: StreamName
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the interactive heatmap of how much each part writes at each position of item 0."""
+        return component_norms(self)._repr_html_()
+
     def max_error(self) -> float:
         """Max |sum of parts - target| over real positions (float rounding only)."""
         err = (self.components.sum(0) - self.target).abs().amax(-1)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from encoderlens.analysis.gradients import TargetFn, activations, grads_at, integrated_grads
-from encoderlens.analysis.results import Labelled, _color
+from encoderlens.analysis.results import Labelled
 from encoderlens.analysis.targets import Target
 from encoderlens.models.base import HookedModel
 from encoderlens.models.contract import Prepared, StreamName
@@ -84,6 +84,14 @@ class InputAttribution:
         return Labelled(out, ("item", "pos"), labels, f"{self.scores[hook].title} (per frame)", dict(self.meta))
 
     # ------------------------------------------------------------------ views
+    def item_labels(self, hook: str, item: int) -> list[str]:
+        """One item's position labels at ``hook`` (its own tokens; the axis labels are item 0's)."""
+        res = self.scores[hook]
+        streams = self.meta.get("streams", {})
+        if hook in streams:
+            return self.batch.position_labels(streams[hook], item)
+        return res.labels["pos"]
+
     def to_text(self, item: int = 0, digits: int = 3) -> str:
         """Per hook, each position with its score (one line each)."""
         lines = [f"{self.method}: target {float(self.target[item]):+.4f}"]
@@ -93,7 +101,7 @@ class InputAttribution:
             lines.append(f"[{hook}]")
             row = res.sel(item=item)
             assert isinstance(row, Labelled)
-            for lab, v in zip(row.labels[row.axes[0]], row.values.tolist()):
+            for lab, v in zip(self.item_labels(hook, item), row.values.tolist()):
                 if v == v:
                     lines.append(f"  {lab:<20} {v:+.{digits}f}")
         return "\n".join(lines)
@@ -105,7 +113,7 @@ class InputAttribution:
             if hook in self.seconds_per_sample:
                 parts.append(f"<h2>{html.escape(hook)}</h2>" + _svg_curve(res, item, self.seconds_per_sample[hook]))
             else:
-                parts.append(f"<h2>{html.escape(hook)}</h2>" + token_spans(res, item))
+                parts.append(f"<h2>{html.escape(hook)}</h2>" + token_spans(res, item, self.item_labels(hook, item)))
         doc = (
             "<!DOCTYPE html><html><head><meta charset='utf-8'><title>input attribution</title>"
             "<style>body{font-family:sans-serif;margin:16px}.tok{padding:2px 3px;margin:1px;display:inline-block;"
@@ -137,7 +145,16 @@ class InputAttribution:
         return ax
 
 
-def token_spans(res: Labelled, item: int) -> str:
+def color(v: float, lim: float) -> str:
+    """White to red for positive, white to blue for negative values, relative to ``lim``."""
+    if v != v or lim == 0:
+        return "#ffffff"
+    t = max(-1.0, min(1.0, v / lim))
+    c = int(255 * (1 - abs(t)))
+    return f"rgb(255,{c},{c})" if t >= 0 else f"rgb({c},{c},255)"
+
+
+def token_spans(res: Labelled, item: int, labels: list[str] | None = None) -> str:
     """Tokens of one item as coloured spans (red positive, blue negative), hover for the value."""
     row = res.sel(item=item)
     assert isinstance(row, Labelled)
@@ -145,13 +162,11 @@ def token_spans(res: Labelled, item: int) -> str:
     finite = vals[~torch.isnan(vals)]
     lim = float(finite.abs().max()) if finite.numel() else 0.0
     spans = []
-    for lab, v in zip(row.labels[row.axes[0]], vals.tolist()):
+    for lab, v in zip(labels or row.labels[row.axes[0]], vals.tolist()):
         if v != v:
             continue
         tok = lab.split(":", 1)[-1]
-        spans.append(
-            f"<span class='tok' style='background:{_color(v, lim)}' title='{v:+.4f}'>{html.escape(tok)}</span>"
-        )
+        spans.append(f"<span class='tok' style='background:{color(v, lim)}' title='{v:+.4f}'>{html.escape(tok)}</span>")
     return "<div>" + "".join(spans) + "</div>"
 
 
@@ -217,15 +232,19 @@ def _baselines(
     return base_acts
 
 
-def _position_scores(model: HookedModel, batch: Prepared, hook: str, attr: Tensor, title: str, wave: bool) -> Labelled:
+def _position_scores(
+    model: HookedModel, batch: Prepared, hook: str, attr: Tensor, title: str, wave: bool
+) -> tuple[Labelled, StreamName | str]:
+    """``(item, pos)`` sums of the attributions, and the stream whose positions they are ("none": not a stream's)."""
     vals = attr.float().reshape(attr.shape[0], attr.shape[1], -1).sum(-1) if attr.ndim > 2 else attr.float()
     items = [str(i) for i in range(batch.batch_size)]
     stream = hook_stream(model, hook)
     mask = batch.masks.get(stream)
     if wave or mask is None or mask.shape[1] != vals.shape[1]:
-        return Labelled(vals.cpu(), ("item", "pos"), {"item": items}, title)
+        return Labelled(vals.cpu(), ("item", "pos"), {"item": items}, title), "none"
     vals = torch.where(mask.bool().to(vals.device), vals, torch.full_like(vals, float("nan")))
-    return Labelled(vals.cpu(), ("item", "pos"), {"item": items, "pos": batch.position_labels(stream, 0)}, title)
+    labels = {"item": items, "pos": batch.position_labels(stream, 0)}
+    return Labelled(vals.cpu(), ("item", "pos"), labels, title), stream
 
 
 def attribute_input(
@@ -244,21 +263,25 @@ def attribute_input(
 ) -> InputAttribution:
     """Attribute ``target`` to the input (or to activations at ``hooks``) with saliency, x * grad or IG.
 
-    Args:
-        model: An encoderlens model.
-        input: Raw input (plus ``input_options``) or a :class:`Prepared`.
-        target: ``target(output, batch) -> (batch,)``, e.g. from :mod:`encoderlens.analysis.targets`
-            (its ``return_type`` is used unless ``return_type`` is given).
-        method: ``"saliency"``, ``"input_x_gradient"`` or ``"integrated_gradients"``.
-        hooks: Hook points attributed (default: every stream's input, :meth:`HookedModel.input_spec`).
-        baseline: Integrated gradients' ``x'``: ``"zero"``, a number, a tensor, ``{hook: tensor}``, or an
-            input of the same shape whose activations are the baseline (e.g. every token masked).
-        n_steps, rule: Quadrature (:func:`~encoderlens.analysis.gradients.quadrature`).
-        chunk_size: Interpolation steps per forward.
+        Args:
+    <<<<<<< HEAD
+            model: An encoderlens model (any family).
+    =======
+            model: An encoderlens model.
+    >>>>>>> main
+            input: Raw input (plus ``input_options``) or a :class:`Prepared`.
+            target: ``target(output, batch) -> (batch,)``, e.g. from :mod:`encoderlens.analysis.targets`
+                (its ``return_type`` is used unless ``return_type`` is given).
+            method: ``"saliency"``, ``"input_x_gradient"`` or ``"integrated_gradients"``.
+            hooks: Hook points attributed (default: every stream's input, :meth:`HookedModel.input_spec`).
+            baseline: Integrated gradients' ``x'``: ``"zero"``, a number, a tensor, ``{hook: tensor}``, or an
+                input of the same shape whose activations are the baseline (e.g. every token masked).
+            n_steps, rule: Quadrature (:func:`~encoderlens.analysis.gradients.quadrature`).
+            chunk_size: Interpolation steps per forward.
 
-    Example:
-        >>> res = attribute_input(model, "The capital of France is [MASK].", mask_fill(model, paris))
-        >>> print(res.to_text()); res.delta  # completeness check
+        Example:
+            >>> res = attribute_input(model, "The capital of France is [MASK].", mask_fill(model, paris))
+            >>> print(res.to_text()); res.delta  # completeness check
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -302,7 +325,9 @@ def attribute_input(
         grads, _ = grads_at(model, batch, names, target, return_type=return_type)
         raw = {h: grads[h].abs() if method == "saliency" else acts[h] * grads[h] for h in names}
     title = f"{method} of {getattr(target, 'name', 'target')}"
-    scores = {h: _position_scores(model, batch, h, raw[h], f"{title} at {h}", h in seconds) for h in names}
+    scored = {h: _position_scores(model, batch, h, raw[h], f"{title} at {h}", h in seconds) for h in names}
+    scores = {h: lab for h, (lab, _) in scored.items()}
+    meta["streams"] = {h: stream for h, (_, stream) in scored.items() if stream != "none"}
     return InputAttribution(
         scores,
         raw,

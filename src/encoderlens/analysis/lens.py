@@ -19,6 +19,7 @@ The last entry of the lens equals the model's own logits (checked: ``result.meta
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -195,6 +196,10 @@ class LensResult:
         return Labelled(
             kl, ("layer", "pos"), {"layer": self.layer_labels, "pos": self._pos_labels(item)}, "KL(final || layer)"
         )
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the text report (top tokens per layer and position of item 0)."""
+        return f"<pre class='el-text'>{html.escape(self.to_text())}</pre>"
 
     def to_text(self, item: int = 0, k: int = 3) -> str:
         """A table: one row per layer, one column per kept position, the top-k tokens in each cell."""

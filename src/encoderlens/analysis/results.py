@@ -17,6 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from encoderlens.analysis.html import HtmlView
+from encoderlens.analysis.plot_html import labelled_fragment, labelled_view
+
 
 @dataclass
 class Labelled:
@@ -268,6 +271,21 @@ class Labelled:
         if self.title:
             ax.set_title(self.title)
         return ax
+
+    def to_interactive_html(self, path: str | Path | None = None) -> HtmlView:
+        """An interactive heatmap (hover values, drag to zoom, colour legend; self-contained, no server).
+
+        Returns an :class:`~encoderlens.analysis.html.HtmlView` (the document as a string, shown inline in
+        Jupyter); written to ``path`` if given. See :mod:`encoderlens.analysis.plot_html`.
+        """
+        view = labelled_view(self.values, self.axes, self.labels, self.title)
+        if path is not None:
+            view.save(path)
+        return view
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows a result as its interactive heatmap."""
+        return labelled_fragment(self.values, self.axes, self.labels, self.title)
 
     def to_html(self, path: str | Path | None = None, digits: int = 3) -> str:
         """A self-contained HTML heatmap (no script, no external resource); written to ``path`` if given.

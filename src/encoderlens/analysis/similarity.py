@@ -29,6 +29,7 @@ model's :class:`~encoderlens.components.heads.SentencePooler` in both cases; ``m
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,6 +276,13 @@ class SimilarityAttribution:
     heads: Labelled | None
     by_layer: Labelled
     methods: dict[str, str] = field(default_factory=dict)
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the text report, then interactive heatmaps of the per-layer and per-head parts."""
+        parts = [f"<pre class='el-text'>{html.escape(self.to_text())}</pre>", self.layers._repr_html_()]
+        if self.heads is not None:
+            parts.append(self.heads._repr_html_())
+        return "".join(parts)
 
     def to_text(self, k: int = 5) -> str:
         """A short report."""

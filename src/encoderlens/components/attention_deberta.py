@@ -139,7 +139,7 @@ class DisentangledAttention(Attention):
         key_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
         value_input: Float[Tensor, "batch key_pos d_kv"] | None = None,
         *,
-        additive_mask: Float[Tensor, "#batch 1 #query_pos key_pos"] | None = None,
+        additive_mask: Float[Tensor, "#batch #head_index #query_pos key_pos"] | None = None,
         position_bias: Float[Tensor, "#batch head_index query_pos key_pos"] | None = None,
         kv_cache: KVCache | None = None,
         split: tuple[Tensor, Tensor, Tensor] | None = None,

@@ -47,14 +47,14 @@ def apply_rotary(
 
 
 def apply_local_window(
-    additive_mask: Float[Tensor, "#batch 1 #query_pos key_pos"] | None,
+    additive_mask: Float[Tensor, "#batch #head_index #query_pos key_pos"] | None,
     window: int,
     query_len: int,
     key_len: int,
     past_len: int,
     dtype: torch.dtype,
     device: torch.device,
-) -> Float[Tensor, "batch_or_1 1 query_pos key_pos"]:
+) -> Float[Tensor, "#batch #head_index query_pos key_pos"]:
     """Block keys farther than ``window`` positions from the query (``|i - j| > window``).
 
     Blocked entries are set to the dtype's minimum rather than added to, so a fully blocked row

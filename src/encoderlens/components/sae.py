@@ -29,7 +29,6 @@ Reading and writing SAELens folders (``cfg.json`` + ``sae_weights.safetensors``)
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -151,13 +150,6 @@ class SparseAutoencoder(KeepPropertyErrors, nn.Module):
         """The SAE's hook points by their short names (``"hook_sae_acts_post"``...)."""
         return {name: getattr(self, name) for name in SAE_HOOKS}
 
-    @contextmanager
-    def _hooks_disabled(self) -> Any:
-        with ExitStack() as stack:
-            for hp in self.hook_points().values():
-                stack.enter_context(hp.hooks_disabled())
-            yield
-
     # ------------------------------------------------------------------ maths
     def _check_input(self, x: Tensor) -> Tensor:
         if self.cfg.reshape_activations == "hook_z":
@@ -196,18 +188,24 @@ class SparseAutoencoder(KeepPropertyErrors, nn.Module):
             return x * self._norm_state["std"] + self._norm_state["mu"]
         return x
 
+    def _hp(self, name: str, t: Tensor, hooked: bool) -> Tensor:
+        return getattr(self, name)(t) if hooked else t
+
     def encode(self, x: Tensor) -> Tensor:
         """Feature activations ``(..., d_sae)`` of an activation ``(..., d_in)``."""
-        x = self.hook_sae_input(self._check_input(x))
+        return self._encode(x, hooked=True)
+
+    def _encode(self, x: Tensor, hooked: bool) -> Tensor:
+        x = self._hp("hook_sae_input", self._check_input(x), hooked)
         x = self._norm_in(x)
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
         arch = self.cfg.architecture
         if arch == "gated":
             active = (x @ self.W_enc + self.b_gate > 0).to(x.dtype)
-            pre = self.hook_sae_acts_pre(x @ (self.W_enc * self.r_mag.exp()) + self.b_mag)
-            return self.hook_sae_acts_post(active * torch.relu(pre))
-        pre = self.hook_sae_acts_pre(x @ self.W_enc + self.b_enc)
+            pre = self._hp("hook_sae_acts_pre", x @ (self.W_enc * self.r_mag.exp()) + self.b_mag, hooked)
+            return self._hp("hook_sae_acts_post", active * torch.relu(pre), hooked)
+        pre = self._hp("hook_sae_acts_pre", x @ self.W_enc + self.b_enc, hooked)
         if arch == "standard":
             acts = torch.relu(pre)
         elif arch == "jumprelu":
@@ -216,21 +214,22 @@ class SparseAutoencoder(KeepPropertyErrors, nn.Module):
             assert self.cfg.k is not None
             top = pre.topk(self.cfg.k, dim=-1)
             acts = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
-        return self.hook_sae_acts_post(acts)
+        return self._hp("hook_sae_acts_post", acts, hooked)
 
     def decode(self, acts: Tensor) -> Tensor:
         """Reconstruction ``(..., d_in)`` of feature activations (in the input's normalisation)."""
-        recons = self.hook_sae_recons(acts @ self.W_dec + self.b_dec)
-        return self._norm_out(recons)
+        return self._decode(acts, hooked=True)
+
+    def _decode(self, acts: Tensor, hooked: bool) -> Tensor:
+        return self._norm_out(self._hp("hook_sae_recons", acts @ self.W_dec + self.b_dec, hooked))
 
     def forward(self, x: Tensor) -> Tensor:
         """The reconstruction (plus the error term with ``use_error_term``), shaped and typed like ``x``."""
         recons = self.decode(self.encode(x))
         if self.use_error_term:
             with torch.no_grad():
-                if any(hp.fwd_hooks or hp.bwd_hooks for hp in self.hook_points().values()):
-                    with self._hooks_disabled():
-                        clean = self.decode(self.encode(x))
+                if any(hp.has_hooks() for hp in self.hook_points().values()):
+                    clean = self._decode(self._encode(x, hooked=False), hooked=False)
                 else:
                     clean = recons.detach()
                 error = self._check_input(x) - clean

@@ -188,6 +188,7 @@ def harvest(
     input_key: str | None = None,
     return_type: str | None = None,
     include_padding: bool = False,
+    exclude_special_tokens: bool | Sequence[int] = False,
     shard_mb: float = 256.0,
     items_per_shard: int | None = None,
     transforms: dict[str, Callable[[Tensor, Prepared], Tensor]] | None = None,
@@ -223,6 +224,9 @@ def harvest(
             requested hook has fired, whatever it is.
         include_padding: False: padding positions are not stored. True: every position is stored
             and the alignment gets a ``pad`` flag per row.
+        exclude_special_tokens: Also leave out positions holding special tokens (SAELens's name): True for
+            the tokenizer's ``all_special_ids`` ([CLS], [SEP]...), or a list of token ids. For training
+            SAEs on content tokens; token streams only, and not with ``include_padding``.
         shard_mb: Target shard size in MiB.
         items_per_shard: Also start a new shard after this many items.
         transforms: Hook name -> ``fn(activation, prepared batch) -> tensor`` applied before storing, e.g. to
@@ -258,6 +262,18 @@ def harvest(
         if t not in names:
             raise ValueError(f"transform given for {t!r}, which is not among the harvested hooks {names}")
     rank, world_size, dist_on = _dist_info(rank, world_size)
+    special = _special_ids(model, exclude_special_tokens, include_padding)
+
+    def keep(batch: Prepared, stream: Any) -> Tensor:
+        mask = batch.mask(stream).bool()
+        if special is None:
+            return mask
+        ids = batch.token_ids.get(stream)
+        if ids is None:
+            raise ValueError(
+                f"exclude_special_tokens needs token positions; stream {stream!r} has none (audio frames?)"
+            )
+        return mask & ~torch.isin(ids.to(mask.device), special.to(mask.device))
 
     out = Path(out_dir)
     try:
@@ -275,6 +291,8 @@ def harvest(
             "return_type": return_type,
             "transforms": sorted(transforms),
         }
+        if special is not None:
+            settings["exclude_special_tokens"] = special.tolist()
         model_info = fingerprint(model)
         state = load_state(out, settings, resume, model_info)
         mine = state.get(rank, {"rank": rank, "shards": [], "hooks": {}})
@@ -310,7 +328,7 @@ def harvest(
                 elif include_padding:
                     rows = x.flatten(0, 1)
                 else:
-                    rows = x[batch.mask(stream).bool().to(x.device)]
+                    rows = x[keep(batch, stream).to(x.device)]
                 stored = rows.to("cpu", store_dtype)
                 overflow_check = store_dtype != rows.dtype and name not in warned_overflow
                 if overflow_check and bool(torch.isinf(stored).any()) and not bool(torch.isinf(rows).any()):
@@ -371,7 +389,7 @@ def harvest(
                 if alignment == ITEM:
                     cols.setdefault("item", []).append(idx_t)
                     continue
-                mask = batch.mask(stream).bool().cpu()
+                mask = keep(batch, stream).cpu()
                 b, p = mask.shape
                 item_col = idx_t[:, None].expand(b, p)
                 pos_col = torch.arange(p, dtype=torch.int32)[None].expand(b, p)
@@ -471,6 +489,26 @@ def harvest(
         # one process, or ranks run separately without torch.distributed: whoever finishes last
         # writes the complete manifest (each merge reads every rank's progress file)
         return _guarded(out / "manifest.json", write_manifest, out, True, world_size)
+
+
+def _special_ids(model: HookedModel, exclude: bool | Sequence[int], include_padding: bool) -> Tensor | None:
+    """The token ids ``exclude_special_tokens`` asks to leave out (None: keep every real position)."""
+    if exclude is False:
+        return None
+    if include_padding:
+        raise ValueError("exclude_special_tokens drops rows and include_padding keeps every row; pass one of them")
+    if exclude is True:
+        ids = getattr(model.tokenizer, "all_special_ids", None)
+        if not ids:
+            raise ValueError(
+                "exclude_special_tokens=True reads the tokenizer's special tokens, and this model has no tokenizer; "
+                "pass the ids to leave out, e.g. exclude_special_tokens=[101, 102]"
+            )
+    elif isinstance(exclude, Sequence) and not isinstance(exclude, str) and all(isinstance(i, int) for i in exclude):
+        ids = list(exclude)
+    else:
+        raise TypeError(f"exclude_special_tokens must be True, False or a list of token ids, got {exclude!r}")
+    return torch.tensor(sorted(set(ids)), dtype=torch.long)
 
 
 def _len_or_none(data: Any) -> int | None:

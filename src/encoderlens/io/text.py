@@ -96,6 +96,12 @@ def as_token_tensor(tokens: Tensor | Sequence[int] | Sequence[Sequence[int]]) ->
     if not isinstance(tokens, Tensor):
         if len(tokens) == 0:
             raise ValueError("got an empty input; pass at least one text or a non-empty sequence of token ids")
+        kinds = {type(t).__name__ for t in tokens}
+        if "str" in kinds and len(kinds) > 1:
+            raise TypeError(
+                f"input mixes strings with other items ({sorted(kinds)}); pass a list of strings, a list of "
+                "(text_a, text_b) pairs, or token ids, not a mixture"
+            )
         try:
             tokens = torch.tensor(tokens)
         except (TypeError, ValueError) as e:

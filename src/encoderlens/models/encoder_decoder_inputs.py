@@ -115,7 +115,8 @@ class EncoderDecoderInputs(HookedModel):
         stack = self._decoder()
         if decoder_input is None:
             raise ValueError(
-                "this forward needs a decoder input and got none (encoderlens never builds one silently). "
+                "this forward needs a decoder input and got none (with token ids encoderlens never builds one; "
+                "text input alone runs the start token). "
                 "For target text use decoder_input=model.decoder_input_from_targets(text) "
                 "(start token + shift right); for free generation use model.generate(input); "
                 "for the encoder alone use return_type='encoder_output'"

@@ -142,7 +142,7 @@ def greedy_or_sample(
     on_recompute: Callable[[], None] | None = None,
     freq_penalty: float = 0.0,
     verbose: bool = False,
-) -> Int[Tensor, "batch pos"]:
+) -> Int[Tensor, "batch total_pos"]:
     """Greedy decoding or sampling: extend ``prefix`` by up to ``max_new_tokens`` tokens per row.
 
     With ``use_cache`` each step runs the decoder on the new position only (self-attention keys and
@@ -207,7 +207,7 @@ def beam_search(
     length_penalty: float,
     early_stopping: bool | str,
     use_cache: bool,
-) -> Int[Tensor, "batch pos"]:
+) -> Int[Tensor, "batch total_pos"]:
     """Beam search with HF's (vectorised, transformers >= 4.50) semantics; returns the best beam per input.
 
     State per input: ``num_beams`` running beams (log-prob sums) and the ``num_beams`` best finished

@@ -89,7 +89,7 @@ class SAEHostMixin:
             self.hook_dict[name].splice = None
             for short, hp in sae.hook_points().items():
                 self.hook_dict.pop(f"{name}.{short}", None)
-                hp.remove_hooks("both")
+                hp.remove_hooks("both", including_permanent=True)
                 hp.name = short
 
     @contextmanager

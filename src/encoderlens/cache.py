@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import ItemsView, Iterator, KeysView, ValuesView
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +27,9 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from encoderlens.cache_tl import TLCacheMethods
+from encoderlens.components.stream_spec import CacheHost as CacheHost
+from encoderlens.components.stream_spec import StreamSpec as StreamSpec
+from encoderlens.components.stream_spec import fold_norm_into_unembed as fold_norm_into_unembed
 from encoderlens.hooks import HookedRootModule
 from encoderlens.names import get_act_name
 from encoderlens.slicing import apply_slice
@@ -38,71 +40,6 @@ class CacheKeyError(KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly
         return str(self.args[0]) if self.args else ""
-
-
-@dataclass(frozen=True)
-class StreamSpec:
-    """How a model's residual stream is built, as the cache needs to know it.
-
-    Attributes:
-        prefix: Hook-name prefix of the stream (``""``, ``"encoder."``, ``"decoder."``).
-        n_layers: Blocks in the stream.
-        n_heads: Heads per attention layer.
-        norm_position: ``"pre"`` or ``"post"``.
-        embed_hooks: Full hook names whose sum is the stream's input (before any embedding norm).
-        embed_normalized: Whether that sum is normalised before block 0 (BERT, wav2vec2-base).
-        final_norm: Module path of the norm after the last block, or None.
-        has_cross_attention: Whether blocks have cross-attention (decoders).
-        blocks: The stream's blocks (for ``W_O`` and norms).
-        unembed: ``(W_U, b_U)`` when logits are a linear function of the stream. With a final norm, they
-            act on that norm's ``hook_normalized`` (what :meth:`ActivationCache.apply_ln_to_stack`
-            gives), so the norm's weight and bias must be folded in (:func:`fold_norm_into_unembed`);
-            without one, on the final stream itself.
-        unembed_note: Why there is no linear unembedding, when there is none.
-        embed_norm: Module path of the norm between the embedding summands and block 0 (when
-            ``embed_normalized``; None: ``{prefix}embed_ln``).
-    """
-
-    prefix: str
-    n_layers: int
-    n_heads: int
-    norm_position: str
-    embed_hooks: tuple[str, ...]
-    embed_normalized: bool
-    final_norm: str | None
-    has_cross_attention: bool
-    blocks: nn.ModuleList
-    unembed: tuple[Tensor, Tensor] | None = None
-    unembed_note: str = ""
-    embed_norm: str | None = None
-
-    def resid_hook(self, layer: int, where: str = "post") -> str:
-        """Full name of the hook holding the residual stream itself in block ``layer``.
-
-        ``where``: ``"mid"`` (after attention), ``"mid_cross"`` (after cross-attention) or ``"post"`` (the
-        block's output, = the next block's ``hook_resid_pre``). Pre-LN: ``hook_resid_{where}``. Post-LN
-        (as TransformerLens's BertBlock): ``hook_resid_{where}`` is the sum entering the norm, and the
-        stream is ``hook_normalized_resid_{where}``.
-        """
-        if where not in ("mid", "mid_cross", "post"):
-            raise ValueError(f"where must be 'mid', 'mid_cross' or 'post', got {where!r}")
-        kind = "normalized_resid" if self.norm_position == "post" else "resid"
-        return f"{self.prefix}blocks.{layer}.hook_{kind}_{where}"
-
-
-def fold_norm_into_unembed(norm: nn.Module | None, W_U: Tensor, b_U: Tensor) -> tuple[Tensor, Tensor]:
-    """Fold a final norm's affine ``(w, b)`` into an unembedding: ``W = diag(w) W_U``, ``b' = b_U + b W_U``.
-
-    Then ``logits = normalized @ W + b'`` with ``normalized`` the norm's output before its affine.
-    """
-    if norm is None:
-        return W_U, b_U
-    bias = getattr(norm, "b", None)
-    if isinstance(bias, Tensor):
-        b_U = b_U + bias @ W_U
-    weight = norm.w
-    assert isinstance(weight, Tensor)
-    return weight[:, None] * W_U, b_U
 
 
 def _slice_pos(t: Tensor, pos_slice: Any, dim: int) -> Tensor:
@@ -124,7 +61,7 @@ class ActivationCache(TLCacheMethods):
     def __init__(
         self,
         cache_dict: dict[str, Tensor],
-        model: Any,
+        model: CacheHost | None,
         has_batch_dim: bool = True,
         stream: str | None = None,
     ) -> None:
@@ -237,6 +174,8 @@ class ActivationCache(TLCacheMethods):
         """Move every cached tensor (and optionally the model) to ``device``."""
         self.cache_dict = {k: v.to(device) for k, v in self.cache_dict.items()}
         if move_model:
+            if not isinstance(self.model, nn.Module):
+                raise ValueError("move_model=True needs the cache's model; this cache has none")
             self.model.to(device)
         return self
 
@@ -266,8 +205,11 @@ class ActivationCache(TLCacheMethods):
 
     # ------------------------------------------------------------------ helpers
     def _spec(self) -> Any:
-        if not hasattr(self.model, "stream_spec"):
-            raise ValueError(f"{type(self.model).__name__} does not describe its residual stream")
+        if self.model is None:
+            raise ValueError(
+                "this cache has no model (ActivationCache(..., model=None)), so it cannot describe the residual "
+                "stream; build it with model.run_with_cache(...)"
+            )
         return self.model.stream_spec(self.stream if self.stream is not None else self._stream_for_short_keys())
 
     def _need(self, name: str, method: str) -> Tensor:
@@ -550,6 +492,7 @@ class ActivationCache(TLCacheMethods):
             ln = str(spec.blocks[layer].mlp_norm_name) if mlp_input else "ln1"
             norm_path = f"{spec.prefix}blocks.{layer}.{ln}"
         scale = self._need(f"{norm_path}.hook_scale", "apply_ln_to_stack")
+        assert self.model is not None  # _spec() above refuses a cache without a model
         norm_mod = self.model.get_submodule(norm_path)
         x = residual_stack
         if has_batch_dim and self.has_batch_dim and batch_slice is not None:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from encoderlens.components.stream_spec import CacheHost
 from encoderlens.slicing import apply_slice, drops_axis
 
 
@@ -20,7 +21,7 @@ class TLCacheMethods:
     """Mixin: the cache's TransformerLens helpers (see the module docstring)."""
 
     cache_dict: dict[str, Tensor]
-    model: Any
+    model: CacheHost | None
     has_batch_dim: bool
     stream: str | None
 

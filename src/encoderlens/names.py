@@ -18,7 +18,10 @@ anything else (residual streams, MLP, norms, embeddings)         ``(batch, pos, 
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import re
+from collections.abc import Callable, Sequence
+from typing import Union
 
 #: Hook leaves whose activation is ``(batch, head, query_pos, key_pos)``.
 PAIRWISE_HOOKS: tuple[str, ...] = (
@@ -171,3 +174,49 @@ def get_act_name(
                 raise ValueError(f"layer_type must be 'attn', 'cross_attn', 'ln1', 'ln2' or 'ln3', got {layer_type!r}")
         return prefix + template.format(i=layer, attn=attn, ln=ln)
     return prefix + template
+
+
+#: What ``names_filter`` / ``fwd_hooks`` names accept: a hook name or glob, a list of those, a predicate, or
+#: None (every hook point but the opt-in ones).
+NameFilter = Union[str, Sequence[str], Callable[[str], bool], None]
+
+
+#: Hook points that ``names_filter=None`` ("cache everything") leaves out, because hooking them makes
+#: the model compute something extra: ``hook_result`` (every head's output) is ``n_heads`` times the
+#: size of the residual stream, as are the per-head attention inputs (``hook_q_input``...,
+#: TransformerLens's ``use_split_qkv_input``); ``hook_mlp_in`` copies the MLP input. Name them (a name, a
+#: list or a callable filter) to cache them.
+OPT_IN_HOOKS: tuple[str, ...] = (
+    "hook_result",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+    "hook_cross_q_input",
+    "hook_cross_k_input",
+    "hook_cross_v_input",
+    "hook_mlp_in",
+)
+
+
+def _is_glob(name: str) -> bool:
+    return any(ch in name for ch in "*?[")
+
+
+def _name_matcher(names_filter: NameFilter) -> Callable[[str], bool]:
+    """A predicate on hook names: None (all but :data:`OPT_IN_HOOKS`), a name or glob, a list of those, a callable."""
+    if names_filter is None:
+        return lambda name: not name.endswith(OPT_IN_HOOKS)
+    if isinstance(names_filter, str):
+        names_filter = [names_filter]
+    elif callable(names_filter):
+        return names_filter
+    if isinstance(names_filter, Sequence) and all(isinstance(n, str) for n in names_filter):
+        exact = {n for n in names_filter if not _is_glob(n)}
+        globs = [n for n in names_filter if _is_glob(n)]
+        if not globs:
+            return lambda name: name in exact
+        return lambda name: name in exact or any(fnmatch.fnmatchcase(name, g) for g in globs)
+    raise TypeError(
+        "names_filter must be None, a hook name or glob, a list of those or a callable, "
+        f"got {type(names_filter).__name__}"
+    )

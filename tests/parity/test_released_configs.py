@@ -13,15 +13,20 @@ What the shrinking changes (sizes only; every flag that changes the computation 
   (ModernBERT) or a grouped positional conv needs a multiple of 16 (wav2vec2 / HuBERT); MLP 37;
   T5 ``d_kv`` 13; DeBERTa ``attention_head_size`` 12; a factorised ``embedding_size`` becomes 20
   (kept equal to d_model where it was equal); conv front-end channels 16 (kernels, strides, count kept);
-- vocabulary: 99 entries (audio CTC vocabularies are kept), special token ids at or above 99 move
-  to the top of the new vocabulary in the same order.
+- vocabulary: 99 entries (audio CTC vocabularies and Whisper's are kept: Whisper's special and timestamp
+  ids sit below the top), special token ids at or above 99 move to the top of the new vocabulary in the
+  same order.
 
-A released config refused for a documented reason asserts the refusal instead (``REFUSED``).
+Whisper is checked from waveforms (80 or 128 mel bins as released) through both stacks to the logits;
+Marian as an encoder-decoder like BART. A released config refused for a documented reason asserts the
+refusal instead (``REFUSED``); a fine-tune whose head no converter implements asserts that refusal and
+checks its base model (``HEAD_REFUSED``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +34,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from transformers import CONFIG_MAPPING, AutoModel, Wav2Vec2FeatureExtractor
+from transformers import CONFIG_MAPPING, AutoModel, Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
 
-from encoderlens import HookedAudioEncoder, HookedEncoder, HookedEncoderDecoder
+from encoderlens import HookedAudioEncoder, HookedEncoder, HookedEncoderDecoder, HookedWhisper
 from tests.conftest import masked_max_diff, pattern_max_diff, randomize_norms
 from tests.parity.encoder_parity import padded_batch
 from tests.parity.test_audio_parity import check_every_layer, randomize_all
 from tests.parity.test_t5_parity import compare_stack
+from tests.parity.test_whisper_parity import speech_like
 from tests.seq2seq_helpers import padded_seq2seq_batch
 
 ATOL = 1e-4
@@ -46,6 +52,12 @@ NAMES = sorted(p.stem for p in FIXTURES.glob("*.json"))
 REFUSED = {
     # the ConvLayer after block 0 of DeBERTa-v2 xlarge / xxlarge is not implemented
     "microsoft__deberta-v2-xxlarge": "deberta-v2 converter does not support conv_kernel_size=3",
+}
+#: Fine-tunes that carry a release's keys under a head class no converter implements: loading the head
+#: must be refused with this message, and the same config's base model must convert and match HF.
+HEAD_REFUSED = {
+    "albert__albert-large-v1": "albert converter left 2 HF weight(s) unused: qa_outputs",
+    "answerdotai__ModernBERT-large": "modernbert converter left 2 HF weight(s) unused: classifier",
 }
 VOCAB = 99
 ID_KEYS = (
@@ -58,7 +70,7 @@ ID_KEYS = (
     "forced_bos_token_id",
     "forced_eos_token_id",
 )
-AUDIO, SEQ2SEQ = ("wav2vec2", "hubert"), ("t5", "mt5", "bart", "mbart")
+AUDIO, SEQ2SEQ = ("wav2vec2", "hubert"), ("t5", "mt5", "bart", "mbart", "marian")
 
 
 def load_json(name: str) -> dict[str, Any]:
@@ -82,7 +94,11 @@ def shrink(data: dict[str, Any]) -> dict[str, Any]:
         d.update(d_model=36, d_kv=13, num_heads=3, d_ff=37, num_layers=2)
         if "num_decoder_layers" in d:
             d["num_decoder_layers"] = 2
-    elif mt in ("bart", "mbart"):
+    elif mt == "whisper":  # the vocabulary is kept: its special and timestamp ids sit below the top
+        d.update(d_model=36, encoder_attention_heads=3, decoder_attention_heads=3, encoder_ffn_dim=37)
+        d.update(decoder_ffn_dim=37, encoder_layers=2, decoder_layers=2, num_hidden_layers=2)
+        return d
+    elif mt in ("bart", "mbart", "marian"):
         d.update(d_model=36, encoder_attention_heads=3, decoder_attention_heads=3, encoder_ffn_dim=37)
         d.update(decoder_ffn_dim=37, encoder_layers=2, decoder_layers=2)
         if "num_hidden_layers" in d:  # a legacy mirror of encoder_layers
@@ -121,7 +137,7 @@ def hf_model(cfg: Any) -> Any:
 
 def test_every_checkpoint_the_readme_names_has_a_fixture():
     """Guards the list below against silent shrinkage; the README table cites exactly these files."""
-    assert len(NAMES) >= 24
+    assert len(NAMES) >= 35
     for name in NAMES:
         data = load_json(name)
         assert "vocab_size" in data and model_type(data) in CONFIG_MAPPING, name
@@ -133,6 +149,10 @@ def test_released_config_converts_and_matches_hf_at_two_layers(name, tmp_path):
     torch.manual_seed(0)
     hf = hf_model(hf_config(shrink(data)))
     mt = model_type(data)
+    if name in HEAD_REFUSED:
+        with pytest.raises(ValueError, match="^" + re.escape(HEAD_REFUSED[name])):
+            HookedEncoder.from_pretrained(hf_model=hf)
+        hf = AutoModel.from_config(hf.config).float().eval()  # from_config takes the released torch_dtype
     if name in REFUSED:
         family = HookedAudioEncoder if mt in AUDIO else HookedEncoderDecoder if mt in SEQ2SEQ else HookedEncoder
         with pytest.raises(ValueError, match="^" + REFUSED[name]):
@@ -141,6 +161,9 @@ def test_released_config_converts_and_matches_hf_at_two_layers(name, tmp_path):
     if mt in AUDIO:
         randomize_all(hf)
         check_audio(hf, data, tmp_path)
+    elif mt == "whisper":
+        randomize_norms(hf)
+        check_whisper(hf)
     elif mt in SEQ2SEQ:
         randomize_norms(hf)
         check_seq2seq(hf)
@@ -245,3 +268,40 @@ def check_audio(hf: Any, data: dict[str, Any], tmp_path: Path) -> None:
     check_every_layer(model, hf_out, cache, mask, 2)
     last = hf_out.logits if hasattr(hf_out, "logits") else hf_out.last_hidden_state
     assert masked_max_diff(out.logits if out.logits is not None else out.hidden, last, mask) < ATOL
+
+
+def check_whisper(hf: Any) -> None:
+    model = HookedWhisper.from_pretrained(hf_model=hf)
+    cfg = hf.config
+    waves = speech_like(lengths=(16000 * 2, 11_000, 7_000))
+    fe = WhisperFeatureExtractor(feature_size=cfg.num_mel_bins)
+    feats = fe(waves, sampling_rate=16000, return_tensors="pt").input_features
+    g = torch.Generator().manual_seed(1)
+    dec = torch.randint(0, cfg.vocab_size, (3, 11), generator=g)
+    dec[:, 0] = cfg.decoder_start_token_id
+    dec_mask = torch.ones_like(dec)
+    dec_mask[1, 8:] = 0
+    dec_mask[2, 4:] = 0
+    enc_mask = torch.ones(3, cfg.max_source_positions, dtype=torch.long)
+    with torch.no_grad():
+        out = hf(
+            input_features=feats,
+            decoder_input_ids=dec,
+            decoder_attention_mask=dec_mask,
+            output_hidden_states=True,
+            output_attentions=True,
+        )
+        logits, cache = model.run_with_cache(waves, dec, decoder_attention_mask=dec_mask)
+    assert masked_max_diff(logits, out.logits, dec_mask) < ATOL
+    for side, hidden, attn, mask in (
+        ("encoder", out.encoder_hidden_states, out.encoder_attentions, enc_mask),
+        ("decoder", out.decoder_hidden_states, out.decoder_attentions, dec_mask),
+    ):
+        assert len(hidden) == 3
+        for i in range(2):
+            assert masked_max_diff(cache[f"{side}.blocks.{i}.hook_resid_pre"], hidden[i], mask) < ATOL, (side, i)
+            assert pattern_max_diff(cache[f"{side}.blocks.{i}.attn.hook_pattern"], attn[i], mask) < ATOL, (side, i)
+        assert masked_max_diff(cache[f"{side}.hook_final_norm"], hidden[2], mask) < ATOL, side
+    for i in range(2):
+        cross = cache[f"decoder.blocks.{i}.cross_attn.hook_pattern"]
+        assert pattern_max_diff(cross, out.cross_attentions[i], dec_mask) < ATOL, i

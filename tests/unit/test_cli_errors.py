@@ -115,7 +115,7 @@ def test_cache_files_honour_the_umask(capsys, tmp_path):
     old = os.umask(0o022)
     try:
         out = tmp_path / "a.safetensors"
-        code, _, _ = run(capsys, "cache", "default", "x", "--hooks", "hook_embed", "--out", str(out))
+        code, _, _ = run(capsys, "cache", "default", "x", "--hooks", "embed.hook_embed", "--out", str(out))
     finally:
         os.umask(old)
     assert code == 0 and out.stat().st_mode & 0o777 == 0o644

@@ -98,9 +98,9 @@ def test_ig_equals_captum_on_the_same_hook(bert, rule):
     target = token_score([3, 2], [7, 8])
     batch = bert.prepare_input(tok, one_zero_attention_mask=mask)
     ours = attribute_input(bert, batch, target, n_steps=20, rule=rule, chunk_size=7)
-    _, cache = bert.run_prepared_with_cache(batch, names_filter="hook_embed")
-    emb = cache["hook_embed"]
-    run = _replace(bert, "hook_embed")
+    _, cache = bert.run_prepared_with_cache(batch, names_filter="embed.hook_embed")
+    emb = cache["embed.hook_embed"]
+    run = _replace(bert, "embed.hook_embed")
     ig = captum.IntegratedGradients(lambda e: run(batch, target, e))
     theirs, delta = ig.attribute(
         emb,
@@ -110,7 +110,7 @@ def test_ig_equals_captum_on_the_same_hook(bert, rule):
         internal_batch_size=2 * 20,
         return_convergence_delta=True,
     )
-    torch.testing.assert_close(ours.raw["hook_embed"], theirs, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(ours.raw["embed.hook_embed"], theirs, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(ours.delta, delta.float(), atol=1e-5, rtol=1e-3)
 
 
@@ -118,13 +118,13 @@ def test_saliency_and_x_grad_equal_captum(bert):
     tok, mask = padded_tokens()
     target = token_score([3, 2], [7, 8])
     batch = bert.prepare_input(tok, one_zero_attention_mask=mask)
-    _, cache = bert.run_prepared_with_cache(batch, names_filter="hook_embed")
-    emb = cache["hook_embed"].clone().requires_grad_(True)
-    f = _replace(bert, "hook_embed")
+    _, cache = bert.run_prepared_with_cache(batch, names_filter="embed.hook_embed")
+    emb = cache["embed.hook_embed"].clone().requires_grad_(True)
+    f = _replace(bert, "embed.hook_embed")
     sal = captum.Saliency(lambda e: f(batch, target, e)).attribute(emb, abs=True)
     ixg = captum.InputXGradient(lambda e: f(batch, target, e)).attribute(emb)
-    torch.testing.assert_close(attribute_input(bert, batch, target, method="saliency").raw["hook_embed"], sal)
-    torch.testing.assert_close(attribute_input(bert, batch, target, method="input_x_gradient").raw["hook_embed"], ixg)
+    torch.testing.assert_close(attribute_input(bert, batch, target, method="saliency").raw["embed.hook_embed"], sal)
+    torch.testing.assert_close(attribute_input(bert, batch, target, method="input_x_gradient").raw["embed.hook_embed"], ixg)
 
 
 def test_layer_attribution_with_baseline_input_equals_captum_layer_ig(bert):
@@ -160,10 +160,10 @@ def test_padding_is_nan_and_does_not_change_the_real_positions(bert):
     tok, mask = padded_tokens()
     target = token_score([3, 2], [7, 8])
     res = attribute_input(bert, tok, target, n_steps=8, rule="riemann_trapezoid", one_zero_attention_mask=mask)
-    vals = res.scores["hook_embed"].values
+    vals = res.scores["embed.hook_embed"].values
     assert torch.isnan(vals[1, 6:]).all() and not torch.isnan(vals[0]).any()
     alone = attribute_input(bert, tok[1:, :6], token_score(2, 8), n_steps=8, rule="riemann_trapezoid")
-    torch.testing.assert_close(vals[1, :6], alone.scores["hook_embed"].values[0], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(vals[1, :6], alone.scores["embed.hook_embed"].values[0], atol=1e-6, rtol=1e-4)
 
 
 def test_quadrature_matches_captum():

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-SCRIPTS = ("bench_encoder.py", "bench_encdec.py", "bench_audio.py", "bench_harvest.py", "gpu.py")
+SCRIPTS = ("bench_encoder.py", "bench_encdec.py", "bench_audio.py", "bench_whisper.py", "bench_harvest.py", "gpu.py")
 
 
 def main() -> int:

@@ -260,6 +260,57 @@ def test_greedy_generate_equals_hf(tmp_path, language, task):
     assert torch.equal(ours_new, theirs)  # HF returns the generated tokens only (short form); we keep the prompt
 
 
+@pytest.mark.parametrize("forced", [None, [[1, None], [2, TASKS["transcribe"]]]])
+def test_language_detection_equals_hf(forced):
+    """No language: detected per row as HF does (with and without the checkpoint's forced_decoder_ids)."""
+    hf = _generating()
+    hf.generation_config = _generation_config(forced_decoder_ids=forced)
+    model = HookedWhisper.from_pretrained(hf_model=hf, generation_config=hf.generation_config)
+    waves = speech_like((RATE * 28, RATE * 9, RATE * 25), seed=7)
+    feats = WhisperFeatureExtractor()(waves, sampling_rate=RATE, return_tensors="pt").input_features
+    with torch.no_grad():
+        their_langs = hf.detect_language(input_features=feats)
+        theirs = hf.generate(input_features=feats, max_new_tokens=20)
+    assert torch.equal(model.detect_language(waves), their_langs)
+    ours = model.generate(waves, max_new_tokens=20)
+    prompt_len = 3 if forced is None else 4  # HF adds no task token without language, task or forced ids
+    assert torch.equal(ours[:, 1], their_langs)
+    assert torch.equal(ours[:, prompt_len:], theirs)
+    # a forced language logit that the model would not pick: detection must follow the logits
+    other = [v for v in LANGS.values() if v != int(their_langs[0])][0]
+    with torch.no_grad():
+        hf.proj_out.weight[other] += 50 * hf.model.decoder.layer_norm.weight.sign()
+    model = HookedWhisper.from_pretrained(hf_model=hf, generation_config=hf.generation_config)
+    assert model.detect_language(waves).tolist() == [other] * 3
+
+
+@pytest.mark.parametrize("max_initial", [None, 3])
+def test_timestamp_generate_equals_hf(max_initial):
+    """timestamps=True: HF's timestamp rules (pairs, monotone, first token a timestamp, forced by mass)."""
+    hf = _generating()
+    no_ts = 70  # ids 71..98 are timestamps (HF reads every id above <|notimestamps|> as one)
+    hf.generation_config = _generation_config(no_timestamps_token_id=no_ts, max_initial_timestamp_index=max_initial)
+    model = HookedWhisper.from_pretrained(hf_model=hf, generation_config=hf.generation_config)
+    waves = speech_like((RATE * 28, RATE * 9, RATE * 25), seed=7)
+    feats = WhisperFeatureExtractor()(waves, sampling_rate=RATE, return_tensors="pt").input_features
+    kw = dict(language="en", max_new_tokens=20)
+    with torch.no_grad():  # one 30 s window: HF's single underlying generate call, prompt included
+        theirs = hf.generate(input_features=feats, return_timestamps=True, force_unique_generate_call=True, **kw)
+    ours = model.generate(waves, timestamps=True, **kw)
+    assert ours[0, :3].tolist() == [START, LANGS["<|en|>"], TASKS["transcribe"]]  # no <|notimestamps|>
+    new = ours[:, 3:]
+    assert bool((new[:, 0] > no_ts).all())  # the first generated token is a timestamp
+    if max_initial is not None:
+        assert bool((new[:, 0] <= no_ts + 1 + max_initial).all())
+    assert bool(((new > no_ts) & (new != PAD)).sum(dim=1).ge(2).all())
+    assert torch.equal(ours, theirs)
+    without = HookedWhisper.from_pretrained(
+        hf_model=hf, generation_config=_generation_config(no_timestamps_token_id=None)
+    )
+    with pytest.raises(ValueError, match="timestamps=True needs a checkpoint with timestamp tokens"):
+        without.generate(waves, timestamps=True, **kw)
+
+
 def test_generate_hooks_fire_every_step():
     hf = _generating()
     model = HookedWhisper.from_pretrained(hf_model=hf, generation_config=_generation_config())
@@ -280,8 +331,10 @@ def test_bad_inputs_get_clear_errors():
     assert resampled.shape == (1, 3000, 80)
     with pytest.raises(ValueError, match="language='fr'.*not a language token of this checkpoint"):
         model.prompt_ids(language="fr")
-    with pytest.raises(ValueError, match="needs language="):
-        model.generate(speech_like((RATE,)), max_new_tokens=2)
+    with pytest.raises(ValueError, match="no language given"):
+        model.prompt_ids()
+    with pytest.raises(ValueError, match="exactly one of audio"):
+        model.detect_language()
     with pytest.raises(ValueError, match="task must be"):
         model.prompt_ids(language="en", task="summarize")
     with pytest.raises(ValueError, match="1500 positions"):

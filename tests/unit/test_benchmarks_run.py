@@ -22,9 +22,11 @@ def test_run_all_quick_prints_a_table_per_family():
         timeout=600,  # a ceiling for loaded CI machines; about a minute when idle
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    for title in ("BERT-base encoder", "T5-small encoder-decoder", "HuBERT-base audio encoder", "Harvest BERT-base"):
+    for title in (
+        "BERT-base encoder", "T5-small encoder-decoder", "HuBERT-base audio encoder", "Harvest BERT-base", "Whisper-tiny"
+    ):  # fmt: skip
         assert f"## {title}" in r.stdout
     # each family either prints its ratio table or says it is not available in this encoderlens
-    assert r.stdout.count("| case |") + r.stdout.count("skipped: not available") == 4
+    assert r.stdout.count("| case |") + r.stdout.count("skipped: not available") == 5
     assert "## GPU" in r.stdout  # its table on a CUDA machine, else "skipped: no CUDA device"
     assert ("skipped: no CUDA device" in r.stdout) != torch.cuda.is_available()

@@ -59,6 +59,7 @@ class WhisperConfig:
         decoder_start_token_id: ``<|startoftranscript|>``.
         eos_token_ids: ``<|endoftext|>``.
         pad_token_id: Padding token.
+        median_filter_width: Width of the median filter over time for word timestamps (HF's config).
     """
 
     architecture: str
@@ -72,6 +73,7 @@ class WhisperConfig:
     decoder_start_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    median_filter_width: int = 7
     #: The device the model lives on (kept up to date by ``model.to``; TransformerLens's ``cfg.device``).
     device: str | None = field(default=None, compare=False)
 

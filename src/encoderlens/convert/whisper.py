@@ -143,6 +143,7 @@ def convert_whisper(
         decoder_start_token_id=getattr(hf_config, "decoder_start_token_id", None),
         eos_token_ids=eos_ids(hf_config),
         pad_token_id=hf_config.pad_token_id,
+        median_filter_width=int(getattr(hf_config, "median_filter_width", 7)),
     )
     return cfg, out
 

@@ -17,6 +17,7 @@ See ``docs/whisper.md`` for the hook table, the decoding rules and the differenc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -45,7 +46,9 @@ from encoderlens.models.contract import (
     frame_position_labels,
     text_position_labels,
 )
+from encoderlens.models.whisper_alignment import token_times
 from encoderlens.models.whisper_generation import WhisperDecoding, whisper_generate
+from encoderlens.models.whisper_transcript import Transcript, split_segments
 
 ReturnType = Literal["auto", "logits", "encoder_output", "decoder_output"]
 
@@ -94,8 +97,9 @@ class HookedWhisper(HookedModel):
     Differs from HF:
         - Waveforms go in directly (the log-mel front end is part of the model, with hooks and gradients);
           audio longer than one 30 s chunk is refused rather than silently truncated.
-        - ``generate`` is greedy and short-form: language detection, timestamps and long-form
-          (sequential 30 s windows) are not implemented and raise when asked for.
+        - ``generate`` is greedy and short-form (one 30 s window): it detects the language when none is given
+          and predicts timestamps with ``timestamps=True`` (equal to HF's single underlying generate call);
+          long-form (sequential windows with seeking) is not implemented.
     """
 
     cfg: WhisperConfig
@@ -206,6 +210,12 @@ class HookedWhisper(HookedModel):
                 "this forward needs decoder tokens; use model.prompt_ids(language=..., task=...) for Whisper's "
                 "prompt, model.generate(audio) to decode, or return_type='encoder_output' for the encoder alone"
             )
+        if isinstance(decoder_input, Mapping):  # {"input_ids", "attention_mask"}: a tokenizer's / harvest's batch
+            if "input_ids" not in decoder_input:
+                raise ValueError(f"a dict decoder_input needs 'input_ids'; got keys {sorted(decoder_input)}")
+            if mask is None:
+                mask = decoder_input.get("attention_mask")
+            decoder_input = decoder_input["input_ids"]
         tokens = as_token_tensor(decoder_input).to(self.embed.W_E.device)
         if tokens.shape[0] == 1 and batch_size > 1:
             tokens = tokens.expand(batch_size, -1)
@@ -219,6 +229,36 @@ class HookedWhisper(HookedModel):
         """Whisper's decoder prompt, as HF's ``generate`` builds it: ``<|startoftranscript|>``, the language
         and task tokens (multilingual checkpoints) and ``<|notimestamps|>``."""
         return torch.tensor([self.decoding.prompt(language, task)], device=self.embed.W_E.device)
+
+    @torch.no_grad()
+    def detect_language(
+        self,
+        audio: AudioInput | None = None,
+        encoder_output: Float[Tensor, "batch frames d_model"] | None = None,
+        **audio_kw: Any,
+    ) -> Int[Tensor, " batch"]:
+        """The language token of each row, as HF's ``detect_language``: the argmax of the logits after
+        ``<|startoftranscript|>`` over the checkpoint's language tokens.
+
+        Args:
+            audio: Audio (see :meth:`features`), or None with ``encoder_output``.
+            encoder_output: A precomputed :meth:`encode` output.
+            **audio_kw: ``sampling_rate``, ``resample``, ``input_features``.
+        """
+        if not self.decoding.is_multilingual:
+            raise ValueError("this checkpoint is English-only (no lang_to_id in its generation config): no detection")
+        if self.lm_head is None:
+            raise ValueError("detect_language needs an LM head; this WhisperModel checkpoint has none")
+        has_audio = audio is not None or audio_kw.get("input_features") is not None
+        if has_audio == (encoder_output is not None):
+            raise ValueError("pass exactly one of audio (or input_features=) and encoder_output")
+        enc = self.encode(audio, **audio_kw) if encoder_output is None else encoder_output
+        start = torch.full((enc.shape[0], 1), self.decoding.start_token_id, device=enc.device)
+        enc_mask = torch.ones(enc.shape[:2], dtype=torch.long, device=enc.device)
+        logits = self.lm_head(self.decoder(start, torch.ones_like(start), enc, enc_mask))[:, -1].float()
+        keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        keep[list(self.decoding.lang_to_id.values())] = True
+        return logits.masked_fill(~keep, float("-inf")).argmax(dim=-1)
 
     # ------------------------------------------------------------------ forward
     def encode(self, audio: AudioInput | None = None, **audio_kw: Any) -> Float[Tensor, "batch frames d_model"]:
@@ -280,6 +320,7 @@ class HookedWhisper(HookedModel):
         resample: bool = False,
         input_features: Any = None,
         return_type: Literal["tokens", "str"] = "tokens",
+        timestamps: bool = False,
     ) -> Any:
         """Greedy decoding with HF Whisper's rules, the KV cache, and hooks firing on every step.
 
@@ -293,13 +334,18 @@ class HookedWhisper(HookedModel):
         if self.lm_head is None:
             raise ValueError("generate needs an LM head; this WhisperModel checkpoint has none")
         enc = self.encoder(self.features(audio, sampling_rate, resample, input_features))
-        if decoder_input is None:
-            prefix = self.prompt_ids(language, task).expand(enc.shape[0], -1)
+        if decoder_input is None and self.decoding.needs_detection(language, task):
+            detected = self.detect_language(encoder_output=enc).tolist()
+            rows = [self.decoding.prompt(language, task, lang, timestamps) for lang in detected]
+            prefix = torch.tensor(rows, device=enc.device)
+        elif decoder_input is None:
+            prompt = self.decoding.prompt(language, task, timestamps=timestamps)
+            prefix = torch.tensor([prompt], device=enc.device).expand(enc.shape[0], -1)
         else:
             if language is not None or task is not None:
                 raise ValueError("pass either decoder_input (a full prompt) or language/task, not both")
             prefix, _ = self._decoder_tokens(decoder_input, None, enc.shape[0])
-        tokens = whisper_generate(self.decoder, self.lm_head, enc, prefix, max_new_tokens, self.decoding)
+        tokens = whisper_generate(self.decoder, self.lm_head, enc, prefix, max_new_tokens, self.decoding, timestamps)
         if return_type == "str":
             if self.tokenizer is None:
                 raise ValueError("return_type='str' needs a tokenizer; this model was loaded without one")
@@ -307,6 +353,94 @@ class HookedWhisper(HookedModel):
         if return_type != "tokens":
             raise ValueError(f"return_type must be 'tokens' or 'str', got {return_type!r}")
         return tokens
+
+    @torch.no_grad()
+    def token_timestamps(
+        self,
+        audio: AudioInput | None,
+        tokens: Int[Tensor, "batch pos"],
+        num_input_ids: int,
+        num_frames: Any = None,
+        **audio_kw: Any,
+    ) -> Float[Tensor, "batch pos"]:
+        """Per-token times in seconds from the alignment heads (median filter + DTW), as HF's
+        ``generate(..., return_token_timestamps=True)``.
+
+        Args:
+            audio: The audio ``tokens`` were generated from (see :meth:`features`).
+            tokens: :meth:`generate`'s output (prompt included).
+            num_input_ids: The prompt length (those tokens get time 0).
+            num_frames: Mel frames of real audio per row (HF: the feature extractor's attention mask
+                summed); None: the whole 30 s window.
+            **audio_kw: ``sampling_rate``, ``resample``, ``input_features``.
+        """
+        heads = self.decoding.alignment_heads
+        if not heads:
+            raise ValueError(
+                "this checkpoint's generation config has no alignment_heads; token timestamps need them "
+                "(set generation_config.alignment_heads = [[layer, head], ...])"
+            )
+        n_layers = len(self.decoder.blocks)
+        bad = [(la, h) for la, h in heads if not (0 <= la < n_layers and 0 <= h < self.cfg.decoder.attn.n_heads)]
+        if bad:
+            raise ValueError(f"alignment_heads {bad} are outside the decoder's {n_layers} layers x heads")
+        store: dict[int, Tensor] = {}
+
+        def keep(layer: int) -> Any:
+            def fn(t: Tensor, hook: Any) -> None:
+                store[layer] = t
+
+            return fn
+
+        names = [(f"decoder.blocks.{la}.cross_attn.hook_pattern", keep(la)) for la in sorted({la for la, _ in heads})]
+        with self.hooks(fwd_hooks=names):
+            self(audio, decoder_input=tokens[:, :-1], return_type=None, **audio_kw)
+        weights = torch.stack([store[la][:, h] for la, h in heads], dim=1).float()
+        frames = None if num_frames is None else [int(f) for f in torch.as_tensor(num_frames).reshape(-1)]
+        return token_times(weights, num_input_ids, self.cfg.median_filter_width, frames)
+
+    def transcribe(
+        self,
+        audio: AudioInput | None = None,
+        language: str | None = None,
+        task: str | None = None,
+        timestamps: bool = False,
+        max_new_tokens: int = 40,
+        **audio_kw: Any,
+    ) -> list[Transcript]:
+        """Greedy :meth:`generate`, decoded into text plus timed segments (one :class:`Transcript` per audio).
+
+        Args:
+            audio: Audio (see :meth:`features`), at most 30 s each.
+            language: Language code / token / name; None detects it (multilingual checkpoints).
+            task: ``"transcribe"`` or ``"translate"``.
+            timestamps: Predict timestamp tokens and split the text into segments at them.
+            max_new_tokens: Decoding budget.
+            **audio_kw: ``sampling_rate``, ``resample``, ``input_features``.
+        """
+        if self.tokenizer is None:
+            raise ValueError("transcribe needs a tokenizer; this model was loaded without one (use generate)")
+        tok = self.tokenizer
+        tokens = self.generate(
+            audio, language=language, task=task, max_new_tokens=max_new_tokens, timestamps=timestamps, **audio_kw
+        )
+        rules = self.decoding
+        detected = -1 if rules.needs_detection(language, task) else None  # a placeholder: only the length counts
+        begin = len(rules.prompt(language, task, detected, timestamps))
+        ts_begin = rules.no_timestamps_token_id + 1 if timestamps and rules.no_timestamps_token_id is not None else None
+        id_to_lang = {v: k for k, v in rules.lang_to_id.items()}
+        out = []
+        for row in tokens.tolist():
+            new = row[begin:]
+            if rules.eos_token_id is not None and rules.eos_token_id in new:
+                new = new[: new.index(rules.eos_token_id)]
+            segs = split_segments(
+                new, ts_begin, rules.eos_token_id, lambda ids: tok.decode(ids, skip_special_tokens=True)
+            )
+            text = "".join(s.text for s in segs)
+            lang = id_to_lang.get(row[1]) if rules.is_multilingual else None
+            out.append(Transcript(text, segs, tuple(new), lang))
+        return out
 
     # ------------------------------------------------------------------ the model contract
     def _prepare_input(

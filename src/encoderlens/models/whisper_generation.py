@@ -3,7 +3,9 @@
 HF's Whisper ``generate`` (short form, greedy) does, for the same arguments:
 
 1. Prompt: ``<|startoftranscript|>``, then for multilingual checkpoints the language token and the task
-   token (``transcribe`` when only a language is given), then ``<|notimestamps|>``.
+   token (``transcribe`` when only a language is given), then ``<|notimestamps|>``. With neither language
+   nor task the checkpoint's ``forced_decoder_ids`` fill the prompt; when the language is still unknown it
+   is detected per row: the argmax of the first decoder step's logits over the language tokens.
 2. At every step the logits of ``suppress_tokens`` are set to ``-inf``; at the first generated position
    also those of ``begin_suppress_tokens`` (the end-of-text token and the blank, so the transcript
    cannot start empty).
@@ -43,6 +45,9 @@ class WhisperDecoding:
         task_to_id: ``{"transcribe": id, "translate": id}`` (empty for English-only checkpoints).
         suppress_tokens: Masked at every step.
         begin_suppress_tokens: Masked at the first generated position.
+        forced_decoder_ids: ``(position, token | None)`` pairs filling the prompt without language / task.
+        max_initial_timestamp_index: Latest first timestamp (in timestamp tokens), or None.
+        alignment_heads: ``(layer, head)`` cross-attention heads that align tokens with time.
     """
 
     start_token_id: int
@@ -53,6 +58,9 @@ class WhisperDecoding:
     task_to_id: Mapping[str, int] = field(default_factory=dict)
     suppress_tokens: tuple[int, ...] = ()
     begin_suppress_tokens: tuple[int, ...] = ()
+    forced_decoder_ids: tuple[tuple[int, int | None], ...] = ()
+    max_initial_timestamp_index: int | None = None
+    alignment_heads: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def from_generation_config(cls, gen: Any, cfg: WhisperConfig) -> WhisperDecoding:
@@ -71,6 +79,7 @@ class WhisperDecoding:
             return tuple(int(t) for t in v) if v else ()
 
         no_ts = getattr(gen, "no_timestamps_token_id", None)
+        forced = getattr(gen, "forced_decoder_ids", None) or ()
         return cls(
             start_token_id=int(start),
             eos_token_id=eos,
@@ -80,6 +89,9 @@ class WhisperDecoding:
             task_to_id={str(k): int(v) for k, v in (getattr(gen, "task_to_id", None) or {}).items()},
             suppress_tokens=ids("suppress_tokens"),
             begin_suppress_tokens=ids("begin_suppress_tokens"),
+            max_initial_timestamp_index=getattr(gen, "max_initial_timestamp_index", None),
+            alignment_heads=tuple((int(la), int(h)) for la, h in (getattr(gen, "alignment_heads", None) or ())),
+            forced_decoder_ids=tuple((int(i), None if t is None else int(t)) for i, t in forced),
         )
 
     @property
@@ -103,28 +115,74 @@ class WhisperDecoding:
             )
         return self.lang_to_id[token]
 
-    def prompt(self, language: str | None, task: str | None) -> list[int]:
-        """The forced decoder prompt (see the module docstring)."""
+    def _base(self, language: str | None, task: str | None) -> list[int | None]:
+        """The prompt up to the language slot: the start token, plus ``forced_decoder_ids`` (as HF, only
+        when neither language nor task is given)."""
+        out: list[int | None] = [self.start_token_id]
+        if language is None and task is None:
+            for i, (pos, tok) in enumerate(self.forced_decoder_ids):
+                if pos != i + 1:
+                    raise ValueError(
+                        f"generation_config.forced_decoder_ids {list(self.forced_decoder_ids)} do not follow Whisper's "
+                        "prompt pattern (positions 1, 2, ...); pass language= and task= instead"
+                    )
+                out.append(tok)
+        return out
+
+    def needs_detection(self, language: str | None, task: str | None) -> bool:
+        """Whether :meth:`prompt` needs a detected language (multilingual checkpoint, no language given)."""
         if task is not None and task not in _TASKS:
             raise ValueError(f"task must be 'transcribe' or 'translate', got {task!r}")
-        out = [self.start_token_id]
+        if not self.is_multilingual or language is not None:
+            return False
+        base = self._base(language, task)
+        return len(base) <= 1 or base[1] is None
+
+    def prompt(
+        self, language: str | None, task: str | None, detected: int | None = None, timestamps: bool = False
+    ) -> list[int]:
+        """The forced decoder prompt (see the module docstring).
+
+        Args:
+            language: A language code, token or name; None: ``detected`` (multilingual checkpoints).
+            task: ``"transcribe"``, ``"translate"`` or None.
+            detected: The detected language token, when :meth:`needs_detection`.
+            timestamps: Leave ``<|notimestamps|>`` out (the model then predicts timestamp tokens).
+        """
+        if task is not None and task not in _TASKS:
+            raise ValueError(f"task must be 'transcribe' or 'translate', got {task!r}")
         if not self.is_multilingual:
             if language is not None or task is not None:
                 raise ValueError(
                     "this checkpoint is English-only (its generation config has no lang_to_id / task_to_id): "
                     "drop language= and task="
                 )
+            out = self._base(None, None)
         else:
-            if language is None:
+            out = self._base(language, task)
+            lang = self.language_id(language) if language is not None else detected
+            if self.needs_detection(language, task) and lang is None:
+                raise ValueError("no language given: pass language= (e.g. 'en') or the detected language token")
+            if lang is not None:
+                if len(out) > 1:
+                    out[1] = lang
+                else:
+                    out.append(lang)
+            if task is not None:
+                out.append(self.task_to_id[task])
+            elif language is not None and not any(t in out for t in self.task_to_id.values()):
+                out.append(self.task_to_id["transcribe"])
+        if timestamps:
+            if self.no_timestamps_token_id is None:
                 raise ValueError(
-                    "this multilingual checkpoint needs language= (e.g. language='en'); language detection is not "
-                    "implemented yet"
+                    "timestamps=True needs a checkpoint with timestamp tokens; its generation config has no "
+                    "no_timestamps_token_id"
                 )
-            out.append(self.language_id(language))
-            out.append(self.task_to_id[task or "transcribe"])
-        if self.no_timestamps_token_id is not None:
+            if out[-1] == self.no_timestamps_token_id:
+                out = out[:-1]
+        elif self.no_timestamps_token_id is not None and out[-1] != self.no_timestamps_token_id:
             out.append(self.no_timestamps_token_id)
-        return out
+        return [t for t in out if t is not None]
 
 
 def suppress(logits: Float[Tensor, "batch d_vocab"], tokens: Sequence[int]) -> Float[Tensor, "batch d_vocab"]:
@@ -135,6 +193,43 @@ def suppress(logits: Float[Tensor, "batch d_vocab"], tokens: Sequence[int]) -> F
     return logits
 
 
+def timestamp_rules(
+    logits: Float[Tensor, "batch d_vocab"], tokens: Int[Tensor, "batch pos"], begin: int, rules: WhisperDecoding
+) -> Float[Tensor, "batch d_vocab"]:
+    """HF's ``WhisperTimeStampLogitsProcessor``: timestamps come in pairs and never decrease, the first
+    generated token is a timestamp (at most ``max_initial_timestamp_index``), and a timestamp is forced
+    when the timestamps' total probability beats every text token."""
+    assert rules.no_timestamps_token_id is not None
+    ts_begin = rules.no_timestamps_token_id + 1
+    eos = rules.eos_token_id if rules.eos_token_id is not None else 0
+    logits[:, rules.no_timestamps_token_id] = float("-inf")
+    lasts = []
+    for k, row in enumerate(tokens[:, begin:].tolist()):
+        last_ts = len(row) >= 1 and row[-1] >= ts_begin
+        penultimate_ts = len(row) < 2 or row[-2] >= ts_begin
+        if last_ts:
+            if penultimate_ts:
+                logits[k, ts_begin:] = float("-inf")
+            else:
+                logits[k, :eos] = float("-inf")
+        stamps = [t for t in row if t >= ts_begin]
+        last = ts_begin
+        if stamps:
+            last = stamps[-1] if last_ts and not penultimate_ts else stamps[-1] + 1
+        lasts.append(last)
+    vocab = torch.arange(logits.shape[-1], device=logits.device)
+    floor = torch.tensor(lasts, device=logits.device)[:, None]
+    logits.masked_fill_((vocab >= ts_begin) & (vocab < floor), float("-inf"))
+    if tokens.shape[1] == begin:
+        logits[:, :ts_begin] = float("-inf")
+        if rules.max_initial_timestamp_index is not None:
+            logits[:, ts_begin + rules.max_initial_timestamp_index + 1 :] = float("-inf")
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    force = logprobs[:, ts_begin:].logsumexp(dim=-1) > logprobs[:, :ts_begin].max(dim=-1).values
+    logits[:, :ts_begin].masked_fill_(force[:, None], float("-inf"))
+    return logits
+
+
 def whisper_generate(
     decoder: Stack,
     head: LMHead,
@@ -142,8 +237,10 @@ def whisper_generate(
     prefix: Int[Tensor, "batch prompt"],
     max_new_tokens: int,
     rules: WhisperDecoding,
+    timestamps: bool = False,
 ) -> Int[Tensor, "batch pos"]:
-    """Greedy decoding from ``prefix`` with the KV cache; hooks on ``decoder`` fire every step."""
+    """Greedy decoding from ``prefix`` with the KV cache; hooks on ``decoder`` fire every step (with
+    :func:`timestamp_rules` after the suppressions when ``timestamps``)."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     limit = decoder.max_positions
@@ -166,6 +263,8 @@ def whisper_generate(
         logits = suppress(logits, rules.suppress_tokens)
         if tokens.shape[1] == begin:
             logits = suppress(logits, rules.begin_suppress_tokens)
+        if timestamps:
+            logits = timestamp_rules(logits, tokens, begin, rules)
         next_tok = logits.argmax(dim=-1)
         if rules.eos_token_id is not None:
             next_tok = torch.where(finished, torch.full_like(next_tok, rules.pad_token_id), next_tok)

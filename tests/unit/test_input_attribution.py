@@ -124,7 +124,9 @@ def test_saliency_and_x_grad_equal_captum(bert):
     sal = captum.Saliency(lambda e: f(batch, target, e)).attribute(emb, abs=True)
     ixg = captum.InputXGradient(lambda e: f(batch, target, e)).attribute(emb)
     torch.testing.assert_close(attribute_input(bert, batch, target, method="saliency").raw["embed.hook_embed"], sal)
-    torch.testing.assert_close(attribute_input(bert, batch, target, method="input_x_gradient").raw["embed.hook_embed"], ixg)
+    torch.testing.assert_close(
+        attribute_input(bert, batch, target, method="input_x_gradient").raw["embed.hook_embed"], ixg
+    )
 
 
 def test_layer_attribution_with_baseline_input_equals_captum_layer_ig(bert):

@@ -5,7 +5,7 @@ and the folding of a final norm's affine into an unembedding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -75,6 +75,7 @@ def fold_norm_into_unembed(norm: nn.Module | None, W_U: Tensor, b_U: Tensor) -> 
     return weight[:, None] * W_U, b_U
 
 
+@runtime_checkable
 class CacheHost(Protocol):
     """What the cache needs of its model (every :class:`~encoderlens.models.base.HookedModel` has it)."""
 

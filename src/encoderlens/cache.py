@@ -42,10 +42,6 @@ class CacheKeyError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
-def _slice_pos(t: Tensor, pos_slice: Any, dim: int) -> Tensor:
-    return apply_slice(t, pos_slice, dim)
-
-
 class ActivationCache(TLCacheMethods):
     """A dict of cached activations with short keys and residual-stream helpers.
 
@@ -285,7 +281,7 @@ class ActivationCache(TLCacheMethods):
         stack = torch.stack(comps)
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer=None)
-        stack = _slice_pos(stack, pos_slice, -2)
+        stack = apply_slice(stack, pos_slice, -2)
         return (stack, labels) if return_labels else stack
 
     def decompose_resid(
@@ -329,7 +325,7 @@ class ActivationCache(TLCacheMethods):
         stack = torch.stack(comps)
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer=None if layer is None else n)
-        stack = _slice_pos(stack, pos_slice, -2)
+        stack = apply_slice(stack, pos_slice, -2)
         return (stack, labels) if return_labels else stack
 
     def stack_head_results(
@@ -381,7 +377,7 @@ class ActivationCache(TLCacheMethods):
             labels.append("remainder")
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer=None if layer == -1 else n)
-        stack = _slice_pos(stack, pos_slice, -2)
+        stack = apply_slice(stack, pos_slice, -2)
         return (stack, labels) if return_labels else stack
 
     def stack_activation(self, activation_name: str, layer: int = -1, sublayer_type: str | None = None) -> Tensor:
@@ -445,7 +441,7 @@ class ActivationCache(TLCacheMethods):
         stack = torch.cat(comps)
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer=None if layer is None else n, mlp_input=mlp_input)
-        stack = _slice_pos(stack, pos_slice, -2)
+        stack = apply_slice(stack, pos_slice, -2)
         return (stack, labels) if return_labels else stack
 
     def _one_layer_heads(self, spec: StreamSpec, i: int, attn: str) -> tuple[Tensor, list[str]]:

@@ -30,7 +30,15 @@ from encoderlens.names import OPT_IN_HOOKS as OPT_IN_HOOKS
 from encoderlens.names import NameFilter as NameFilter
 from encoderlens.names import _name_matcher, get_act_name
 
-__all__ = ["OPT_IN_HOOKS", "HookPoint", "HookedRootModule", "KeepPropertyErrors", "LensHandle", "get_act_name"]
+__all__ = [
+    "OPT_IN_HOOKS",
+    "HookPoint",
+    "HookedRootModule",
+    "KeepPropertyErrors",
+    "LensHandle",
+    "ReadOnlyHook",
+    "get_act_name",
+]
 
 HookFn = Callable[..., Tensor | None]
 Direction = Literal["fwd", "bwd"]
@@ -52,6 +60,31 @@ class LensHandle:
     is_permanent: bool = False
     context_level: int | None = None
     user_hook: HookFn | None = None
+
+
+class ReadOnlyHook:
+    """A forward hook that only reads the activation: ``fn(tensor, hook=...)`` is called and the activation
+    flows on unchanged (whatever ``fn`` returns is ignored).
+
+    ``run_with_cache`` stores activations through these. Components may then produce an activation
+    that only read-only hooks see with a fused kernel instead of the step-by-step computation an
+    editing hook needs (LayerNorm's ``hook_scale`` / ``hook_normalized``: one fused pass; see
+    :meth:`HookPoint.may_edit`). ``fn`` must not modify the tensor in place.
+
+    Example:
+        >>> seen = []
+        >>> model.add_hook("blocks.0.ln1.hook_scale", ReadOnlyHook(lambda x, hook: seen.append(x)))
+    """
+
+    def __init__(self, fn: Callable[..., object]) -> None:
+        if not callable(fn):
+            raise TypeError(f"ReadOnlyHook wraps a callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, tensor: Tensor, hook: HookPoint) -> None:
+        self.fn(tensor, hook=hook)
+        return None
 
 
 class HookPoint(nn.Module):
@@ -197,6 +230,17 @@ class HookPoint(nn.Module):
         return any(
             (including_permanent or not h.is_permanent) and (level is None or h.context_level == level) for h in handles
         )
+
+    def may_edit(self) -> bool:
+        """Whether a hook may change the activation or needs its gradient.
+
+        True for any forward hook that is not a :class:`ReadOnlyHook` (it may return a replacement or
+        edit in place), a spliced module, or a backward hook. Components use the fused computation of
+        an activation that only read-only hooks see (see :class:`~encoderlens.components.norm.LayerNorm`).
+        """
+        if self._splice is not None or self.bwd_hooks:
+            return True
+        return any(not isinstance(h.user_hook, ReadOnlyHook) for h in self.fwd_hooks)
 
     def enable_reshape(self, hook_conversion: object = None) -> None:
         """Not supported: TransformerLens 3's tensor conversions belong to its TransformerBridge.
@@ -531,7 +575,7 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
                 assert hook.name is not None
                 store[hook.name + suffix] = v
 
-            return save
+            return ReadOnlyHook(save)
 
         fwd = [(name, saver("")) for name in self.hook_dict if match(name)]
         bwd = [(name, saver("_grad")) for name in self.hook_dict if match(name)] if incl_bwd else []

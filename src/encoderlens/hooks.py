@@ -37,7 +37,9 @@ __all__ = [
     "KeepPropertyErrors",
     "LensHandle",
     "ReadOnlyHook",
+    "copy_to",
     "get_act_name",
+    "wait_for_copies",
 ]
 
 HookFn = Callable[..., Tensor | None]
@@ -313,6 +315,29 @@ class _BackwardCall:
         return self.fn(grad, hook=self.hook)
 
 
+def copy_to(t: Tensor, device: torch.device, pending: set[torch.device] | None = None) -> Tensor:
+    """``t`` on ``device`` (``t`` itself when it is there already: no copy).
+
+    With ``pending``, a copy from an accelerator to the CPU goes to pinned memory without waiting
+    (``non_blocking=True``) and records the source device in ``pending``: the copy is queued behind the
+    kernels that produce ``t``, so the forward keeps running, and the accelerator's memory is reused
+    only after the copy (same stream). The CPU tensor may be read only after :func:`wait_for_copies`.
+    """
+    if pending is not None and device.type == "cpu" and t.device.type == "cuda":
+        dst = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        dst.copy_(t, non_blocking=True)
+        pending.add(t.device)
+        return dst
+    return t.to(device)  # t itself when it is on that device already
+
+
+def wait_for_copies(pending: set[torch.device]) -> None:
+    """Wait until the copies :func:`copy_to` queued from these devices are complete, then empty ``pending``."""
+    for dev in pending:
+        torch.cuda.synchronize(dev)
+    pending.clear()
+
+
 class KeepPropertyErrors:
     """Mixin for ``nn.Module`` subclasses: a property's own ``AttributeError`` reaches the caller.
 
@@ -548,8 +573,22 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
         device: str | torch.device | None = None,
         remove_batch_dim: bool = False,
         cache: dict[str, Tensor] | None = None,
+        *,
+        pending: set[torch.device] | None = None,
     ) -> tuple[dict[str, Tensor], list[tuple[str, HookFn]], list[tuple[str, HookFn]]]:
-        """Build hooks that store activations (and gradients, as ``name + '_grad'``) into ``cache``."""
+        """Build hooks that store activations (and gradients, as ``name + '_grad'``) into ``cache``.
+
+        Args:
+            names_filter: Which hook points (see :meth:`run_with_cache`).
+            incl_bwd: Also store gradients.
+            device: Move each tensor there as it is produced (None: keep it where it is, no copy).
+            remove_batch_dim: Drop the batch dimension (batch size must be 1).
+            cache: The dict to store into (default: a new one).
+            pending: With it, accelerator -> CPU copies are queued without waiting (into pinned memory,
+                so the forward is not stalled once per hook) and the source devices are added to this
+                set: call :func:`wait_for_copies` on it before reading the stored tensors. Without it each
+                copy completes before the hook returns.
+        """
         if isinstance(names_filter, str) and names_filter not in self.hook_dict:
             self.check_hook_name(names_filter)
         if isinstance(names_filter, (list, tuple)):
@@ -559,12 +598,13 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
                 self.check_hook_name(n)
         match = self._with_aliases(_name_matcher(names_filter))
         store: dict[str, Tensor] = {} if cache is None else cache
+        target = None if device is None else torch.device(device)
 
         def saver(suffix: str) -> HookFn:
             def save(t: Tensor, hook: HookPoint) -> None:
                 v = t.detach()
-                if device is not None:
-                    v = v.to(device)
+                if target is not None:
+                    v = copy_to(v, target, pending)
                 if remove_batch_dim:
                     if v.ndim == 0 or v.shape[0] != 1:
                         raise ValueError(
@@ -611,17 +651,21 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
             >>> logits, cache = model.run_with_cache("The cat sat.")
             >>> cache["pattern", 0].shape  # (batch, head, query_pos, key_pos)
         """
-        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim)
+        pending: set[torch.device] = set()
+        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pending=pending)
         with self.hooks(fwd, bwd, reset_hooks_end=reset_hooks_end):
-            out = self(*model_args, **model_kwargs)
-            if incl_bwd:
-                target = out if isinstance(out, Tensor) else getattr(out, "logits", None)
-                if not isinstance(target, Tensor):
-                    raise TypeError(
-                        "incl_bwd=True needs the model to return a tensor; "
-                        f"got {type(out).__name__}. Pass a return_type that gives a tensor"
-                    )
-                (target if target.ndim == 0 else target.sum()).backward()
+            try:
+                out = self(*model_args, **model_kwargs)
+                if incl_bwd:
+                    target = out if isinstance(out, Tensor) else getattr(out, "logits", None)
+                    if not isinstance(target, Tensor):
+                        raise TypeError(
+                            "incl_bwd=True needs the model to return a tensor; "
+                            f"got {type(out).__name__}. Pass a return_type that gives a tensor"
+                        )
+                    (target if target.ndim == 0 else target.sum()).backward()
+            finally:
+                wait_for_copies(pending)
         if return_cache_object:
             return out, self.make_cache(store, has_batch_dim=not remove_batch_dim)
         return out, store

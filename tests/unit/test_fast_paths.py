@@ -140,3 +140,40 @@ def test_cached_channel_norm_uses_the_fused_kernel_and_equals_the_step_by_step_p
     assert fused_seen["hook_scale"].shape == explicit_seen["hook_scale"].shape == (2, 1, 5)
     for leaf in ("hook_scale", "hook_normalized"):
         torch.testing.assert_close(fused_seen[leaf], explicit_seen[leaf], atol=1e-5, rtol=1e-5)
+
+
+def test_offloaded_cache_keeps_nothing_on_the_model_device(tiny_mlm):
+    """run_with_cache(device=...) copies each tensor as it is produced; no activation outlives its layer."""
+    import gc
+    import weakref
+
+    model, _, _ = tiny_mlm
+    tokens = torch.randint(5, 99, (2, 9))
+    refs = []
+    ptrs = {}
+
+    def watch(x, hook):
+        refs.append(weakref.ref(x))
+        ptrs[hook.name] = x.data_ptr()
+
+    with torch.inference_mode(), model.hooks(fwd_hooks=[(lambda n: n.endswith(("hook_resid_post", "hook_q")), watch)]):
+        _, offloaded = model.run_with_cache(tokens, device="meta", return_type="embeddings")
+        gc.collect()
+        assert refs and all(r() is None for r in refs)  # every watched activation was released
+        assert all(t.device.type == "meta" for t in offloaded.values())
+        # on the model's own device nothing is copied: the cache holds the activations themselves
+        _, kept = model.run_with_cache(tokens, device="cpu", return_type="embeddings")
+    assert ptrs and all(kept[name].data_ptr() == ptr for name, ptr in ptrs.items())
+    q, k = kept["blocks.0.attn.hook_q"], kept["blocks.0.attn.hook_k"]
+    assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()  # views of one q|k|v buffer
+
+
+def test_copy_to_returns_the_tensor_itself_on_its_own_device():
+    from encoderlens.hooks import copy_to, wait_for_copies
+
+    t = torch.ones(3)
+    pending: set[torch.device] = set()
+    assert copy_to(t, torch.device("cpu"), pending) is t and not pending
+    moved = copy_to(t, torch.device("meta"), pending)
+    assert moved.device.type == "meta" and not pending
+    wait_for_copies(pending)  # nothing queued: returns at once

@@ -175,7 +175,7 @@ class FeatureProjection(nn.Module):
         return self.ln(features) if self.ln is not None else features
 
     def forward(self, normed: Float[Tensor, "batch frames channels"]) -> Float[Tensor, "batch frames d_model"]:
-        return normed @ self.W + self.b
+        return F.linear(normed, self.W.t(), self.b)
 
 
 class ConvPositionalEmbedding(nn.Module):

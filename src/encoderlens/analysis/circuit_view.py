@@ -11,7 +11,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from encoderlens.analysis.circuits import EdgeScores, Node
+from encoderlens.analysis.circuit_graph import Node
+from encoderlens.analysis.circuits import EdgeScores
 
 
 def _component(node: Node) -> str:

@@ -152,10 +152,9 @@ def patched_deltas(
             delta = add(pending.pop(0), delta)
         if delta is None:
             continue
-        u = sums[st.sum_hook][:, :, None, :].expand_as(delta)
+        u = sums[st.sum_hook][:, :, None, :]
         norm = norms[st.norm]
-        delta = norm(u + delta) - norm(u.contiguous())
+        delta = norm(u + delta) - norm(u)
     for i in pending:
         delta = add(i, delta)
     return delta
-

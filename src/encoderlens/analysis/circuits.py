@@ -38,7 +38,6 @@ the corrupted stream inputs (all streams together): ``sum_k w_k grad_r(a_k) . J_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,12 +122,6 @@ class EdgeScores:
 
     def to_text(self, k: int = 20) -> str:
         return self.to_labelled(k).to_text()
-
-
-def _metric_tensor(value: Any) -> Tensor:
-    if not isinstance(value, Tensor) or not value.requires_grad:
-        raise TypeError("EAP needs a differentiable metric returning a tensor (avoid .item(), argmax, no_grad)")
-    return value.sum()
 
 
 def _metric_tensor(value: Any) -> Tensor:

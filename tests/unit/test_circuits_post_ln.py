@@ -1,4 +1,4 @@
-"""Circuits on post-LN stacks (BERT, BART, HuBERT base): true single-edge ablation with the norms recomputed,
+"""Circuits on post-LN stacks (BERT, BART, HuBERT base, WavLM): true single-edge ablation with the norms recomputed,
 EAP as its exact derivative, rank correlation against brute-force ablation, batched EAP-IG, cost."""
 
 from __future__ import annotations
@@ -68,7 +68,18 @@ def hubert_case():
     return model, clean, corrupt, metric, {}
 
 
-CASES = {"bert": bert_case, "bart": bart_case, "hubert": hubert_case}
+def wavlm_case():
+    from transformers import WavLMForCTC
+
+    from tests.parity.test_wavlm_parity import make_wavlm
+
+    torch.manual_seed(0)
+    hf = make_wavlm(WavLMForCTC, dict(do_stable_layer_norm=False, feat_extract_norm="group", num_hidden_layers=2))
+    _, clean, corrupt, metric, kw = hubert_case()
+    return HookedAudioEncoder.from_pretrained(hf_model=hf), clean, corrupt, metric, kw
+
+
+CASES = {"bert": bert_case, "bart": bart_case, "hubert": hubert_case, "wavlm": wavlm_case}
 
 
 @pytest.mark.parametrize("which", ["bert", "pre_ln"])
@@ -186,3 +197,45 @@ def test_post_ln_faithfulness_and_view(tmp_path):
     assert page.count("<line") == 12 and "Post-LN" in page
     with pytest.raises(ValueError, match="edge indices"):
         ablate_edges(model, tok, cor, metric, [[n]], input_kwargs=kw)
+
+
+def test_wavlm_per_head_inputs_are_exact_and_the_gate_reads_the_q_input():
+    model, clean, _, _, _ = wavlm_case()
+    batch = model.prepare_input(clean)
+    ref = model.run_prepared(batch)
+    names = [f"blocks.0.hook_{x}_input" for x in "qkv"]
+    gates = {}
+
+    def keep(name):
+        return lambda x, hook: gates.__setitem__(name, x.detach())
+
+    def shift(x, hook):
+        x = x.clone()
+        x[:, :, 1] += 0.5
+        return x
+
+    runs = {"same": [], "q": [("blocks.0.hook_q_input", shift)], "k": [("blocks.0.hook_k_input", shift)]}
+    for tag, extra in runs.items():
+        hooks = [(n, lambda x, hook: x) for n in names] + extra
+        out = model.run_prepared(batch, fwd_hooks=[*hooks, ("blocks.0.attn.hook_position_gate", keep(tag))])
+        if tag == "same":
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    _, cache = model.run_prepared_with_cache(batch, names_filter="blocks.0.attn.hook_position_gate")
+    torch.testing.assert_close(gates["same"], cache["blocks.0.attn.hook_position_gate"], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(gates["k"], gates["same"])
+    moved = (gates["q"] - gates["same"]).abs().amax((0, 1))
+    assert moved[1] > 1e-4 and moved[0] == 0 and moved[2] == 0
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+def test_norm_jvp_is_the_jacobian_of_the_norm(kind):
+    from encoderlens.components.norm import make_norm
+    from encoderlens.config import NormConfig
+
+    norm = make_norm(12, NormConfig(kind=kind, eps=1e-2))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        norm.w.copy_(torch.randn(12, generator=g))
+    x, v = torch.randn(2, 5, 12, generator=g) * 3 + 1, torch.randn(4, 2, 5, 12, generator=g)
+    want = torch.stack([torch.func.jvp(norm, (x,), (t,))[1] for t in v])
+    torch.testing.assert_close(norm.jvp(x, v), want, atol=1e-5, rtol=1e-5)

@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from encoderlens.analysis.circuit_graph import Graph, build_graph
-from encoderlens.analysis.circuit_norms import patched_deltas, sender_value
+from encoderlens.analysis.circuit_norms import Norm, patched_deltas, sender_value
 from encoderlens.analysis.circuits import EdgeScores, graph_norms, metric_value, per_copy_metric, sender_values
 from encoderlens.analysis.patching_core import Metric, check_compatible
 from encoderlens.analysis.results import Labelled
@@ -79,7 +79,7 @@ def ablation_hooks(
     coef: Tensor,
     active: Tensor,
     corrupt_vals: dict[str, Tensor],
-    norms: dict[str, nn.Module],
+    norms: dict[str, Norm],
     b: int,
 ) -> list[tuple[str, Callable[..., Any]]]:
     """Forward hooks ablating edges in ``k`` copies of a batch of ``b`` items.

@@ -13,18 +13,20 @@ and every norm between them recomputed with its real statistics::
 
 (:func:`patched_deltas`, exact). EAP linearises it around the run: ``delta_{t+1} = J_t delta_t`` with
 ``J_t`` the norm's Jacobian at ``u_t`` (the full one, centring and the change of the scale included, so
-the score is the exact derivative of the true single-edge effect), computed as forward-mode products over
-the cached sums for all senders at once (:func:`edge_score_matrix`): tensor maths, no model forward.
+the score is the exact derivative of the true single-edge effect; the norm's own ``jvp``), applied to the
+changes of all senders at once over the cached sums (:func:`edge_score_matrix`): tensor maths, no model
+forward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from encoderlens.analysis.circuit_graph import Graph, Node
+from encoderlens.components.norm import LayerNorm, RMSNorm
+
+Norm = LayerNorm | RMSNorm
 
 
 def sender_value(x: Tensor, node: Node) -> Tensor:
@@ -32,23 +34,12 @@ def sender_value(x: Tensor, node: Node) -> Tensor:
     return x[:, :, node.head] if node.head is not None else x
 
 
-def _linear_norm(norm: nn.Module, u: Tensor, v: Tensor) -> Tensor:
-    """``J v`` for every ``v[i]``, ``J`` the Jacobian of ``norm`` at ``u`` (forward mode, batched)."""
-
-    def one(t: Tensor) -> Tensor:
-        out: Tensor = torch.func.jvp(norm, (u,), (t,))[1]
-        return out
-
-    vmapped: Callable[[Tensor], Tensor] = torch.func.vmap(one)
-    return vmapped(v)
-
-
 def edge_score_matrix(
     graph: Graph,
     deltas: dict[str, Tensor],
     grads: dict[str, Tensor],
     sums: dict[str, Tensor],
-    norms: dict[str, nn.Module],
+    norms: dict[str, Norm],
 ) -> Tensor:
     """``(senders, receivers)`` float64: ``grad_r . (J-chain d_s)`` summed over items and positions.
 
@@ -69,7 +60,7 @@ def _score_matrix(
     deltas: dict[str, Tensor],
     grads: dict[str, Tensor],
     sums: dict[str, Tensor],
-    norms: dict[str, nn.Module],
+    norms: dict[str, Norm],
 ) -> Tensor:
     full = torch.zeros(len(graph.senders), len(graph.receivers), dtype=torch.float64)
 
@@ -101,7 +92,7 @@ def _score_matrix(
                 idx += new
             if o in steps and cur is not None:
                 st = steps[o]
-                cur = _linear_norm(norms[st.norm], sums[st.sum_hook], cur)
+                cur = norms[st.norm].jvp(sums[st.sum_hook], cur)
     # edges between streams (an encoder's output into cross-attention k / v): no norm in between
     for i, s in enumerate(graph.senders):
         cross = [j for si, j in graph.edges if si == i and graph.receivers[j].order[0] != s.order[0]]
@@ -117,7 +108,7 @@ def patched_deltas(
     active: Tensor,
     diffs: dict[str, Tensor],
     sums: dict[str, Tensor],
-    norms: dict[str, nn.Module],
+    norms: dict[str, Norm],
 ) -> Tensor | None:
     """The exact change of each receiver's input when its ablated senders' outputs change (norms recomputed).
 

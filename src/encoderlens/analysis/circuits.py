@@ -27,7 +27,8 @@ norms between ``s`` and ``r`` at the clean run (the full Jacobian: centring and 
 position's scale). The score is then *exactly* the derivative of the true single-edge ablation along
 ``a_s(clean) + e (a_s(corrupt) - a_s(clean))`` at ``e = 0`` (tested against autograd on the real patched
 run). Cost: two forwards (corrupted, clean) and one backward; the propagation through the norms is
-forward-mode products over the cached sums entering them, for all senders at once, with no model forward.
+Jacobian-vector products (``LayerNorm.jvp``) at the cached sums entering them, for all senders at once,
+with no model forward.
 
 **EAP-IG** (Hanna et al., 2024) integrates that derivative along inputs interpolated between the clean and
 the corrupted stream inputs (all streams together): ``sum_k w_k grad_r(a_k) . J_{s->r}(a_k) delta_s``, the
@@ -42,13 +43,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from encoderlens.analysis.circuit_graph import Graph, build_graph
-from encoderlens.analysis.circuit_norms import edge_score_matrix, sender_value
+from encoderlens.analysis.circuit_norms import Norm, edge_score_matrix, sender_value
 from encoderlens.analysis.gradients import quadrature
 from encoderlens.analysis.patching_core import Metric, check_compatible
 from encoderlens.analysis.results import Labelled
+from encoderlens.components.norm import LayerNorm, RMSNorm
 from encoderlens.models.base import HookedModel
 from encoderlens.models.contract import Prepared
 
@@ -63,9 +65,18 @@ def sender_values(
     return {s.name: sender_value(cache[s.hook], s).detach() for s in graph.senders}, out
 
 
-def graph_norms(model: HookedModel, graph: Graph) -> dict[str, nn.Module]:
-    """The modules of the graph's renormalisations, by path."""
-    return {st.norm: model.get_submodule(st.norm) for st in graph.renorms}
+def graph_norms(model: HookedModel, graph: Graph) -> dict[str, Norm]:
+    """The modules of the graph's renormalisations, by path (LayerNorm or RMSNorm: they know their Jacobian)."""
+    norms = {}
+    for st in graph.renorms:
+        norm = model.get_submodule(st.norm)
+        if not isinstance(norm, (LayerNorm, RMSNorm)):
+            raise TypeError(
+                f"edge attribution through the post-LN norm {st.norm} needs a LayerNorm or RMSNorm (their Jacobian); "
+                f"got {type(norm).__name__}. Use path_patch for this model"
+            )
+        norms[st.norm] = norm
+    return norms
 
 
 def per_copy_metric(metric: Metric, out: Any, k: int, b: int) -> list[Any]:

@@ -239,3 +239,21 @@ def test_norm_jvp_is_the_jacobian_of_the_norm(kind):
     x, v = torch.randn(2, 5, 12, generator=g) * 3 + 1, torch.randn(4, 2, 5, 12, generator=g)
     want = torch.stack([torch.func.jvp(norm, (x,), (t,))[1] for t in v])
     torch.testing.assert_close(norm.jvp(x, v), want, atol=1e-5, rtol=1e-5)
+
+
+def test_disentangled_attention_is_refused_with_a_pointer():
+    from transformers import DebertaV2Config, DebertaV2ForMaskedLM
+
+    from encoderlens import HookedEncoder
+
+    torch.manual_seed(0)
+    cfg = DebertaV2Config(
+        vocab_size=99, hidden_size=36, num_hidden_layers=1, num_attention_heads=3, intermediate_size=37,
+        relative_attention=True, pos_att_type=["c2p", "p2c"], position_buckets=8, max_relative_positions=16,
+    )  # fmt: skip
+    model = HookedEncoder.from_pretrained(hf_model=DebertaV2ForMaskedLM(cfg).eval())
+    tok, mask = padded_tokens()
+    with pytest.raises(ValueError, match="disentangled attention.*path_patch"):
+        edge_attribution(
+            model, tok, tok, lambda logits: logits[:, 4, 7].sum(), input_kwargs={"one_zero_attention_mask": mask}
+        )

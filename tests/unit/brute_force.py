@@ -75,6 +75,8 @@ def head_score_reference(
                             continue
                         pr = row / row.sum()
                         value = -sum(float(v) * math.log(float(v)) for v in pr if v > 0) / math.log(nk)
+                    elif detector == "mean_distance":
+                        value = sum(float(row[k]) * abs(q - k) for k in range(nk))
                     else:
                         keys = _targets(detector, q, nk, cross, window)
                         if not keys:

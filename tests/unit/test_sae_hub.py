@@ -122,7 +122,10 @@ RELEASES = {
         "repo_id": "org/tiny-saes",
         "model": "tiny",
         "conversion_func": None,
-        "config_overrides": {"dataset_path": "my/dataset"},
+        "config_overrides": {
+            "dataset_path": "my/dataset",
+            "model_from_pretrained_kwargs": {"center_writing_weights": True},
+        },
         "saes": [
             {"id": HOOK, "path": "l1_res_50", "neuronpedia": "tiny/1-res", "norm_scaling_factor": 0.5},
             {"id": "blocks.0.hook_resid_post", "path": "l0_res_50"},
@@ -142,15 +145,18 @@ def test_release_mapping_resolves_folder_overrides_and_folds_the_norm_scaling_fa
             "l0_res_50": {"sae": random_sae("standard", hook="blocks.0.hook_resid_post")},
         },
     )
-    got = load_sae_from_hub("tiny-res", HOOK, releases=RELEASES)
+    with pytest.warns(UserWarning, match=r"\['center_writing_weights'\] set"):  # as gpt2-small-res-jb's overrides
+        got = load_sae_from_hub("tiny-res", HOOK, releases=RELEASES)
     assert hub.calls[-1]["allow"][0] == "l1_res_50/cfg.json"
     assert got.cfg.normalize_activations == "none"  # folded, as SAELens does
     assert got.cfg.metadata["dataset_path"] == "my/dataset" and got.cfg.metadata["neuronpedia_id"] == "tiny/1-res"
+    assert got.cfg.metadata["model_from_pretrained_kwargs"] == {"center_writing_weights": True}
     x = torch.randn(4, D) * 3
     with torch.no_grad():  # the SAE was trained on 0.5 * x: recons(x) = recons_trained(0.5 x) / 0.5
         assert torch.allclose(got(x), manual_recons(sae, 0.5 * x) / 0.5, atol=1e-5)
         assert torch.allclose(got.encode(x), manual_encode(sae, 0.5 * x), atol=1e-5)
-    other = load_sae_from_hub("tiny-res", "blocks.0.hook_resid_post", releases=RELEASES)
+    with pytest.warns(UserWarning, match="center_writing_weights"):
+        other = load_sae_from_hub("tiny-res", "blocks.0.hook_resid_post", releases=RELEASES)
     assert other.cfg.hook_name == "blocks.0.hook_resid_post"  # no factor: cfg says "none"
     with pytest.raises(ValueError, match="has no SAE with id 'blocks.5.hook_resid_post'.*'blocks.1.hook_resid_post'"):
         load_sae_from_hub("tiny-res", "blocks.5.hook_resid_post", releases=RELEASES)
@@ -173,7 +179,8 @@ def test_installed_sae_lens_table_is_read_without_importing_sae_lens(tmp_path, h
     (pkg / "pretrained_saes.yaml").write_text(yaml.safe_dump({"tiny-res": RELEASES["tiny-res"]}))
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     hub.repos["org/tiny-saes"] = write_repo(tmp_path, "t", {"l0_res_50": {"sae": random_sae("standard")}})
-    got = load_sae_from_hub("tiny-res", "blocks.0.hook_resid_post")
+    with pytest.warns(UserWarning, match="center_writing_weights"):
+        got = load_sae_from_hub("tiny-res", "blocks.0.hook_resid_post")
     assert got.cfg.metadata["dataset_path"] == "my/dataset" and "sae_lens" not in sys.modules
 
 

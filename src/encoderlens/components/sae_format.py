@@ -181,6 +181,12 @@ INFORMATIONAL_KEYS = frozenset(
         "sae_class_name",
     ]
 )
+#: Keys SAELens 6 keeps in ``metadata`` (its ``LLM_METADATA_KEYS``): where a release's override of one goes.
+METADATA_KEYS = frozenset(
+    """model_name hook_name model_class_name hook_head_index model_from_pretrained_kwargs prepend_bos
+    exclude_special_tokens neuronpedia_id context_size seqpos_slice dataset_path sae_lens_version
+    sae_lens_training_version hook_name_out hook_head_index_out""".split()
+)
 #: ``model_from_pretrained_kwargs`` entries that change a TransformerLens model's activations.
 _WEIGHT_PROCESSING = (
     "fold_ln",
@@ -348,7 +354,7 @@ def load_sae(
     except json.JSONDecodeError as err:
         raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
     if isinstance(raw, dict) and config_overrides:
-        raw = {**raw, **config_overrides}
+        raw = _override(raw, dict(config_overrides))
     if norm_scaling_factor is not None and not _expects_scale(raw):
         raise ValueError(
             f"norm_scaling_factor={norm_scaling_factor} applies to SAEs with normalize_activations="
@@ -380,6 +386,16 @@ def load_sae(
     if sparsity.is_file():
         sae.log_feature_sparsity = load_file(str(sparsity)).get("sparsity")
     return sae.to(device=device)
+
+
+def _override(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with SAELens's ``cfg_overrides`` applied; in the SAELens 6 layout, metadata keys go to ``metadata``."""
+    meta = raw.get("metadata")
+    if not isinstance(meta, dict):
+        return {**raw, **overrides}
+    to_meta = {k: v for k, v in overrides.items() if k in METADATA_KEYS}
+    top = {k: v for k, v in overrides.items() if k not in METADATA_KEYS}
+    return {**raw, **top, "metadata": {**meta, **to_meta}}
 
 
 def _expects_scale(raw: Any) -> bool:
@@ -454,7 +470,8 @@ def load_sae_from_hub(
             raw = json.loads((folder / CFG_FILENAME).read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             raw = {}  # load_sae reports it
-        scale = location.norm_scaling_factor if _expects_scale({**raw, **location.config_overrides}) else None
+        merged = _override(raw, location.config_overrides) if isinstance(raw, dict) else {}
+        scale = location.norm_scaling_factor if _expects_scale(merged) else None
     return load_sae(
         folder,
         device=device,

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from encoderlens import HookedEncoderDecoder, load_sae, load_sae_from_hub, save_sae
-from encoderlens.components.sae_format import INFORMATIONAL_KEYS, KEY_HANDLING
+from encoderlens.components.sae_keys import INFORMATIONAL_KEYS, KEY_HANDLING
 from tests.seq2seq_helpers import make_hf
 from tests.unit.analysis_helpers import padded_tokens, tiny_mlm
 from tests.unit.test_sae import HOOK, D, manual_encode, manual_recons, random_sae

@@ -346,3 +346,78 @@ def test_transformerlens_alias_hook_names_attach(tmp_path):
     assert torch.allclose(out, ref, atol=1e-4)
     assert torch.allclose(c[f"{own}.hook_sae_acts_post"], manual_encode(sae, cache[own]), atol=1e-5)
     assert seq.acts_to_saes == {}
+
+
+# Verbatim excerpts of SAELens's pretrained_saes.yaml (jbloomAus/SAELens, v6.9): the layout the table is read in.
+SAELENS_YAML_EXCERPT = """
+deepseek-r1-distill-llama-8b-qresearch:
+  conversion_func: deepseek_r1
+  model: deepseek-ai/DeepSeek-R1-Distill-Llama-8B
+  repo_id: qresearch/DeepSeek-R1-Distill-Llama-8B-SAE-l19
+  saes:
+  - id: blocks.19.hook_resid_post
+    neuronpedia: deepseek-r1-distill-llama-8b/19-qresearch-res-65k
+    path: DeepSeek-R1-Distill-Llama-8B-SAE-l19.pt
+gemma-2b-res-jb:
+  conversion_func: null
+  model: gemma-2b
+  repo_id: jbloom/Gemma-2b-Residual-Stream-SAEs
+  saes:
+  - id: blocks.12.hook_resid_post
+    l0: 62.0
+    neuronpedia: gemma-2b/12-res-jb
+    norm_scaling_factor: 0.21381938399317255
+    path: gemma_2b_blocks.12.hook_resid_post_16384
+    variance_explained: -0.65
+gemma-scope-2b-pt-res-canonical:
+  conversion_func: gemma_2
+  model: gemma-2-2b
+  repo_id: google/gemma-scope-2b-pt-res
+  saes:
+  - id: layer_0/width_16k/canonical
+    neuronpedia: gemma-2-2b/0-gemmascope-res-16k
+gpt2-small-res-jb:
+  config_overrides:
+    model_from_pretrained_kwargs:
+      center_writing_weights: true
+  conversion_func: null
+  links:
+    dashboards: https://www.neuronpedia.org/gpt2sm-res-jb
+  model: gpt2-small
+  repo_id: jbloom/GPT2-Small-SAEs-Reformatted
+  saes:
+  - id: blocks.0.hook_resid_pre
+    l0: 10.0
+    neuronpedia: gpt2-small/0-res-jb
+    path: blocks.0.hook_resid_pre
+    variance_explained: 0.999
+"""
+
+
+def test_real_saelens_release_entries_resolve_or_are_refused():
+    import yaml
+
+    from encoderlens.io.sae_hub import locate_sae
+
+    table = yaml.safe_load(SAELENS_YAML_EXCERPT)
+    loc = locate_sae("gpt2-small-res-jb", "blocks.0.hook_resid_pre", table)
+    assert (loc.repo_id, loc.folder, loc.release) == (
+        "jbloom/GPT2-Small-SAEs-Reformatted",
+        "blocks.0.hook_resid_pre",
+        "gpt2-small-res-jb",
+    )
+    assert loc.config_overrides == {
+        "model_from_pretrained_kwargs": {"center_writing_weights": True},
+        "neuronpedia_id": "gpt2-small/0-res-jb",
+    }
+    gemma = locate_sae("gemma-2b-res-jb", "blocks.12.hook_resid_post", table)
+    assert gemma.folder == "gemma_2b_blocks.12.hook_resid_post_16384" and gemma.norm_scaling_factor == pytest.approx(
+        0.2138, abs=1e-4
+    )
+    with pytest.raises(ValueError, match="conversion_func='gemma_2'"):
+        locate_sae("gemma-scope-2b-pt-res-canonical", "layer_0/width_16k/canonical", table)
+    with pytest.raises(ValueError, match="conversion_func='deepseek_r1'"):
+        locate_sae("deepseek-r1-distill-llama-8b-qresearch", "blocks.19.hook_resid_post", table)
+    del table["deepseek-r1-distill-llama-8b-qresearch"]["conversion_func"]  # a .pt path alone is refused too
+    with pytest.raises(ValueError, match="is a .pt file"):
+        locate_sae("deepseek-r1-distill-llama-8b-qresearch", "blocks.19.hook_resid_post", table)

@@ -63,6 +63,11 @@ def run_blocks(
                 "(0: the embeddings, a negative value counts from the end) or None for a full run"
             )
     for i, block in enumerate(blocks[:stop_at_layer]):
+        dev = block.entry_device  # None unless placed over several devices (device_map)
+        if dev is not None and x.device != dev:
+            x, additive_mask, position_bias, encoder_out, cross_mask, rel_embeddings = to_block_device(
+                dev, x, additive_mask, position_bias, encoder_out, cross_mask, rel_embeddings
+            )
         x = block(
             x,
             additive_mask=additive_mask,
@@ -77,6 +82,27 @@ def run_blocks(
         if final_norm_hook is not None:
             x = final_norm_hook(x)
     return x
+
+
+def to_block_device(
+    device: torch.device,
+    x: Tensor,
+    additive_mask: Tensor | None,
+    position_bias: Tensor | None,
+    encoder_out: Tensor | None,
+    cross_mask: Tensor | None,
+    rel_embeddings: RelativeEmbeddings | None,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None, RelativeEmbeddings | None]:
+    """Move a block's inputs to ``device`` (a block boundary between two devices of a ``device_map``)."""
+
+    def to(t: Tensor | None) -> Tensor | None:
+        return t if t is None or t.device == device else t.to(device)
+
+    if rel_embeddings is not None and rel_embeddings.table.device != device:
+        rel_embeddings = RelativeEmbeddings(
+            rel_embeddings.table.to(device), rel_embeddings.c2p_index.to(device), rel_embeddings.p2c_index.to(device)
+        )
+    return x.to(device), to(additive_mask), to(position_bias), to(encoder_out), to(cross_mask), rel_embeddings
 
 
 class Stack(KeepPropertyErrors, StackWeightsMixin, nn.Module):

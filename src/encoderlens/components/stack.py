@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import cast
 
 import torch
 from jaxtyping import Float, Int
@@ -62,7 +63,8 @@ def run_blocks(
                 f"stop_at_layer={stop_at_layer} is out of range for {n} blocks: pass an int in [{-n}, {n}] "
                 "(0: the embeddings, a negative value counts from the end) or None for a full run"
             )
-    for i, block in enumerate(blocks[:stop_at_layer]):
+    run = cast("Sequence[TransformerBlock]", blocks[:stop_at_layer])
+    for i, block in enumerate(run):
         dev = block.entry_device  # None unless placed over several devices (device_map)
         if dev is not None and x.device != dev:
             x, additive_mask, position_bias, encoder_out, cross_mask, rel_embeddings = to_block_device(

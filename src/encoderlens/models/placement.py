@@ -29,7 +29,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -114,7 +114,8 @@ def placement_units(
         for name, child in module.named_children():
             full = f"{prefix}.{name}" if prefix else name
             if id(child) in block_ids:
-                units.extend(PlacementUnit(f"{full}.{i}", b, is_block=True) for i, b in enumerate(child))
+                blocks = cast(nn.ModuleList, child)
+                units.extend(PlacementUnit(f"{full}.{i}", b, is_block=True) for i, b in enumerate(blocks))
             elif id(child) in containers:
                 walk(child, full)
             elif _holds_weights(child):

@@ -59,7 +59,7 @@ class MLMHead(nn.Module):
 
     def logits(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         """Vocabulary logits: ``transform(x) @ W_U + b_U`` (the whole head, what the logit lens applies)."""
-        return self.transform(x) @ self.W_U + self.b_U
+        return self(x) @ self.W_U + self.b_U  # through __call__: a device_map moves x to the head first
 
 
 class MLMUnembed(nn.Module):

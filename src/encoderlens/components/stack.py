@@ -64,9 +64,11 @@ def run_blocks(
                 "(0: the embeddings, a negative value counts from the end) or None for a full run"
             )
     run = cast("Sequence[TransformerBlock]", blocks[:stop_at_layer])
+    inputs_on = None  # the device the block inputs were last moved to (device_map placement)
     for i, block in enumerate(run):
-        dev = block.entry_device  # None unless placed over several devices (device_map)
-        if dev is not None and x.device != dev:
+        dev = block.entry_device  # None unless placed over several devices
+        if dev is not None and (dev != inputs_on or x.device != dev):
+            inputs_on = dev
             x, additive_mask, position_bias, encoder_out, cross_mask, rel_embeddings = to_block_device(
                 dev, x, additive_mask, position_bias, encoder_out, cross_mask, rel_embeddings
             )
@@ -95,7 +97,11 @@ def to_block_device(
     cross_mask: Tensor | None,
     rel_embeddings: RelativeEmbeddings | None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None, RelativeEmbeddings | None]:
-    """Move a block's inputs to ``device`` (a block boundary between two devices of a ``device_map``)."""
+    """Move a block's inputs to ``device`` (a block boundary between two devices of a ``device_map``).
+
+    Each is checked on its own: the encoder output of a cross-attention may come from another device
+    than the decoder's residual stream.
+    """
 
     def to(t: Tensor | None) -> Tensor | None:
         return t if t is None or t.device == device else t.to(device)
@@ -104,7 +110,14 @@ def to_block_device(
         rel_embeddings = RelativeEmbeddings(
             rel_embeddings.table.to(device), rel_embeddings.c2p_index.to(device), rel_embeddings.p2c_index.to(device)
         )
-    return x.to(device), to(additive_mask), to(position_bias), to(encoder_out), to(cross_mask), rel_embeddings
+    return (
+        x if x.device == device else x.to(device),
+        to(additive_mask),
+        to(position_bias),
+        to(encoder_out),
+        to(cross_mask),
+        rel_embeddings,
+    )
 
 
 class Stack(KeepPropertyErrors, StackWeightsMixin, nn.Module):

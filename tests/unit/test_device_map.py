@@ -219,6 +219,21 @@ def test_generate_across_devices_equals_one_device() -> None:
     assert torch.equal(placed.generate(src, **kw), single.generate(src, **kw))
 
 
+def test_generation_with_the_head_on_another_device() -> None:
+    """Logits come back from the head's device to the tokens' (greedy, beams, Whisper's decoding rules)."""
+    t5 = _load(make_hf("t5_gated"), device_map={"": "cpu", "lm_head": "meta"})  # untied head: free to move
+    assert t5.hf_device_map["lm_head"] == "meta" and t5.hf_device_map["embed"] == "cpu"
+    src, src_mask, _, _ = padded_seq2seq_batch()
+    kw: dict[str, Any] = {"max_new_tokens": 3, "one_zero_attention_mask": src_mask, "return_type": "tokens"}
+    whisper = _load(_whisper(), device_map={"": "cpu", "lm_head": "meta"})
+    with torch.no_grad(), meta_copies_as_zeros():
+        greedy = t5.generate(src, stop_at_eos=False, **kw)
+        beams = t5.generate(src, num_beams=2, **kw)
+        heard = whisper.generate(speech_like(lengths=(9_000,)), max_new_tokens=3, language="en")  # no detection: meta
+    assert greedy.device == beams.device == heard.device == CPU
+    assert greedy.shape == (3, 4) and beams.shape[0] == 3
+
+
 def test_whisper_transcribe_across_devices_equals_one_device() -> None:
     hf = _whisper()
     single = _load(hf)

@@ -365,7 +365,6 @@ class HookedModel(SAEHostMixin, HookedRootModule):
         devices = resolve_device_map(units, groups, device_map, max_memory, dtype)
         owner = {id(p): devices[u.name] for u in units for p in u.parameters()}
         self.load_converted(weights, {n: owner[id(p)] for n, p in self.named_parameters()}, dtype)
-        units, _ = self._placement_units()  # the loaded parameters
         self.__dict__["_placement_handles"] = apply_placement(units, devices)
         self.hf_device_map = {name: str(dev) for name, dev in devices.items()}
         first = next(iter(devices.values()))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from encoderlens.hooks import HookPoint, LensHandle
+from tests.conftest import raises_input_error
 
 
 def _ident(x, hook):
@@ -32,7 +33,7 @@ def test_has_hooks_filters():
     assert not hp.has_hooks(including_permanent=False)
     hp.add_hook(_ident, dir="fwd", level=2)
     assert hp.has_hooks(dir="fwd", level=2) and not hp.has_hooks(dir="fwd", level=1)
-    with pytest.raises(ValueError, match="dir must be"):
+    with raises_input_error(ValueError, "dir must be", param='dir'):
         hp.has_hooks(dir="sideways")  # type: ignore[arg-type]
 
 

@@ -17,8 +17,8 @@ from encoderlens.analysis import (
     prepare,
     run_patches,
 )
-from tests.unit.analysis_helpers import padded_tokens, tiny_mlm
 from tests.conftest import raises_input_error
+from tests.unit.analysis_helpers import padded_tokens, tiny_mlm
 
 METRIC_POS, GOOD, BAD = 4, 10, 11
 
@@ -89,7 +89,7 @@ def test_noising_is_the_mirror_of_denoising(model, pair):
     kw = {"input_kwargs": {"one_zero_attention_mask": mask}}
     noise = patch_residual(model, clean, corrupt, metric, direction="noise", layers=[0], **kw)
     assert noise.values[0, 2].item() == pytest.approx(1.0, abs=1e-5)  # patching the corrupted token destroys it all
-    with raises_input_error(ValueError, "direction", param='direction'):
+    with raises_input_error(ValueError, "direction", param="direction"):
         patch_residual(model, clean, corrupt, metric, direction="sideways", **kw)
 
 

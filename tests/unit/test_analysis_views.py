@@ -164,7 +164,9 @@ def test_payload_crops_padding_and_guards_size():
         render_attention_html([], items)
     one = torch.ones(1, 2, dtype=torch.long)
     with raises_input_error(ValueError, "patterns must be", param="patterns"):  # 3-D patterns: not an AttentionView's
-        render_attention_html([AttentionView("x", "x", torch.zeros(2, 2, 2), one, one, [["a", "b"]], [["a", "b"]])], ["0"])
+        render_attention_html(
+            [AttentionView("x", "x", torch.zeros(2, 2, 2), one, one, [["a", "b"]], [["a", "b"]])], ["0"]
+        )
 
 
 def test_layer_selection(tmp_path):

@@ -153,7 +153,9 @@ PRE = AudioPreprocessing()
 def test_bad_inputs_raise_clear_errors(tmp_path, make_input, kwargs, exc, match):
     audio = make_input(tmp_path)
     # a dict is outside prepare_audio's annotation: under make test-typecheck the type check rejects it first
-    check = raises_input_error(exc, match, param="input") if isinstance(audio, dict) else pytest.raises(exc, match=match)
+    check = (
+        raises_input_error(exc, match, param="input") if isinstance(audio, dict) else pytest.raises(exc, match=match)
+    )
     with check:
         prepare_audio(audio, PRE, min_samples=400, options=AudioOptions(**kwargs))
 

@@ -82,7 +82,7 @@ def test_loading_errors(tmp_path):
     shutil.copy(path / "config.json", empty / "config.json")
     with pytest.raises(ValueError, match="no weights"):
         HookedEncoder.from_pretrained(empty)
-    with raises_input_error(TypeError, "hub name or folder", param='name_or_path'):
+    with raises_input_error(TypeError, "hub name or folder", param="name_or_path"):
         HookedEncoder.from_pretrained(123)
     with pytest.raises(TypeError, match="PreTrainedModel"):
         HookedEncoder.from_pretrained(hf_model=object())

@@ -142,7 +142,7 @@ def test_missing_and_mismatched_decoder_inputs():
         model(src, tgt + 1000)
     with pytest.raises(TypeError, match="integer tensor"):
         model(src, tgt.float())
-    with raises_input_error(ValueError, "return_type must be one of", param='return_type'):
+    with raises_input_error(ValueError, "return_type must be one of", param="return_type"):
         model(src, tgt, return_type="hidden")
     with pytest.raises(ValueError, match="encoder only; do not pass decoder_input"):
         model(src, tgt, return_type="encoder_output")

@@ -130,5 +130,5 @@ def test_hooked_encoder_from_a_transformerlens_config():
         )
     with pytest.raises(ValueError, match="not supported here"):
         HookedEncoder({"d_head": 4, "d_model": 12, "n_ctx": 5, "n_layers": 1, "d_vocab": 9, "rotary_dim": 4})
-    with raises_input_error(TypeError, "from_pretrained", param='cfg'):
+    with raises_input_error(TypeError, "from_pretrained", param="cfg"):
         HookedEncoder("bert-base-cased")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from encoderlens.analysis import ALL_DETECTORS, head_scores, score_patterns, summarize
+from tests.conftest import raises_input_error
 from tests.unit.analysis_helpers import default_model, padded_tokens, tiny_mlm
 from tests.unit.brute_force import clean_cache, head_score_reference
 
@@ -86,9 +87,9 @@ def test_bad_inputs():
         score("sideways")
     with pytest.raises(ValueError, match="token ids"):
         score("duplicate_token")
-    with pytest.raises(ValueError, match=r"\(layer, batch, head"):
+    with raises_input_error(ValueError, r"\(layer, batch, head", param="patterns"):
         score_patterns(torch.zeros(2, 4, 4), "self", MASK)
-    with pytest.raises(ValueError, match="do not match"):
+    with raises_input_error(ValueError, "do not match", param="query_mask"):
         score_patterns(_patterns(), "self", torch.ones(1, 5))
     with pytest.raises(ValueError, match="special token ids"):
         score("special", tokens=torch.tensor([[1, 2, 3, 4]]))

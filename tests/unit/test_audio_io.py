@@ -19,6 +19,7 @@ from encoderlens.io.audio import (
     resample,
     to_waveforms,
 )
+from tests.conftest import raises_input_error
 
 RATE = 16000
 
@@ -174,8 +175,13 @@ PRE = AudioPreprocessing()
     ],
 )
 def test_bad_inputs_raise_clear_errors(tmp_path, make_input, kwargs, exc, match):
-    with pytest.raises(exc, match=match):
-        prepare_audio(make_input(tmp_path), PRE, min_samples=400, options=AudioOptions(**kwargs))
+    audio = make_input(tmp_path)
+    # a dict is outside prepare_audio's annotation: under make test-typecheck the type check rejects it first
+    check = (
+        raises_input_error(exc, match, param="input") if isinstance(audio, dict) else pytest.raises(exc, match=match)
+    )
+    with check:
+        prepare_audio(audio, PRE, min_samples=400, options=AudioOptions(**kwargs))
 
 
 def _garbage_file(p):
@@ -230,7 +236,7 @@ def test_model_keywords_build_one_options_object():
         model(wave, options=opts, resample=True)
     with pytest.raises(ValueError, match="already prepared"):
         model(model.prepare(wave, channel_axis=0), sampling_rate=8000)
-    with pytest.raises(TypeError, match="resample must be True or False"):
+    with raises_input_error(TypeError, "resample must be True or False", param="resample"):
         AudioOptions(resample="yes")
     with pytest.raises(ValueError, match="channel_axis must be 0 or 1"):
         AudioOptions(channel_axis=2)

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int, Real
 from torch import Tensor
 
 from encoderlens.analysis.results import Labelled
@@ -183,8 +183,8 @@ def target_keys(
 def score_patterns(
     patterns: Float[Tensor, "layer batch head_index query_pos key_pos"],
     detector: str,
-    query_mask: Int[Tensor, "batch query_pos"],
-    key_mask: Int[Tensor, "batch key_pos"] | None = None,
+    query_mask: Real[Tensor, "batch query_pos"] | Bool[Tensor, "batch query_pos"],
+    key_mask: Real[Tensor, "batch key_pos"] | Bool[Tensor, "batch key_pos"] | None = None,
     query_tokens: Int[Tensor, "batch query_pos"] | None = None,
     key_tokens: Int[Tensor, "batch key_pos"] | None = None,
     special_ids: dict[str, Any] | None = None,

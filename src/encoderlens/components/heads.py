@@ -42,7 +42,7 @@ class MLMHead(nn.Module):
         self.b_transform = nn.Parameter(torch.zeros(d_embed))
         self.ln = make_norm(d_embed, cfg.norm)
         # a list keeps the shared embedding from being registered twice as a submodule
-        self._embed = [embed]
+        self._embed = [embed] if cfg.tied else []  # read only when tied (placement follows the reference)
         self.W_U_untied = None if cfg.tied else nn.Parameter(torch.empty(d_embed, d_vocab))
         self.b_U = nn.Parameter(torch.zeros(d_vocab))
         self.hook_transformed = HookPoint()
@@ -60,7 +60,8 @@ class MLMHead(nn.Module):
 
     def logits(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         """Vocabulary logits: ``transform(x) @ W_U + b_U`` (the whole head, what the logit lens applies)."""
-        return F.linear(self.transform(x), self.W_U.t(), self.b_U)
+        # through __call__: a device_map moves x to the head first
+        return F.linear(self(x), self.W_U.t(), self.b_U)
 
 
 class MLMUnembed(nn.Module):
@@ -252,7 +253,7 @@ class LMHead(nn.Module):
     def __init__(self, d_model: int, d_vocab: int, cfg: UnembedConfig, embed: Embed) -> None:
         super().__init__()
         self.cfg = cfg
-        self._embed = [embed]
+        self._embed = [embed] if cfg.tied else []  # read only when tied (placement follows the reference)
         self.W_U_untied = None if cfg.tied else nn.Parameter(torch.empty(d_model, d_vocab))
         self.b_U = nn.Parameter(torch.zeros(d_vocab)) if cfg.bias else None
 

@@ -43,6 +43,19 @@ class LayerNorm(nn.Module):
         x = self.hook_normalized(x / scale)
         return torch.addcmul(self.b, x, self.w) if self.b is not None else x * self.w
 
+    def jvp(self, x: Float[Tensor, "... d_model"], v: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """The norm's Jacobian at ``x`` applied to ``v`` (``x`` broadcasts against ``v``)::
+
+            J v = w * (v_c - x_hat * mean(x_hat * v_c)) / scale,   v_c = v - mean(v)
+
+        with ``x_hat`` and ``scale`` of ``x`` as in :meth:`forward` (centring and the change of the scale).
+        """
+        xc = x - x.mean(-1, keepdim=True)
+        scale = (xc.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        x_hat = xc / scale
+        vc = v - v.mean(-1, keepdim=True)
+        return self.w * (vc - x_hat * (x_hat * vc).mean(-1, keepdim=True)) / scale
+
 
 class RMSNorm(nn.Module):
     """T5-style RMSNorm: ``x / sqrt(mean(x^2) + eps) * w`` (no mean subtraction, no bias).
@@ -62,6 +75,12 @@ class RMSNorm(nn.Module):
         scale = self.hook_scale((x.float().pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         x = self.hook_normalized((x.float() / scale).to(self.w.dtype))
         return x * self.w
+
+    def jvp(self, x: Float[Tensor, "... d_model"], v: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """The norm's Jacobian at ``x`` applied to ``v``: ``w * (v - x_hat * mean(x_hat * v)) / scale``."""
+        scale = (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        x_hat = x / scale
+        return self.w * (v - x_hat * (x_hat * v).mean(-1, keepdim=True)) / scale
 
 
 def make_norm(d_model: int, cfg: NormConfig) -> LayerNorm | RMSNorm:

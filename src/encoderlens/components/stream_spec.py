@@ -70,6 +70,24 @@ class StreamSpec:
         kind = "normalized_resid" if self.norm_position == "post" else "resid"
         return f"{self.prefix}blocks.{layer}.hook_{kind}_{where}"
 
+    def renormalizations(self, layer: int) -> tuple[tuple[str, str, str], ...]:
+        """Where block ``layer`` renormalises the residual stream itself, in order.
+
+        Post-LN: ``(sub-layer, hook of the sum entering the norm, norm module path)`` after self-attention
+        (``"attn"``: ``hook_resid_mid``, ``ln1``), cross-attention (``"cross"``, decoders:
+        ``hook_resid_mid_cross``, ``ln2``) and the MLP (``"mlp"``: ``hook_resid_post``, the MLP norm). The
+        normalised sum is the stream the next sub-layer reads. Pre-LN: ``()`` (the norms sit on the
+        branches; the stream is a plain sum).
+        """
+        if self.norm_position != "post":
+            return ()
+        b = f"{self.prefix}blocks.{layer}."
+        steps = [("attn", b + "hook_resid_mid", b + "ln1")]
+        if self.has_cross_attention:
+            steps.append(("cross", b + "hook_resid_mid_cross", b + "ln2"))
+        steps.append(("mlp", b + "hook_resid_post", b + str(self.blocks[layer].mlp_norm_name)))
+        return tuple(steps)
+
 
 def fold_norm_into_unembed(norm: nn.Module | None, W_U: Tensor, b_U: Tensor) -> tuple[Tensor, Tensor]:
     """Fold a final norm's affine ``(w, b)`` into an unembedding: ``W = diag(w) W_U``, ``b' = b_U + b W_U``.
@@ -80,10 +98,10 @@ def fold_norm_into_unembed(norm: nn.Module | None, W_U: Tensor, b_U: Tensor) -> 
         return W_U, b_U
     bias = getattr(norm, "b", None)
     if isinstance(bias, Tensor):
-        b_U = b_U + bias @ W_U
+        b_U = b_U + bias.to(W_U.device) @ W_U  # the norm and the head may sit on two devices (device_map)
     weight = norm.w
     assert isinstance(weight, Tensor)
-    return weight[:, None] * W_U, b_U
+    return weight.to(W_U.device)[:, None] * W_U, b_U
 
 
 @runtime_checkable

@@ -161,7 +161,9 @@ class TransformerBlock(nn.Module):
         if self.hook_q_input.has_hooks() or self.hook_k_input.has_hooks() or self.hook_v_input.has_hooks():
             if extra:
                 raise ValueError(
-                    "per-head attention inputs (hook_q/k/v_input) are not supported with disentangled attention"
+                    "per-head attention inputs (hook_q/k/v_input, which edge attribution / circuits use) are not "
+                    "supported with disentangled attention (DeBERTa). "
+                    "Use path_patch or attribute_heads on this model"
                 )
             ln = self.ln1 if self.pre_ln else None
             extra["split"] = self._split(x, x, self.attn.cfg.n_heads, ln, ln, "")

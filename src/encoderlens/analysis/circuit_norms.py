@@ -75,8 +75,10 @@ def _score_matrix(
         receivers = [j for j, r in enumerate(graph.receivers) if r.order[0] == si]
         steps = {st.order: st for st in graph.renorms if st.stream == si}
         last = max((graph.receivers[j].order[1] for j in receivers), default=-1)
-        orders = sorted({graph.senders[i].order[1] for i in senders} | set(steps))
-        orders = sorted(set(orders) | {graph.receivers[j].order[1] for j in receivers})
+        # in order: receivers read the stream, the sub-layer's senders join it, then its norm applies
+        orders = sorted(
+            {graph.senders[i].order[1] for i in senders} | set(steps) | {graph.receivers[j].order[1] for j in receivers}
+        )
         idx: list[int] = []
         cur: Tensor | None = None
         for o in orders:
@@ -94,10 +96,12 @@ def _score_matrix(
                 st = steps[o]
                 cur = norms[st.norm].jvp(sums[st.sum_hook], cur)
     # edges between streams (an encoder's output into cross-attention k / v): no norm in between
-    for i, s in enumerate(graph.senders):
-        cross = [j for si, j in graph.edges if si == i and graph.receivers[j].order[0] != s.order[0]]
-        if cross:
-            score([i], deltas[s.name][None], cross)
+    cross: dict[int, list[int]] = {}
+    for i, j in graph.edges:
+        if graph.receivers[j].order[0] != graph.senders[i].order[0]:
+            cross.setdefault(i, []).append(j)
+    for i, js in cross.items():
+        score([i], deltas[graph.senders[i].name][None], js)
     return full
 
 

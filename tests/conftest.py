@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -18,6 +22,41 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def runtime_typechecked() -> bool:
+    """Whether encoderlens was imported under jaxtyping + beartype runtime checks (``make test-typecheck``)."""
+    module = sys.modules.get("encoderlens")
+    spec = getattr(module, "__spec__", None)
+    return type(getattr(spec, "loader", None)).__name__ == "_JaxtypingLoader"
+
+
+@contextmanager
+def raises_input_error(
+    expected_exception: type[BaseException] | tuple[type[BaseException], ...], match: str | None = None, *, param: str
+) -> Iterator[None]:
+    """``pytest.raises(expected_exception, match=match)`` for an argument the function rejects with its own message.
+
+    Under ``make test-typecheck`` the argument's annotation (what the function accepts) rejects the value
+    first: then the error must be jaxtyping's ``TypeCheckError`` naming parameter ``param``. Either way the
+    call must fail, and fail on that argument.
+    """
+    if not runtime_typechecked():
+        with pytest.raises(expected_exception, match=match):
+            yield
+        return
+    from jaxtyping import TypeCheckError
+
+    with pytest.raises((expected_exception, TypeCheckError)) as info:
+        yield
+    message = str(info.value)
+    if isinstance(info.value, TypeCheckError):
+        # one parameter's annotation, or shapes that disagree across parameters (then none is singled out)
+        named = f"parameter '{param}'" in message
+        across = "whilst typechecking parameter" not in message and f"'{param}':" in message
+        assert named or across, f"the type check failed on another parameter than {param!r}: {message}"
+    elif match is not None:
+        assert re.search(match, message), f"{match!r} not found in {message!r}"
 
 
 def save_tiny(model, tmp_path, tokenizer=None):

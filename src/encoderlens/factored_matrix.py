@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import warnings
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["FactoredMatrix", "FactoredMatrixBroadcastError", "FactoredMatrixShapeError"]
+__all__ = ["FactoredMatrix", "FactoredMatrixBroadcastError", "FactoredMatrixShapeError", "TensorLike"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -36,9 +36,28 @@ class FactoredMatrixBroadcastError(FactoredMatrixShapeError, RuntimeError):
     """Leading (batch) dimensions that do not broadcast; also a ``RuntimeError``, as TransformerLens raises."""
 
 
+@runtime_checkable
+class TensorLike(Protocol):
+    """An object that quacks like a tensor for products (``ndim``, ``shape``, ``size``, ``@``), e.g. a wrapper.
+
+    A FactoredMatrix of such factors supports products (``@``, ``AB``, ``BA``); its results are of the
+    factors' own type.
+    """
+
+    @property
+    def ndim(self) -> int: ...
+
+    @property
+    def shape(self) -> Any: ...
+
+    def size(self, dim: int) -> Any: ...
+
+    def __matmul__(self, other: Any) -> Any: ...
+
+
 def _is_matrix_like(x: Any) -> bool:
-    """A torch tensor or a tensor-like object (``ndim``, ``shape``, ``size``, ``@``)."""
-    return isinstance(x, Tensor) or all(hasattr(x, a) for a in ("ndim", "shape", "size", "__matmul__"))
+    """A torch tensor or a :class:`TensorLike`."""
+    return isinstance(x, (Tensor, TensorLike))
 
 
 class FactoredMatrix:
@@ -54,7 +73,9 @@ class FactoredMatrix:
         shape: ``(*leading, ldim, rdim)``.
     """
 
-    def __init__(self, A: Float[Tensor, "... ldim mdim"] | Any, B: Float[Tensor, "... mdim rdim"] | Any) -> None:
+    def __init__(
+        self, A: Float[Tensor, "... ldim mdim"] | TensorLike, B: Float[Tensor, "... mdim rdim"] | TensorLike
+    ) -> None:
         if not _is_matrix_like(A) or not _is_matrix_like(B):
             raise TypeError(f"FactoredMatrix needs two tensors, got {type(A).__name__} and {type(B).__name__}")
         if A.ndim < 2 or B.ndim < 2:
@@ -77,15 +98,17 @@ class FactoredMatrix:
                 f"leading dimensions mismatch (they do not broadcast): A is {tuple(A.shape)}, B is {tuple(B.shape)}"
             ) from e
         self.shape = torch.Size((*lead, self.ldim, self.rdim))
-        self.A = A.broadcast_to((*lead, self.ldim, self.mdim)) if tuple(A.shape[:-2]) != tuple(lead) else A
-        self.B = B.broadcast_to((*lead, self.mdim, self.rdim)) if tuple(B.shape[:-2]) != tuple(lead) else B
+        # typed as tensors: a TensorLike stands in for one in products, the only operations it supports here
+        A, B = cast(Tensor, A), cast(Tensor, B)
+        self.A: Tensor = A.broadcast_to((*lead, self.ldim, self.mdim)) if tuple(A.shape[:-2]) != tuple(lead) else A
+        self.B: Tensor = B.broadcast_to((*lead, self.mdim, self.rdim)) if tuple(B.shape[:-2]) != tuple(lead) else B
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
     @property
-    def pair(self) -> tuple[Tensor, Tensor]:
+    def pair(self) -> tuple[Tensor | TensorLike, Tensor | TensorLike]:
         """``(A, B)``."""
         return self.A, self.B
 
@@ -94,12 +117,12 @@ class FactoredMatrix:
 
     # ------------------------------------------------------------------ products
     @property
-    def AB(self) -> Float[Tensor, "... ldim rdim"]:
+    def AB(self) -> Float[Tensor, "... ldim rdim"] | TensorLike:
         """The full product ``A @ B``."""
         return self.A @ self.B
 
     @property
-    def BA(self) -> Float[Tensor, "... rdim ldim"]:
+    def BA(self) -> Float[Tensor, "... rdim ldim"] | TensorLike:
         """``B @ A`` (needs ``ldim == rdim``); has the same nonzero eigenvalues as ``AB``."""
         if self.ldim != self.rdim:
             raise FactoredMatrixShapeError(f"BA needs a square product, got ldim={self.ldim}, rdim={self.rdim}")

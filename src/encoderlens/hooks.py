@@ -198,12 +198,20 @@ class HookPoint(nn.Module):
             (including_permanent or not h.is_permanent) and (level is None or h.context_level == level) for h in handles
         )
 
+    #: TransformerLens 3's per-hook tensor conversion: always None here (hooks see the documented shape).
+    hook_conversion: None = None
+
     def enable_reshape(self, hook_conversion: object = None) -> None:
-        """Not supported: TransformerLens 3's tensor conversions belong to its TransformerBridge.
+        """TransformerLens 3's hook conversion; only ``None`` (no conversion, as here always) is supported.
+
+        TransformerLens 3's conversions adapt the tensors of its TransformerBridge (HF modules) to its hook
+        shapes; hooks here already see the activation in the shape of the model's hook table.
 
         Raises:
-            NotImplementedError: Always; hooks here see the activation in its documented shape.
+            NotImplementedError: For a conversion object.
         """
+        if hook_conversion is None:
+            return
         raise NotImplementedError(
             "HookPoint.enable_reshape / hook_conversion are TransformerLens 3 TransformerBridge internals, which "
             "encoderlens does not have: hooks always see the activation in the shape of the model's hook table. "

@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from encoderlens import HookedAudioEncoder
-from tests.conftest import masked_max_diff, pattern_max_diff, randomize_norms
+from tests.conftest import masked_max_diff, pattern_max_diff, raises_input_error, randomize_norms
 
 ATOL = 1e-4
 LENGTHS = (617, 403, 250)  # samples; the tiny conv stack (kernels 10, 3; strides 5, 2) needs >= 20
@@ -430,7 +430,7 @@ def test_frame_helpers_match_hf(tmp_path):
     assert torch.allclose(times, expected.float())
     assert torch.allclose(model.frame_times(2, span="hop"), torch.tensor([[0, 10], [10, 20]]) / 16000)
     assert model.time_to_frame(0.0) == 0 and model.time_to_frame(25 / 16000) == 2
-    with pytest.raises(ValueError, match="span"):
+    with raises_input_error(ValueError, "span", param="span"):
         model.frame_times(2, span="window")
 
 

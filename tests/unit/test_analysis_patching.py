@@ -17,6 +17,7 @@ from encoderlens.analysis import (
     prepare,
     run_patches,
 )
+from tests.conftest import raises_input_error
 from tests.unit.analysis_helpers import padded_tokens, tiny_mlm
 
 METRIC_POS, GOOD, BAD = 4, 10, 11
@@ -88,7 +89,7 @@ def test_noising_is_the_mirror_of_denoising(model, pair):
     kw = {"input_kwargs": {"one_zero_attention_mask": mask}}
     noise = patch_residual(model, clean, corrupt, metric, direction="noise", layers=[0], **kw)
     assert noise.values[0, 2].item() == pytest.approx(1.0, abs=1e-5)  # patching the corrupted token destroys it all
-    with pytest.raises(ValueError, match="direction"):
+    with raises_input_error(ValueError, "direction", param="direction"):
         patch_residual(model, clean, corrupt, metric, direction="sideways", **kw)
 
 
@@ -261,12 +262,13 @@ def test_nearly_equal_clean_and_corrupted_metrics_warn(model, pair):
         patch_residual(model, clean, corrupt, offset, **kw)
 
     # the case: a small clean/corrupted gap next to patched values far outside it (scores of +-122)
-    from types import SimpleNamespace
+    from dataclasses import replace
 
-    from encoderlens.analysis.patching_core import normalise
+    from encoderlens.analysis.patching_core import normalise, setup_runs
 
     base, src = torch.tensor(2.00), torch.tensor(2.05)
-    setup = SimpleNamespace(metric_base=base, metric_source=src, metric_clean=src, metric_corrupt=base)
+    setup = setup_runs(model, clean, corrupt, ld, ["blocks.0.hook_resid_pre"], input_kwargs=kw["input_kwargs"])
+    setup = replace(setup, metric_base=base, metric_source=src, metric_clean=src, metric_corrupt=base)
     with pytest.warns(UserWarning, match=r"reach 122"):
         out = normalise(torch.tensor([2.0, 2.05, 8.1]), setup, True)
     assert out.tolist() == pytest.approx([0.0, 1.0, 122.0], rel=1e-4)

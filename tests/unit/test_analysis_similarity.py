@@ -18,6 +18,7 @@ from encoderlens.analysis import (
     similarity_by_layer,
 )
 from encoderlens.io.checkpoint import default_model_path
+from tests.conftest import raises_input_error
 from tests.unit.analysis_helpers import default_model, tiny_mlm_folder
 
 A = "A man is playing a guitar on stage."
@@ -183,9 +184,9 @@ def test_first_order_methods_track_the_exact_ones(encoder, exact):
 def test_similarity_by_layer_and_bad_arguments(encoder):
     by = similarity_by_layer(encoder, A, C)
     assert by.labels["layer"][0] == "embed" and by.shape == (7,)
-    with pytest.raises(ValueError, match="method must be"):
+    with raises_input_error(ValueError, "method must be", param="method"):
         attribute_similarity(encoder, A, B, method="shapley")
-    with pytest.raises(TypeError, match="two strings"):
+    with raises_input_error(TypeError, "two strings", param="b"):
         attribute_similarity(encoder, A, [B])
     with pytest.raises(TypeError, match="strings"):
         encoder.prepare([])

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from encoderlens.analysis import AttentionView, attention_html, render_attention_html
+from tests.conftest import raises_input_error
 from tests.unit.analysis_helpers import default_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -161,9 +162,11 @@ def test_payload_crops_padding_and_guards_size():
         render_attention_html(views, items[:1])
     with pytest.raises(ValueError, match="no attention view"):
         render_attention_html([], items)
-    bad = AttentionView("x", "x", torch.zeros(2, 2, 2), torch.ones(1, 2), torch.ones(1, 2), [["a", "b"]], [["a", "b"]])
-    with pytest.raises(ValueError, match="patterns must be"):
-        render_attention_html([bad], ["0"])
+    one = torch.ones(1, 2, dtype=torch.long)
+    with raises_input_error(ValueError, "patterns must be", param="patterns"):  # 3-D patterns: not an AttentionView's
+        render_attention_html(
+            [AttentionView("x", "x", torch.zeros(2, 2, 2), one, one, [["a", "b"]], [["a", "b"]])], ["0"]
+        )
 
 
 def test_layer_selection(tmp_path):

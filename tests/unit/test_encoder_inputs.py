@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import raises_input_error
+
 
 def test_strings_pairs_and_tokens_agree(tiny_mlm):
     model, hf, tok = tiny_mlm
@@ -63,7 +65,7 @@ def test_bad_inputs_raise_clear_errors(tiny_mlm):
         model(torch.tensor([[2, 5, 3]]), one_zero_attention_mask=torch.tensor([[1, 2, 1]]))
     with pytest.raises(ValueError, match="token_type_ids"):
         model(torch.tensor([[2, 5, 3]]), token_type_ids=torch.tensor([[0, 5, 0]]))
-    with pytest.raises(ValueError, match="return_type"):
+    with raises_input_error(ValueError, "return_type", param="return_type"):
         model("the cat", return_type="logit")
     with pytest.raises(ValueError, match="empty"):
         model([])

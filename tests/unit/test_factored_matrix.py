@@ -164,3 +164,14 @@ def test_tensor_like_operands():
     m = torch.randn(2, 3, dtype=torch.float64)
     left = Wrapped(m) @ f
     assert isinstance(left, FactoredMatrix) and torch.allclose(left.AB.t, m @ dense)
+
+
+def test_utils_transpose_as_transformerlens_uses_it():
+    """TransformerLens code writes ``fm.collapse_r() @ utils.transpose(fm.V) == fm.AB`` (any leading dims)."""
+    from encoderlens import utils
+
+    fm = FactoredMatrix(torch.randn(2, 3, 5, 4), torch.randn(2, 3, 4, 6))
+    assert utils.transpose(fm.V).shape == (2, 3, 4, 6)
+    assert torch.allclose(fm.collapse_r() @ utils.transpose(fm.V), fm.AB, atol=1e-4)
+    assert torch.equal(utils.transpose(torch.arange(6).view(2, 3)), torch.tensor([[0, 3], [1, 4], [2, 5]]))
+    assert utils.get_act_name("pattern", 0) == "blocks.0.attn.hook_pattern"

@@ -20,6 +20,7 @@ from encoderlens.analysis import (
     similarity,
     token_score,
 )
+from tests.conftest import raises_input_error
 from tests.parity.encoder_parity import load_pair, padded_batch
 from tests.parity.test_audio_parity import randomize_all, tiny_kwargs
 from tests.parity.test_roberta_parity import tiny
@@ -287,5 +288,5 @@ def test_views_render(bert, audio, tmp_path):
     assert res.plot(item=1) is not None
     wave = attribute_input(audio, waves(), ctc_token(5, (1, 4)), method="saliency")
     assert "<polyline" in wave.to_html() and wave.plot().get_xlabel() == "time (s)"
-    with pytest.raises(ValueError, match="method must be one of"):
+    with raises_input_error(ValueError, "method must be one of", param="method"):
         attribute_input(bert, tok, token_score(0, 1), method="lime")

@@ -11,6 +11,7 @@ from transformers import BertConfig, BertForMaskedLM
 import encoderlens
 from encoderlens import HookedEncoder
 from encoderlens.convert import supported_architectures
+from tests.conftest import raises_input_error
 
 
 def tiny(tmp_path):
@@ -81,7 +82,7 @@ def test_loading_errors(tmp_path):
     shutil.copy(path / "config.json", empty / "config.json")
     with pytest.raises(ValueError, match="no weights"):
         HookedEncoder.from_pretrained(empty)
-    with pytest.raises(TypeError, match="hub name or folder"):
+    with raises_input_error(TypeError, "hub name or folder", param="name_or_path"):
         HookedEncoder.from_pretrained(123)
     with pytest.raises(TypeError, match="PreTrainedModel"):
         HookedEncoder.from_pretrained(hf_model=object())

@@ -108,3 +108,15 @@ def test_speech_encoder(speech):
     assert speech.run_prepared(speech.prepare_input(ex.input, **ex.options)).ndim == 3
     with pytest.raises(ValueError, match="already prepared"):
         speech.prepare_input(p.args[0], sampling_rate=16000)
+
+
+def test_token_labels_name_ids_past_the_tokenizer_vocabulary():
+    """T5 has more embedding rows than tokens: such ids get a label saying their id, never None."""
+    from encoderlens.models.contract import text_position_labels
+    from tests.seq2seq_helpers import t5_tokenizer
+
+    tok = t5_tokenizer()
+    past = len(tok) + 3
+    assert tok.convert_ids_to_tokens([past]) == [None]  # what the tokenizer gives
+    labels = text_position_labels(tok, torch.tensor([[4, past, 0]]), torch.tensor([[1, 1, 0]]))
+    assert labels == [[tok.convert_ids_to_tokens(4), f"<id {past}>", "<pad>"]]

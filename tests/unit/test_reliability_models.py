@@ -7,6 +7,7 @@ import torch
 
 from encoderlens import HookedEncoderDecoder
 from encoderlens.analysis import head_scores
+from tests.conftest import raises_input_error
 from tests.seq2seq_helpers import make_hf
 
 
@@ -71,7 +72,7 @@ def test_remove_batch_dim_and_stop_at_layer_bounds_raise():
     for bad in (99, 3, -3):
         with pytest.raises(ValueError, match=rf"stop_at_layer={bad} is out of range for 2 blocks"):
             mlm(ids, return_type="embeddings", stop_at_layer=bad)
-    with pytest.raises(TypeError, match="stop_at_layer must be an int"):
+    with raises_input_error(TypeError, "stop_at_layer must be an int", param="stop_at_layer"):
         mlm(ids, return_type="embeddings", stop_at_layer=1.5)
     for ok in (0, 2, -2, -1):
         assert mlm(ids, return_type="embeddings", stop_at_layer=ok).shape == (2, 4, mlm.cfg.d_model)
@@ -98,7 +99,7 @@ def test_none_input_says_what_is_accepted():
     with pytest.raises(TypeError, match="input is None; pass a string, a list of strings"):
         mlm(None)
     audio = HookedAudioEncoder.from_pretrained(hf_model=Wav2Vec2ForCTC(Wav2Vec2Config(**tiny_kwargs())).eval())
-    with pytest.raises(TypeError, match="expected a waveform .* got NoneType"):
+    with raises_input_error(TypeError, "expected a waveform .* got NoneType", param="input"):
         audio(None)
     seq = HookedEncoderDecoder.from_pretrained(hf_model=make_hf("t5"))
     with pytest.raises(TypeError, match="input is None"):

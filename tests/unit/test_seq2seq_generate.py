@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from encoderlens import HookedEncoderDecoder
+from tests.conftest import raises_input_error
 from tests.seq2seq_helpers import generating_hf, greedy_config, padded_seq2seq_batch, pick_eos
 
 MAX_NEW = 22  # 22 decoder positions: past max_distance=20, so the far buckets are used while generating
@@ -140,7 +141,7 @@ def test_generation_bad_inputs(t5_pair):
         model.generate(src, max_new_tokens=0)
     with pytest.raises(ValueError, match="prefix has 3"):
         model.generate(src, decoder_input=torch.zeros(3, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match="return_type"):
+    with raises_input_error(ValueError, "return_type", param="return_type"):
         model.generate(src, return_type="logits")
     with pytest.raises(ValueError, match="needs a tokenizer"):
         model.generate(src, return_type="str", max_new_tokens=2)
@@ -188,5 +189,5 @@ def test_beam_search_rejects_what_it_does_not_do(t5_pair):
         model.generate(src, num_beams=2, return_cache=True)
     with pytest.raises(ValueError, match="num_beams must be a positive int"):
         model.generate(src, num_beams=0)
-    with pytest.raises(ValueError, match="early_stopping"):
+    with raises_input_error(ValueError, "early_stopping", param="early_stopping"):
         model.generate(src, num_beams=2, early_stopping="sometimes")

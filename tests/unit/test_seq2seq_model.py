@@ -7,7 +7,7 @@ import torch
 
 from encoderlens import HookedEncoderDecoder
 from encoderlens.cache import CacheKeyError
-from tests.conftest import masked_max_diff, save_tiny
+from tests.conftest import masked_max_diff, raises_input_error, save_tiny
 from tests.seq2seq_helpers import bart_tokenizer, make_hf, padded_seq2seq_batch, t5_tokenizer
 
 ATOL = 1e-4
@@ -142,7 +142,7 @@ def test_missing_and_mismatched_decoder_inputs():
         model(src, tgt + 1000)
     with pytest.raises(TypeError, match="integer tensor"):
         model(src, tgt.float())
-    with pytest.raises(ValueError, match="return_type must be one of"):
+    with raises_input_error(ValueError, "return_type must be one of", param="return_type"):
         model(src, tgt, return_type="hidden")
     with pytest.raises(ValueError, match="encoder only; do not pass decoder_input"):
         model(src, tgt, return_type="encoder_output")

@@ -12,6 +12,7 @@ import torch
 from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model
 
 from encoderlens import HookedAudioEncoder
+from tests.conftest import raises_input_error
 from tests.parity.test_audio_parity import randomize_all, save_checkpoint, tiny_kwargs, waveforms
 
 ATOL = 1e-4
@@ -74,7 +75,7 @@ def test_frame_input_errors(w2v_large):
     model, _, _ = w2v_large
     wav = waveforms()[0]
     frames, mask = model.to_frames(wav)
-    with pytest.raises(TypeError, match="one_zero_attention_mask="):
+    with raises_input_error(TypeError, "one_zero_attention_mask=", param="return_type"):
         model(frames, mask)  # TL's positional mask lands on return_type here
     with pytest.raises(ValueError, match="frame-level mask"):
         model(wav, one_zero_attention_mask=mask)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from encoderlens import HookedEncoder
-from tests.conftest import masked_max_diff
+from tests.conftest import masked_max_diff, raises_input_error
 
 PAIRS = [("the cat sat", "on the mat"), ("a dog", "ran")]
 
@@ -130,5 +130,5 @@ def test_hooked_encoder_from_a_transformerlens_config():
         )
     with pytest.raises(ValueError, match="not supported here"):
         HookedEncoder({"d_head": 4, "d_model": 12, "n_ctx": 5, "n_layers": 1, "d_vocab": 9, "rotary_dim": 4})
-    with pytest.raises(TypeError, match="from_pretrained"):
+    with raises_input_error(TypeError, "from_pretrained", param="cfg"):
         HookedEncoder("bert-base-cased")

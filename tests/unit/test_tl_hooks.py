@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from encoderlens.hooks import HookPoint, LensHandle
+from tests.conftest import raises_input_error
 
 
 def _ident(x, hook):
@@ -32,7 +33,7 @@ def test_has_hooks_filters():
     assert not hp.has_hooks(including_permanent=False)
     hp.add_hook(_ident, dir="fwd", level=2)
     assert hp.has_hooks(dir="fwd", level=2) and not hp.has_hooks(dir="fwd", level=1)
-    with pytest.raises(ValueError, match="dir must be"):
+    with raises_input_error(ValueError, "dir must be", param="dir"):
         hp.has_hooks(dir="sideways")  # type: ignore[arg-type]
 
 
@@ -49,9 +50,23 @@ def test_remove_hooks_by_level_keeps_permanent():
     assert not hp.has_hooks() and not hp._forward_hooks
 
 
-def test_enable_reshape_raises_clearly():
+def test_enable_reshape_accepts_only_no_conversion():
+    hp = HookPoint()
+    hp.enable_reshape(None)  # TransformerLens 3: no conversion, what every hook point here does
+    assert hp.hook_conversion is None
+    hp.add_hook(lambda x, hook: x + 1)
+    assert hp(torch.zeros(2)).tolist() == [1.0, 1.0]
+
+    class Doubling:
+        def convert(self, x):
+            return x * 2
+
+        def revert(self, x):
+            return x / 2
+
     with pytest.raises(NotImplementedError, match="TransformerBridge"):
-        HookPoint().enable_reshape(None)
+        hp.enable_reshape(Doubling())
+    assert hp.hook_conversion is None
 
 
 def test_context_levels_nest_and_remove_only_their_own_hooks(tiny_mlm):

@@ -14,12 +14,15 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Int
 from torch import Tensor
 
 from encoderlens.models.base import HookedModel
 from encoderlens.models.contract import Prepared
 
 Kind = Literal["logit", "logprob", "prob"]
+#: One value for every batch item, or one per item: an int, a list of ints, or a 0-d / 1-d tensor of them.
+PerItem = int | Sequence[int] | Int[Tensor, ""] | Int[Tensor, "_items"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,8 @@ def _check_logits(out: Any, ndim: int, what: str) -> Tensor:
 
 
 def token_score(
-    position: int | Sequence[int],
-    token: int | Sequence[int],
+    position: PerItem,
+    token: PerItem,
     kind: Kind = "logit",
     return_type: str | None = None,
     stream_name: str = "",
@@ -89,7 +92,7 @@ def token_score(
     return Target(fn, f"{kind}[{token}] at position {position}", return_type)
 
 
-def mask_fill(model: HookedModel, token: int | Sequence[int], kind: Kind = "logprob") -> Target:
+def mask_fill(model: HookedModel, token: PerItem, kind: Kind = "logprob") -> Target:
     """The masked-LM fill: ``kind`` of ``token`` at each item's first ``[MASK]`` (needs a tokenizer).
 
     Example:
@@ -117,7 +120,7 @@ def mask_fill(model: HookedModel, token: int | Sequence[int], kind: Kind = "logp
     return Target(fn, f"mask fill {kind}[{token}]", "logits")
 
 
-def class_score(label: int | Sequence[int], kind: Kind = "logit", return_type: str = "classification") -> Target:
+def class_score(label: PerItem, kind: Kind = "logit", return_type: str = "classification") -> Target:
     """A sequence classifier's ``kind`` of class ``label`` (output ``(batch, n_labels)``)."""
 
     def fn(out: Any, batch: Prepared) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -67,7 +68,12 @@ class TransformerBlock(nn.Module):
     ``cfg.first_block_attn_norm=False``, drops ``ln1`` in block 0 (``ln1`` is then None).
     The attention module follows ``kind``: :class:`Attention`, :class:`DisentangledAttention` or
     :class:`GatedRelativeAttention`.
+
+    ``entry_device`` (None unless the model is placed over several devices with a ``device_map``) is
+    where :func:`~encoderlens.components.stack.run_blocks` moves the block's inputs before running it.
     """
+
+    entry_device: torch.device | None = None
 
     def __init__(self, cfg: StackConfig, kv_d_model: int | None = None, layer: int = 0) -> None:
         super().__init__()

@@ -41,7 +41,7 @@ class MLMHead(nn.Module):
         self.b_transform = nn.Parameter(torch.zeros(d_embed))
         self.ln = make_norm(d_embed, cfg.norm)
         # a list keeps the shared embedding from being registered twice as a submodule
-        self._embed = [embed]
+        self._embed = [embed] if cfg.tied else []  # read only when tied (placement follows the reference)
         self.W_U_untied = None if cfg.tied else nn.Parameter(torch.empty(d_embed, d_vocab))
         self.b_U = nn.Parameter(torch.zeros(d_vocab))
         self.hook_transformed = HookPoint()
@@ -59,7 +59,7 @@ class MLMHead(nn.Module):
 
     def logits(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         """Vocabulary logits: ``transform(x) @ W_U + b_U`` (the whole head, what the logit lens applies)."""
-        return self.transform(x) @ self.W_U + self.b_U
+        return self(x) @ self.W_U + self.b_U  # through __call__: a device_map moves x to the head first
 
 
 class MLMUnembed(nn.Module):
@@ -250,7 +250,7 @@ class LMHead(nn.Module):
     def __init__(self, d_model: int, d_vocab: int, cfg: UnembedConfig, embed: Embed) -> None:
         super().__init__()
         self.cfg = cfg
-        self._embed = [embed]
+        self._embed = [embed] if cfg.tied else []  # read only when tied (placement follows the reference)
         self.W_U_untied = None if cfg.tied else nn.Parameter(torch.empty(d_model, d_vocab))
         self.b_U = nn.Parameter(torch.zeros(d_vocab)) if cfg.bias else None
 

@@ -87,10 +87,10 @@ def fold_norm_into_unembed(norm: nn.Module | None, W_U: Tensor, b_U: Tensor) -> 
         return W_U, b_U
     bias = getattr(norm, "b", None)
     if isinstance(bias, Tensor):
-        b_U = b_U + bias @ W_U
+        b_U = b_U + bias.to(W_U.device) @ W_U  # the norm and the head may sit on two devices (device_map)
     weight = norm.w
     assert isinstance(weight, Tensor)
-    return weight[:, None] * W_U, b_U
+    return weight.to(W_U.device)[:, None] * W_U, b_U
 
 
 @runtime_checkable

@@ -50,10 +50,11 @@ class Prepared:
     family: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    masks: dict[StreamName, Int[Tensor, "batch pos"]]
+    # streams differ in length (encoder and decoder positions): each stream's pos is its own (``_pos``)
+    masks: dict[StreamName, Int[Tensor, "batch _pos"]]
     labels: dict[StreamName, list[list[str]] | None]
-    token_ids: dict[StreamName, Int[Tensor, "batch pos"]] = field(default_factory=dict)
-    times: dict[StreamName, Float[Tensor, "pos 2"]] = field(default_factory=dict)
+    token_ids: dict[StreamName, Int[Tensor, "batch _pos"]] = field(default_factory=dict)
+    times: dict[StreamName, Float[Tensor, "_pos 2"]] = field(default_factory=dict)
     batch_size: int = 1
     alignment_hint: str = ""
 
@@ -170,13 +171,17 @@ class ExampleInput:
 def text_position_labels(
     tokenizer: Any, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
 ) -> list[list[str]] | None:
-    """Token strings per item and position (``"<pad>"`` at padding); None without a tokenizer."""
+    """Token strings per item and position (``"<pad>"`` at padding); None without a tokenizer.
+
+    An id the tokenizer has no string for (embedding rows past its vocabulary, as T5's 32128 rows for
+    32100 tokens) is labelled ``"<id 32110>"``.
+    """
     if tokenizer is None:
         return None
     out = []
     for row, m in zip(tokens.tolist(), mask.tolist()):
         toks = tokenizer.convert_ids_to_tokens(row)
-        out.append([t if keep else "<pad>" for t, keep in zip(toks, m)])
+        out.append([("<pad>" if not keep else t if t is not None else f"<id {i}>") for i, t, keep in zip(row, toks, m)])
     return out
 
 

@@ -76,7 +76,10 @@ class EncoderTextIO:
         return TextBatch(batch.tokens.to(device), batch.attention_mask.to(device), tt)
 
     def to_tokens(
-        self, input: str | Sequence[str] | tuple[str, str], move_to_device: bool = True, truncate: bool = True
+        self,
+        input: str | Sequence[str] | tuple[str, str] | Sequence[tuple[str, str]],
+        move_to_device: bool = True,
+        truncate: bool = True,
     ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
         """``(tokens, token_type_ids, attention_mask)`` of text, as TransformerLens returns them.
 

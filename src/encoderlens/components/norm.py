@@ -29,7 +29,15 @@ class LayerNorm(nn.Module):
     def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         if not (self.hook_scale.has_hooks() or self.hook_normalized.has_hooks()):
             return nn.functional.layer_norm(x, (x.shape[-1],), self.w, self.b, self.eps)
-        # hooked: two-pass statistics (torch.var_mean is many times slower on CPU); affine in one addcmul
+        if not (self.hook_scale.may_edit() or self.hook_normalized.may_edit()):
+            # only read (cached): the fused kernel gives the normalised stream and the statistics in one
+            # pass; the affine in one addcmul
+            normalized, _, rstd = torch.native_layer_norm(x, (x.shape[-1],), None, None, self.eps)
+            self.hook_scale(rstd.reciprocal())
+            normalized = self.hook_normalized(normalized)
+            return torch.addcmul(self.b, normalized, self.w) if self.b is not None else normalized * self.w
+        # a hook may edit the scale or the normalised stream: step by step, so the edit flows on. Two-pass
+        # statistics (torch.var_mean is many times slower on CPU); the affine in one addcmul
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         x = self.hook_normalized(x / scale)

@@ -4,7 +4,9 @@ and the folding of a final norm's affine into an unembedding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -24,10 +26,9 @@ class StreamSpec:
         final_norm: Module path of the norm after the last block, or None.
         has_cross_attention: Whether blocks have cross-attention (decoders).
         blocks: The stream's blocks (for ``W_O`` and norms).
-        unembed: ``(W_U, b_U)`` when logits are a linear function of the stream. With a final norm, they
-            act on that norm's ``hook_normalized`` (what :meth:`ActivationCache.apply_ln_to_stack`
-            gives), so the norm's weight and bias must be folded in (:func:`fold_norm_into_unembed`);
-            without one, on the final stream itself.
+        unembed_fn: Builds :attr:`unembed` on first access (None: logits are not linear in the stream).
+            Lazy because folding a norm into a vocabulary-sized matrix costs a pass over it (T5-small:
+            16 M entries), and most users of a spec (``run_with_cache``, hook names) never read it.
         unembed_note: Why there is no linear unembedding, when there is none.
         embed_norm: Module path of the norm between the embedding summands and block 0 (when
             ``embed_normalized``; None: ``{prefix}embed_ln``).
@@ -42,9 +43,19 @@ class StreamSpec:
     final_norm: str | None
     has_cross_attention: bool
     blocks: nn.ModuleList
-    unembed: tuple[Tensor, Tensor] | None = None
+    unembed_fn: Callable[[], tuple[Tensor, Tensor] | None] | None = field(default=None, repr=False, compare=False)
     unembed_note: str = ""
     embed_norm: str | None = None
+
+    @cached_property
+    def unembed(self) -> tuple[Tensor, Tensor] | None:
+        """``(W_U, b_U)`` when logits are a linear function of the stream, else None (see ``unembed_note``).
+
+        With a final norm, they act on that norm's ``hook_normalized`` (what
+        :meth:`ActivationCache.apply_ln_to_stack` gives), so the norm's weight and bias are folded in
+        (:func:`fold_norm_into_unembed`); without one, on the final stream itself. Built on first access.
+        """
+        return None if self.unembed_fn is None else self.unembed_fn()
 
     def resid_hook(self, layer: int, where: str = "post") -> str:
         """Full name of the hook holding the residual stream itself in block ``layer``.

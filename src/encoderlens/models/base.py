@@ -21,7 +21,7 @@ from encoderlens.components.mlp import MLP
 from encoderlens.components.stack_weights import StackWeights as StackWeights
 from encoderlens.components.stack_weights import StackWeightsMixin as StackWeightsMixin
 from encoderlens.convert import find_converter
-from encoderlens.hooks import HookedRootModule, NameFilter
+from encoderlens.hooks import HookedRootModule, NameFilter, wait_for_copies
 from encoderlens.io.checkpoint import Checkpoint, read_checkpoint
 from encoderlens.models.contract import ExampleInput, InputSpec, Prepared, Readout, StreamName
 from encoderlens.models.placement import (
@@ -234,12 +234,15 @@ class HookedModel(SAEHostMixin, HookedRootModule):
                 return_cache_object=return_cache_object,
                 **model_kwargs,
             )
-        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim)
+        pending: set[torch.device] = set()
+        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pending=pending)
         with self.hooks([*fwd, *extra], bwd, reset_hooks_end=reset_hooks_end):
             try:
                 out = self(*model_args, **model_kwargs)
             except StopForward as stop:
                 out = stop.value
+            finally:
+                wait_for_copies(pending)
         if return_cache_object:
             return out, self.make_cache(store, has_batch_dim=not remove_batch_dim)
         return out, store

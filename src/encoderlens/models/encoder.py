@@ -470,7 +470,7 @@ class HookedEncoder(StackWeightsMixin, EncoderTextIO, HookedModel):
             final_norm="ln_final" if self.ln_final is not None else None,
             has_cross_attention=False,
             blocks=self.blocks,
-            unembed=self._linear_unembed(),
+            unembed_fn=self._linear_unembed,
             unembed_note=(
                 "the MLM head applies dense -> GELU -> LayerNorm before W_U, so logits are not linear in the "
                 "residual stream"

@@ -257,3 +257,19 @@ def test_disentangled_attention_is_refused_with_a_pointer():
         edge_attribution(
             model, tok, tok, lambda logits: logits[:, 4, 7].sum(), input_kwargs={"one_zero_attention_mask": mask}
         )
+
+
+def test_circuits_on_a_model_placed_over_two_devices_equal_one_device():
+    import encoderlens
+
+    hf = make_hf("bart")
+    single = HookedEncoderDecoder.from_pretrained(hf_model=hf)
+    names = encoderlens.from_pretrained(hf_model=hf, device_map="cpu").hf_device_map
+    cpu0 = torch.device("cpu:0")
+    split = {n: cpu0 if ".blocks." in f".{n}" and int(n.rsplit(".", 1)[1]) % 2 else torch.device("cpu") for n in names}
+    placed = HookedEncoderDecoder.from_pretrained(hf_model=hf, device_map=split)
+    _, src, cor, metric, kw = bart_case()
+    got = [edge_attribution(m, src, cor, metric, input_kwargs=kw) for m in (placed, single)]
+    assert torch.equal(got[0].scores, got[1].scores)
+    sets = [got[1].top(5), list(range(40))]
+    torch.testing.assert_close(*(ablate_edges(m, src, cor, metric, sets, input_kwargs=kw) for m in (placed, single)))

@@ -124,9 +124,9 @@ def ablation_hooks(
         for n, j in enumerate(js):
             head = graph.receivers[j].head
             if head is not None:
-                x[:, :, head] += delta[:, :, n]
+                x[:, :, head] += delta[:, :, n].to(x.device)
             else:
-                x += delta[:, :, n]
+                x += delta[:, :, n].to(x.device)
         return x
 
     names = sorted(set(by_hook) | set(send_hooks) | sum_hooks)

@@ -66,7 +66,7 @@ def _score_matrix(
 
     def score(idx: list[int], cur: Tensor, receivers: list[int]) -> None:
         g = torch.stack([sender_value(grads[graph.receivers[j].hook], graph.receivers[j]) for j in receivers])
-        prod = cur.flatten(1).double() @ g.flatten(1).double().t()
+        prod = cur.flatten(1).to(g.device).double() @ g.flatten(1).double().t()
         full[torch.tensor(idx)[:, None], torch.tensor(receivers)[None, :]] += prod.cpu()
 
     n_streams = 1 + max(n.order[0] for n in graph.senders)
@@ -75,8 +75,10 @@ def _score_matrix(
         receivers = [j for j, r in enumerate(graph.receivers) if r.order[0] == si]
         steps = {st.order: st for st in graph.renorms if st.stream == si}
         last = max((graph.receivers[j].order[1] for j in receivers), default=-1)
-        orders = sorted({graph.senders[i].order[1] for i in senders} | set(steps))
-        orders = sorted(set(orders) | {graph.receivers[j].order[1] for j in receivers})
+        # in order: receivers read the stream, the sub-layer's senders join it, then its norm applies
+        orders = sorted(
+            {graph.senders[i].order[1] for i in senders} | set(steps) | {graph.receivers[j].order[1] for j in receivers}
+        )
         idx: list[int] = []
         cur: Tensor | None = None
         for o in orders:
@@ -87,17 +89,21 @@ def _score_matrix(
                 break
             new = [i for i in senders if graph.senders[i].order[1] == o]
             if new:
-                stacked = torch.stack([deltas[graph.senders[i].name] for i in new])
+                dev = deltas[graph.senders[new[0]].name].device if cur is None else cur.device
+                stacked = torch.stack([deltas[graph.senders[i].name].to(dev) for i in new])
                 cur = stacked if cur is None else torch.cat([cur, stacked])
                 idx += new
             if o in steps and cur is not None:
                 st = steps[o]
-                cur = norms[st.norm].jvp(sums[st.sum_hook], cur)
+                u = sums[st.sum_hook]  # on its block's device (a model placed with a device_map)
+                cur = norms[st.norm].jvp(u, cur.to(u.device))
     # edges between streams (an encoder's output into cross-attention k / v): no norm in between
-    for i, s in enumerate(graph.senders):
-        cross = [j for si, j in graph.edges if si == i and graph.receivers[j].order[0] != s.order[0]]
-        if cross:
-            score([i], deltas[s.name][None], cross)
+    cross: dict[int, list[int]] = {}
+    for i, j in graph.edges:
+        if graph.receivers[j].order[0] != graph.senders[i].order[0]:
+            cross.setdefault(i, []).append(j)
+    for i, js in cross.items():
+        score([i], deltas[graph.senders[i].name][None], js)
     return full
 
 
@@ -135,7 +141,7 @@ def patched_deltas(
         d = diffs[graph.senders[i].name]
         w = coef[i].t().to(d.device, d.dtype)  # (batch, n)
         term = d[:, :, None, :] * w[:, None, :, None]
-        return term if delta is None else delta + term
+        return term if delta is None else delta + term.to(delta.device)
 
     pending.sort(key=lambda i: graph.senders[i].order[1])
     for st in steps:
@@ -145,7 +151,7 @@ def patched_deltas(
             continue
         u = sums[st.sum_hook][:, :, None, :]
         norm = norms[st.norm]
-        delta = norm(u + delta) - norm(u)
+        delta = norm(u + delta.to(u.device)) - norm(u)
     for i in pending:
         delta = add(i, delta)
     return delta

@@ -107,7 +107,8 @@ def placement_units(
     glue: list[tuple[nn.Module, list[str]]] = []
 
     def walk(module: nn.Module, prefix: str) -> None:
-        own: list[str] = []
+        own: list[str] = []  # the container's units other than blocks
+        stem: list[str] = []  # those registered before its blocks (embeddings, front end)
         if any(True for _ in module.parameters(recurse=False)):
             units.append(PlacementUnit(prefix, module, recurse=False))
             own.append(prefix)
@@ -116,13 +117,16 @@ def placement_units(
             if id(child) in block_ids:
                 blocks = cast(nn.ModuleList, child)
                 units.extend(PlacementUnit(f"{full}.{i}", b, is_block=True) for i, b in enumerate(blocks))
+                stem = stem or list(own)
             elif id(child) in containers:
                 walk(child, full)
+                stem = stem or list(own)
             elif _holds_weights(child):
                 units.append(PlacementUnit(full, child))
                 own.append(full)
-        if module is not model:
-            glue.append((module, own))
+        # a nested stack's forward glues all its modules (embedding, position bias, mask, final norm);
+        # the model's own forward glues what comes before its blocks (embeddings, front end, masks)
+        glue.append((module, own if module is not model else stem))
 
     walk(model, "")
     parent = {u.name: u.name for u in units}
@@ -149,10 +153,9 @@ def placement_units(
             if id(ref) in owner:
                 union(u.name, owner[id(ref)])
     for container, own in glue:
-        # a nested stack's forward adds its embedding, position bias and mask together: one device
         for name in own[1:]:
             union(name, own[0])
-        for ref in _held_direct(container) if own else ():
+        for ref in _held_direct(container) if own and container is not model else ():
             if id(ref) in owner:
                 union(owner[id(ref)], own[0])
     groups: dict[str, set[str]] = {}

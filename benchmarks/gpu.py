@@ -8,7 +8,10 @@ as ours / HF:
 - forward, no hooks / the faster of HF eager and HF sdpa (target <= 1.0);
 - ``run_with_cache`` (default filter) / HF with hidden states and attentions (target <= 1.05);
 - ``run_with_cache(device="cpu")`` (offload as produced; no target: PCIe bound);
-- T5 greedy ``generate`` of 20 tokens / HF ``generate``.
+- T5 greedy ``generate`` of 20 tokens / HF ``generate``;
+- with more than one CUDA device: T5 (base size) placed over every GPU with ``device_map="balanced"``
+  against the same model on one GPU (forward, ``run_with_cache``, ``generate``; no target: the ratio
+  is the cost of the block-boundary copies), and the largest difference between the two outputs.
 
 Prints ``skipped: no CUDA device`` on a machine without one (and so in ``make bench`` on a CPU box).
 
@@ -26,6 +29,7 @@ import torch
 from common import Ratio, print_table, print_times, ratio_rows, skipped, tmpdir
 
 TITLE = "GPU: BERT-base, T5-small, HuBERT-base"
+PLACEMENT_TITLE = "GPU: T5-base blocks over several GPUs (device_map='balanced') / one GPU"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -64,6 +68,7 @@ def main() -> None:
     args = parse()
     if args.device == "cuda" and not torch.cuda.is_available():
         skipped(TITLE, "no CUDA device (this script times GPUs only; the CPU benchmarks are the others)")
+        skipped(PLACEMENT_TITLE, "no CUDA device")
         return
     from transformers import (
         BertConfig,
@@ -190,6 +195,53 @@ def main() -> None:
                 ratio_rows(times, rows))  # fmt: skip
     if dev.type == "cuda":
         print(f"\npeak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    print_times("times", times)
+    placement(args, dtype)
+
+
+def placement(args: argparse.Namespace, dtype: torch.dtype) -> None:
+    """T5 with its blocks over every GPU against the same checkpoint on one GPU."""
+    n = torch.cuda.device_count()
+    if args.device != "cuda" or n < 2:
+        skipped(PLACEMENT_TITLE, f"needs more than one CUDA device (found {n})")
+        return
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from encoderlens import HookedEncoderDecoder
+
+    q = args.quick
+    cfg = T5Config(
+        vocab_size=32128, d_model=64 if q else 768, d_kv=64, d_ff=3072, num_layers=2 if q else 12, num_heads=12,
+        decoder_start_token_id=0,
+    )  # fmt: skip
+    path = tmpdir("T5_placement")
+    T5ForConditionalGeneration(cfg).save_pretrained(path)
+    one = HookedEncoderDecoder.from_pretrained(path, device="cuda:0", dtype=dtype)
+    split = HookedEncoderDecoder.from_pretrained(path, device_map="balanced", dtype=dtype)
+    assert split.hf_device_map is not None
+    used = sorted(set(split.hf_device_map.values()))
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(2, 32128, (2, 16) if q else (8, 128), generator=g).to("cuda:0")
+    smask = torch.ones_like(src)
+    dec = torch.randint(2, 32128, (2, 8) if q else (8, 32), generator=g).to("cuda:0")
+    dec[:, 0] = 0
+    gen = {"max_new_tokens": 20, "one_zero_attention_mask": smask, "stop_at_eos": False, "return_type": "tokens"}
+    fns: dict[str, Callable[[], object]] = {}
+    for name, m in (("one", one), ("split", split)):
+        fns[f"{name}_forward"] = lambda m=m: m(src, decoder_input=dec, one_zero_attention_mask=smask)
+        fns[f"{name}_cache"] = lambda m=m: m.run_with_cache(src, decoder_input=dec, one_zero_attention_mask=smask)
+        fns[f"{name}_generate"] = lambda m=m: m.generate(src, **gen)
+    times = cuda_timed(fns, repeats=1 if q else args.repeats, warmup=0 if q else args.warmup)
+    rows = [
+        Ratio(f"T5 {case}, over {len(used)} devices / one GPU", f"split_{case}", f"one_{case}")
+        for case in ("forward", "cache", "generate")
+    ]
+    print_table(f"{PLACEMENT_TITLE} ({args.dtype}, devices {used})", ratio_rows(times, rows))
+    with torch.inference_mode():
+        a = one(src, decoder_input=dec, one_zero_attention_mask=smask).float()
+        b = split(src, decoder_input=dec, one_zero_attention_mask=smask).to(a.device).float()
+        same_tokens = torch.equal(one.generate(src, **gen), split.generate(src, **gen).to(src.device))
+    print(f"\nmax |split - one| logits: {(a - b).abs().max().item():.3g}; same generated tokens: {same_tokens}")
     print_times("times", times)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from encoderlens.cache import ActivationCache
 from encoderlens.components.sae import SAEConfig, SparseAutoencoder
-from encoderlens.components.sae_format import load_sae, save_sae
+from encoderlens.components.sae_format import load_sae, load_sae_from_hub, save_sae
 from encoderlens.config import HookedTransformerConfig
 from encoderlens.factored_matrix import FactoredMatrix
 from encoderlens.hooks import HookedRootModule, HookPoint, get_act_name
@@ -30,6 +30,7 @@ __all__ = [
     "SAEConfig",
     "SparseAutoencoder",
     "load_sae",
+    "load_sae_from_hub",
     "save_sae",
     "ActivationCache",
     "FactoredMatrix",

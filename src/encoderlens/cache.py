@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from encoderlens.cache_tl import TLCacheMethods
+from encoderlens.cache_tl import TLCacheMethods, one_device
 from encoderlens.components.stream_spec import CacheHost as CacheHost
 from encoderlens.components.stream_spec import StreamSpec as StreamSpec
 from encoderlens.components.stream_spec import fold_norm_into_unembed as fold_norm_into_unembed
@@ -278,7 +278,7 @@ class ActivationCache(TLCacheMethods):
         if n == spec.n_layers:
             comps.append(self._need(spec.resid_hook(n - 1), "accumulated_resid"))
             labels.append("final_post")
-        stack = torch.stack(comps)
+        stack = torch.stack(one_device(comps))
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer=None)
         stack = apply_slice(stack, pos_slice, -2)
@@ -322,7 +322,7 @@ class ActivationCache(TLCacheMethods):
                 labels.append(f"{i}_mlp_out")
         if not comps:
             raise ValueError("nothing to decompose: layer=0 with incl_embeds=False gives no components")
-        stack = torch.stack(comps)
+        stack = torch.stack(one_device(comps))
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer=None if layer is None else n)
         stack = apply_slice(stack, pos_slice, -2)
@@ -365,7 +365,7 @@ class ActivationCache(TLCacheMethods):
             labels.extend(f"L{i}H{h}" for h in range(res.shape[0]))
         if not comps:
             raise ValueError("layer=0 selects no heads")
-        stack = torch.cat(comps)
+        stack = torch.cat(one_device(comps))
         if incl_remainder:
             self._require_pre_ln(spec, "stack_head_results(incl_remainder=True)")
             resid = (
@@ -373,7 +373,7 @@ class ActivationCache(TLCacheMethods):
                 if n < spec.n_layers
                 else self._need(spec.resid_hook(n - 1), "stack_head_results")
             )
-            stack = torch.cat([stack, (resid - stack.sum(0))[None]])
+            stack = torch.cat([stack, (resid.to(stack.device) - stack.sum(0))[None]])
             labels.append("remainder")
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer=None if layer == -1 else n)
@@ -386,7 +386,7 @@ class ActivationCache(TLCacheMethods):
         n = spec.n_layers if layer == -1 else self._n_layers(spec, layer)
         stream = self.stream if self.stream is not None else self._stream_for_short_keys()
         names = [get_act_name(activation_name, i, sublayer_type, stream=stream) for i in range(n)]
-        return torch.stack([self._need(nm, "stack_activation") for nm in names])
+        return torch.stack(one_device([self._need(nm, "stack_activation") for nm in names]))
 
     def get_full_resid_decomposition(
         self,
@@ -438,7 +438,7 @@ class ActivationCache(TLCacheMethods):
             labels.append(h.rsplit("hook_", 1)[-1])
         comps.append(bias[None])
         labels.append("bias")
-        stack = torch.cat(comps)
+        stack = torch.cat(one_device(comps))
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer=None if layer is None else n, mlp_input=mlp_input)
         stack = apply_slice(stack, pos_slice, -2)
@@ -503,7 +503,7 @@ class ActivationCache(TLCacheMethods):
                 f"apply_ln_to_stack: the stack {tuple(x.shape)} does not match the cached scale {tuple(scale.shape)} "
                 "(batch, pos, 1) after pos_slice/batch_slice; pass the pos_slice the stack was cut with"
             )
-        return x / scale
+        return x / scale.to(x.device)  # a device_map may leave the norm's scale on another device
 
     def logit_attrs(
         self,

@@ -17,6 +17,13 @@ from encoderlens.components.stream_spec import CacheHost
 from encoderlens.slicing import apply_slice, drops_axis
 
 
+def one_device(tensors: list[Tensor]) -> list[Tensor]:
+    """``tensors`` on one device (the last one's) for stacking: a model placed over several devices with a
+    ``device_map`` caches each activation where its block ran. Unchanged (no copy) on one device."""
+    device = tensors[-1].device if tensors else None
+    return tensors if all(t.device == device for t in tensors) else [t.to(device) for t in tensors]
+
+
 class TLCacheMethods:
     """Mixin: the cache's TransformerLens helpers (see the module docstring)."""
 
@@ -108,14 +115,14 @@ class TLCacheMethods:
             parts = [p[..., None, :] for p in parts]
         ref = apply_slice(self._need(f"{spec.prefix}blocks.0.hook_resid_pre", "stack_neuron_results"), pos_slice, -2)
         if parts:
-            stack = torch.cat(parts, dim=-2).movedim(-2, 0)
+            stack = torch.cat(one_device(parts), dim=-2).movedim(-2, 0)
         else:
             stack = ref.new_zeros((0, *ref.shape))
         if incl_remainder:
             self._require_pre_ln(spec, "stack_neuron_results(incl_remainder=True)")  # type: ignore[attr-defined]
             resid_name = f"{spec.prefix}blocks.{n}.hook_resid_pre" if n < spec.n_layers else spec.resid_hook(n - 1)
             resid = apply_slice(self._need(resid_name, "stack_neuron_results"), pos_slice, -2)
-            stack = torch.cat([stack, (resid - stack.sum(0))[None]])
+            stack = torch.cat([stack, (resid.to(stack.device) - stack.sum(0))[None]])
             labels.append("remainder")
         if apply_ln:
             stack = self.apply_ln_to_stack(  # type: ignore[attr-defined]

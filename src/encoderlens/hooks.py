@@ -30,7 +30,17 @@ from encoderlens.names import OPT_IN_HOOKS as OPT_IN_HOOKS
 from encoderlens.names import NameFilter as NameFilter
 from encoderlens.names import _name_matcher, get_act_name
 
-__all__ = ["OPT_IN_HOOKS", "HookPoint", "HookedRootModule", "KeepPropertyErrors", "LensHandle", "get_act_name"]
+__all__ = [
+    "OPT_IN_HOOKS",
+    "HookPoint",
+    "HookedRootModule",
+    "KeepPropertyErrors",
+    "LensHandle",
+    "ReadOnlyHook",
+    "copy_to",
+    "get_act_name",
+    "wait_for_copies",
+]
 
 HookFn = Callable[..., Tensor | None]
 Direction = Literal["fwd", "bwd"]
@@ -52,6 +62,31 @@ class LensHandle:
     is_permanent: bool = False
     context_level: int | None = None
     user_hook: HookFn | None = None
+
+
+class ReadOnlyHook:
+    """A forward hook that only reads the activation: ``fn(tensor, hook=...)`` is called and the activation
+    flows on unchanged (whatever ``fn`` returns is ignored).
+
+    ``run_with_cache`` stores activations through these. Components may then produce an activation
+    that only read-only hooks see with a fused kernel instead of the step-by-step computation an
+    editing hook needs (LayerNorm's ``hook_scale`` / ``hook_normalized``: one fused pass; see
+    :meth:`HookPoint.may_edit`). ``fn`` must not modify the tensor in place.
+
+    Example:
+        >>> seen = []
+        >>> model.add_hook("blocks.0.ln1.hook_scale", ReadOnlyHook(lambda x, hook: seen.append(x)))
+    """
+
+    def __init__(self, fn: Callable[..., object]) -> None:
+        if not callable(fn):
+            raise TypeError(f"ReadOnlyHook wraps a callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, tensor: Tensor, hook: HookPoint) -> None:
+        self.fn(tensor, hook=hook)
+        return None
 
 
 class HookPoint(nn.Module):
@@ -201,6 +236,17 @@ class HookPoint(nn.Module):
     #: TransformerLens 3's per-hook tensor conversion: always None here (hooks see the documented shape).
     hook_conversion: None = None
 
+    def may_edit(self) -> bool:
+        """Whether a hook may change the activation or needs its gradient.
+
+        True for any forward hook that is not a :class:`ReadOnlyHook` (it may return a replacement or
+        edit in place), a spliced module, or a backward hook. Components use the fused computation of
+        an activation that only read-only hooks see (see :class:`~encoderlens.components.norm.LayerNorm`).
+        """
+        if self._splice is not None or self.bwd_hooks:
+            return True
+        return any(not isinstance(h.user_hook, ReadOnlyHook) for h in self.fwd_hooks)
+
     def enable_reshape(self, hook_conversion: object = None) -> None:
         """TransformerLens 3's hook conversion; only ``None`` (no conversion, as here always) is supported.
 
@@ -275,6 +321,29 @@ class _BackwardCall:
 
     def __call__(self, grad: Tensor) -> Tensor | None:
         return self.fn(grad, hook=self.hook)
+
+
+def copy_to(t: Tensor, device: torch.device, pending: set[torch.device] | None = None) -> Tensor:
+    """``t`` on ``device`` (``t`` itself when it is there already: no copy).
+
+    With ``pending``, a copy from an accelerator to the CPU goes to pinned memory without waiting
+    (``non_blocking=True``) and records the source device in ``pending``: the copy is queued behind the
+    kernels that produce ``t``, so the forward keeps running, and the accelerator's memory is reused
+    only after the copy (same stream). The CPU tensor may be read only after :func:`wait_for_copies`.
+    """
+    if pending is not None and device.type == "cpu" and t.device.type == "cuda":
+        dst = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        dst.copy_(t, non_blocking=True)
+        pending.add(t.device)
+        return dst
+    return t.to(device)  # t itself when it is on that device already
+
+
+def wait_for_copies(pending: set[torch.device]) -> None:
+    """Wait until the copies :func:`copy_to` queued from these devices are complete, then empty ``pending``."""
+    for dev in pending:
+        torch.cuda.synchronize(dev)
+    pending.clear()
 
 
 class KeepPropertyErrors:
@@ -512,8 +581,22 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
         device: str | torch.device | None = None,
         remove_batch_dim: bool = False,
         cache: dict[str, Tensor] | None = None,
+        *,
+        pending: set[torch.device] | None = None,
     ) -> tuple[dict[str, Tensor], list[tuple[str, HookFn]], list[tuple[str, HookFn]]]:
-        """Build hooks that store activations (and gradients, as ``name + '_grad'``) into ``cache``."""
+        """Build hooks that store activations (and gradients, as ``name + '_grad'``) into ``cache``.
+
+        Args:
+            names_filter: Which hook points (see :meth:`run_with_cache`).
+            incl_bwd: Also store gradients.
+            device: Move each tensor there as it is produced (None: keep it where it is, no copy).
+            remove_batch_dim: Drop the batch dimension (batch size must be 1).
+            cache: The dict to store into (default: a new one).
+            pending: With it, accelerator -> CPU copies are queued without waiting (into pinned memory,
+                so the forward is not stalled once per hook) and the source devices are added to this
+                set: call :func:`wait_for_copies` on it before reading the stored tensors. Without it each
+                copy completes before the hook returns.
+        """
         if isinstance(names_filter, str) and names_filter not in self.hook_dict:
             self.check_hook_name(names_filter)
         if isinstance(names_filter, (list, tuple)):
@@ -523,12 +606,13 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
                 self.check_hook_name(n)
         match = self._with_aliases(_name_matcher(names_filter))
         store: dict[str, Tensor] = {} if cache is None else cache
+        target = None if device is None else torch.device(device)
 
         def saver(suffix: str) -> HookFn:
             def save(t: Tensor, hook: HookPoint) -> None:
                 v = t.detach()
-                if device is not None:
-                    v = v.to(device)
+                if target is not None:
+                    v = copy_to(v, target, pending)
                 if remove_batch_dim:
                     if v.ndim == 0 or v.shape[0] != 1:
                         raise ValueError(
@@ -539,7 +623,7 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
                 assert hook.name is not None
                 store[hook.name + suffix] = v
 
-            return save
+            return ReadOnlyHook(save)
 
         fwd = [(name, saver("")) for name in self.hook_dict if match(name)]
         bwd = [(name, saver("_grad")) for name in self.hook_dict if match(name)] if incl_bwd else []
@@ -575,17 +659,21 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
             >>> logits, cache = model.run_with_cache("The cat sat.")
             >>> cache["pattern", 0].shape  # (batch, head, query_pos, key_pos)
         """
-        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim)
+        pending: set[torch.device] = set()
+        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pending=pending)
         with self.hooks(fwd, bwd, reset_hooks_end=reset_hooks_end):
-            out = self(*model_args, **model_kwargs)
-            if incl_bwd:
-                target = out if isinstance(out, Tensor) else getattr(out, "logits", None)
-                if not isinstance(target, Tensor):
-                    raise TypeError(
-                        "incl_bwd=True needs the model to return a tensor; "
-                        f"got {type(out).__name__}. Pass a return_type that gives a tensor"
-                    )
-                (target if target.ndim == 0 else target.sum()).backward()
+            try:
+                out = self(*model_args, **model_kwargs)
+                if incl_bwd:
+                    target = out if isinstance(out, Tensor) else getattr(out, "logits", None)
+                    if not isinstance(target, Tensor):
+                        raise TypeError(
+                            "incl_bwd=True needs the model to return a tensor; "
+                            f"got {type(out).__name__}. Pass a return_type that gives a tensor"
+                        )
+                    (target if target.ndim == 0 else target.sum()).backward()
+            finally:
+                wait_for_copies(pending)
         if return_cache_object:
             return out, self.make_cache(store, has_batch_dim=not remove_batch_dim)
         return out, store

@@ -24,6 +24,7 @@ from encoderlens.analysis import (
 )
 from encoderlens.cli import main
 from tests.parity.test_audio_parity import randomize_all, save_checkpoint, tiny_kwargs
+from tests.unit.brute_force import clean_cache, head_score_reference, patched_metric
 from tests.unit.test_analysis_views import assert_renders, needs_chromium
 
 LENGTHS = (617, 403)
@@ -103,6 +104,24 @@ def test_patching_frames(post):
     assert res.values[1, 1].item() == pytest.approx(float(frame_metric()(manual)), abs=1e-5)
     heads = patch_heads(model, clean, corrupt, frame_metric(), act="pattern", normalize=False)
     assert heads.shape == (3, 3)
+    by_frame = patch_heads(model, clean, corrupt, frame_metric(), act="z", by_pos=True, layers=[1], normalize=False)
+    # every entry against a brute-force hooked run on the padded batch
+    names = [f"blocks.{i}.attn.hook_pattern" for i in range(3)] + ["blocks.1.attn.hook_z"]
+    cc = clean_cache(model, clean_p.args, clean_p.kwargs, names)
+    for layer in range(3):
+        for h in range(3):
+            name = f"blocks.{layer}.attn.hook_pattern"
+            want = patched_metric(model, corrupt_p.args, corrupt_p.kwargs, name, (h,), cc[name], frame_metric())
+            assert heads.values[layer, h].item() == pytest.approx(want, abs=1e-5), (layer, h)
+    n_frames = by_frame.shape[2]
+    assert n_frames == int(model.num_frames(LENGTHS[0]))
+    for h in range(3):
+        for pos in range(n_frames):  # frames past item 1's end are padding there
+            want = patched_metric(
+                model, corrupt_p.args, corrupt_p.kwargs, "blocks.1.attn.hook_z", (pos, h), cc["blocks.1.attn.hook_z"],
+                frame_metric(),
+            )  # fmt: skip
+            assert by_frame.values[0, h, pos].item() == pytest.approx(want, abs=1e-5), (h, pos)
     with pytest.raises(ValueError, match="different shapes|different padding"):
         patch_residual(model, clean, [clean[0][:500], clean[1]], frame_metric())
 
@@ -160,6 +179,15 @@ def test_head_detectors_on_frames(post):
     }
     assert scores["local_window"].shape == (3, 3)
     assert ((scores["local_window"].values >= 0) & (scores["local_window"].values <= 1)).all()
+    # values against loops over each item's real frames (the lengths come from the waveforms, not the model)
+    p = prepare(model, waves())
+    cache = clean_cache(model, p.args, p.kwargs, [f"blocks.{i}.attn.hook_pattern" for i in range(3)])
+    patterns = torch.stack([cache[f"blocks.{i}.attn.hook_pattern"] for i in range(3)])
+    lens = [int(model.num_frames(n)) for n in LENGTHS]
+    assert lens[1] < patterns.shape[-1]  # item 1 is padded
+    for det in ("local_window", "self", "previous_token", "next_token", "first_token", "entropy", "mean_distance"):
+        want = head_score_reference(patterns, det, lens, lens)
+        assert torch.allclose(scores[det].values.double(), want, atol=1e-5), det
     with pytest.raises(ValueError, match="token ids"):
         head_scores(model, waves(), ["duplicate_token"])
 

@@ -10,6 +10,7 @@ import torch
 from encoderlens.analysis import ALL_DETECTORS, head_scores, score_patterns, summarize
 from tests.conftest import raises_input_error
 from tests.unit.analysis_helpers import default_model, padded_tokens, tiny_mlm
+from tests.unit.brute_force import clean_cache, head_score_reference
 
 
 def _patterns() -> torch.Tensor:
@@ -101,6 +102,22 @@ def test_head_scores_on_a_tiny_model_without_tokenizer():
     scores = head_scores(model, tokens, one_zero_attention_mask=mask)
     assert "special" not in scores and "padding" not in scores  # no tokenizer: left out of the defaults
     assert scores["previous_token"].axes == ("layer", "head") and scores["previous_token"].shape == (3, 3)
+    # values against loops over each item's real tokens (lengths from the mask built by the test)
+    cache = clean_cache(
+        model, (tokens,), {"one_zero_attention_mask": mask}, [f"blocks.{i}.attn.hook_pattern" for i in range(3)]
+    )
+    patterns = torch.stack([cache[f"blocks.{i}.attn.hook_pattern"] for i in range(3)])
+    lens = mask.sum(1).tolist()
+    assert min(lens) < tokens.shape[1]  # a padded batch
+    for det in ("previous_token", "next_token", "self", "first_token", "entropy"):
+        assert torch.allclose(
+            scores[det].values.double(), head_score_reference(patterns, det, lens, lens), atol=1e-5
+        ), det
+    some = head_scores(model, tokens, ["last_token", "local_window", "mean_distance"], one_zero_attention_mask=mask)
+    for det in ("last_token", "local_window", "mean_distance"):
+        assert torch.allclose(some[det].values.double(), head_score_reference(patterns, det, lens, lens), atol=1e-5), (
+            det
+        )
     with pytest.raises(ValueError, match="needs the decoder stream"):
         head_scores(model, tokens, ["previous_token"], attn="cross_attn")
     with pytest.raises(ValueError, match="unknown detector"):

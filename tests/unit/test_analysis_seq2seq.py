@@ -22,6 +22,7 @@ from encoderlens.analysis import (
 )
 from encoderlens.cli import main
 from tests.seq2seq_helpers import make_hf, padded_seq2seq_batch, t5_tokenizer
+from tests.unit.brute_force import clean_cache, head_score_reference, patched_metric
 from tests.unit.test_analysis_views import assert_renders, needs_chromium
 
 KINDS = ["t5", "bart"]
@@ -54,38 +55,52 @@ def test_prepared_input_has_both_streams(models):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_patching_both_streams_and_cross_attention(models, kind):
+    """Every entry against a brute-force run: one hooked forward per patched site, on the padded batch."""
     model = models[kind]
     src, kw = batch(kind)
     corrupt = src.clone()
     corrupt[:, 2] = 7
     common = {"input_kwargs": kw, "normalize": False}
+    n_heads = model.stream_spec("decoder").n_heads
     enc = patch_residual(model, src, corrupt, metric, stream="encoder", positions=[1, 2], **common)
     assert enc.axes == ("layer", "pos") and enc.shape == (3, 2)
     dec = patch_residual(model, src, corrupt, metric, stream="decoder", **common)
     assert dec.shape == (2, 23)
+    dec_pos, key_pos = range(23), range(25)  # every position, real and padded
     cross = patch_heads(model, src, corrupt, metric, attn="cross_attn", act="z", **common)
-    n_heads = model.stream_spec("decoder").n_heads
     assert cross.shape == (2, n_heads)
     cross_out = patch_block_outputs(model, src, corrupt, metric, component="cross_attn", **common)
     assert cross_out.shape == (2,)
-    # one entry against a hand-made run: decoder layer 1 cross-attention head 1 from the clean run
-    p_clean, p_corrupt = prepare(model, src, **kw), prepare(model, corrupt, **kw)
-    name = "decoder.blocks.1.cross_attn.hook_z"
-    with torch.no_grad():
-        _, cc = model.run_with_cache(*p_clean.args, names_filter=name, **p_clean.kwargs)
-
-    def put(z, hook):
-        z = z.clone()
-        z[:, :, 1] = cc[name][:, :, 1]
-        return z
-
-    with torch.no_grad():
-        manual = float(metric(model.run_with_hooks(*p_corrupt.args, fwd_hooks=[(name, put)], **p_corrupt.kwargs)))
-    assert cross.values[1, 1].item() == pytest.approx(manual, abs=1e-5)
-    # the swapped encoder token reaches the decoder only through cross-attention
-    assert enc.values[0, 1].item() == pytest.approx(enc.meta["metric_clean"], abs=1e-4)
     by_key = patch_heads(model, src, corrupt, metric, attn="cross_attn", act="v", by_pos=True, layers=[0], **common)
     assert by_key.shape == (1, n_heads, 25)  # cross-attention values live on encoder positions
+
+    names = [f"decoder.blocks.{i}.{leaf}" for i in range(2) for leaf in ("cross_attn.hook_z", "hook_cross_attn_out")]
+    names += ["decoder.blocks.0.cross_attn.hook_v"] + [f"decoder.blocks.{i}.hook_resid_pre" for i in range(2)]
+    names += [f"encoder.blocks.{i}.hook_resid_pre" for i in range(3)]
+    cc = clean_cache(model, (src,), kw, names)
+
+    def brute(name, index):
+        return patched_metric(model, (corrupt,), kw, name, index, cc[name], metric)
+
+    for layer in range(2):
+        z = f"decoder.blocks.{layer}.cross_attn.hook_z"
+        for h in range(n_heads):
+            assert cross.values[layer, h].item() == pytest.approx(brute(z, (slice(None), h)), abs=1e-5)
+        out_name = f"decoder.blocks.{layer}.hook_cross_attn_out"
+        assert cross_out.values[layer].item() == pytest.approx(brute(out_name, ()), abs=1e-5)
+        for pos in dec_pos:
+            want = brute(f"decoder.blocks.{layer}.hook_resid_pre", (pos,))
+            assert dec.values[layer, pos].item() == pytest.approx(want, abs=1e-5), (layer, pos)
+    for h in range(n_heads):
+        for pos in key_pos:
+            want = brute("decoder.blocks.0.cross_attn.hook_v", (pos, h))
+            assert by_key.values[0, h, pos].item() == pytest.approx(want, abs=1e-5), (h, pos)
+    for layer in range(3):
+        for j, pos in enumerate([1, 2]):
+            want = brute(f"encoder.blocks.{layer}.hook_resid_pre", (pos,))
+            assert enc.values[layer, j].item() == pytest.approx(want, abs=1e-5), (layer, pos)
+    # the swapped encoder token reaches the decoder only through cross-attention
+    assert enc.values[0, 1].item() == pytest.approx(enc.meta["metric_clean"], abs=1e-4)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -136,10 +151,37 @@ def test_head_scores_and_views(models):
     src, kw = batch("bart")
     self_scores = head_scores(model, src, **kw)  # decoder self-attention by default
     assert self_scores["previous_token"].shape == (2, model.stream_spec("decoder").n_heads)
-    enc_scores = head_scores(model, src, ["previous_token"], stream="encoder", **kw)
+    enc_scores = head_scores(model, src, ["previous_token", "first_token", "entropy"], stream="encoder", **kw)
     assert enc_scores["previous_token"].shape == (3, model.stream_spec("encoder").n_heads)
     cross = head_scores(model, src, attn="cross_attn", **kw)
     assert set(cross) == {"first_token", "last_token", "entropy"}  # no tokenizer: no special-token detector
+    # values against loops over each item's real queries and keys (padding excluded by hand)
+    src_lens, tgt_lens = kw["one_zero_attention_mask"].sum(1).tolist(), kw["decoder_attention_mask"].sum(1).tolist()
+    names = [f"{s}.blocks.{i}.{a}.hook_pattern" for s, a, n in (("encoder", "attn", 3), ("decoder", "attn", 2),
+             ("decoder", "cross_attn", 2)) for i in range(n)]  # fmt: skip
+    cache = clean_cache(model, (src,), kw, names)
+    encoder = torch.stack([cache[f"encoder.blocks.{i}.attn.hook_pattern"] for i in range(3)])
+    dec_self = torch.stack([cache[f"decoder.blocks.{i}.attn.hook_pattern"] for i in range(2)])
+    dec_cross = torch.stack([cache[f"decoder.blocks.{i}.cross_attn.hook_pattern"] for i in range(2)])
+    for det in ("previous_token", "next_token", "self", "first_token"):
+        want = head_score_reference(dec_self, det, tgt_lens, tgt_lens)
+        assert torch.allclose(self_scores[det].values.double(), want, atol=1e-5), det
+    for det in ("previous_token", "first_token", "entropy"):
+        want = head_score_reference(encoder, det, src_lens, src_lens)
+        assert torch.allclose(enc_scores[det].values.double(), want, atol=1e-5), det
+    for det in ("first_token", "last_token", "entropy"):
+        want = head_score_reference(dec_cross, det, tgt_lens, src_lens, cross=True)
+        assert torch.allclose(cross[det].values.double(), want, atol=1e-5), det
+    # cross-attention whose encoder and decoder happen to have the same length is still cross-attention:
+    # query 0 counts for first_token, and a query at the last key's index counts for last_token
+    kw_eq = {**kw, "one_zero_attention_mask": kw["one_zero_attention_mask"][:, :23]}
+    eq_lens = kw_eq["one_zero_attention_mask"].sum(1).tolist()
+    cross_eq = head_scores(model, src[:, :23], attn="cross_attn", **kw_eq)
+    cache = clean_cache(model, (src[:, :23],), kw_eq, names[5:])
+    dec_cross = torch.stack([cache[f"decoder.blocks.{i}.cross_attn.hook_pattern"] for i in range(2)])
+    for det in ("first_token", "last_token"):
+        want = head_score_reference(dec_cross, det, tgt_lens, eq_lens, cross=True)
+        assert torch.allclose(cross_eq[det].values.double(), want, atol=1e-5), det
     with pytest.raises(ValueError, match="differ in cross-attention"):
         head_scores(model, src, ["previous_token"], attn="cross_attn", **kw)
     doc = attention_html(model, src, **kw)

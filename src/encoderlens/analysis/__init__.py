@@ -16,8 +16,10 @@ from encoderlens.analysis.attribution import (
     attribute_mlp,
     attribute_residual,
 )
+from encoderlens.analysis.circuit_ablation import ablate_edges, faithfulness
+from encoderlens.analysis.circuit_graph import Graph, build_graph
 from encoderlens.analysis.circuit_view import circuit_html
-from encoderlens.analysis.circuits import EdgeScores, Graph, ablate_edges, build_graph, edge_attribution, faithfulness
+from encoderlens.analysis.circuits import EdgeScores, edge_attribution
 from encoderlens.analysis.direct import Decomposition, component_norms, decompose, direct_logit_attribution
 from encoderlens.analysis.families import Prepared, prepare
 from encoderlens.analysis.gradients import quadrature

@@ -3,6 +3,7 @@
 Each component (the stream input, a head, an MLP, the output) is one box; an edge into a head's q, k or v
 input ends on that head with the letter written at its end. Red edges raise the metric when ablated
 (negative EAP score means ablating lowers it: blue). Width grows with ``|score|``; hover for the value.
+Post-LN circuits render the same way; the page says that their edges pass through the stream's norms.
 No script, no network.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from encoderlens.analysis.circuits import EdgeScores, Node
+from encoderlens.analysis.circuit_graph import Node
+from encoderlens.analysis.circuits import EdgeScores
 
 
 def _component(node: Node) -> str:
@@ -97,7 +99,14 @@ def circuit_html(
         f"<title>{html.escape(title)}</title></head><body style='font-family:sans-serif'>"
         f"<h1>{html.escape(title)}</h1><p>{len(keep)} of {len(g)} edges ({html.escape(scores.method)}); "
         f"metric clean {scores.metric_clean:+.4f}, corrupted {scores.metric_corrupt:+.4f}. "
-        "Red: positive score, blue: negative; width: |score|.</p>"
+        "Red: positive score, blue: negative; width: |score|."
+        + (
+            " Post-LN stream: an edge carries its sender's change through the norms the stream passes between "
+            "sender and receiver (re-applied with their real statistics when ablated; linearised by EAP)."
+            if g.renorms
+            else ""
+        )
+        + "</p>"
         f"{svg}</body></html>"
     )
     if path is not None:

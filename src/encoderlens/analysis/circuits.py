@@ -1,133 +1,98 @@
-"""Circuit discovery: edge attribution patching (EAP, EAP-IG), pruning, and faithfulness by real ablation.
+"""Circuit discovery: edge attribution patching (EAP, EAP-IG) over the full edge graph, pre-LN and post-LN.
 
-The computational graph (per residual stream, every stream of the model):
+The graph (:mod:`~encoderlens.analysis.circuit_graph`): senders (stream inputs, heads, cross-attention
+heads, MLPs, an encoder's output), receivers (each head's q / k / v input, each MLP's input, each stream's
+final state) and the edges ``s -> r`` from every sender to every later receiver of its stream.
 
-- **senders**: the stream's input (``blocks.0.hook_resid_pre``), each attention head's output
-  (``hook_result``), each cross-attention head's output (decoders), each MLP's output, and for a stream
-  that feeds cross-attention, its final output (``enc_out``);
-- **receivers**: each head's q, k and v inputs (``hook_q_input``... per head), each cross-attention head's
-  q input (from its own stream) and k / v inputs (from ``enc_out``), each MLP's input (``hook_mlp_in``),
-  and the stream's output (its last ``hook_resid_post``: the logits, or ``enc_out``).
+**Ablating an edge** ``s -> r`` changes only what ``r`` reads: ``r``'s input is recomputed from the stream
+in which ``s``'s output alone is replaced by its value on the corrupted input; every other receiver, and
+every other sender's output, are unchanged.
 
-An edge ``s -> r`` is the contribution of ``s`` to ``r``'s input. In a pre-LN stack a receiver's input is
-exactly the sum of its senders' outputs (plus constant biases), so *ablating* an edge means adding
-``a_s(corrupt) - a_s(current run)`` to that one receiver's input: the sender's value everywhere else is
-unchanged. EAP (Syed et al., 2023) estimates the change of the metric from that ablation as
-``(a_s(corrupt) - a_s(clean)) . d metric / d input_r`` (summed over positions), for every edge from two
-forwards and one backward; EAP-IG (Hanna et al., 2024) averages the gradient over inputs interpolated
-between the clean and corrupted ones. :func:`faithfulness` measures circuits by actually ablating the
-complement, batched. Post-LN stacks (BERT, BART, wav2vec2-base) renormalise the stream after every
-sub-layer, so no receiver input is a sum of sender outputs: they are refused (use path patching).
+- *Pre-LN* streams (T5, mBART, wav2vec2-large): the stream is a plain sum of sender outputs, so that is
+  adding ``a_s(corrupt) - a_s(run)`` to ``r``'s input.
+- *Post-LN* streams (the BERT family, BART, wav2vec2 / HuBERT base, post-LN WavLM) renormalise the stream
+  after every sub-layer; ``r`` gets the stream recomputed with ``s``'s output changed and every norm in
+  between re-applied with its real statistics (:func:`~encoderlens.analysis.circuit_norms.patched_deltas`).
+
+Ablating a *set* of edges gives each receiver its own stream with its ablated senders' outputs changed
+(:func:`~encoderlens.analysis.circuit_ablation.ablate_edges`, batched; :func:`faithfulness` measures
+circuits that way). Ablating no edge is the clean run, every edge the corrupted run, in both kinds.
+
+**EAP** (Syed et al., 2023) estimates the change of the metric from ablating ``s -> r`` to first order::
+
+    score(s -> r) = sum over items, positions of  d metric / d input_r  .  J_{s->r} (a_s(corrupt) - a_s(clean))
+
+``J_{s->r}`` is the identity in pre-LN streams and, in post-LN ones, the product of the Jacobians of the
+norms between ``s`` and ``r`` at the clean run (the full Jacobian: centring and the change of each
+position's scale). The score is then *exactly* the derivative of the true single-edge ablation along
+``a_s(clean) + e (a_s(corrupt) - a_s(clean))`` at ``e = 0`` (tested against autograd on the real patched
+run). Cost: two forwards (corrupted, clean) and one backward; the propagation through the norms is
+Jacobian-vector products (``LayerNorm.jvp``) at the cached sums entering them, for all senders at once,
+with no model forward.
+
+**EAP-IG** (Hanna et al., 2024) integrates that derivative along inputs interpolated between the clean and
+the corrupted stream inputs (all streams together): ``sum_k w_k grad_r(a_k) . J_{s->r}(a_k) delta_s``, the
+``n_steps`` interpolations run ``chunk_size`` at a time as one batch (quadrature rules as
+:func:`~encoderlens.analysis.gradients.quadrature`). Cost: ``2 + ceil(n_steps / chunk_size)`` forwards,
+``ceil(n_steps / chunk_size)`` backwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from encoderlens.analysis.circuit_graph import Graph, build_graph
+from encoderlens.analysis.circuit_norms import Norm, edge_score_matrix, sender_value
 from encoderlens.analysis.gradients import quadrature
 from encoderlens.analysis.patching_core import Metric, check_compatible
 from encoderlens.analysis.results import Labelled
+from encoderlens.components.norm import LayerNorm, RMSNorm
 from encoderlens.models.base import HookedModel
 from encoderlens.models.contract import Prepared
 
 
-@dataclass(frozen=True)
-class Node:
-    """A sender or receiver: ``hook`` (``head`` selects a head of per-head hooks), and its place in the order."""
-
-    name: str
-    hook: str
-    head: int | None
-    order: tuple[int, int]
-
-
-@dataclass
-class Graph:
-    """Senders, receivers and the edges between them (``edges[i] = (sender index, receiver index)``)."""
-
-    senders: list[Node]
-    receivers: list[Node]
-    edges: list[tuple[int, int]]
-
-    def edge_names(self) -> list[str]:
-        return [f"{self.senders[s].name}->{self.receivers[r].name}" for s, r in self.edges]
-
-    def __len__(self) -> int:
-        return len(self.edges)
-
-
-def build_graph(model: HookedModel) -> Graph:
-    """The full edge graph of every stream (see the module docstring). Raises on post-LN streams."""
-    senders: list[Node] = []
-    receivers: list[Node] = []
-    feeds: dict[int, list[int]] = {}  # sender -> allowed receiver kinds checked below
-    sources = {}
-    for si, stream in enumerate(model.streams):
-        spec = model.stream_spec(stream)
-        if spec.norm_position != "pre":
-            raise ValueError(
-                f"edge attribution needs a pre-LN stream, where a receiver's input is the sum of its senders' "
-                f"outputs; the {stream or 'main'} stream of this {model.architecture} model is post-LN. Use "
-                "path_patch / attribute_heads for it"
-            )
-        p, tag = spec.prefix, ("" if stream is None else f"{stream[0]}.")
-        senders.append(Node(f"{tag}input", f"{p}blocks.0.hook_resid_pre", None, (si, -1)))
-        for layer in range(spec.n_layers):
-            b = f"{p}blocks.{layer}."
-            for h in range(spec.n_heads):
-                senders.append(Node(f"{tag}L{layer}H{h}", b + "attn.hook_result", h, (si, 3 * layer)))
-                for x in "qkv":
-                    receivers.append(Node(f"{tag}L{layer}H{h}.{x}", b + f"hook_{x}_input", h, (si, 3 * layer)))
-            if spec.has_cross_attention:
-                for h in range(spec.n_heads):
-                    senders.append(Node(f"{tag}L{layer}C{h}", b + "cross_attn.hook_result", h, (si, 3 * layer + 1)))
-                    receivers.append(Node(f"{tag}L{layer}C{h}.q", b + "hook_cross_q_input", h, (si, 3 * layer + 1)))
-                    for x in "kv":
-                        receivers.append(Node(f"{tag}L{layer}C{h}.{x}", b + f"hook_cross_{x}_input", h, (-1, 0)))
-                sources[si] = model.streams.index(model.cross_attention_source(stream))
-            senders.append(Node(f"{tag}MLP{layer}", b + "hook_mlp_out", None, (si, 3 * layer + 2)))
-            receivers.append(Node(f"{tag}MLP{layer}", b + "hook_mlp_in", None, (si, 3 * layer + 2)))
-        last = f"{p}blocks.{spec.n_layers - 1}.hook_resid_post"
-        receivers.append(Node(f"{tag}out", last, None, (si, 10**9)))
-    # a stream read by cross-attention sends its final output (read at the first cross k input) to them
-    for si, src in sources.items():
-        stream = model.streams[si]
-        spec = model.stream_spec(stream)
-        src_name = model.streams[src]
-        tag = "" if src_name is None else f"{src_name[0]}."
-        enc_out = Node(f"{tag}enc_out", f"{spec.prefix}blocks.0.hook_cross_k_input", 0, (src, 10**9))
-        senders.append(enc_out)
-        feeds[len(senders) - 1] = [
-            j for j, r in enumerate(receivers) if r.order == (-1, 0) and r.hook.startswith(spec.prefix)
-        ]
-    edges = []
-    for i, s in enumerate(senders):
-        if i in feeds:
-            edges += [(i, j) for j in feeds[i]]
-            continue
-        for j, r in enumerate(receivers):
-            if r.order[0] == s.order[0] and s.order[1] < r.order[1]:
-                edges.append((i, j))
-    return Graph(senders, receivers, edges)
-
-
-def _sender_value(x: Tensor, node: Node) -> Tensor:
-    return x[:, :, node.head] if node.head is not None else x
-
-
-def _sender_values(
+def sender_values(
     model: HookedModel, batch: Prepared, graph: Graph, return_type: str | None
 ) -> tuple[dict[str, Tensor], Any]:
     """Each sender's activation in a plain run of ``batch``, and the run's output."""
     hooks = sorted({s.hook for s in graph.senders})
     with torch.no_grad():
         out, cache = model.run_prepared_with_cache(batch, names_filter=set(hooks).__contains__, return_type=return_type)
-    return {s.name: _sender_value(cache[s.hook], s).detach() for s in graph.senders}, out
+    return {s.name: sender_value(cache[s.hook], s).detach() for s in graph.senders}, out
+
+
+def graph_norms(model: HookedModel, graph: Graph) -> dict[str, Norm]:
+    """The modules of the graph's renormalisations, by path (LayerNorm or RMSNorm: they know their Jacobian)."""
+    norms = {}
+    for st in graph.renorms:
+        norm = model.get_submodule(st.norm)
+        if not isinstance(norm, (LayerNorm, RMSNorm)):
+            raise TypeError(
+                f"edge attribution through the post-LN norm {st.norm} needs a LayerNorm or RMSNorm (their Jacobian); "
+                f"got {type(norm).__name__}. Use path_patch for this model"
+            )
+        norms[st.norm] = norm
+    return norms
+
+
+def per_copy_metric(metric: Metric, out: Any, k: int, b: int) -> list[Any]:
+    """The metric of each of ``k`` copies of a batch of ``b`` items run as one batch."""
+    if k == 1:
+        return [metric(out)]
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"batched circuit runs split the output into {k} copies along the batch, so it must be a tensor; "
+            f"got {type(out).__name__}. Pass chunk_size=1 or a return_type whose output is a tensor"
+        )
+    return [metric(out[j * b : (j + 1) * b]) for j in range(k)]
+
+
+def metric_value(value: Any) -> float:
+    return float(torch.as_tensor(value).detach().float().sum())
 
 
 @dataclass
@@ -176,6 +141,63 @@ def _metric_tensor(value: Any) -> Tensor:
     return value.sum()
 
 
+@dataclass
+class _GradRun:
+    """One batched run of ``k`` interpolation steps: receiver gradients, renormalisation sums, metrics."""
+
+    grads: dict[str, Tensor]
+    sums: dict[str, Tensor]
+    senders: dict[str, Tensor]
+    metrics: list[float]
+
+
+def _grad_run(
+    model: HookedModel,
+    batch: Prepared,
+    graph: Graph,
+    metric: Metric,
+    alphas: list[float],
+    ends: tuple[dict[str, Tensor], dict[str, Tensor]] | None,
+    return_type: str | None,
+) -> _GradRun:
+    """Run ``len(alphas)`` copies of ``batch`` (copy ``j``'s stream inputs at ``start + a_j (end - start)``
+    when ``ends = (start, end)`` is given) and take the metric's gradient at every receiver: one forward,
+    one backward."""
+    k, b = len(alphas), batch.batch_size
+    rhooks = {r.hook for r in graph.receivers}
+    inputs = {s.hook: s.name for s in graph.senders if s.order[1] == -1}
+    record = {s.hook for s in graph.senders} if ends is None else set()
+    sum_hooks = {st.sum_hook for st in graph.renorms}
+    store: dict[str, Tensor] = {}
+    seen: dict[str, Tensor] = {}
+    sums: dict[str, Tensor] = {}
+
+    def hook_fn(x: Tensor, hook: Any) -> Tensor:
+        name = hook.name
+        if name in record:
+            seen.setdefault(name, x.detach())
+        if name in sum_hooks:
+            sums[name] = x.detach()
+        if ends is not None and name in inputs:
+            start, end = ends[0][inputs[name]], ends[1][inputs[name]]
+            a = torch.tensor(alphas, dtype=x.dtype, device=x.device).view(k, *([1] * start.ndim))
+            x = (start + a * (end - start)).reshape(x.shape)
+        if name in rhooks:
+            x = x if x.requires_grad else x.detach().requires_grad_(True)
+            store[name] = x
+        return x
+
+    names = sorted(rhooks | set(record) | sum_hooks | (set(inputs) if ends is not None else set()))
+    with torch.enable_grad():
+        out = model.run_prepared(batch.repeat(k), return_type, fwd_hooks=[(n, hook_fn) for n in names])
+        values = [_metric_tensor(v) for v in per_copy_metric(metric, out, k, b)]
+        hooks = sorted(rhooks)
+        got = torch.autograd.grad(torch.stack(values).sum(), [store[h] for h in hooks], allow_unused=True)
+    grads = {h: (torch.zeros_like(store[h]) if g is None else g).detach() for h, g in zip(hooks, got)}
+    senders = {s.name: sender_value(seen[s.hook], s) for s in graph.senders} if ends is None else {}
+    return _GradRun(grads, sums, senders, [float(v.detach()) for v in values])
+
+
 def edge_attribution(
     model: HookedModel,
     clean: Any,
@@ -185,16 +207,21 @@ def edge_attribution(
     method: str = "EAP",
     n_steps: int = 8,
     rule: str = "riemann_right",
+    chunk_size: int = 8,
     return_type: str | None = None,
     input_kwargs: dict[str, Any] | None = None,
 ) -> EdgeScores:
     """Score every edge of :func:`build_graph` with EAP (two forwards, one backward) or EAP-IG.
 
+    Works on pre-LN and post-LN streams alike (see the module docstring for what a score means in each).
+
     Args:
         clean, corrupt: Inputs of the same shape and padding (raw or prepared).
         metric: Output -> scalar (or per-item values, summed), differentiable.
-        method: ``"EAP"`` or ``"EAP-IG"`` (gradients averaged over ``n_steps`` inputs between the clean and the
-            corrupted stream inputs, all streams together, batched).
+        method: ``"EAP"`` or ``"EAP-IG"`` (gradients integrated over ``n_steps`` inputs between the clean
+            and the corrupted stream inputs, all streams together).
+        n_steps, rule: EAP-IG's quadrature (:func:`~encoderlens.analysis.gradients.quadrature`).
+        chunk_size: EAP-IG interpolation steps run together as one batch (memory grows with it).
 
     Example:
         >>> eap = edge_attribution(model, clean, corrupt, metric)
@@ -202,220 +229,43 @@ def edge_attribution(
     """
     if method not in ("EAP", "EAP-IG"):
         raise ValueError(f"method must be 'EAP' or 'EAP-IG', got {method!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     kw = dict(input_kwargs or {})
     clean_p, corrupt_p = model.prepare_input(clean, **kw), model.prepare_input(corrupt, **kw)
     check_compatible(clean_p, corrupt_p)
     graph = build_graph(model)
-    corrupt_vals, corrupt_out = _sender_values(model, corrupt_p, graph, return_type)
-    m_corrupt = float(torch.as_tensor(metric(corrupt_out)).float().sum())
-    m_clean = 0.0
-    rhooks = sorted({r.hook for r in graph.receivers})
-    inputs = sorted({s.hook for s in graph.senders if s.name.endswith("input")})
-    grads: dict[str, Tensor] = {}
-    clean_vals: dict[str, Tensor] = {}
-    if method == "EAP":
-        alphas, weights = [0.0], [1.0]
-    else:
-        alphas, weights = quadrature(rule, n_steps)
-    start = None
-    if method == "EAP-IG":
-        start, clean_out = _sender_values(model, clean_p, graph, return_type)
-        m_clean = float(torch.as_tensor(metric(clean_out)).float().sum())
-    for a, w in zip(alphas, weights):
-        store: dict[str, Tensor] = {}
-
-        def keep(x: Tensor, hook: Any, store: dict[str, Tensor] = store, a: float = a) -> Tensor:
-            if hook.name in inputs and a != 0.0:
-                assert start is not None
-                node = next(s for s in graph.senders if s.hook == hook.name and s.name.endswith("input"))
-                x = start[node.name] + a * (corrupt_vals[node.name] - start[node.name])
-            if hook.name in rhooks:
-                x = x if x.requires_grad else x.detach().requires_grad_(True)
-                store[hook.name] = x
-            return x
-
-        sender_hooks = sorted({s.hook for s in graph.senders})
-        seen: dict[str, Tensor] = {}
-
-        def record(x: Tensor, hook: Any, seen: dict[str, Tensor] = seen) -> None:
-            seen.setdefault(hook.name, x.detach())
-
-        with torch.enable_grad():
-            out = model.run_prepared(
-                clean_p,
-                return_type,
-                fwd_hooks=[
-                    *((h, record) for h in sender_hooks),
-                    *((h, keep) for h in sorted(set(rhooks) | set(inputs))),
-                ],
-            )
-            value = _metric_tensor(metric(out))
-            if a == 0.0:
-                m_clean = float(value.detach())
-            got = torch.autograd.grad(value, [store[h] for h in rhooks], allow_unused=True)
-        for h, g in zip(rhooks, got):
-            g = torch.zeros_like(store[h]) if g is None else g.detach()
-            grads[h] = grads.get(h, 0) + w * g  # type: ignore[operator]
-        if a == 0.0 or not clean_vals:
-            clean_vals = {s.name: _sender_value(seen[s.hook], s) for s in graph.senders}
-    if method == "EAP-IG":
-        assert start is not None
-        clean_vals = start
-    # one matrix product per position layout: (senders, b*pos*d) @ (b*pos*d, receivers)
-    scores = torch.zeros(len(graph.edges))
-    groups: dict[tuple[int, ...], tuple[list[int], list[int]]] = {}
-    for i, sn in enumerate(graph.senders):
-        groups.setdefault(tuple(corrupt_vals[sn.name].shape), ([], []))[0].append(i)
-    for j, rn in enumerate(graph.receivers):
-        groups.setdefault(tuple(_sender_value(grads[rn.hook], rn).shape), ([], []))[1].append(j)
-    full = torch.zeros(len(graph.senders), len(graph.receivers))
-    for si, ri in groups.values():
-        if not si or not ri:
-            continue
-        d = torch.stack(
-            [(corrupt_vals[graph.senders[i].name] - clean_vals[graph.senders[i].name]).flatten() for i in si]
-        )
-        g = torch.stack([_sender_value(grads[graph.receivers[j].hook], graph.receivers[j]).flatten() for j in ri])
-        full[torch.tensor(si)[:, None], torch.tensor(ri)[None, :]] = (d.double() @ g.double().t()).float().cpu()
-    idx = torch.tensor(graph.edges)
-    scores = full[idx[:, 0], idx[:, 1]]
-    return EdgeScores(graph, scores, m_clean, m_corrupt, method, {"n_steps": n_steps if method == "EAP-IG" else 1})
-
-
-def ablate_edges(
-    model: HookedModel,
-    clean: Any,
-    corrupt: Any,
-    metric: Metric,
-    ablated: Sequence[Sequence[int]],
-    *,
-    graph: Graph | None = None,
-    return_type: str | None = None,
-    input_kwargs: dict[str, Any] | None = None,
-    chunk_size: int = 8,
-) -> Tensor:
-    """The metric with each given set of edges ablated (corrupted), one value per set (batched runs).
-
-    An ablated edge ``s -> r`` adds ``a_s(corrupt) - a_s(this run)`` to ``r``'s input; everything else runs
-    normally. Ablating no edge gives the clean metric; every edge, the corrupted one.
-    """
-    kw = dict(input_kwargs or {})
-    clean_p, corrupt_p = model.prepare_input(clean, **kw), model.prepare_input(corrupt, **kw)
-    check_compatible(clean_p, corrupt_p)
-    graph = graph or build_graph(model)
-    corrupt_vals, _ = _sender_values(model, corrupt_p, graph, return_type)
+    norms = graph_norms(model, graph)
+    corrupt_vals, corrupt_out = sender_values(model, corrupt_p, graph, return_type)
+    m_corrupt = metric_value(metric(corrupt_out))
     b = clean_p.batch_size
-    results = []
-    for i in range(0, len(ablated), chunk_size):
-        sets = ablated[i : i + chunk_size]
-        k = len(sets)
-        coef = torch.zeros(len(graph.senders), len(graph.receivers), k)
-        for j, es in enumerate(sets):
-            for e in es:
-                s, r = graph.edges[e]
-                coef[s, r, j] = 1.0
-        out = model.run_prepared(
-            clean_p.repeat(k), return_type, fwd_hooks=_ablation_hooks(graph, coef, corrupt_vals, k, b)
-        )
-        vals = torch.as_tensor(metric(out)) if k == 1 else None
-        if k == 1:
-            results.append(vals.detach().float().sum().reshape(1))  # type: ignore[union-attr]
-        else:
-            results.append(
-                torch.stack(
-                    [torch.as_tensor(metric(out[j * b : (j + 1) * b])).detach().float().sum() for j in range(k)]
-                )
-            )
-    return torch.cat(results)
+    if method == "EAP":
+        run = _grad_run(model, clean_p, graph, metric, [0.0], None, return_type)
+        deltas = {n: corrupt_vals[n] - v for n, v in run.senders.items()}
+        full = edge_score_matrix(graph, deltas, run.grads, run.sums, norms)
+        return EdgeScores(graph, _edge_scores(graph, full), run.metrics[0], m_corrupt, method, {"n_steps": 1})
+    alphas, weights = quadrature(rule, n_steps)
+    start, clean_out = sender_values(model, clean_p, graph, return_type)
+    deltas = {n: corrupt_vals[n] - v for n, v in start.items()}
+    full = torch.zeros(len(graph.senders), len(graph.receivers), dtype=torch.float64)
+    summed: dict[str, Tensor] = {}  # without renormalisations the weighted gradients are summed first
+    for i in range(0, len(alphas), chunk_size):
+        a, w = alphas[i : i + chunk_size], weights[i : i + chunk_size]
+        run = _grad_run(model, clean_p, graph, metric, a, (start, corrupt_vals), return_type)
+        for j, wj in enumerate(w):
+            g = {h: x[j * b : (j + 1) * b] for h, x in run.grads.items()}
+            if graph.renorms:
+                s = {h: x[j * b : (j + 1) * b] for h, x in run.sums.items()}
+                full += wj * edge_score_matrix(graph, deltas, g, s, norms)
+            else:
+                summed = {h: summed.get(h, 0) + wj * x.double() for h, x in g.items()}  # type: ignore[misc]
+    if not graph.renorms:
+        full = edge_score_matrix(graph, deltas, summed, {}, norms)
+    m_clean = metric_value(metric(clean_out))
+    meta = {"n_steps": n_steps, "chunk_size": chunk_size}
+    return EdgeScores(graph, _edge_scores(graph, full), m_clean, m_corrupt, method, meta)
 
 
-def _ablation_hooks(
-    graph: Graph, coef: Tensor, corrupt_vals: dict[str, Tensor], k: int, b: int
-) -> list[tuple[str, Callable[..., Any]]]:
-    current: dict[str, Tensor] = {}
-    by_hook: dict[str, list[int]] = {}
-    for j, r in enumerate(graph.receivers):
-        if bool(coef[:, j].any()):
-            by_hook.setdefault(r.hook, []).append(j)
-    send_hooks: dict[str, list[int]] = {}
-    for i, s in enumerate(graph.senders):
-        send_hooks.setdefault(s.hook, []).append(i)
-
-    def hook_fn(x: Tensor, hook: Any) -> Tensor:
-        name = hook.name
-        for i in send_hooks.get(name, []):
-            s = graph.senders[i]
-            if s.name not in current:  # the value this run produced, before any receiver change at this hook
-                current[s.name] = _sender_value(x, s).clone()
-        js = by_hook.get(name)
-        if not js:
-            return x
-        x = x.clone()
-        for j in js:
-            r = graph.receivers[j]
-            for i in coef[:, j].any(-1).nonzero().flatten().tolist():
-                s = graph.senders[i]
-                c = (
-                    coef[i, j]
-                    .to(x.device, x.dtype)
-                    .repeat_interleave(b)
-                    .view(-1, *([1] * (x.ndim - 1 - (r.head is not None))))
-                )
-                diff = corrupt_vals[s.name].repeat(k, *([1] * (corrupt_vals[s.name].ndim - 1))) - current[s.name]
-                if r.head is not None:
-                    x[:, :, r.head] += c * diff
-                else:
-                    x += c * diff
-        return x
-
-    names = sorted(set(by_hook) | set(send_hooks))
-    return [(n, hook_fn) for n in names]
-
-
-def faithfulness(
-    model: HookedModel,
-    clean: Any,
-    corrupt: Any,
-    metric: Metric,
-    scores: EdgeScores,
-    n_edges: Sequence[int],
-    *,
-    return_type: str | None = None,
-    input_kwargs: dict[str, Any] | None = None,
-    chunk_size: int = 8,
-) -> Labelled:
-    """Metric vs circuit size: keep the top ``n`` edges, *ablate every other edge*, run, measure.
-
-    Returns:
-        ``(n_edges,)`` normalised faithfulness ``(m - m_corrupt) / (m_clean - m_corrupt)`` (1: the circuit
-        alone recovers the clean metric); raw values in ``meta["metric"]``.
-    """
-    total = len(scores.graph)
-    sets = []
-    for n in n_edges:
-        if not 0 <= n <= total:
-            raise ValueError(f"n_edges values must be in [0, {total}], got {n}")
-        keep = set(scores.top(n))
-        sets.append([e for e in range(total) if e not in keep])
-    vals = ablate_edges(
-        model,
-        clean,
-        corrupt,
-        metric,
-        sets,
-        graph=scores.graph,
-        return_type=return_type,
-        input_kwargs=input_kwargs,
-        chunk_size=chunk_size,
-    )
-    denom = scores.metric_clean - scores.metric_corrupt
-    if abs(denom) < 1e-12:
-        raise ValueError("the metric is the same on the clean and corrupted runs; nothing to recover")
-    norm = (vals - scores.metric_corrupt) / denom
-    return Labelled(
-        norm,
-        ("n_edges",),
-        {"n_edges": [str(n) for n in n_edges]},
-        f"faithfulness ({scores.method})",
-        {"metric": vals.tolist(), "metric_clean": scores.metric_clean, "metric_corrupt": scores.metric_corrupt},
-    )
+def _edge_scores(graph: Graph, full: Tensor) -> Tensor:
+    idx = torch.tensor(graph.edges)
+    return full[idx[:, 0], idx[:, 1]].float()

@@ -95,6 +95,7 @@ def target_keys(
     key_tokens: Tensor | None = None,
     special_ids: dict[str, Any] | None = None,
     window: int = 2,
+    cross: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Target keys and valid queries of one detector.
 
@@ -104,6 +105,8 @@ def target_keys(
         query_tokens, key_tokens: Token ids (needed by token-based detectors).
         special_ids: ``{"sep": id, "pad": id, "special": [ids]}``.
         window: Half-width of ``local_window``.
+        cross: Queries and keys are different streams (cross-attention): no query is left out for being
+            the key itself (``first_token``, ``last_token``, ``sep``), even when both have the same length.
 
     Returns:
         ``(targets, valid)``: ``targets`` is ``(batch, q, k)`` bool, ``valid`` is ``(batch, q)`` bool.
@@ -116,6 +119,7 @@ def target_keys(
     ki = torch.arange(nk, device=dev)[None, :]
     real_k = km[:, None, :]
     special_ids = special_ids or {}
+    same = not cross and nq == nk  # a query and a key at one index are one token
 
     def need_tokens() -> tuple[Tensor, Tensor]:
         if key_tokens is None or query_tokens is None:
@@ -130,20 +134,20 @@ def target_keys(
             tgt = ((ki - qi).abs() <= window)[None].expand(b, nq, nk) & real_k
     elif detector == "first_token":
         tgt = (ki == 0)[None].expand(b, nq, nk) & real_k
-        tgt = tgt & (qi != 0)[None] if nq == nk else tgt
+        tgt = tgt & (qi != 0)[None] if same else tgt
     elif detector == "last_token":
         last = _last_real(km)
         tgt = (ki[None] == last[:, None, None]).expand(b, nq, nk) & real_k
-        if nq == nk:
+        if same:
             tgt = tgt & (qi[None] != last[:, None, None])
     elif detector == "sep":
         sep = special_ids.get("sep")
         if sep is None:
             warnings.warn("no separator token id known; 'sep' scores the last real token instead", stacklevel=3)
-            return target_keys("last_token", query_mask, key_mask, query_tokens, key_tokens, special_ids, window)
+            return target_keys("last_token", query_mask, key_mask, query_tokens, key_tokens, special_ids, window, cross)
         qt, kt = need_tokens()
         tgt = (kt == sep)[:, None, :].expand(b, nq, nk) & real_k
-        if nq == nk:
+        if same:
             tgt = tgt & (qt != sep)[:, :, None]
     elif detector == "special":
         ids = list(special_ids.get("special") or [])
@@ -185,8 +189,12 @@ def score_patterns(
     key_tokens: Int[Tensor, "batch key_pos"] | None = None,
     special_ids: dict[str, Any] | None = None,
     window: int = 2,
+    cross: bool = False,
 ) -> Float[Tensor, "layer head_index"]:
-    """Score stacked patterns ``(layer, batch, head, q, k)`` with one detector -> ``(layer, head)``."""
+    """Score stacked patterns ``(layer, batch, head, q, k)`` with one detector -> ``(layer, head)``.
+
+    ``cross=True`` for cross-attention patterns (see :func:`target_keys`).
+    """
     if patterns.ndim != 5:
         raise ValueError(f"patterns must be (layer, batch, head, query_pos, key_pos), got {tuple(patterns.shape)}")
     key_mask = query_mask if key_mask is None else key_mask
@@ -213,7 +221,7 @@ def score_patterns(
             dist = (qi - ki).abs().float()
             per_q = (torch.where(kmask, p, torch.zeros_like(p)) * dist).sum(-1)
     else:
-        tgt, valid = target_keys(detector, qm, km, query_tokens, key_tokens, special_ids, window)
+        tgt, valid = target_keys(detector, qm, km, query_tokens, key_tokens, special_ids, window, cross)
         per_q = (p * tgt[None, :, None].to(p.dtype)).sum(-1)  # layer batch head q
     w = valid[None, :, None, :].to(p.dtype)
     count = valid.sum()
@@ -302,7 +310,7 @@ def head_scores(
     for d in dets:
         if d in TOKEN_BASED and (qt is None or kt is None) and not (d == "sep" and ids.get("sep") is None):
             raise ValueError(f"detector {d!r} needs token ids; this input has none (audio?)")
-        vals = score_patterns(patterns, d, qm, km, qt, kt, ids, window)
+        vals = score_patterns(patterns, d, qm, km, qt, kt, ids, window, cross=attn == "cross_attn")
         out[d] = Labelled(
             vals, ("layer", "head"), labels, f"{d} score", {"detector": d, "attn": attn, "stream": stream}
         )

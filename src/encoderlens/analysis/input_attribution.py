@@ -263,25 +263,21 @@ def attribute_input(
 ) -> InputAttribution:
     """Attribute ``target`` to the input (or to activations at ``hooks``) with saliency, x * grad or IG.
 
-        Args:
-    <<<<<<< HEAD
-            model: An encoderlens model (any family).
-    =======
-            model: An encoderlens model.
-    >>>>>>> main
-            input: Raw input (plus ``input_options``) or a :class:`Prepared`.
-            target: ``target(output, batch) -> (batch,)``, e.g. from :mod:`encoderlens.analysis.targets`
-                (its ``return_type`` is used unless ``return_type`` is given).
-            method: ``"saliency"``, ``"input_x_gradient"`` or ``"integrated_gradients"``.
-            hooks: Hook points attributed (default: every stream's input, :meth:`HookedModel.input_spec`).
-            baseline: Integrated gradients' ``x'``: ``"zero"``, a number, a tensor, ``{hook: tensor}``, or an
-                input of the same shape whose activations are the baseline (e.g. every token masked).
-            n_steps, rule: Quadrature (:func:`~encoderlens.analysis.gradients.quadrature`).
-            chunk_size: Interpolation steps per forward.
+    Args:
+        model: An encoderlens model (any family).
+        input: Raw input (plus ``input_options``) or a :class:`Prepared`.
+        target: ``target(output, batch) -> (batch,)``, e.g. from :mod:`encoderlens.analysis.targets`
+            (its ``return_type`` is used unless ``return_type`` is given).
+        method: ``"saliency"``, ``"input_x_gradient"`` or ``"integrated_gradients"``.
+        hooks: Hook points attributed (default: every stream's input, :meth:`HookedModel.input_spec`).
+        baseline: Integrated gradients' ``x'``: ``"zero"``, a number, a tensor, ``{hook: tensor}``, or an
+            input of the same shape whose activations are the baseline (e.g. every token masked).
+        n_steps, rule: Quadrature (:func:`~encoderlens.analysis.gradients.quadrature`).
+        chunk_size: Interpolation steps per forward.
 
-        Example:
-            >>> res = attribute_input(model, "The capital of France is [MASK].", mask_fill(model, paris))
-            >>> print(res.to_text()); res.delta  # completeness check
+    Example:
+        >>> res = attribute_input(model, "The capital of France is [MASK].", mask_fill(model, paris))
+        >>> print(res.to_text()); res.delta  # completeness check
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

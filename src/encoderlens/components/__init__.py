@@ -16,7 +16,7 @@ from encoderlens.components.mlp import MLP, get_activation
 from encoderlens.components.norm import LayerNorm, RMSNorm, make_norm
 from encoderlens.components.position import RelativePositionBias, relative_position_bucket
 from encoderlens.components.sae import SAEConfig, SparseAutoencoder
-from encoderlens.components.sae_format import load_sae, save_sae
+from encoderlens.components.sae_format import load_sae, load_sae_from_hub, save_sae
 from encoderlens.components.stack import Stack, run_blocks
 from encoderlens.components.stack_weights import StackWeights, StackWeightsMixin
 
@@ -24,6 +24,7 @@ __all__ = [
     "SAEConfig",
     "SparseAutoencoder",
     "load_sae",
+    "load_sae_from_hub",
     "save_sae",
     "MLP",
     "Attention",

@@ -429,11 +429,15 @@ class Attention(KeepPropertyErrors, nn.Module):
         ``content_scores_hook`` sees the scaled ``q . k`` scores before ``bias`` is added (DeBERTa's c2c term).
         """
         if self.needs_explicit_pattern():
-            scores = (qh @ kh.transpose(-1, -2)) * scale
+            # scale and bias applied in place to the fresh product (no extra score-sized buffers; T5's scale is 1)
+            scores = qh @ kh.transpose(-1, -2)
+            if scale != 1.0:
+                scores.mul_(scale)
             if content_scores_hook is not None:
                 scores = content_scores_hook(scores)
             if bias is not None:
-                scores = scores + bias
+                in_place = content_scores_hook is None and bias.dtype == scores.dtype  # the c2c hook keeps its tensor
+                scores = scores.add_(bias) if in_place else scores + bias
             scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(scores.dtype))
             z = pattern @ vh

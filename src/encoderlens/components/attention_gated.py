@@ -9,6 +9,7 @@ attention input ``x`` split into heads ``x_h: (d_head,)``::
     score = q . k * scale + gate[query] * B[query, key] + mask
 
 ``W_gate: (d_head, 8)`` and ``b_gate: (8,)`` are shared by the heads; ``gate_const: (head_index,)`` is per head.
+With the block's per-head inputs (``hook_q_input``...), head ``h``'s gate is read from its q input.
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ class GatedRelativeAttention(Attention):
 
     def position_gate(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos head_index"]:
         """The per-head, per-query gate computed from the attention input."""
-        h = self.cfg.n_heads
-        proj = x.unflatten(-1, (h, -1)) @ self.W_gate + self.b_gate  # (batch, pos, head, 8)
+        return self._gate_from_heads(x.unflatten(-1, (self.cfg.n_heads, -1)))
+
+    def _gate_from_heads(
+        self, x_h: Float[Tensor, "batch pos head_index d_head"]
+    ) -> Float[Tensor, "batch pos head_index"]:
+        proj = x_h @ self.W_gate + self.b_gate  # (batch, pos, head, 8)
         gate_a, gate_b = torch.sigmoid(proj.unflatten(-1, (2, GATE_OUT // 2)).sum(-1)).unbind(-1)
         return gate_a * (gate_b * self.gate_const - 1.0) + 2.0
 
@@ -65,10 +70,16 @@ class GatedRelativeAttention(Attention):
             raise ValueError(
                 "gated relative attention is self-attention over a whole sequence (no cross-attention, no KV cache)"
             )
-        if split is not None:
-            raise ValueError("per-head attention inputs (hook_q/k/v_input) are not supported with gated attention")
         if position_bias is None:
             raise ValueError("gated relative attention needs the stack's relative position bias (position_bias)")
-        gate = self.hook_position_gate(self.position_gate(query_input))
+        if split is None:
+            gate = self.position_gate(query_input)
+        else:
+            # per-head inputs: head h's gate is read from its own q input (the gate belongs to the query)
+            h = self.cfg.n_heads
+            gate = self._gate_from_heads(
+                torch.diagonal(split[0].unflatten(-1, (h, -1)), dim1=2, dim2=3).transpose(-1, -2)
+            )
+        gate = self.hook_position_gate(gate)
         gated = self.hook_gated_position_bias(gate.transpose(1, 2)[..., None] * position_bias)
-        return super().forward(query_input, additive_mask=additive_mask, position_bias=gated)
+        return super().forward(query_input, additive_mask=additive_mask, position_bias=gated, split=split)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
@@ -22,7 +23,7 @@ class CTCHead(nn.Module):
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
 
     def forward(self, x: Float[Tensor, "batch frames d_model"]) -> Float[Tensor, "batch frames d_vocab"]:
-        return x @ self.W_U + self.b_U
+        return F.linear(x, self.W_U.t(), self.b_U)
 
 
 @dataclass

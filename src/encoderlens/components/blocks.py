@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -67,7 +68,12 @@ class TransformerBlock(nn.Module):
     ``cfg.first_block_attn_norm=False``, drops ``ln1`` in block 0 (``ln1`` is then None).
     The attention module follows ``kind``: :class:`Attention`, :class:`DisentangledAttention` or
     :class:`GatedRelativeAttention`.
+
+    ``entry_device`` (None unless the model is placed over several devices with a ``device_map``) is
+    where :func:`~encoderlens.components.stack.run_blocks` moves the block's inputs before running it.
     """
+
+    entry_device: torch.device | None = None
 
     def __init__(self, cfg: StackConfig, kv_d_model: int | None = None, layer: int = 0) -> None:
         super().__init__()
@@ -155,7 +161,9 @@ class TransformerBlock(nn.Module):
         if self.hook_q_input.has_hooks() or self.hook_k_input.has_hooks() or self.hook_v_input.has_hooks():
             if extra:
                 raise ValueError(
-                    "per-head attention inputs (hook_q/k/v_input) are not supported with disentangled attention"
+                    "per-head attention inputs (hook_q/k/v_input, which edge attribution / circuits use) are not "
+                    "supported with disentangled attention (DeBERTa). "
+                    "Use path_patch or attribute_heads on this model"
                 )
             ln = self.ln1 if self.pre_ln else None
             extra["split"] = self._split(x, x, self.attn.cfg.n_heads, ln, ln, "")

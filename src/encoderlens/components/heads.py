@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
@@ -41,7 +42,7 @@ class MLMHead(nn.Module):
         self.b_transform = nn.Parameter(torch.zeros(d_embed))
         self.ln = make_norm(d_embed, cfg.norm)
         # a list keeps the shared embedding from being registered twice as a submodule
-        self._embed = [embed]
+        self._embed = [embed] if cfg.tied else []  # read only when tied (placement follows the reference)
         self.W_U_untied = None if cfg.tied else nn.Parameter(torch.empty(d_embed, d_vocab))
         self.b_U = nn.Parameter(torch.zeros(d_vocab))
         self.hook_transformed = HookPoint()
@@ -51,7 +52,7 @@ class MLMHead(nn.Module):
         return self._embed[0].W_E.T if self.W_U_untied is None else self.W_U_untied
 
     def transform(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_embed"]:
-        return self.hook_transformed(self.ln(self.act(x @ self.W_transform + self.b_transform)))
+        return self.hook_transformed(self.ln(self.act(F.linear(x, self.W_transform.t(), self.b_transform))))
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_embed"]:
         """The transformed residual (TransformerLens's ``mlm_head``); :meth:`logits` for the vocabulary logits."""
@@ -59,7 +60,8 @@ class MLMHead(nn.Module):
 
     def logits(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         """Vocabulary logits: ``transform(x) @ W_U + b_U`` (the whole head, what the logit lens applies)."""
-        return self.transform(x) @ self.W_U + self.b_U
+        # through __call__: a device_map moves x to the head first
+        return F.linear(self(x), self.W_U.t(), self.b_U)
 
 
 class MLMUnembed(nn.Module):
@@ -81,7 +83,8 @@ class MLMUnembed(nn.Module):
         return self._head[0].b_U
 
     def forward(self, x: Float[Tensor, "... d_embed"]) -> Float[Tensor, "... d_vocab"]:
-        return x @ self.W_U + self.b_U
+        # F.linear on W_U.t(): one matmul with the bias fused in (no separate pass over the logits)
+        return F.linear(x, self.W_U.t(), self.b_U)
 
 
 class Pooler(nn.Module):
@@ -94,7 +97,7 @@ class Pooler(nn.Module):
         self.hook_pooled = HookPoint()
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
-        return self.hook_pooled(torch.tanh(x[:, 0] @ self.W_pool + self.b_pool))
+        return self.hook_pooled(torch.tanh(F.linear(x[:, 0], self.W_pool.t(), self.b_pool)))
 
 
 class NSPHead(nn.Module):
@@ -250,7 +253,7 @@ class LMHead(nn.Module):
     def __init__(self, d_model: int, d_vocab: int, cfg: UnembedConfig, embed: Embed) -> None:
         super().__init__()
         self.cfg = cfg
-        self._embed = [embed]
+        self._embed = [embed] if cfg.tied else []  # read only when tied (placement follows the reference)
         self.W_U_untied = None if cfg.tied else nn.Parameter(torch.empty(d_model, d_vocab))
         self.b_U = nn.Parameter(torch.zeros(d_vocab)) if cfg.bias else None
 
@@ -261,8 +264,7 @@ class LMHead(nn.Module):
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
         if self.cfg.scale != 1.0:
             x = x * self.cfg.scale
-        logits = x @ self.W_U
-        return logits + self.b_U if self.b_U is not None else logits
+        return F.linear(x, self.W_U.t(), self.b_U)
 
 
 class Unembed(nn.Module):
@@ -288,6 +290,4 @@ class Unembed(nn.Module):
         return head.b_U if head.b_U is not None else head.W_U.new_zeros(head.W_U.shape[1])
 
     def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
-        logits = x @ self.W_U
-        b_U = self._head[0].b_U
-        return logits + b_U if b_U is not None else logits
+        return F.linear(x, self.W_U.t(), self._head[0].b_U)

@@ -11,10 +11,13 @@ through ``d_sae`` sparse features::
            = 1[x_in @ W_enc + b_gate > 0] * relu(x_in @ (W_enc * exp(r_mag)) + b_mag)     gated
     recons = norm_out(acts @ W_dec + b_dec)
 
-``norm_in`` / ``norm_out`` follow ``normalize_activations``: ``"none"`` (and
-``"expected_average_only_in"``, whose constant SAELens folds into the weights of released SAEs),
-``"constant_norm_rescale"`` (scale ``x`` to norm ``sqrt(d_in)``, undo on the output) and ``"layer_norm"``
-(standardise ``x``, undo on the output). ``reshape_activations="hook_z"`` flattens ``(..., head, d_head)``
+Top-k SAEs with ``rescale_acts_by_decoder_norm`` (SAELens's option) select and report features on
+``pre * |W_dec[i]|`` and decode ``acts / |W_dec[i]|`` (a no-op once the decoder rows have unit norm).
+
+``norm_in`` / ``norm_out`` follow ``normalize_activations``: ``"none"``, ``"constant_norm_rescale"``
+(scale ``x`` to norm ``sqrt(d_in)``, undo on the output) and ``"layer_norm"`` (standardise ``x``, undo on
+the output). ``"expected_average_only_in"`` (a constant input scale estimated in training) is the identity
+here: the loaders fold the release's ``norm_scaling_factor`` into the weights and set ``"none"``, or refuse. ``reshape_activations="hook_z"`` flattens ``(..., head, d_head)``
 inputs (attention ``hook_z``) and restores the shape on the output.
 
 Hook points (SAELens's names): ``hook_sae_input``, ``hook_sae_acts_pre``, ``hook_sae_acts_post`` (the
@@ -60,6 +63,8 @@ class SAEConfig:
         d_sae: Number of features.
         hook_name: The hook point the SAE reads and writes (``"blocks.2.hook_resid_post"``).
         k: Active features per position (top-k only).
+        rescale_acts_by_decoder_norm: Top-k only: rank and report features scaled by their decoder norms
+            (see the module doc).
         apply_b_dec_to_input: Subtract ``b_dec`` from the input before encoding (SAELens's default).
         normalize_activations: See the module doc.
         reshape_activations: ``"none"`` or ``"hook_z"``.
@@ -72,6 +77,7 @@ class SAEConfig:
     d_sae: int
     hook_name: str | None = None
     k: int | None = None
+    rescale_acts_by_decoder_norm: bool = False
     apply_b_dec_to_input: bool = True
     normalize_activations: str = "none"
     reshape_activations: str = "none"
@@ -91,6 +97,10 @@ class SAEConfig:
         bad_k = not isinstance(self.k, int) or isinstance(self.k, bool) or not 1 <= self.k <= self.d_sae
         if self.architecture == "topk" and bad_k:
             raise ValueError(f"a top-k SAE needs an int k in [1, d_sae={self.d_sae}], got k={self.k!r}")
+        if self.rescale_acts_by_decoder_norm and self.architecture != "topk":
+            raise ValueError(
+                f"rescale_acts_by_decoder_norm applies to top-k SAEs only, got architecture={self.architecture!r}"
+            )
         if self.normalize_activations not in NORMALIZATIONS:
             raise ValueError(
                 f"normalize_activations must be one of {NORMALIZATIONS}, got {self.normalize_activations!r}"
@@ -144,6 +154,8 @@ class SparseAutoencoder(KeepPropertyErrors, nn.Module):
         for name in SAE_HOOKS:
             getattr(self, name).name = name
         self._norm_state: dict[str, Tensor] = {}
+        #: Log10 firing rate of each feature (SAELens's ``sparsity.safetensors``), when the loader found one.
+        self.log_feature_sparsity: Tensor | None = None
 
     # ------------------------------------------------------------------ hooks
     def hook_points(self) -> dict[str, HookPoint]:
@@ -206,6 +218,8 @@ class SparseAutoencoder(KeepPropertyErrors, nn.Module):
             pre = self._hp("hook_sae_acts_pre", x @ (self.W_enc * self.r_mag.exp()) + self.b_mag, hooked)
             return self._hp("hook_sae_acts_post", active * torch.relu(pre), hooked)
         pre = self._hp("hook_sae_acts_pre", x @ self.W_enc + self.b_enc, hooked)
+        if self.cfg.rescale_acts_by_decoder_norm:
+            pre = pre * self.W_dec.norm(dim=-1)
         if arch == "standard":
             acts = torch.relu(pre)
         elif arch == "jumprelu":
@@ -221,6 +235,8 @@ class SparseAutoencoder(KeepPropertyErrors, nn.Module):
         return self._decode(acts, hooked=True)
 
     def _decode(self, acts: Tensor, hooked: bool) -> Tensor:
+        if self.cfg.rescale_acts_by_decoder_norm:
+            acts = acts / self.W_dec.norm(dim=-1)
         return self._norm_out(self._hp("hook_sae_recons", acts @ self.W_dec + self.b_dec, hooked))
 
     def forward(self, x: Tensor) -> Tensor:

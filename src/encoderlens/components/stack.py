@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import cast
 
 import torch
 from jaxtyping import Float, Int
@@ -62,7 +63,15 @@ def run_blocks(
                 f"stop_at_layer={stop_at_layer} is out of range for {n} blocks: pass an int in [{-n}, {n}] "
                 "(0: the embeddings, a negative value counts from the end) or None for a full run"
             )
-    for i, block in enumerate(blocks[:stop_at_layer]):
+    run = cast("Sequence[TransformerBlock]", blocks[:stop_at_layer])
+    inputs_on = None  # the device the block inputs were last moved to (device_map placement)
+    for i, block in enumerate(run):
+        dev = block.entry_device  # None unless placed over several devices
+        if dev is not None and (dev != inputs_on or x.device != dev):
+            inputs_on = dev
+            x, additive_mask, position_bias, encoder_out, cross_mask, rel_embeddings = to_block_device(
+                dev, x, additive_mask, position_bias, encoder_out, cross_mask, rel_embeddings
+            )
         x = block(
             x,
             additive_mask=additive_mask,
@@ -77,6 +86,38 @@ def run_blocks(
         if final_norm_hook is not None:
             x = final_norm_hook(x)
     return x
+
+
+def to_block_device(
+    device: torch.device,
+    x: Tensor,
+    additive_mask: Tensor | None,
+    position_bias: Tensor | None,
+    encoder_out: Tensor | None,
+    cross_mask: Tensor | None,
+    rel_embeddings: RelativeEmbeddings | None,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None, RelativeEmbeddings | None]:
+    """Move a block's inputs to ``device`` (a block boundary between two devices of a ``device_map``).
+
+    Each is checked on its own: the encoder output of a cross-attention may come from another device
+    than the decoder's residual stream.
+    """
+
+    def to(t: Tensor | None) -> Tensor | None:
+        return t if t is None or t.device == device else t.to(device)
+
+    if rel_embeddings is not None and rel_embeddings.table.device != device:
+        rel_embeddings = RelativeEmbeddings(
+            rel_embeddings.table.to(device), rel_embeddings.c2p_index.to(device), rel_embeddings.p2c_index.to(device)
+        )
+    return (
+        x if x.device == device else x.to(device),
+        to(additive_mask),
+        to(position_bias),
+        to(encoder_out),
+        to(cross_mask),
+        rel_embeddings,
+    )
 
 
 class Stack(KeepPropertyErrors, StackWeightsMixin, nn.Module):

@@ -12,6 +12,7 @@ from encoderlens.models.base import HookedModel, load_pretrained, resolve_tl_key
 from encoderlens.models.encoder import EncoderOutput, HookedEncoder
 from encoderlens.models.encoder_decoder import EncoderDecoderOutput, HookedEncoderDecoder
 from encoderlens.models.mask_fill import MaskPrediction
+from encoderlens.models.placement import DeviceLike, DeviceMap
 from encoderlens.models.whisper import HookedWhisper
 
 #: ``family -> model class``: the converted config's ``family`` picks the class. A new family is one
@@ -30,6 +31,8 @@ def from_pretrained(
     revision: str | None = None,
     move_to_device: bool = True,
     torch_dtype: torch.dtype | None = None,
+    device_map: DeviceMap | None = None,
+    max_memory: dict[DeviceLike, int | str] | None = None,
     **extras: Any,
 ) -> Any:
     """Load any supported checkpoint; the model class follows the checkpoint's family.
@@ -42,6 +45,11 @@ def from_pretrained(
         revision: Hub revision of a hub name.
         move_to_device: False keeps the model on the CPU (TransformerLens keyword).
         torch_dtype: Alias of ``dtype``.
+        device_map: Spread the model over several devices: ``"auto"`` / ``"balanced"`` / ``"sequential"``
+            (sized from ``max_memory``), a dict of module prefix -> device (``{"embed": 0, "blocks.0": 0,
+            "blocks.1": 1, ..., "mlm_head": 0}``), or one device. Each weight is copied straight to its
+            device; ``model.hf_device_map`` reports the placement. See docs/performance.md.
+        max_memory: Per-device limits for the strategies (``{0: "20GiB", 1: "20GiB", "cpu": "100GiB"}``).
         **extras: Override loaded extras, e.g. ``tokenizer=...`` (see :meth:`HookedModel.from_pretrained`).
 
     Example:
@@ -49,7 +57,15 @@ def from_pretrained(
     """
     dtype = resolve_tl_keywords(extras, dtype, torch_dtype)
     return load_pretrained(
-        name_or_path, FAMILIES, hf_model, device if move_to_device else None, dtype, revision, **extras
+        name_or_path,
+        FAMILIES,
+        hf_model,
+        device if move_to_device else None,
+        dtype,
+        revision,
+        device_map=device_map,
+        max_memory=max_memory,
+        **extras,
     )
 
 

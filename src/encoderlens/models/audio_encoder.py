@@ -497,13 +497,14 @@ class HookedAudioEncoder(StackWeightsMixin, AudioFrames):
             final_norm="ln_final" if self.ln_final is not None else None,
             has_cross_attention=False,
             blocks=self.blocks,
-            unembed=(
-                fold_norm_into_unembed(self.ln_final, self.ctc_head.W_U, self.ctc_head.b_U)
-                if self.ctc_head is not None
-                else None
-            ),
+            unembed_fn=self._folded_unembed if self.ctc_head is not None else None,
             unembed_note="" if self.ctc_head is not None else "this checkpoint has no CTC head",
         )
+
+    def _folded_unembed(self) -> tuple[Tensor, Tensor]:
+        """The CTC head with the final norm's affine folded in (see :func:`fold_norm_into_unembed`)."""
+        assert self.ctc_head is not None
+        return fold_norm_into_unembed(self.ln_final, self.ctc_head.W_U, self.ctc_head.b_U)
 
     # ------------------------------------------------------------------ model contract
     def _prepare_input(self, input: AudioInput | AudioBatch, **audio_options: Any) -> Prepared:

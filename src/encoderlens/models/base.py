@@ -21,9 +21,18 @@ from encoderlens.components.mlp import MLP
 from encoderlens.components.stack_weights import StackWeights as StackWeights
 from encoderlens.components.stack_weights import StackWeightsMixin as StackWeightsMixin
 from encoderlens.convert import find_converter
-from encoderlens.hooks import HookedRootModule, NameFilter
+from encoderlens.hooks import HookedRootModule, NameFilter, wait_for_copies
 from encoderlens.io.checkpoint import Checkpoint, read_checkpoint
 from encoderlens.models.contract import ExampleInput, InputSpec, Prepared, Readout, StreamName
+from encoderlens.models.placement import (
+    DeviceLike,
+    DeviceMap,
+    PlacementUnit,
+    apply_placement,
+    clear_placement,
+    placement_units,
+    resolve_device_map,
+)
 from encoderlens.models.saes import SAEHostMixin, StopForward, saelens_run_options
 
 
@@ -50,6 +59,9 @@ class HookedModel(SAEHostMixin, HookedRootModule):
     tokenizer: Any = None
     streams: tuple[StreamName, ...] = (None,)
     """Residual streams: ``(None,)`` for single-stream models, ``("encoder", "decoder")``..."""
+    hf_device_map: dict[str, str] | None = None
+    """Where each placement unit is when loaded with ``device_map`` (``{"embed": "cuda:0", "blocks.0":
+    "cuda:0", ..., "blocks.23": "cpu", ...}``, as HF's ``hf_device_map``); None on one device."""
 
     # ------------------------------------------------------------------ the model contract
     def prepare_input(self, input: Any, **options: Any) -> Prepared:
@@ -120,8 +132,13 @@ class HookedModel(SAEHostMixin, HookedRootModule):
     def to(self, *args: Any, print_details: bool = False, **kwargs: Any) -> Any:  # type: ignore[override]
         """``nn.Module.to``; also keeps ``cfg.device`` current. ``print_details=True`` prints the move (TL).
 
+        A model placed with ``device_map`` moves whole to the device given (and is no longer placed).
+
         Differs from TransformerLens: ``print_details`` defaults to False (TL prints every move).
         """
+        if self.hf_device_map is not None and torch._C._nn._parse_to(*args, **kwargs)[0] is not None:
+            clear_placement(self, self.__dict__.pop("_placement_handles", []))
+            self.hf_device_map = None
         out = super().to(*args, **kwargs)
         param = next(self.parameters(), None)
         if param is not None and getattr(self.cfg, "device", None) != str(param.device):
@@ -217,12 +234,15 @@ class HookedModel(SAEHostMixin, HookedRootModule):
                 return_cache_object=return_cache_object,
                 **model_kwargs,
             )
-        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim)
+        pending: set[torch.device] = set()
+        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pending=pending)
         with self.hooks([*fwd, *extra], bwd, reset_hooks_end=reset_hooks_end):
             try:
                 out = self(*model_args, **model_kwargs)
             except StopForward as stop:
                 out = stop.value
+            finally:
+                wait_for_copies(pending)
         if return_cache_object:
             return out, self.make_cache(store, has_batch_dim=not remove_batch_dim)
         return out, store
@@ -256,6 +276,8 @@ class HookedModel(SAEHostMixin, HookedRootModule):
         revision: str | None = None,
         move_to_device: bool = True,
         torch_dtype: torch.dtype | None = None,
+        device_map: DeviceMap | None = None,
+        max_memory: dict[DeviceLike, int | str] | None = None,
         **extras: Any,
     ) -> Any:
         """Load an HF checkpoint: a hub name, a local folder, or an already-loaded HF model.
@@ -271,6 +293,11 @@ class HookedModel(SAEHostMixin, HookedRootModule):
             revision: Hub revision (branch, tag or commit) of a hub name; an unknown one raises.
             move_to_device: As TransformerLens: False leaves the model on the CPU even if ``device`` is given.
             torch_dtype: TransformerLens / HF spelling of ``dtype``.
+            device_map: Spread the model over several devices: ``"auto"`` / ``"balanced"`` / ``"sequential"``
+                (sized from ``max_memory``), a dict of module prefix -> device (``{"embed": 0, "blocks.0": 0,
+                "blocks.1": 1, ..., "mlm_head": 0}``), or one device. Each weight is copied straight to its
+                device; ``model.hf_device_map`` reports the placement. See docs/performance.md.
+            max_memory: Per-device limits for the strategies (``{0: "20GiB", 1: "20GiB", "cpu": "100GiB"}``).
             **extras: Override loaded extras, e.g. ``tokenizer=...``. TransformerLens keywords that cannot
                 apply here (``checkpoint_index``, ``load_in_8bit``, ``fold_ln``...) raise a ValueError saying why.
 
@@ -284,11 +311,31 @@ class HookedModel(SAEHostMixin, HookedRootModule):
             )
         dtype = resolve_tl_keywords(extras, dtype, torch_dtype)
         return load_pretrained(
-            name_or_path, {cls.family: cls}, hf_model, device if move_to_device else None, dtype, revision, **extras
+            name_or_path,
+            {cls.family: cls},
+            hf_model,
+            device if move_to_device else None,
+            dtype,
+            revision,
+            device_map=device_map,
+            max_memory=max_memory,
+            **extras,
         )
 
-    def load_converted(self, state_dict: dict[str, Tensor]) -> None:
-        """Load a converted state dict; every parameter must be provided with the right shape."""
+    def load_converted(
+        self,
+        state_dict: dict[str, Tensor],
+        devices: dict[str, torch.device] | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        """Load a converted state dict; every parameter must be provided with the right shape.
+
+        Args:
+            state_dict: Our parameter names -> tensors.
+            devices: Parameter name -> device: each tensor is copied there (in ``dtype``) one at a time and
+                taken out of ``state_dict`` (emptied), so no second copy of the whole model is ever held.
+            dtype: With ``devices``: the dtype of floating tensors.
+        """
         own = dict(self.named_parameters())
         missing = sorted(set(own) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(own))
@@ -300,9 +347,31 @@ class HookedModel(SAEHostMixin, HookedRootModule):
                 raise RuntimeError(
                     f"converter produced {name} of shape {tuple(t.shape)}, model expects {tuple(p.shape)}"
                 )
+        if devices is not None:
+            state_dict = {name: place_tensor(state_dict.pop(name), devices[name], dtype) for name in own}
         self.load_state_dict(state_dict, strict=False, assign=True)
         # buffers created on the meta device are rebuilt by the model
         self.materialize_buffers()
+
+    def _placement_units(self) -> tuple[list[PlacementUnit], list[set[str]]]:
+        return placement_units(self, [self.stream_spec(s).blocks for s in self.streams])
+
+    def _load_placed(
+        self,
+        weights: dict[str, Tensor],
+        device_map: DeviceMap,
+        max_memory: dict[DeviceLike, int | str] | None,
+        dtype: torch.dtype,
+    ) -> None:
+        """Load converted weights (emptying ``weights``) onto the devices ``device_map`` gives, and run there."""
+        units, groups = self._placement_units()
+        devices = resolve_device_map(units, groups, device_map, max_memory, dtype)
+        owner = {id(p): devices[u.name] for u in units for p in u.parameters()}
+        self.load_converted(weights, {n: owner[id(p)] for n, p in self.named_parameters()}, dtype)
+        self.__dict__["_placement_handles"] = apply_placement(units, devices)
+        self.hf_device_map = {name: str(dev) for name, dev in devices.items()}
+        first = next(iter(devices.values()))
+        self.cfg = dataclasses.replace(self.cfg, device=str(first))
 
     def materialize_buffers(self) -> None:
         """Recreate non-persistent buffers after loading onto the meta device (override if any)."""
@@ -326,6 +395,9 @@ def load_pretrained(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     revision: str | None = None,
+    *,
+    device_map: DeviceMap | None = None,
+    max_memory: dict[DeviceLike, int | str] | None = None,
     **extras: Any,
 ) -> Any:
     """Read, convert and build a checkpoint as the class of ``classes`` named by its family.
@@ -337,11 +409,19 @@ def load_pretrained(
         device: Where to put the model.
         dtype: Parameter dtype.
         revision: Hub revision of a hub name.
+        device_map: Spread the model over devices (see :mod:`encoderlens.models.placement`); each weight
+            is copied straight to its device. Excludes ``device``.
+        max_memory: Per-device byte limits for ``device_map="auto" | "balanced" | "sequential"``.
         **extras: Override loaded extras, e.g. ``tokenizer=...``.
 
     Raises:
-        ValueError: The checkpoint's family is not in ``classes``.
+        ValueError: The checkpoint's family is not in ``classes``; an invalid ``device_map``.
     """
+    if device_map is not None and device is not None:
+        raise ValueError(
+            f"got device={device!r} and device_map={device_map!r}; pass one (device_map={str(device)!r} puts "
+            "everything on one device)"
+        )
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
     if not dtype.is_floating_point:
@@ -358,8 +438,14 @@ def load_pretrained(
     kwargs = {**model_cls.extras_from_checkpoint(ckpt), **extras}
     with torch.device("meta"):
         model = model_cls(cfg, **kwargs)
-    model.load_converted({**state_dict, **model.weights_from_checkpoint(ckpt)})
-    model.to(device=device, dtype=dtype)
+    weights = {**state_dict, **model.weights_from_checkpoint(ckpt)}
+    if device_map is None:
+        model.load_converted(weights)
+        model.to(device=device, dtype=dtype)
+    else:
+        del state_dict
+        ckpt.state_dict.clear()  # drop our references to the HF tensors: each is freed once placed
+        model._load_placed(weights, device_map, max_memory, dtype)
     if dtype == torch.float16:
         # modules HF keeps in float32 under float16 (T5's wo), so the numbers are HF's
         for module in model.modules():
@@ -367,6 +453,11 @@ def load_pretrained(
                 module.keep_out_in_float32()
     model.eval()
     return model
+
+
+def place_tensor(t: Tensor, device: torch.device, dtype: torch.dtype | None) -> Tensor:
+    """``t`` on ``device``, floating tensors in ``dtype`` (one copy, straight to the device)."""
+    return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
 
 
 #: TransformerLens ``from_pretrained`` keywords that have no meaning here, with the reason.
@@ -377,7 +468,8 @@ _INAPPLICABLE_TL_KEYWORDS: dict[str, str] = {
     "pass the checkpoint's hub name with revision=... or a local folder instead",
     "load_in_8bit": "quantised weights would break parity with HF; load in float32, bfloat16 or float16 (dtype=)",
     "load_in_4bit": "quantised weights would break parity with HF; load in float32, bfloat16 or float16 (dtype=)",
-    "n_devices": "models here live on one device; pass device=...",
+    "n_devices": "blocks are spread over devices with device_map='auto' (or a dict of module -> device), "
+    "not by a device count",
     "fold_ln": "weights are kept exactly as in the HF checkpoint (post-LN norms cannot be folded)",
     "center_writing_weights": "weights are kept exactly as in the HF checkpoint",
     "center_unembed": "weights are kept exactly as in the HF checkpoint",

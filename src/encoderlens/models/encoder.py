@@ -198,13 +198,22 @@ class HookedEncoder(StackWeightsMixin, EncoderTextIO, HookedModel):
                 for pname in list(module._parameters):
                     module._parameters[pname] = owner_module._parameters[pname]
 
-    def load_converted(self, state_dict: dict[str, Tensor]) -> None:
+    def load_converted(
+        self,
+        state_dict: dict[str, Tensor],
+        devices: dict[str, torch.device] | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         """Load converted weights; shared blocks are tied again (loading assigns new parameter objects).
 
         Converters name the embedding weights flat (``embed.W_E``, ``pos_embed.W_pos``, ``embed_ln.w``); they
-        are renamed into :class:`TextEmbed`'s (``embed.embed.W_E``...).
+        are renamed into :class:`TextEmbed`'s (``embed.embed.W_E``...). ``devices`` / ``dtype``: as
+        :meth:`HookedModel.load_converted` (``state_dict`` is emptied).
         """
-        super().load_converted(nest_embed_weights(state_dict))
+        nested = nest_embed_weights(state_dict)
+        if devices is not None:
+            state_dict.clear()  # the renamed dict holds the only references, released as each is placed
+        super().load_converted(nested, devices, dtype)
         self._tie_shared_blocks()
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> HookedEncoder:
@@ -461,7 +470,7 @@ class HookedEncoder(StackWeightsMixin, EncoderTextIO, HookedModel):
             final_norm="ln_final" if self.ln_final is not None else None,
             has_cross_attention=False,
             blocks=self.blocks,
-            unembed=self._linear_unembed(),
+            unembed_fn=self._linear_unembed,
             unembed_note=(
                 "the MLM head applies dense -> GELU -> LayerNorm before W_U, so logits are not linear in the "
                 "residual stream"

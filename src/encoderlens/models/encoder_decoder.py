@@ -17,6 +17,7 @@ See ``docs/encoder_decoder.md`` for the full hook table and the differences from
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -243,14 +244,14 @@ class HookedEncoderDecoder(EncoderDecoderTLNames):
             embed_hooks: tuple[str, ...] = (p + "hook_full_embed",)
         else:
             embed_hooks = (p + "hook_embed",) + ((p + "hook_pos_embed",) if st.pos_embed is not None else ())
-        unembed = None
+        unembed: Callable[[], tuple[Tensor, Tensor]] | None = None
         if stream == "encoder":
             note = "the encoder stream is not unembedded (logits are read from cache.decoder)"
         elif self.lm_head is None:
             note = f"this {self.cfg.architecture} checkpoint has no LM head"
         else:
             note = ""
-            unembed = self.folded_unembed()
+            unembed = self.folded_unembed
         return StreamSpec(
             prefix=p,
             n_layers=st.cfg.n_layers,
@@ -261,7 +262,7 @@ class HookedEncoderDecoder(EncoderDecoderTLNames):
             final_norm=p + "ln_final" if st.ln_final is not None else None,
             has_cross_attention=st.cfg.cross_attention,
             blocks=st.blocks,
-            unembed=unembed,
+            unembed_fn=unembed,
             unembed_note=note,
         )
 

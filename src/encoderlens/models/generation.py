@@ -183,7 +183,7 @@ def greedy_or_sample(
                 on_recompute()
         key_mask = torch.ones_like(tokens)
         dec_out = decoder(new, key_mask, enc_out, enc_mask, kv, past)
-        logits = head(dec_out[:, -1:])[:, 0].float()
+        logits = head(dec_out[:, -1:])[:, 0].float().to(tokens.device)  # the head may sit elsewhere (device_map)
         next_tok = pick_next_token(logits, do_sample, temperature, top_k, top_p, gen, freq_penalty, tokens)
         if stop_at_eos and eos:
             next_tok = torch.where(finished, torch.full_like(next_tok, pad), next_tok)
@@ -240,7 +240,7 @@ def beam_search(
         flat = running[:, :, :cur].reshape(batch * k, cur)
         past = kv[0][0].length if kv is not None else 0
         dec_out = decoder(flat[:, past:], torch.ones_like(flat), enc_out, enc_mask, kv, past)
-        logits = head(dec_out[:, -1:])[:, 0].float()
+        logits = head(dec_out[:, -1:])[:, 0].float().to(device)  # the head may sit elsewhere (device_map)
         vocab = logits.shape[-1]
         log_probs = logits.log_softmax(-1).view(batch, k, vocab) + running_scores[:, :, None]
         top_scores, top_idx = log_probs.view(batch, k * vocab).topk(n_keep, dim=-1)

@@ -51,8 +51,14 @@ class SAEHostMixin:
                 output is the input plus the effect of hooks on the features (exact reconstruction).
             hook_name: Where to attach, if not the SAE's own ``cfg.hook_name``.
 
+        The hook name may be an alias (TransformerLens's name); the SAE's hook points join under the hook's
+        own name. The SAE must be on the model's device; its width (``d_in``) is checked against the
+        activation on the first forward (a ValueError naming both). It computes in its own dtype; the
+        output is cast back to the activation's.
+
         Raises:
-            ValueError: Unknown hook point, an SAE already there, or an SAE point as the target.
+            ValueError: Unknown hook point, an SAE already there, an SAE point as the target, or the SAE on
+                another device than the model.
         """
         if not isinstance(sae, SparseAutoencoder):
             raise TypeError(f"add_sae needs a SparseAutoencoder (load one with load_sae), got {type(sae).__name__}")
@@ -61,9 +67,16 @@ class SAEHostMixin:
             raise ValueError(
                 "this SAE's cfg.hook_name is not set; pass hook_name='blocks.0.hook_resid_post' or similar"
             )
+        name = self.canonical_hook_name(name)  # type: ignore[attr-defined]
         if name not in self.hook_dict:
             self._resolve(name)  # type: ignore[attr-defined]  # raises with the closest names
             raise ValueError(f"add_sae needs one exact hook name, got the pattern {name!r}")
+        own = next(self.parameters(), None)  # type: ignore[attr-defined]
+        if own is not None and own.device != sae.W_enc.device:
+            raise ValueError(
+                f"the SAE for {name!r} is on {sae.W_enc.device}, the model on {own.device}; move it first: "
+                f"sae.to({str(own.device)!r})"
+            )
         attached = self.__dict__.setdefault("_attached_saes", {})
         if name in attached:
             raise ValueError(f"an SAE is already attached at {name!r}; call reset_saes([{name!r}]) first")
@@ -81,6 +94,7 @@ class SAEHostMixin:
         """Detach the SAEs at ``act_names`` (all by default), restoring the model's own activations."""
         attached = self.__dict__.get("_attached_saes", {})
         names = list(attached) if act_names is None else [act_names] if isinstance(act_names, str) else list(act_names)
+        names = [self.canonical_hook_name(n) for n in names]  # type: ignore[attr-defined]
         for name in names:
             if name not in attached:
                 raise ValueError(f"no SAE is attached at {name!r}; attached: {sorted(attached)}")
@@ -153,7 +167,20 @@ class SAEHostMixin:
 def _splice_fn(sae: SparseAutoencoder, name: str) -> Callable[[Tensor], Tensor]:
     def splice(x: Tensor) -> Tensor:
         if x.device != sae.W_enc.device:
-            raise ValueError(f"the SAE at {name!r} is on {sae.W_enc.device}, the activation on {x.device}; sae.to(...)")
+            raise ValueError(
+                f"the SAE at {name!r} is on {sae.W_enc.device}, the activation on {x.device}; sae.to({str(x.device)!r})"
+            )
+        z = sae.cfg.reshape_activations == "hook_z"
+        width = x.shape[-2] * x.shape[-1] if z and x.ndim >= 2 else x.shape[-1]
+        if width != sae.cfg.d_in or not x.is_floating_point():
+            what = "head * d_head" if z else "width"
+            trained = sae.cfg.metadata.get("model_name")
+            raise ValueError(
+                f"the SAE attached at {name!r} reads d_in={sae.cfg.d_in} features, but this model's activation there "
+                f"has shape {tuple(x.shape)} ({what} {width}, {x.dtype}); the SAE was trained for "
+                f"{sae.cfg.hook_name!r}{f' of {trained!r}' if trained else ''}. Attach an SAE trained on this "
+                "model's hook point (d_in equal to the activation's last axis, or head * d_head for hook_z SAEs)"
+            )
         return sae(x)
 
     return splice

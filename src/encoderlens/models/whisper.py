@@ -17,7 +17,7 @@ See ``docs/whisper.md`` for the hook table, the decoding rules and the differenc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -513,13 +513,15 @@ class HookedWhisper(HookedModel):
             raise ValueError(f"Whisper's residual streams are {self.streams}; got stream={stream!r}")
         st: WhisperEncoder | Stack = self.encoder if stream == "encoder" else self.decoder
         p = f"{stream}."
-        unembed, note = None, ""
+        unembed: Callable[[], tuple[Tensor, Tensor]] | None = None
+        note = ""
         if stream == "encoder":
             note = "the encoder stream is not unembedded (logits are read from cache.decoder)"
         elif self.lm_head is None:
             note = "this WhisperModel checkpoint has no LM head"
         else:
-            unembed = fold_norm_into_unembed(self.decoder.ln_final, self.lm_head.W_U, self.b_U)
+            head = self.lm_head
+            unembed = lambda: fold_norm_into_unembed(self.decoder.ln_final, head.W_U, self.b_U)  # noqa: E731
         return StreamSpec(
             prefix=p,
             n_layers=st.cfg.n_layers,
@@ -530,6 +532,6 @@ class HookedWhisper(HookedModel):
             final_norm=p + "ln_final",
             has_cross_attention=st.cfg.cross_attention,
             blocks=st.blocks,
-            unembed=unembed,
+            unembed_fn=unembed,
             unembed_note=note,
         )

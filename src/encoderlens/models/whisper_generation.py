@@ -259,7 +259,7 @@ def whisper_generate(
         past = kv[0][0].length
         new = tokens[:, past:]
         out = decoder(new, torch.ones_like(tokens), encoder_out, enc_mask, kv, past)
-        logits = head(out[:, -1:])[:, 0].float()
+        logits = head(out[:, -1:])[:, 0].float().to(tokens.device)  # the head may sit elsewhere (device_map)
         logits = suppress(logits, rules.suppress_tokens)
         if tokens.shape[1] == begin:
             logits = suppress(logits, rules.begin_suppress_tokens)

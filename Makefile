@@ -1,12 +1,12 @@
 # Two commands set up and run everything on a fresh machine:
 #   make demo   -> creates .venv if missing, installs, runs the offline demo
-#   make test   -> creates .venv if missing, installs, runs the test suite
+#   make test   -> creates .venv if missing, installs, runs the test suite (plain, then type-checked)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-typecheck lint typecheck bench install browser mutants
+.PHONY: demo test test-plain test-typecheck lint typecheck bench install browser mutants
 
 $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,11 +35,14 @@ browser:
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/encoderlens demo
 
-test: $(STAMP) browser
+# The whole suite twice (what CI runs): as users run the code, then with jaxtyping + beartype checking every
+# annotation of encoderlens at run time (TransformerLens's own test setting): annotations and shapes must be
+# what the code passes and returns. Each half alone: make test-plain, make test-typecheck.
+test: test-plain test-typecheck
+
+test-plain: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-# The whole suite again with jaxtyping + beartype checking every annotation of encoderlens at run time
-# (TransformerLens's own test setting): shapes in annotations must be what the code passes.
 test-typecheck: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --jaxtyping-packages=encoderlens,beartype.beartype
 

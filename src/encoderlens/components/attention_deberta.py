@@ -108,6 +108,10 @@ class DisentangledAttention(Attention):
     ``hook_c2p_scores``, ``hook_p2c_scores`` ``(batch, head_index, query_pos, key_pos)``.
     ``hook_attn_scores`` is their sum plus the mask.
 
+    Per-head inputs (``split``, the block's ``hook_q/k/v_input``): head ``h`` computes ``q_h, k_h, v_h``
+    from its own inputs; its c2p term reads ``q_h``, its p2c term ``k_h`` (``P_q``/``P_k`` project the
+    relative table, not the stream, so they do not change).
+
     Self-attention only: no cross-attention, no KV cache.
     """
 
@@ -153,7 +157,9 @@ class DisentangledAttention(Attention):
             additive_mask: Added to the scores (0 = attend, very negative = blocked).
             position_bias: Extra additive bias (unused by DeBERTa; added if given).
             kv_cache: Must be None.
-            split: Must be None (per-head q/k/v inputs are not supported with disentangled attention).
+            split: Separate inputs per head for q, k and v, each ``(batch, pos, head_index, d_model)`` (the
+                block's opt-in ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input``); head ``h``'s q, k, v,
+                and so its c2p / p2c terms, come from its own input. ``query_input`` then only sets the shapes.
             rel_embeddings: The shared relative embeddings (from :class:`RelativeEmbedding`).
         """
         x = query_input
@@ -161,17 +167,21 @@ class DisentangledAttention(Attention):
             raise ValueError("disentangled attention is self-attention only: pass attn(x) (or attn(x, x, x))")
         if kv_cache is not None:
             raise ValueError("disentangled attention has no generation cache: kv_cache must be None")
-        if split is not None:
-            raise ValueError(
-                "per-head attention inputs (hook_q/k/v_input) are not supported with disentangled attention"
-            )
         if rel_embeddings is None:
             raise ValueError("disentangled attention needs rel_embeddings (the model builds them once per forward)")
         dc = self.dcfg
         scale = self.cfg.attn_scale
-        q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
-        k = self.hook_k(self._project(x, self.W_K, self.b_K))
-        v = self.hook_v(self._project(x, self.W_V, self.b_V))
+        if split is None:
+            q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
+            k = self.hook_k(self._project(x, self.W_K, self.b_K))
+            v = self.hook_v(self._project(x, self.W_V, self.b_V))
+        else:
+            # per-head inputs: head h's q/k/v from its own copy of the stream (its slice of W_Q/W_K/W_V);
+            # the position terms below then use these per-head q/k, the relative table is unchanged
+            q_in, k_in, v_in = split
+            q = self.hook_q(self._project_heads(q_in, self.W_Q, self.b_Q))
+            k = self.hook_k(self._project_heads(k_in, self.W_K, self.b_K))
+            v = self.hook_v(self._project_heads(v_in, self.W_V, self.b_V))
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         batch, n_heads, q_len, k_len = qh.shape[0], qh.shape[1], qh.shape[2], kh.shape[2]
         table = rel_embeddings.table.to(x.dtype)

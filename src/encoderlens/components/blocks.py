@@ -159,12 +159,6 @@ class TransformerBlock(nn.Module):
         attn_in = self.ln1(x) if self.pre_ln and self.ln1 is not None else x
         extra: dict = {"rel_embeddings": rel_embeddings} if isinstance(self.attn, DisentangledAttention) else {}
         if self.hook_q_input.has_hooks() or self.hook_k_input.has_hooks() or self.hook_v_input.has_hooks():
-            if extra:
-                raise ValueError(
-                    "per-head attention inputs (hook_q/k/v_input, which edge attribution / circuits use) are not "
-                    "supported with disentangled attention (DeBERTa). "
-                    "Use path_patch or attribute_heads on this model"
-                )
             ln = self.ln1 if self.pre_ln else None
             extra["split"] = self._split(x, x, self.attn.cfg.n_heads, ln, ln, "")
         attn_out = self.hook_attn_out(

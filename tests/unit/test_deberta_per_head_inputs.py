@@ -59,7 +59,7 @@ def test_per_head_inputs_unedited_equal_the_normal_run(kw):
     torch.testing.assert_close(logits, ref_logits, atol=1e-6, rtol=0)
     torch.testing.assert_close(fast, ref_logits, atol=1e-5, rtol=0)
     names = set(ref.keys())
-    assert set(cache.keys()) == names and len(names) >= 4
+    assert set(cache.keys()) == names == WATCH & set(model.hook_dict)
     for name in names:
         torch.testing.assert_close(cache[name], ref[name], atol=1e-6, rtol=0)
 

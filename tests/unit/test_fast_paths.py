@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from encoderlens import HookedEncoderDecoder
+from tests.conftest import raises_input_error
 from tests.seq2seq_helpers import make_hf, padded_seq2seq_batch
 
 
@@ -102,7 +103,7 @@ def test_read_only_hook_ignores_what_its_function_returns():
     assert out.tolist() == [1.0, 1.0, 1.0] and len(seen) == 1
     hp.add_hook(lambda x, hook: None)
     assert hp.may_edit()
-    with pytest.raises(TypeError, match="wraps a callable"):
+    with raises_input_error(TypeError, "wraps a callable", param="fn"):
         ReadOnlyHook(3)  # type: ignore[arg-type]
 
 

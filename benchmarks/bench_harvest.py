@@ -81,6 +81,13 @@ def main() -> None:
         run_harvest(items * 4)
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     print(f"peak resident memory growth over a run with {4 * n_items} items: {grown:.0f} MB (shard_mb=64)")
+    # steady ceiling: the timed runs already reached one run's peak; 4x the items may add at most one shard buffer
+    ceiling = 64
+    print("\n| check | grown MB | ceiling MB | target | result |\n|---|---:|---:|---:|---|")
+    print(
+        f"| memory ceiling: peak RSS growth over {4 * n_items} items after runs of {n_items} | {grown:.0f} | "
+        f"{ceiling} | <= {ceiling} MB | {'PASS' if grown <= ceiling else 'FAIL'} |"
+    )
     print_times("times", times)
 
 

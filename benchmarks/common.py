@@ -145,12 +145,14 @@ def ratio_rows(times: dict[str, list[float]], rows: list[Ratio]) -> list[dict[st
 
 def print_table(title: str, rows: list[dict[str, object]]) -> None:
     print(f"\n## {title}\n")
-    print("| case | ours ms | ref ms | ratio (median of rounds) | ratio of fastest | rounds min..max | target | ok |")
+    print(
+        "| case | ours ms | ref ms | ratio (median of rounds) | ratio of fastest | rounds min..max | target | result |"
+    )
     print("|---|---:|---:|---:|---:|---|---:|---|")
     for r in rows:
         lo, hi = r["spread"]  # type: ignore[misc]
         target = "" if r["target"] is None else f"{'>=' if r['higher_is_better'] else '<='} {r['target']:.2f}"
-        ok = "" if r["ok"] is None else ("yes" if r["ok"] else "NO")
+        ok = "" if r["ok"] is None else ("PASS" if r["ok"] else "FAIL")
         print(
             f"| {r['case']} | {r['ours_ms']:.1f} | {r['ref_ms']:.1f} | {r['ratio']:.3f} | {r['min_ratio']:.3f} | "
             f"{lo:.2f}..{hi:.2f} | {target} | {ok} |"

@@ -20,13 +20,30 @@ def main() -> int:
     here = Path(__file__).resolve().parent
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     failed = []
+    targets: list[str] = []
     for script in SCRIPTS:
         t0 = time.perf_counter()
         print(f"\n# {script}", flush=True)
-        rc = subprocess.call([sys.executable, str(here / script), *sys.argv[1:]], env=env)
+        proc = subprocess.Popen(
+            [sys.executable, str(here / script), *sys.argv[1:]], env=env, stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            if line.rstrip().endswith(("| PASS |", "| FAIL |")):
+                targets.append(f"| {script} {line.strip()[1:]}")
+        rc = proc.wait()
         print(f"\n({script}: {time.perf_counter() - t0:.0f} s, exit {rc})", flush=True)
         if rc != 0:
             failed.append(script)
+    print("\n# Targets (every row with a target, as measured above)\n")
+    print(
+        "| script / case | ours ms | ref ms | ratio (median of rounds) | ratio of fastest | rounds min..max | target | result |"
+    )
+    print("|---|---:|---:|---:|---:|---|---:|---|")
+    print("\n".join(targets) if targets else "(no target rows: scripts skipped or failed)")
+    n_fail = sum(t.endswith("| FAIL |") for t in targets)
+    print(f"\n{len(targets) - n_fail} of {len(targets)} targets met")
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -28,5 +28,10 @@ def test_run_all_quick_prints_a_table_per_family():
         assert f"## {title}" in r.stdout
     # each family either prints its ratio table or says it is not available in this encoderlens
     assert r.stdout.count("| case |") + r.stdout.count("skipped: not available") == 5
+    # run_all ends with every target row, each PASS or FAIL
+    assert "# Targets" in r.stdout and " targets met" in r.stdout
+    summary = r.stdout.split("# Targets", 1)[1]
+    rows = [line for line in summary.splitlines() if line.startswith("| bench_")]
+    assert rows and all(line.endswith(("| PASS |", "| FAIL |")) for line in rows)
     assert "## GPU" in r.stdout  # its table on a CUDA machine, else "skipped: no CUDA device"
     assert ("skipped: no CUDA device" in r.stdout) != torch.cuda.is_available()

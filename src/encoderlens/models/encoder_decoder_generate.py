@@ -13,10 +13,11 @@ from torch import Tensor
 
 from encoderlens.cache import ActivationCache
 from encoderlens.components.heads import LMHead
-from encoderlens.hooks import HookPoint, NameFilter, _name_matcher
+from encoderlens.hooks import HookPoint, NameFilter
 from encoderlens.io.text import is_text
 from encoderlens.models import generation
 from encoderlens.models.encoder_decoder_inputs import EncoderDecoderInputs
+from encoderlens.names import _name_matcher
 
 
 class EncoderDecoderGeneration(EncoderDecoderInputs):

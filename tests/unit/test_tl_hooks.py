@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from encoderlens.hooks import HookPoint, LensHandle
+from encoderlens.hooks import BaseTensorConversion, HookPoint, LensHandle
 from tests.conftest import raises_input_error
 
 
@@ -50,23 +50,56 @@ def test_remove_hooks_by_level_keeps_permanent():
     assert not hp.has_hooks() and not hp._forward_hooks
 
 
-def test_enable_reshape_accepts_only_no_conversion():
+class _Doubled(BaseTensorConversion):
+    """Hooks see 2x; what they return comes back plus 10 (distinguishable from every other step)."""
+
+    def handle_conversion(self, input_value, *full_context):
+        return input_value * 2
+
+    def revert(self, input_value, *full_context):
+        return input_value + 10
+
+
+def test_enable_reshape_converts_what_hooks_see_and_reverts_what_they_return():
     hp = HookPoint()
-    hp.enable_reshape(None)  # TransformerLens 3: no conversion, what every hook point here does
+    seen = []
+    hp.add_hook(lambda x, hook: seen.append(x.clone()) or x + 1)
+    hp.enable_reshape(_Doubled())
+    out = hp(torch.tensor([1.0, 2.0, 3.0]))
+    assert seen[0].tolist() == [2.0, 4.0, 6.0]
+    assert out.tolist() == [13.0, 15.0, 17.0]  # revert(convert(x) + 1)
+    hp.enable_reshape(None)  # removed: the hook sees and edits the activation itself
     assert hp.hook_conversion is None
-    hp.add_hook(lambda x, hook: x + 1)
-    assert hp(torch.zeros(2)).tolist() == [1.0, 1.0]
+    assert hp(torch.tensor([1.0])).tolist() == [2.0]
 
-    class Doubling:
-        def convert(self, x):
-            return x * 2
 
-        def revert(self, x):
-            return x / 2
+def test_enable_reshape_leaves_the_activation_when_the_hook_returns_none():
+    hp = HookPoint()
+    seen = []
+    hp.add_hook(lambda x, hook: seen.append(x.clone()))
+    hp.enable_reshape(_Doubled())
+    assert hp(torch.tensor([1.0, 2.0])).tolist() == [1.0, 2.0] and seen[0].tolist() == [2.0, 4.0]
 
-    with pytest.raises(NotImplementedError, match="TransformerBridge"):
-        hp.enable_reshape(Doubling())
-    assert hp.hook_conversion is None
+
+def test_enable_reshape_applies_to_backward_hooks_and_filters():
+    grads = []
+    conversion = _Doubled(input_filter=lambda x: x - 1, output_filter=lambda x: -x)
+    assert conversion.convert(torch.tensor([3.0])).tolist() == [-4.0]  # -(2 * (3 - 1))
+    hp = HookPoint()
+    hp.add_hook(lambda g, hook: grads.append(g.clone()), dir="bwd")
+    hp.enable_reshape(conversion)
+    x = torch.ones(2, requires_grad=True)
+    hp(x).sum().backward()
+    assert grads[0].tolist() == [0.0, 0.0]  # -(2 * (1 - 1)): the hook saw the converted gradient
+    assert x.grad.tolist() == [1.0, 1.0]  # returned None: the gradient itself is unchanged
+
+
+def test_enable_reshape_refuses_what_is_not_a_conversion():
+    hp = HookPoint()
+    with raises_input_error(TypeError, "convert\\(\\) and revert\\(\\)", param="hook_conversion"):
+        hp.enable_reshape(lambda x: x)
+    with pytest.raises(NotImplementedError, match="handle_conversion"):
+        BaseTensorConversion().convert(torch.ones(1))
 
 
 def test_context_levels_nest_and_remove_only_their_own_hooks(tiny_mlm):

@@ -14,12 +14,15 @@ values.
 
 from __future__ import annotations
 
+from encoderlens.hooks.conversion import BaseTensorConversion, HookConversion
 from encoderlens.hooks.point import HookPoint, LensHandle, ReadOnlyHook
 from encoderlens.hooks.root import HookedRootModule, KeepPropertyErrors, copy_to, wait_for_copies
 from encoderlens.names import OPT_IN_HOOKS, NameFilter, get_act_name
 
 __all__ = [
     "OPT_IN_HOOKS",
+    "BaseTensorConversion",
+    "HookConversion",
     "HookPoint",
     "HookedRootModule",
     "KeepPropertyErrors",

@@ -16,6 +16,8 @@ from typing import Any, Literal
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from encoderlens.hooks.conversion import HookConversion
+
 __all__ = ["Direction", "Directions", "HookFn", "HookPoint", "LensHandle", "ReadOnlyHook"]
 
 HookFn = Callable[..., Tensor | None]
@@ -88,6 +90,8 @@ class HookPoint(nn.Module):
         # a module spliced in after the hooks (an SAE): its output flows downstream, the hooks see the input
         self._splice: Callable[[Tensor], Tensor] | None = None
         self._splice_handle: RemovableHandle | None = None
+        # TransformerLens 3's enable_reshape: what the hook functions see (None: the activation itself)
+        self.hook_conversion: HookConversion | None = None
 
     @property
     def splice(self) -> Callable[[Tensor], Tensor] | None:
@@ -209,9 +213,6 @@ class HookPoint(nn.Module):
             (including_permanent or not h.is_permanent) and (level is None or h.context_level == level) for h in handles
         )
 
-    #: TransformerLens 3's per-hook tensor conversion: always None here (hooks see the documented shape).
-    hook_conversion: None = None
-
     def may_edit(self) -> bool:
         """Whether a hook may change the activation or needs its gradient.
 
@@ -223,22 +224,20 @@ class HookPoint(nn.Module):
             return True
         return any(not isinstance(h.user_hook, ReadOnlyHook) for h in self.fwd_hooks)
 
-    def enable_reshape(self, hook_conversion: object = None) -> None:
-        """TransformerLens 3's hook conversion; only ``None`` (no conversion, as here always) is supported.
+    def enable_reshape(self, hook_conversion: HookConversion | None = None) -> None:
+        """Hooks here see ``hook_conversion.convert(x)``; what they return goes back through ``revert``.
 
-        TransformerLens 3's conversions adapt the tensors of its TransformerBridge (HF modules) to its hook
-        shapes; hooks here already see the activation in the shape of the model's hook table.
+        TransformerLens 3's hook conversion (see :mod:`encoderlens.hooks.conversion`); ``None`` removes it.
 
         Raises:
-            NotImplementedError: For a conversion object.
+            TypeError: ``hook_conversion`` has no ``convert`` and ``revert`` methods.
         """
-        if hook_conversion is None:
-            return
-        raise NotImplementedError(
-            "HookPoint.enable_reshape / hook_conversion are TransformerLens 3 TransformerBridge internals, which "
-            "encoderlens does not have: hooks always see the activation in the shape of the model's hook table. "
-            "Reshape inside your hook function instead"
-        )
+        if hook_conversion is not None and not isinstance(hook_conversion, HookConversion):
+            raise TypeError(
+                f"enable_reshape expects an object with convert() and revert() methods (e.g. a "
+                f"BaseTensorConversion) or None, got {type(hook_conversion).__name__}"
+            )
+        self.hook_conversion = hook_conversion
 
     def layer(self) -> int:
         """The layer index of a ``blocks.{i}.…`` hook name."""
@@ -266,9 +265,12 @@ class _ForwardCall:
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
 
     def __call__(self, module: nn.Module, inputs: Any, x: Tensor) -> Tensor | None:
-        out = self.fn(x, hook=self.hook)
+        conversion = self.hook.hook_conversion
+        out = self.fn(x if conversion is None else conversion.convert(x), hook=self.hook)
         if out is None:
             return None
+        if conversion is not None:
+            out = conversion.revert(out)
         name = self.hook.name
         if not isinstance(out, Tensor):
             raise TypeError(
@@ -296,4 +298,8 @@ class _BackwardCall:
         self.hook = hook
 
     def __call__(self, grad: Tensor) -> Tensor | None:
-        return self.fn(grad, hook=self.hook)
+        conversion = self.hook.hook_conversion
+        if conversion is None:
+            return self.fn(grad, hook=self.hook)
+        out = self.fn(conversion.convert(grad), hook=self.hook)
+        return None if out is None else conversion.revert(out)

@@ -88,21 +88,23 @@ def inside_folder(folder: Path, name: object, what: str) -> Path:
     Raises:
         ValueError: ``name`` is not a plain relative path inside ``folder``.
     """
-    text = str(name)
-    posix, windows = PurePosixPath(text.replace("\\", "/")), PureWindowsPath(text)
-    if (
-        not isinstance(name, str)
-        or not text
-        or posix.is_absolute()
-        or windows.drive
-        or windows.root
-        or ".." in posix.parts
-    ):
+    if not isinstance(name, str) or not name or leaves_folder(name):
         raise ValueError(
             f"{what} names {name!r}, which is not a file inside the checkpoint folder {folder}; "
             "refusing to read it (a checkpoint may only refer to its own files by relative path)"
         )
-    return folder / posix
+    return folder / PurePosixPath(name.replace("\\", "/"))
+
+
+def leaves_folder(name: str) -> bool:
+    """Whether a relative path ``name`` could point outside the folder it is read in.
+
+    Absolute paths (POSIX or Windows), drive letters and ``..`` components leave it; ``/`` and ``\\`` both
+    separate parts.
+    """
+    windows = PureWindowsPath(name)
+    posix = PurePosixPath(name.replace("\\", "/"))
+    return posix.is_absolute() or bool(windows.drive) or bool(windows.root) or ".." in posix.parts
 
 
 def refuse_remote_code(path: Path, file_name: str) -> None:

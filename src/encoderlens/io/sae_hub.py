@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from encoderlens.io.checkpoint import leaves_folder
+
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SPARSITY_FILENAME = "sparsity.safetensors"
@@ -146,9 +148,9 @@ def _few(ids: list[Any]) -> str:
 
 
 def _clean_folder(folder: str, repo_id: str) -> str:
-    path = PurePosixPath(folder.replace("\\", "/").strip("/"))
-    if ".." in path.parts or folder.startswith("/"):
+    if leaves_folder(folder):
         raise ValueError(f"SAE folder {folder!r} leaves the repository {repo_id!r}; pass a folder inside it")
+    path = PurePosixPath(folder.replace("\\", "/").strip("/"))
     text = "" if str(path) == "." else str(path)
     refuse_unsupported_file(text, f"{repo_id}/{text}")
     return text

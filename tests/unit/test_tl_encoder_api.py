@@ -80,6 +80,10 @@ def test_seed_api_embed_mlm_head_unembed_encoder_output(tiny_mlm):
         assert transformed.shape == resid.shape
         assert torch.allclose(transformed, hf.cls.predictions.transform(resid), atol=1e-5)
         assert torch.allclose(model.unembed(transformed), model(tokens, "logits", tt, mask), atol=1e-5)
+        # the whole head on any leading axes (the logit lens passes (batch, d_model) and stacks)
+        logits = model.mlm_head.logits(resid)
+        assert torch.allclose(model.mlm_head.logits(resid[:, 0]), logits[:, 0], atol=1e-6)
+        assert torch.allclose(model.mlm_head.logits(resid[None])[0], logits, atol=1e-6)
     assert model.unembed.W_U is model.W_U or torch.equal(model.unembed.W_U, model.W_U)
     assert torch.equal(model.W_E_pos, torch.cat([model.W_E, model.W_pos]))
 

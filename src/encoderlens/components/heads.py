@@ -54,7 +54,7 @@ class MLMHead(nn.Module):
     def transform(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_embed"]:
         return self.hook_transformed(self.ln(self.act(F.linear(x, self.W_transform.t(), self.b_transform))))
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_embed"]:
+    def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_embed"]:
         """The transformed residual (TransformerLens's ``mlm_head``); :meth:`logits` for the vocabulary logits."""
         return self.transform(x)
 

@@ -16,8 +16,8 @@ from torch import Tensor
 
 from encoderlens.analysis.circuit_graph import Graph, build_graph
 from encoderlens.analysis.circuit_norms import Norm, patched_deltas, sender_value
-from encoderlens.analysis.circuits import EdgeScores, graph_norms, metric_value, per_copy_metric, sender_values
-from encoderlens.analysis.patching_core import Metric, check_compatible
+from encoderlens.analysis.circuits import EdgeScores, graph_norms, metric_value, sender_values
+from encoderlens.analysis.patching_core import Metric, check_compatible, per_copy_metric
 from encoderlens.analysis.results import Labelled
 from encoderlens.models.base import HookedModel
 

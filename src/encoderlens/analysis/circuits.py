@@ -48,7 +48,7 @@ from torch import Tensor
 from encoderlens.analysis.circuit_graph import Graph, build_graph
 from encoderlens.analysis.circuit_norms import Norm, edge_score_matrix, sender_value
 from encoderlens.analysis.gradients import quadrature
-from encoderlens.analysis.patching_core import Metric, check_compatible
+from encoderlens.analysis.patching_core import Metric, check_compatible, per_copy_metric
 from encoderlens.analysis.results import Labelled
 from encoderlens.components.norm import LayerNorm, RMSNorm
 from encoderlens.models.base import HookedModel
@@ -77,18 +77,6 @@ def graph_norms(model: HookedModel, graph: Graph) -> dict[str, Norm]:
             )
         norms[st.norm] = norm
     return norms
-
-
-def per_copy_metric(metric: Metric, out: Any, k: int, b: int) -> list[Any]:
-    """The metric of each of ``k`` copies of a batch of ``b`` items run as one batch."""
-    if k == 1:
-        return [metric(out)]
-    if not isinstance(out, Tensor):
-        raise TypeError(
-            f"batched circuit runs split the output into {k} copies along the batch, so it must be a tensor; "
-            f"got {type(out).__name__}. Pass chunk_size=1 or a return_type whose output is a tensor"
-        )
-    return [metric(out[j * b : (j + 1) * b]) for j in range(k)]
 
 
 def metric_value(value: Any) -> float:

@@ -194,20 +194,23 @@ def run_patches(
                 slots[t.hook].append((j, tuple(t.index)))
             hooks = [(name, _patch_hook(s, source_acts[name], b)) for name, s in slots.items()]
             out = model.run_prepared(base.repeat(len(chunk)), return_type, fwd_hooks=[*wrapped_base, *hooks])
-            if len(chunk) == 1:
-                results.append(_as_metric_tensor(metric(out), b))
-            else:
-                if not isinstance(out, Tensor):
-                    raise TypeError(
-                        f"batched patching splits the output per copy and needs a tensor output, got "
-                        f"{type(out).__name__}; pass chunk_size=1 or a return_type that gives a tensor"
-                    )
-                for j in range(len(chunk)):
-                    results.append(_as_metric_tensor(metric(out[j * b : (j + 1) * b]), b))
+            results.extend(_as_metric_tensor(m, b) for m in per_copy_metric(metric, out, len(chunk), b))
             bar.update(len(chunk))
             i += len(chunk)
     bar.close()
     return torch.stack(results)
+
+
+def per_copy_metric(metric: Metric, out: Any, k: int, b: int) -> list[Any]:
+    """The metric of each of ``k`` copies of a batch of ``b`` items run as one batch."""
+    if k == 1:
+        return [metric(out)]
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"batched runs split the output into {k} copies along the batch, so it must be a tensor; "
+            f"got {type(out).__name__}. Pass chunk_size=1 or a return_type whose output is a tensor"
+        )
+    return [metric(out[j * b : (j + 1) * b]) for j in range(k)]
 
 
 class _NoBar:

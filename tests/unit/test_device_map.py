@@ -394,3 +394,21 @@ def test_loading_places_tensors_one_at_a_time_and_keeps_no_cpu_copy(monkeypatch:
     assert n == len(list(model.parameters())) and n > 10
     assert alive_at_each_placement == list(range(n, 0, -1))
     assert all(r() is None for r in converted)
+
+
+def test_an_sae_on_a_placed_model_goes_where_its_hook_runs() -> None:
+    """On a placed model the SAE belongs on its hook's block's device, not on the first parameter's."""
+    from tests.unit.test_sae import random_sae
+
+    hf = _bert()
+    placed = _load(hf, device_map=_split(_load(hf, device_map="cpu"), META))  # block 1 on meta
+    sae = random_sae("standard", d_in=hf.config.hidden_size, hook="blocks.1.hook_resid_pre").to(META)
+    placed.add_sae(sae)  # refused before: "the model on cpu"
+    tokens, _ = padded_tokens()
+    with torch.no_grad(), meta_copies_as_zeros():
+        assert placed(tokens).shape[:2] == tokens.shape
+    placed.reset_saes()
+    wrong = random_sae("standard", d_in=hf.config.hidden_size, hook="blocks.1.hook_resid_pre")  # on the CPU
+    placed.add_sae(wrong)
+    with torch.no_grad(), meta_copies_as_zeros(), pytest.raises(ValueError, match="the activation on meta"):
+        placed(tokens)

@@ -52,7 +52,8 @@ class SAEHostMixin:
             hook_name: Where to attach, if not the SAE's own ``cfg.hook_name``.
 
         The hook name may be an alias (TransformerLens's name); the SAE's hook points join under the hook's
-        own name. The SAE must be on the model's device; its width (``d_in``) is checked against the
+        own name. The SAE must be on the model's device (on a model placed with ``device_map``, on its
+        hook's device, checked on the forward); its width (``d_in``) is checked against the
         activation on the first forward (a ValueError naming both). It computes in its own dtype; the
         output is cast back to the activation's.
 
@@ -72,7 +73,10 @@ class SAEHostMixin:
             self._resolve(name)  # type: ignore[attr-defined]  # raises with the closest names
             raise ValueError(f"add_sae needs one exact hook name, got the pattern {name!r}")
         own = next(self.parameters(), None)  # type: ignore[attr-defined]
-        if own is not None and own.device != sae.W_enc.device:
+        # on a model placed over several devices the hook's device is its block's: the splice checks the
+        # SAE against the activation itself on the forward
+        placed = self.hf_device_map is not None  # type: ignore[attr-defined]
+        if own is not None and not placed and own.device != sae.W_enc.device:
             raise ValueError(
                 f"the SAE for {name!r} is on {sae.W_enc.device}, the model on {own.device}; move it first: "
                 f"sae.to({str(own.device)!r})"

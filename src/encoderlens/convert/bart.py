@@ -12,6 +12,7 @@ and a tied ``lm_head.weight`` must equal ``shared.weight``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
@@ -135,7 +136,7 @@ def _take_cross_attn(r: WeightReader, out: dict[str, Tensor], n_heads: int, src:
 
 
 def convert_bart(
-    hf_config: Any, state_dict: dict[str, Tensor], mbart: bool, head: bool | None
+    hf_config: Any, state_dict: Mapping[str, Tensor], mbart: bool, head: bool | None
 ) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """Convert a BART or mBART checkpoint.
 
@@ -207,34 +208,38 @@ def convert_bart(
 
 
 @register("BartForConditionalGeneration")
-def convert_bart_lm(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
+def convert_bart_lm(hf_config: Any, state_dict: Mapping[str, Tensor]) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """BART with its LM head (tied to the embedding, plus ``final_logits_bias``)."""
     return convert_bart(hf_config, state_dict, mbart=False, head=True)
 
 
 @register("BartModel")
-def convert_bart_model(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
+def convert_bart_model(
+    hf_config: Any, state_dict: Mapping[str, Tensor]
+) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """BART without a head: the forward returns the final decoder states."""
     return convert_bart(hf_config, state_dict, mbart=False, head=False)
 
 
 @register(model_types=["bart"])
 def convert_bart_by_weights(
-    hf_config: Any, state_dict: dict[str, Tensor]
+    hf_config: Any, state_dict: Mapping[str, Tensor]
 ) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """A BART config without ``architectures``: the head follows the weights."""
     return convert_bart(hf_config, state_dict, mbart=False, head=None)
 
 
 @register("MBartForConditionalGeneration")
-def convert_mbart_lm(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
+def convert_mbart_lm(
+    hf_config: Any, state_dict: Mapping[str, Tensor]
+) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """mBART with its LM head."""
     return convert_bart(hf_config, state_dict, mbart=True, head=True)
 
 
 @register("MBartModel")
 def convert_mbart_model(
-    hf_config: Any, state_dict: dict[str, Tensor]
+    hf_config: Any, state_dict: Mapping[str, Tensor]
 ) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """mBART without a head."""
     return convert_bart(hf_config, state_dict, mbart=True, head=False)
@@ -242,7 +247,7 @@ def convert_mbart_model(
 
 @register(model_types=["mbart"])
 def convert_mbart_by_weights(
-    hf_config: Any, state_dict: dict[str, Tensor]
+    hf_config: Any, state_dict: Mapping[str, Tensor]
 ) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """An mBART config without ``architectures``: the head follows the weights."""
     return convert_bart(hf_config, state_dict, mbart=True, head=None)

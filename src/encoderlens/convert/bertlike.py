@@ -194,7 +194,7 @@ class BertLike:
 def register_bertlike(spec: BertLike) -> Callable[[Any, dict[str, Tensor]], tuple[EncoderConfig, dict[str, Tensor]]]:
     """Register :func:`convert_bertlike` with ``spec`` for its architectures and model types."""
 
-    def convert(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderConfig, dict[str, Tensor]]:
+    def convert(hf_config: Any, state_dict: Mapping[str, Tensor]) -> tuple[EncoderConfig, dict[str, Tensor]]:
         return convert_bertlike(spec, hf_config, state_dict)
 
     convert.__doc__ = f"Convert a {spec.name or spec.model_types[0]} checkpoint (see :class:`BertLike`)."
@@ -295,7 +295,7 @@ def _keys(spec: BertLike) -> tuple[frozenset[str], frozenset[str]]:
 
 
 def convert_bertlike(
-    spec: BertLike, hf_config: Any, state_dict: dict[str, Tensor]
+    spec: BertLike, hf_config: Any, state_dict: Mapping[str, Tensor]
 ) -> tuple[EncoderConfig, dict[str, Tensor]]:
     """Convert a checkpoint of the architecture ``spec`` describes.
 

@@ -9,6 +9,7 @@ A CTC head is taken if ``lm_head.*`` exists.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
@@ -19,6 +20,6 @@ from encoderlens.convert.wav2vec2 import convert_audio_checkpoint
 
 
 @register("HubertModel", "HubertForCTC", model_types=["hubert"])
-def convert(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[AudioEncoderConfig, dict[str, Tensor]]:
+def convert(hf_config: Any, state_dict: Mapping[str, Tensor]) -> tuple[AudioEncoderConfig, dict[str, Tensor]]:
     """Convert a HuBERT checkpoint; the CTC head follows the weights present."""
     return convert_audio_checkpoint(hf_config, state_dict, "hubert", "hubert.", "HubertModel")

@@ -14,6 +14,7 @@ Marian is BART's post-LN encoder-decoder with three differences, all expressed i
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -57,7 +58,7 @@ def _positions(r: WeightReader, key: str, n_pos: int, dim: int, arch: str) -> Te
 
 
 def convert_marian(
-    hf_config: Any, state_dict: dict[str, Tensor], head: bool | None
+    hf_config: Any, state_dict: Mapping[str, Tensor], head: bool | None
 ) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """Convert a Marian checkpoint.
 
@@ -148,14 +149,16 @@ def convert_marian(
 
 
 @register("MarianMTModel")
-def convert_marian_mt(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
+def convert_marian_mt(
+    hf_config: Any, state_dict: Mapping[str, Tensor]
+) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """Marian with its LM head (tied to the decoder's token table, plus ``final_logits_bias``)."""
     return convert_marian(hf_config, state_dict, head=True)
 
 
 @register("MarianModel")
 def convert_marian_model(
-    hf_config: Any, state_dict: dict[str, Tensor]
+    hf_config: Any, state_dict: Mapping[str, Tensor]
 ) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """Marian without a head: the forward returns the final decoder states."""
     return convert_marian(hf_config, state_dict, head=False)
@@ -163,7 +166,7 @@ def convert_marian_model(
 
 @register(model_types=["marian"])
 def convert_marian_by_weights(
-    hf_config: Any, state_dict: dict[str, Tensor]
+    hf_config: Any, state_dict: Mapping[str, Tensor]
 ) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """A Marian config without ``architectures``: the head follows the weights."""
     return convert_marian(hf_config, state_dict, head=None)

@@ -16,6 +16,7 @@ Mapping notes:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -182,7 +183,7 @@ def _take_norm(r: WeightReader, theirs: str, ours: str, bias: bool, out: dict[st
 
 
 @register("ModernBertModel", "ModernBertForMaskedLM", model_types=["modernbert"])
-def convert(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderConfig, dict[str, Tensor]]:
+def convert(hf_config: Any, state_dict: Mapping[str, Tensor]) -> tuple[EncoderConfig, dict[str, Tensor]]:
     """Convert a ModernBERT checkpoint; the MLM head follows the weights present."""
     check_config_keys(hf_config, ARCH, HANDLED_KEYS, IGNORED_KEYS)
     r = WeightReader(state_dict, ARCH)

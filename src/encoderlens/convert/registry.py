@@ -3,17 +3,18 @@
 Adding an architecture is one converter file plus one ``@register(...)`` line, and one import line
 in ``encoderlens/convert/__init__.py``: that list of imports is the table of converter modules
 (importing this module imports the package first, so every converter is registered before a lookup).
-Nothing here imports the package or lists model names. A converter takes the HF config and state dict and returns our config and state dict.
+Nothing here imports the package or lists model names. A converter takes the HF config and state dict (a mapping: in loading, a lazy one that reads each
+tensor when it is looked up) and returns our config and state dict.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from torch import Tensor
 
-Converter = Callable[[Any, dict[str, Tensor]], tuple[Any, dict[str, Tensor]]]
+Converter = Callable[[Any, Mapping[str, Tensor]], tuple[Any, dict[str, Tensor]]]
 
 _BY_ARCHITECTURE: dict[str, Converter] = {}
 _BY_MODEL_TYPE: dict[str, Converter] = {}
@@ -58,32 +59,43 @@ def find_converter(hf_config: Any) -> Converter:
 
 
 class WeightReader:
-    """Pops HF tensors by name so that, at the end, leftovers can be reported as an error.
+    """Takes HF tensors by name, each read from the state dict only when taken, so that leftovers can be
+    reported as an error at the end.
+
+    The reader holds names, not tensors: with a lazy state dict (:class:`~encoderlens.io.weight_files.LazyWeights`)
+    a tensor is read when a converter takes it and, once taken, is referenced by nothing but the converter,
+    so it is freed as soon as its converted form exists (or lives on as the converted tensor itself).
 
     Args:
-        state_dict: The HF state dict (not modified).
+        state_dict: The HF state dict (not modified; a lazy mapping is read one key at a time).
         arch: Architecture name for messages.
-        ignore: Key suffixes that are buffers, not weights (e.g. ``position_ids``); dropped silently.
+        ignore: Key suffixes that are buffers, not weights (e.g. ``position_ids``); dropped silently, never read.
+
+    Attributes:
+        remaining: Names not taken yet (after :meth:`strip_prefix`) -> their names in ``state_dict``.
     """
 
-    def __init__(self, state_dict: dict[str, Tensor], arch: str, ignore: Iterable[str] = ()) -> None:
+    def __init__(self, state_dict: Mapping[str, Tensor], arch: str, ignore: Iterable[str] = ()) -> None:
         self.arch = arch
         ignore = tuple(ignore)
-        self.remaining = {k: v for k, v in state_dict.items() if not k.endswith(ignore)} if ignore else dict(state_dict)
+        self._source = state_dict
+        self.remaining: dict[str, str] = {k: k for k in state_dict if not (ignore and k.endswith(ignore))}
 
     def has(self, key: str) -> bool:
         return key in self.remaining
 
     def take(self, key: str) -> Tensor:
         try:
-            return self.remaining.pop(key)
+            name = self.remaining.pop(key)
         except KeyError:
             raise ValueError(
                 f"{self.arch} checkpoint is missing weight {key!r}; is the checkpoint complete and of this architecture?"
             ) from None
+        return self._source[name]
 
     def take_optional(self, key: str) -> Tensor | None:
-        return self.remaining.pop(key, None)
+        name = self.remaining.pop(key, None)
+        return None if name is None else self._source[name]
 
     def strip_prefix(self, prefix: str) -> None:
         """Remove ``prefix`` from every key that has it (``bert.``, ``hubert.``...)."""

@@ -11,6 +11,7 @@ head (as HF treats it).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
@@ -133,7 +134,7 @@ def _take_layer(r: WeightReader, out: dict[str, Tensor], n_heads: int, gated: bo
 
 def convert_t5(
     hf_config: Any,
-    state_dict: dict[str, Tensor],
+    state_dict: Mapping[str, Tensor],
     head: bool | None,
     decoder: bool | None,
     default_scale: bool | None,
@@ -204,26 +205,30 @@ def convert_t5(
 
 
 @register("T5ForConditionalGeneration")
-def convert_t5_lm(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
+def convert_t5_lm(hf_config: Any, state_dict: Mapping[str, Tensor]) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """T5 with an LM head (tied unless ``lm_head.weight`` differs from ``shared.weight``)."""
     return convert_t5(hf_config, state_dict, head=True, decoder=True, default_scale=None)
 
 
 @register("T5Model")
-def convert_t5_model(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
+def convert_t5_model(
+    hf_config: Any, state_dict: Mapping[str, Tensor]
+) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """T5 without a head: the forward returns the final decoder states."""
     return convert_t5(hf_config, state_dict, head=False, decoder=True, default_scale=None)
 
 
 @register("T5EncoderModel", "MT5EncoderModel")
-def convert_t5_encoder(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
+def convert_t5_encoder(
+    hf_config: Any, state_dict: Mapping[str, Tensor]
+) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """Encoder-only T5 / mT5: a model with ``decoder = None`` whose forward returns the encoder output."""
     return convert_t5(hf_config, state_dict, head=False, decoder=False, default_scale=None)
 
 
 @register(model_types=["t5"])
 def convert_t5_by_weights(
-    hf_config: Any, state_dict: dict[str, Tensor]
+    hf_config: Any, state_dict: Mapping[str, Tensor]
 ) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """A T5 config without ``architectures`` (e.g. a freshly built HF model): parts follow the weights."""
     return convert_t5(hf_config, state_dict, head=None, decoder=None, default_scale=None)
@@ -231,20 +236,22 @@ def convert_t5_by_weights(
 
 # transformers >= 5 never rescales mT5's decoder output (real mT5 heads are untied, so every version agrees)
 @register("MT5ForConditionalGeneration")
-def convert_mt5_lm(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
+def convert_mt5_lm(hf_config: Any, state_dict: Mapping[str, Tensor]) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """mT5 with an LM head."""
     return convert_t5(hf_config, state_dict, head=True, decoder=True, default_scale=False)
 
 
 @register("MT5Model")
-def convert_mt5_model(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
+def convert_mt5_model(
+    hf_config: Any, state_dict: Mapping[str, Tensor]
+) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """mT5 without a head."""
     return convert_t5(hf_config, state_dict, head=False, decoder=True, default_scale=False)
 
 
 @register(model_types=["mt5"])
 def convert_mt5_by_weights(
-    hf_config: Any, state_dict: dict[str, Tensor]
+    hf_config: Any, state_dict: Mapping[str, Tensor]
 ) -> tuple[EncoderDecoderConfig, dict[str, Tensor]]:
     """An mT5 config without ``architectures``: parts follow the weights."""
     return convert_t5(hf_config, state_dict, head=None, decoder=None, default_scale=False)

@@ -11,6 +11,7 @@ argmax quantisation, ``return_type="pretraining"``), so no weight is dropped. Th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
@@ -271,7 +272,7 @@ def convert_audio_body(r: WeightReader, cfg: AudioEncoderConfig, out: dict[str, 
 
 
 def convert_audio_checkpoint(
-    hf_config: Any, state_dict: dict[str, Tensor], arch: str, prefix: str, default_architecture: str
+    hf_config: Any, state_dict: Mapping[str, Tensor], arch: str, prefix: str, default_architecture: str
 ) -> tuple[AudioEncoderConfig, dict[str, Tensor]]:
     """Convert a wav2vec2-layout checkpoint whose base model lives under ``prefix`` (``wav2vec2.``, ``hubert.``)."""
     r = WeightReader(state_dict, arch)
@@ -302,7 +303,7 @@ def convert_audio_checkpoint(
 
 
 @register("Wav2Vec2Model", "Wav2Vec2ForCTC", "Wav2Vec2ForPreTraining", model_types=["wav2vec2"])
-def convert(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[AudioEncoderConfig, dict[str, Tensor]]:
+def convert(hf_config: Any, state_dict: Mapping[str, Tensor]) -> tuple[AudioEncoderConfig, dict[str, Tensor]]:
     """Convert a wav2vec2 checkpoint; heads follow the weights present."""
     require(
         not getattr(hf_config, "conv_pos_batch_norm", False),

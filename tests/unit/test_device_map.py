@@ -357,9 +357,8 @@ def test_loading_places_tensors_one_at_a_time_and_keeps_no_cpu_copy(monkeypatch:
     tensor k is being placed, only tensors k.. are still alive on the CPU, and none is left afterwards.
 
     What this measures: Python references to the converted tensors (so the model never exists twice,
-    once as a converted dict and once placed). It does not measure the checkpoint reader: safetensors
-    files are memory-mapped by ``safetensors.safe_open``, and the HF tensors a converter copies (fused
-    q/k/v, transposes) exist once on the CPU until placed.
+    once as a converted dict and once placed). The checkpoint reader (each HF tensor read when taken and
+    freed once converted) and the peak memory of loading are checked in ``test_lazy_loading.py``.
     """
     hf = make_hf("t5")
     converted: list[weakref.ref[torch.Tensor]] = []

@@ -226,3 +226,25 @@ def test_peak_memory_of_loading_is_the_converted_model_not_twice_the_checkpoint(
         growth[dtype] = int(out.split()[-1]) / size
     # float32: the model itself (1x) and a few tensors; bfloat16: half of it
     assert growth["float32"] < 1.4 and growth["bfloat16"] < 0.75, growth
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_bin_checkpoints_are_read_and_copied_out_of_the_file(tmp_path: Path, zip_format: bool) -> None:
+    """``pytorch_model.bin``: memory-mapped (zip format) or read whole (legacy format); the model's
+    parameters never share memory with what ``torch.load`` returned."""
+    from encoderlens.io.checkpoint import open_weights
+
+    torch.manual_seed(0)
+    hf = BertModel(tiny_config())
+    hf.config.save_pretrained(tmp_path)
+    sd = {k: v.clone() for k, v in hf.state_dict().items()}
+    torch.save(sd, tmp_path / "pytorch_model.bin", _use_new_zipfile_serialization=zip_format)
+    weights = open_weights(tmp_path)
+    assert set(weights) == set(sd)
+    for name, t in sd.items():
+        assert torch.equal(weights[name], t)
+    if zip_format:  # each read is a copy out of the map
+        name = "embeddings.word_embeddings.weight"
+        assert weights[name].data_ptr() != weights[name].data_ptr()
+    model = encoderlens.from_pretrained(tmp_path)
+    assert torch.equal(model.embed.W_E, sd["embeddings.word_embeddings.weight"])

@@ -4,9 +4,10 @@ A :class:`LazyWeights` maps HF parameter names to tensors like a state dict, but
 tensor lies. ``weights[name]`` reads that one tensor into memory of its own (not a view of the file),
 so a converter that takes tensors one at a time holds at most the few it is working on, and each is
 freed as soon as its converted form exists. ``safetensors`` files are read with plain file reads at the
-offsets of their header (no memory map: mapped pages would stay counted in the process's memory until
-every tensor of the file is gone); ``pytorch_model.bin`` files are memory-mapped by ``torch.load`` and
-each tensor is copied out of the map when read.
+offsets of their header (not memory-mapped: mapped pages would stay counted in the process's memory until
+every tensor of the file is gone, and a model whose parameters are views of a file changes if the file
+is rewritten); ``pytorch_model.bin`` files are memory-mapped by ``torch.load`` and each tensor is copied
+out of the map when read.
 """
 
 from __future__ import annotations
@@ -115,9 +116,7 @@ def file_readers(f: Path) -> dict[str, Callable[[], Tensor]]:
         raise ValueError(f"the weight file {f} is missing; the checkpoint folder is incomplete")
     try:
         return _safetensors_readers(f) if f.suffix == ".safetensors" else _torch_readers(f)
-    except ValueError:
-        raise
-    except Exception as e:  # pickle / zip errors come in many types
+    except OSError as e:
         raise weight_file_error(f, e) from e
 
 
@@ -209,7 +208,10 @@ def cast(t: Tensor, dtype: torch.dtype) -> Tensor:
 def _torch_readers(f: Path) -> dict[str, Callable[[], Tensor]]:
     """A ``torch.save`` file: memory-mapped (zip format) or, for the legacy format, read whole."""
     mmap = zipfile.is_zipfile(f)
-    loaded = torch.load(str(f), map_location="cpu", weights_only=True, mmap=mmap)
+    try:
+        loaded = torch.load(str(f), map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # pickle / zip errors come in many types
+        raise weight_file_error(f, e) from e
     if not isinstance(loaded, dict) or not all(isinstance(t, Tensor) for t in loaded.values()):
         raise weight_file_error(f, TypeError(f"expected a dict of tensors, got {type(loaded).__name__}"))
     copy = _clone if mmap else _same

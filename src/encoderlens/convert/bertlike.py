@@ -3,7 +3,8 @@
 BERT, RoBERTa, XLM-R, CamemBERT, Data2VecText, ELECTRA, ALBERT, DistilBERT and DeBERTa-v2 are
 post-LN encoders with the same parts under different names: word (+ position, + token-type)
 embeddings -> LayerNorm (-> projection), a stack of ``attention -> add & norm -> MLP -> add & norm``
-layers, and heads (pooler, NSP, MLM ``dense -> act -> LayerNorm -> unembed``, classifiers). A
+layers, and heads (pooler, NSP, MLM ``dense -> act -> LayerNorm -> unembed``, classifiers, question
+answering). A
 :class:`BertLike` names those parts and the HF config keys the architecture reads or ignores;
 :func:`convert_bertlike` checks the config against that whitelist, builds the :class:`EncoderConfig`
 and takes every weight, raising on any left over. Differences that are more than names (RoBERTa's
@@ -29,10 +30,11 @@ from encoderlens.config import (
     MLPConfig,
     NormConfig,
     ProblemType,
+    QAHeadConfig,
     StackConfig,
 )
 from encoderlens.convert.common import BERT_LAYER_NAMES, LayerNames, take_layer, take_linear, take_norm
-from encoderlens.convert.heads import classifier_config, take_classifier, take_unembed
+from encoderlens.convert.heads import classifier_config, qa_config, take_classifier, take_unembed
 from encoderlens.convert.registry import WeightReader, check_config_keys, register, require
 
 #: Keys of ``BertConfig`` and its descendants that :func:`bertlike_config` reads.
@@ -126,6 +128,17 @@ class Classifier:
 
 
 @dataclass(frozen=True)
+class QuestionAnswering:
+    """An extractive question-answering head: one linear layer ``output`` to start and end logits."""
+
+    output: str = "qa_outputs"
+
+
+#: The head an HF architecture adds to the base model (None: none beyond what the weights show).
+Head = Classifier | QuestionAnswering | None
+
+
+@dataclass(frozen=True)
 class LayerPlan:
     """Which HF layer feeds which block: ``sources[j] = (hf_prefix, block)``; ``param_source`` as in
     :class:`EncoderConfig` (None: every block has its own weights)."""
@@ -141,7 +154,7 @@ class BertLike:
     Attributes:
         name: Architecture name for messages (None: ``hf.model_type``, e.g. ``xlm-roberta``).
         prefix: The base model's prefix in the state dict (``bert.``).
-        architectures: Every HF architecture name converted, -> its classifier head (None: none).
+        architectures: Every HF architecture name converted, -> its classifier or QA head (None: none).
         handled: HF config keys read beyond :data:`BERT_HANDLED_KEYS` (``fields`` keys are added).
         ignored: HF config keys without effect beyond :data:`BERT_IGNORED_KEYS`.
         fields: Names of the size keys.
@@ -163,7 +176,7 @@ class BertLike:
     """
 
     prefix: str
-    architectures: Mapping[str, Classifier | None]
+    architectures: Mapping[str, Head]
     name: str | None = None
     handled: frozenset[str] = frozenset()
     ignored: frozenset[str] = frozenset()
@@ -219,6 +232,7 @@ def bertlike_config(
     pooler: bool,
     nsp: bool,
     classifier: ClassifierHeadConfig | None,
+    qa_head: QAHeadConfig | None = None,
 ) -> EncoderConfig:
     """Map and check the config keys shared by BERT-like architectures (sizes, activation, norms)."""
     f = spec.fields
@@ -257,6 +271,7 @@ def bertlike_config(
         pooler=pooler,
         nsp_head=nsp,
         classifier=classifier,
+        qa_head=qa_head,
     )
     if spec.fairseq_positions:
         cfg = dataclasses.replace(cfg, embed=_fairseq_positions(hf, name, cfg.embed))
@@ -313,12 +328,13 @@ def convert_bertlike(
     mlm = next((m for m in spec.mlm if r.has(m.dense + ".weight")), None)
     pooler = spec.pooler is not None and r.has(spec.pooler + ".weight")
     nsp = spec.nsp is not None and r.has(spec.nsp + ".weight")
-    if (nsp or (head is not None and head.input == "pooler")) and not pooler:
+    if (nsp or (isinstance(head, Classifier) and head.input == "pooler")) and not pooler:
         raise ValueError(f"{arch} checkpoint has a head reading the pooler but no pooler weights; it is incomplete")
     act = _get(hf_config, spec.fields.act)
-    classifier = _classifier_config(hf_config, head, act) if head is not None else None
+    classifier = _classifier_config(hf_config, head, act) if isinstance(head, Classifier) else None
+    qa = qa_config(hf_config, name, arch) if isinstance(head, QuestionAnswering) else None
     tied = bool(getattr(hf_config, "tie_word_embeddings", True)) if mlm is None or mlm.decoder else True
-    cfg = bertlike_config(spec, hf_config, name, arch, mlm, tied, pooler, nsp, classifier)
+    cfg = bertlike_config(spec, hf_config, name, arch, mlm, tied, pooler, nsp, classifier, qa)
     if spec.embed_proj is not None:
         cfg = _with_projection(spec, hf_config, name, cfg, r.has(spec.embed_proj + ".weight"))
     plan = spec.layer_plan(hf_config, cfg.n_layers) if spec.layer_plan else _plain_plan(spec, cfg.n_layers)
@@ -340,8 +356,10 @@ def convert_bertlike(
     if nsp:
         assert spec.nsp is not None
         take_linear(r, out, spec.nsp, "nsp_head.{}")
-    if head is not None:
+    if isinstance(head, Classifier):
         take_classifier(r, out, head.output, hidden=head.hidden)
+    elif isinstance(head, QuestionAnswering):
+        take_classifier(r, out, head.output, prefix="qa_head.")
     if mlm is not None:
         _take_mlm(r, out, hf_config, name, mlm)
     r.finish()

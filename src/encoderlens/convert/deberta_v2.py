@@ -1,4 +1,5 @@
-"""DeBERTa-v2 / v3 (``DebertaV2Model``, ``DebertaV2ForMaskedLM``) -> :class:`HookedEncoder`.
+"""DeBERTa-v2 / v3 (``DebertaV2Model``, ``DebertaV2ForMaskedLM``, ``DebertaV2ForQuestionAnswering``) ->
+:class:`HookedEncoder`.
 
 DeBERTa is a post-LN encoder like BERT whose attention adds relative-position terms
 (:class:`~encoderlens.components.attention_deberta.DisentangledAttention`): content-to-position and
@@ -27,7 +28,7 @@ from typing import Any
 from torch import Tensor
 
 from encoderlens.config import AttentionConfig, DisentangledConfig, EncoderConfig, NormConfig
-from encoderlens.convert.bertlike import BertLike, Fields, MLMLayout, register_bertlike
+from encoderlens.convert.bertlike import BertLike, Fields, MLMLayout, QuestionAnswering, register_bertlike
 from encoderlens.convert.common import LayerNames
 from encoderlens.convert.registry import WeightReader, require
 
@@ -121,7 +122,11 @@ SPEC = BertLike(
     name=ARCH,
     prefix="deberta.",
     model_types=("deberta-v2",),
-    architectures={"DebertaV2Model": None, "DebertaV2ForMaskedLM": None},
+    architectures={
+        "DebertaV2Model": None,
+        "DebertaV2ForMaskedLM": None,
+        "DebertaV2ForQuestionAnswering": QuestionAnswering(),
+    },
     fields=Fields(d_head="attention_head_size"),
     handled=frozenset(
         {

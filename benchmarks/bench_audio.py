@@ -49,7 +49,7 @@ def main() -> None:
     if not has_encoderlens("HookedAudioEncoder"):
         skipped(TITLE, "not available (this encoderlens has no HookedAudioEncoder)")
         return
-    setup(args.threads)
+    setup(args.threads, args.glibc_malloc_defaults)
     from transformers import HubertForCTC, Wav2Vec2FeatureExtractor
 
     from encoderlens import HookedAudioEncoder

@@ -52,7 +52,7 @@ def main() -> None:
     if not has_encoderlens("HookedEncoderDecoder"):
         skipped(TITLE, "not available (this encoderlens has no HookedEncoderDecoder)")
         return
-    setup(args.threads)
+    setup(args.threads, args.glibc_malloc_defaults)
     from transformers import T5ForConditionalGeneration
 
     from encoderlens import HookedEncoderDecoder

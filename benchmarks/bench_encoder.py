@@ -98,7 +98,7 @@ def tl_cases(path: str, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[dict,
 
 def main() -> None:
     args = parse_args(__doc__ or "")
-    setup(args.threads)
+    setup(args.threads, args.glibc_malloc_defaults)
     from transformers import BertForMaskedLM
 
     from encoderlens import HookedEncoder

@@ -26,7 +26,7 @@ TITLE = "Harvest BERT-base, every hook_resid_post, items of 128 tokens, batch 8"
 
 def main() -> None:
     args = parse_args(__doc__ or "")
-    setup(args.threads)
+    setup(args.threads, args.glibc_malloc_defaults)
     from transformers import BertConfig, BertModel
 
     from encoderlens import HookedEncoder

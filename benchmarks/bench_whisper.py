@@ -58,7 +58,7 @@ def main() -> None:
     if not has_encoderlens("HookedWhisper"):
         skipped(TITLE, "not available (this encoderlens has no HookedWhisper)")
         return
-    setup(args.threads)
+    setup(args.threads, args.glibc_malloc_defaults)
     from transformers import GenerationConfig, WhisperForConditionalGeneration
 
     from encoderlens import HookedWhisper

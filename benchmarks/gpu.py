@@ -44,6 +44,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--clock", default=None)
     p.add_argument("--tl-off", action="store_true")
+    p.add_argument("--glibc-malloc-defaults", action="store_true")
     return p.parse_args()
 
 

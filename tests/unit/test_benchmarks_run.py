@@ -35,3 +35,18 @@ def test_run_all_quick_prints_a_table_per_family():
     assert rows and all(line.endswith(("| PASS |", "| FAIL |")) for line in rows)
     assert "## GPU" in r.stdout  # its table on a CUDA machine, else "skipped: no CUDA device"
     assert ("skipped: no CUDA device" in r.stdout) != torch.cuda.is_available()
+
+
+def test_gpu_script_runs_its_cases_on_the_cpu():
+    """``gpu.py`` only runs where a GPU is; ``--device cpu`` runs its cases here so the script cannot rot."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--quick", "--device", "cpu", "--dtype", "fp32"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for case in ("BERT forward", "T5 run_with_cache", "T5 greedy generate", "HuBERT run_with_cache(device='cpu')"):
+        assert f"| {case}" in r.stdout, r.stdout[-3000:]

@@ -429,8 +429,10 @@ class Attention(KeepPropertyErrors, nn.Module):
         ``content_scores_hook`` sees the scaled ``q . k`` scores before ``bias`` is added (DeBERTa's c2c term).
         """
         if self.needs_explicit_pattern():
-            # scale and bias applied in place to the fresh product (no extra score-sized buffers; T5's scale is 1)
-            scores = qh @ kh.transpose(-1, -2)
+            # scale and bias applied in place to the fresh product (no extra score-sized buffers; T5's scale is 1).
+            # k is made contiguous before the transpose: matmul would otherwise copy k^T element by element
+            # (a transposing copy: 6-17% of this product measured); a row copy plus a transposed bmm is cheaper
+            scores = qh @ kh.contiguous().transpose(-1, -2)
             if scale != 1.0:
                 scores.mul_(scale)
             if content_scores_hook is not None:

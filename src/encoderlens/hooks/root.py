@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from encoderlens.hooks.cpu_memory import reuse_freed_cpu_memory
 from encoderlens.hooks.point import Direction, Directions, HookFn, HookPoint, ReadOnlyHook
 from encoderlens.names import NameFilter, _name_matcher
 
@@ -295,7 +296,12 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
                 so the forward is not stalled once per hook) and the source devices are added to this
                 set: call :func:`wait_for_copies` on it before reading the stored tensors. Without it each
                 copy completes before the hook returns.
+
+        The first call of the process lets glibc keep freed memory for reuse
+        (:func:`encoderlens.hooks.cpu_memory.reuse_freed_cpu_memory`): a dropped cache's memory then serves
+        the next run instead of being faulted in again.
         """
+        reuse_freed_cpu_memory()
         if isinstance(names_filter, str) and names_filter not in self.hook_dict:
             self.check_hook_name(names_filter)
         if isinstance(names_filter, (list, tuple)):

@@ -32,6 +32,7 @@ from torch import Tensor
 from encoderlens.config import (
     ACTIVATIONS,
     AttentionConfig,
+    ClassifierInput,
     EmbeddingConfig,
     EncoderConfig,
     MLMHeadConfig,
@@ -204,7 +205,7 @@ TASKS: dict[str, Task | None] = {
     "ModernBertForTokenClassification": "token",
     "ModernBertForQuestionAnswering": "qa",
 }
-_POOLING = {"cls": "first_token", "mean": "mean"}
+_POOLING: dict[str, ClassifierInput] = {"cls": "first_token", "mean": "mean"}
 
 
 def _with_task_head(hf: Any, cfg: EncoderConfig, task: Task) -> EncoderConfig:
@@ -217,7 +218,7 @@ def _with_task_head(hf: Any, cfg: EncoderConfig, task: Task) -> EncoderConfig:
     if task == "sequence":
         pooling = getattr(hf, "classifier_pooling", "cls")
         require(pooling in _POOLING, ARCH, "classifier_pooling", pooling, "'cls', 'mean'")
-        head = classifier_config(hf, "sequence", _POOLING[pooling], hidden_act=act)  # type: ignore[arg-type]
+        head = classifier_config(hf, "sequence", _POOLING[pooling], hidden_act=act)
     else:
         head = classifier_config(hf, "token", hidden_act=act)
     return dataclasses.replace(cfg, classifier=dataclasses.replace(head, hidden_norm=norm))

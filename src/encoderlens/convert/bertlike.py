@@ -4,11 +4,11 @@ BERT, RoBERTa, XLM-R, CamemBERT, Data2VecText, ELECTRA, ALBERT, DistilBERT and D
 post-LN encoders with the same parts under different names: word (+ position, + token-type)
 embeddings -> LayerNorm (-> projection), a stack of ``attention -> add & norm -> MLP -> add & norm``
 layers, and heads (pooler, NSP, MLM ``dense -> act -> LayerNorm -> unembed``, classifiers, question
-answering). A
-:class:`BertLike` names those parts and the HF config keys the architecture reads or ignores;
-:func:`convert_bertlike` checks the config against that whitelist, builds the :class:`EncoderConfig`
-and takes every weight, raising on any left over. Differences that are more than names (RoBERTa's
-positions, ALBERT's shared layers, DeBERTa's attention) are small functions the spec points to.
+answering). A :class:`BertLike` names those parts and the HF config keys the architecture reads or
+ignores; :func:`convert_bertlike` checks the config against that whitelist, builds the
+:class:`EncoderConfig` and takes every weight, raising on any left over. Differences that are more
+than names (RoBERTa's positions, ALBERT's shared layers, DeBERTa's attention) are small functions the
+spec points to.
 """
 
 from __future__ import annotations

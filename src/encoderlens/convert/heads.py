@@ -55,6 +55,12 @@ def qa_config(
 
     HF builds ``Linear(d_model, num_labels)`` and splits its output with ``split(1, dim=-1)`` into exactly
     ``start_logits, end_logits``: any other count fails in HF's own forward.
+
+    Args:
+        hf: The HF config (``num_labels`` / ``id2label`` are read).
+        arch: The converter's name, for messages.
+        architecture: The HF architecture, for messages.
+        hidden_act, hidden_norm: The hidden layer before the output layer (ModernBERT), or None.
     """
     n = len(class_labels(hf))
     require(

@@ -114,8 +114,9 @@ class MLMLayout:
 class Classifier:
     """A classification head: ``output`` linear, optionally after a ``hidden`` linear + ``hidden_act``.
 
-    ``hidden_act="config"`` uses the config's activation (ELECTRA's discriminator). Fixed ``labels``
-    (with their ``problem_type``) replace what the config says (ELECTRA's one ``replaced`` logit).
+    ``hidden_act="config"`` uses the config's activation (ELECTRA's discriminator); ``hidden_act_key``
+    names another config key holding it (DeBERTa's ``pooler_hidden_act``). Fixed ``labels`` (with their
+    ``problem_type``) replace what the config says (ELECTRA's one ``replaced`` logit).
     """
 
     task: Literal["sequence", "token"]
@@ -125,6 +126,7 @@ class Classifier:
     hidden_act: str | None = None
     labels: tuple[str, ...] | None = None
     problem_type: ProblemType = "single_label_classification"
+    hidden_act_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -287,8 +289,11 @@ def _fairseq_positions(hf: Any, name: str, embed: EmbeddingConfig) -> EmbeddingC
     return dataclasses.replace(embed, position_offset=pad + 1, positions_skip_padding=True)
 
 
-def _classifier_config(hf: Any, head: Classifier, act: str) -> ClassifierHeadConfig:
+def _classifier_config(hf: Any, name: str, head: Classifier, act: str) -> ClassifierHeadConfig:
     hidden_act = act if head.hidden_act == "config" else head.hidden_act
+    if head.hidden_act_key is not None:
+        hidden_act = _get(hf, head.hidden_act_key)
+        require(hidden_act in ACTIVATIONS, name, head.hidden_act_key, hidden_act, ", ".join(ACTIVATIONS))
     if head.labels is not None:
         return ClassifierHeadConfig(
             task=head.task, labels=head.labels, hidden_act=hidden_act, problem_type=head.problem_type
@@ -331,7 +336,7 @@ def convert_bertlike(
     if (nsp or (isinstance(head, Classifier) and head.input == "pooler")) and not pooler:
         raise ValueError(f"{arch} checkpoint has a head reading the pooler but no pooler weights; it is incomplete")
     act = _get(hf_config, spec.fields.act)
-    classifier = _classifier_config(hf_config, head, act) if isinstance(head, Classifier) else None
+    classifier = _classifier_config(hf_config, name, head, act) if isinstance(head, Classifier) else None
     qa = qa_config(hf_config, name, arch) if isinstance(head, QuestionAnswering) else None
     tied = bool(getattr(hf_config, "tie_word_embeddings", True)) if mlm is None or mlm.decoder else True
     cfg = bertlike_config(spec, hf_config, name, arch, mlm, tied, pooler, nsp, classifier, qa)

@@ -242,3 +242,21 @@ def test_inference_mode_forward_does_not_poison_later_autograd(tiny_mlm):
         out2.sum().backward()
     finally:
         model.requires_grad_(True)
+
+
+def test_unpadded_host_mask_builds_no_mask() -> None:
+    """No padding: no additive mask (SDPA may then take any kernel, and no zero mask is read per layer)."""
+    from encoderlens.components.attention import build_additive_mask
+
+    ones = torch.ones(2, 5, dtype=torch.bool)
+    assert build_additive_mask(ones, 5, 5, False, torch.float32, torch.device("cpu")) is None
+    causal = build_additive_mask(ones, 5, 5, True, torch.float32, torch.device("cpu"))
+    assert causal is not None and causal.shape == (1, 1, 5, 5)
+    assert torch.equal(causal, build_additive_mask(None, 5, 5, True, torch.float32, torch.device("cpu")))
+    padded = ones.clone()
+    padded[1, 3:] = False
+    mask = build_additive_mask(padded, 5, 5, False, torch.float32, torch.device("cpu"))
+    assert mask is not None and mask.shape == (2, 1, 1, 5) and bool((mask[1, 0, 0, 3:] < -1e30).all())
+    # a device mask is never read on the host (that would synchronise): kept as given
+    on_meta = build_additive_mask(ones.to("meta"), 5, 5, False, torch.float32, torch.device("meta"))
+    assert on_meta is not None and on_meta.device.type == "meta"

@@ -60,6 +60,7 @@ from encoderlens.analysis.targets import (
     ctc_transcript,
     mask_fill,
     similarity,
+    span_score,
     token_score,
 )
 from encoderlens.analysis.views import AttentionView, attention_html, model_view_html, render_attention_html
@@ -91,6 +92,7 @@ __all__ = [
     "mask_fill",
     "quadrature",
     "similarity",
+    "span_score",
     "token_score",
     "AttentionView",
     "Decomposition",

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from jaxtyping import Int
 from torch import Tensor
 
+from encoderlens.config import QA_LABELS
 from encoderlens.models.base import HookedModel
 from encoderlens.models.contract import Prepared
 
@@ -129,6 +130,42 @@ def class_score(label: PerItem, kind: Kind = "logit", return_type: str = "classi
         return _score(logits, kind)[rows, _per_item(label, logits.shape[0], logits.device, "label")]
 
     return Target(fn, f"class {kind}[{label}]", return_type)
+
+
+def span_score(position: PerItem, boundary: str = "start", kind: Kind = "logit", return_type: str = "qa") -> Target:
+    """A question-answering head's score of ``position`` as the answer's ``boundary`` (``"start"`` or ``"end"``).
+
+    Reads the QA logits ``(batch, pos, 2)`` of ``return_type="qa"`` (``[..., 0]``: HF's ``start_logits``,
+    ``[..., 1]``: ``end_logits``). ``"logprob"`` and ``"prob"`` normalise over the item's real positions
+    (HF's span loss is a softmax over positions; padding is left out, so each item of a padded batch gets
+    the distribution it would get alone), not over the two boundaries.
+
+    Example:
+        >>> t = span_score(position=12, boundary="start")  # the start logit of token 12
+        >>> res = attribute_input(model, (question, context), t)
+    """
+    if boundary not in QA_LABELS:
+        raise ValueError(f"boundary must be one of {QA_LABELS}, got {boundary!r}")
+    if kind not in ("logit", "logprob", "prob"):
+        raise ValueError(f"kind must be 'logit', 'logprob' or 'prob', got {kind!r}")
+    column = QA_LABELS.index(boundary)
+
+    def fn(out: Any, batch: Prepared) -> Tensor:
+        logits = _check_logits(out, 3, "span_score")
+        if logits.shape[-1] != len(QA_LABELS):
+            raise TypeError(
+                f"span_score expects question-answering logits (batch, pos, 2), got {tuple(logits.shape)}; "
+                "run with return_type='qa' on a *ForQuestionAnswering checkpoint"
+            )
+        b = logits.shape[0]
+        rows = torch.arange(b, device=logits.device)
+        scores = logits[..., column]
+        if kind != "logit":
+            real = batch.mask(batch.streams[0]).to(logits.device).bool()
+            scores = _score(scores.float().masked_fill(~real, float("-inf")), kind)
+        return scores[rows, _per_item(position, b, logits.device, "position")]
+
+    return Target(fn, f"{boundary} {kind} at position {position}", return_type)
 
 
 def similarity(reference: Tensor, return_type: str = "sentence_embedding") -> Target:

@@ -3,7 +3,8 @@
 The metric follows the model's :meth:`~encoderlens.models.base.HookedModel.readout` (no family switch):
 ``mlm``: the logit difference at the mask; ``lm``: the mean log-probability of the target (teacher
 forcing); ``ctc`` / ``classifier``: the mean log-probability of the clean run's predictions at real
-positions; no readout: the sentence embedding's similarity to the clean run (or ``--reference``).
+positions; ``qa``: the log-probability (over real positions) of the clean run's best start plus its best
+end; no readout: the sentence embedding's similarity to the clean run (or ``--reference``).
 """
 
 from __future__ import annotations
@@ -96,6 +97,22 @@ def _agreement_metric(model: HookedModel, readout: Readout, clean: Prepared) -> 
     return metric, f"mean log-probability of the clean run's {readout.kind} predictions (real positions)"
 
 
+def _span_metric(model: HookedModel, readout: Readout, clean: Prepared) -> tuple[Metric, str]:
+    """Log-probability of the clean run's best start plus best end position (softmax over real positions)."""
+    real = clean.mask(model.resolve_stream(None)).bool()
+    with torch.no_grad():
+        qa = model.run_prepared(clean, readout.return_type).float().masked_fill(~real[..., None], float("-inf"))
+    best = qa.argmax(1)  # (batch, 2): each item's start and end position
+    rows = torch.arange(qa.shape[0])
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        lp = logits.float().masked_fill(~real[..., None].to(logits.device), float("-inf")).log_softmax(1)
+        r, b = rows.to(lp.device), best.to(lp.device)
+        return (lp[r, b[:, 0], 0] + lp[r, b[:, 1], 1]).mean()
+
+    return metric, "log p(clean start) + log p(clean end) (softmax over positions)"
+
+
 def _similarity_metric(model: HookedModel, args: argparse.Namespace, clean: Prepared) -> tuple[Metric, str]:
     """Cosine similarity of the sentence embedding to the clean run's (or ``--reference``'s)."""
     enc = sentence_encoder(model, args.model)
@@ -151,6 +168,9 @@ def _patch_cmd(args: argparse.Namespace) -> int:
         rt = readout.return_type
     elif readout.kind == "lm":
         metric, what = _lm_metric(model, args, clean)
+        rt = readout.return_type
+    elif readout.kind == "qa":
+        metric, what = _span_metric(model, readout, clean)
         rt = readout.return_type
     else:
         metric, what = _agreement_metric(model, readout, clean)

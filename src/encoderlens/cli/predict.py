@@ -2,8 +2,8 @@
 
 The task follows the model's :meth:`~encoderlens.models.base.HookedModel.readout` (no family switch):
 ``mlm`` fills each mask, ``ctc`` transcribes (greedy), ``lm`` generates (greedy, from the decoder prefix
-an empty target gives), ``classifier`` labels each position; a model without a readout prints sentence
-embeddings when its checkpoint declares a sentence-transformers pooling.
+an empty target gives), ``classifier`` labels each position, ``qa`` prints the best answer span; a model
+without a readout prints sentence embeddings when its checkpoint declares a sentence-transformers pooling.
 """
 
 from __future__ import annotations
@@ -92,6 +92,29 @@ def _label(model: HookedModel, readout: Readout, text: str) -> None:
             print(f"  {lab}: {names[k] if names is not None and k < len(names) else k}")
 
 
+#: The longest answer span ``predict`` considers, in tokens (HF's question-answering pipeline default).
+MAX_ANSWER_TOKENS = 15
+
+
+def _answer_span(model: HookedModel, readout: Readout, text: str) -> None:
+    """The span ``i..j`` (``i <= j < i + MAX_ANSWER_TOKENS``, real positions) maximising ``start[i] + end[j]``."""
+    p = model.prepare_input(text)
+    stream = model.resolve_stream(None)
+    with torch.no_grad():
+        qa = model.run_prepared(p, readout.return_type)[0].float()
+    real = p.mask(stream)[0].bool().to(qa.device)
+    n = qa.shape[0]
+    i, j = torch.arange(n, device=qa.device)[:, None], torch.arange(n, device=qa.device)[None, :]
+    ok = (j >= i) & (j < i + MAX_ANSWER_TOKENS) & real[:, None] & real[None, :]
+    scores = (qa[:, 0, None] + qa[None, :, 1]).masked_fill(~ok, float("-inf"))
+    best = int(scores.flatten().argmax())
+    start, end = divmod(best, n)
+    labels = p.position_labels(stream)
+    print(text)
+    print(f"  answer span {start}..{end}: {' '.join(labels[start : end + 1])}")
+    print(f"  start logit {float(qa[start, 0]):+.3f}, end logit {float(qa[end, 1]):+.3f}")
+
+
 def _embed(model: HookedModel, name: str, texts: list[str]) -> None:
     enc = sentence_encoder(model, name)
     if enc is None:
@@ -131,6 +154,8 @@ def _predict_cmd(args: argparse.Namespace) -> int:
             _transcribe(model, readout, item)
         elif readout.kind == "lm":
             _generate(model, readout, item, args.max_new_tokens)
+        elif readout.kind == "qa":
+            _answer_span(model, readout, item)
         else:
             _label(model, readout, item)
     return 0

@@ -11,7 +11,7 @@ from encoderlens.components.audio_frontend import (
 from encoderlens.components.audio_heads import CTCHead, QuantizerHead
 from encoderlens.components.blocks import TransformerBlock
 from encoderlens.components.embed import Embed, EmbedProjection, PosEmbed, TokenTypeEmbed, position_ids
-from encoderlens.components.heads import ClassifierHead, LMHead, MLMHead, NSPHead, Pooler, SentencePooler
+from encoderlens.components.heads import ClassifierHead, LMHead, MLMHead, NSPHead, Pooler, QAHead, SentencePooler
 from encoderlens.components.mlp import MLP, get_activation
 from encoderlens.components.norm import LayerNorm, RMSNorm, make_norm
 from encoderlens.components.position import RelativePositionBias, relative_position_bucket
@@ -45,6 +45,7 @@ __all__ = [
     "NSPHead",
     "PosEmbed",
     "Pooler",
+    "QAHead",
     "RMSNorm",
     "SentencePooler",
     "Stack",

@@ -46,6 +46,11 @@ def mask_value(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min
 
 
+def _unpadded_on_host(key_mask: Tensor) -> bool:
+    """Whether a host key mask attends everywhere; False for device tensors (reading them would sync)."""
+    return key_mask.device.type == "cpu" and bool(key_mask.all())
+
+
 def build_additive_mask(
     key_mask: Bool[Tensor, "batch key_pos"] | None,
     query_len: int,
@@ -55,12 +60,16 @@ def build_additive_mask(
     device: torch.device,
     past_len: int = 0,
 ) -> Float[Tensor, "#batch 1 #query_pos key_pos"] | None:
-    """Combine a key padding mask (True = attend) and a causal mask into an additive mask.
+    """Combine a key padding mask (True = attend) and a causal mask into an additive mask (None: no mask needed).
 
     ``past_len`` is the number of cached positions before the first query (generation): query ``i``
     sits at absolute position ``past_len + i`` and may see keys ``<= past_len + i``.
     """
     allowed: Tensor | None = None
+    if key_mask is not None and _unpadded_on_host(key_mask):
+        # no padding: no mask, as HF's SDPA path does. An all-zero mask is not free: SDPA reads (and for
+        # T5 copies) it in every layer, and on CUDA any mask rules out the flash kernel
+        key_mask = None
     if key_mask is not None:
         allowed = key_mask[:, None, None, :].to(torch.bool)
     if causal:

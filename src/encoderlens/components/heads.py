@@ -1,4 +1,5 @@
-"""Output heads: masked-LM head, tanh pooler, next-sentence classifier, classification heads, sentence pooling."""
+"""Output heads: masked-LM head, tanh pooler, next-sentence classifier, classification and question-answering
+heads, sentence pooling."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from encoderlens.components.norm import make_norm
 from encoderlens.config import (
     ClassifierHeadConfig,
     MLMHeadConfig,
+    NormConfig,
+    QAHeadConfig,
     SentenceDenseConfig,
     SentencePoolingConfig,
     UnembedConfig,
@@ -112,34 +115,87 @@ class NSPHead(nn.Module):
         return pooled @ self.W + self.b
 
 
-class ClassifierHead(nn.Module):
-    """Sequence or token classification: ``[act(x @ W_hidden + b_hidden) ->] x @ W + b``.
+class _LinearHead(nn.Module):
+    """``[norm(act(x @ W_hidden + b_hidden)) ->] x @ W + b`` on the last axis; shared by the classifier and QA heads.
 
-    A sequence head reads the final residual at position 0 (or the model's pooler output, which the
-    model passes in); a token head reads every position.
-
-    Hooks: ``hook_hidden`` (after the hidden layer's activation; only when the head has one) and
-    ``hook_logits``.
+    Hooks: ``hook_hidden`` (after the hidden layer's activation; only when the head has one), the norm's
+    hooks (``ln.hook_scale | hook_normalized``; only when it has one) and ``hook_logits``.
     """
 
-    def __init__(self, d_model: int, cfg: ClassifierHeadConfig) -> None:
+    def __init__(self, d_model: int, n_out: int, hidden_act: str | None, hidden_norm: NormConfig | None) -> None:
         super().__init__()
-        self.cfg = cfg
-        has_hidden = cfg.hidden_act is not None
-        self.act = get_activation(cfg.hidden_act) if cfg.hidden_act is not None else None
+        has_hidden = hidden_act is not None
+        self.act = get_activation(hidden_act) if hidden_act is not None else None
         self.W_hidden = nn.Parameter(torch.empty(d_model, d_model)) if has_hidden else None
         self.b_hidden = nn.Parameter(torch.zeros(d_model)) if has_hidden else None
         self.hook_hidden = HookPoint() if has_hidden else None
-        self.W = nn.Parameter(torch.empty(d_model, cfg.n_labels))
-        self.b = nn.Parameter(torch.zeros(cfg.n_labels))
+        self.ln = make_norm(d_model, hidden_norm) if hidden_norm is not None else None
+        self.W = nn.Parameter(torch.empty(d_model, n_out))
+        self.b = nn.Parameter(torch.zeros(n_out))
         self.hook_logits = HookPoint()
 
     def forward(self, x: Float[Tensor, "*batch_pos d_model"]) -> Float[Tensor, "*batch_pos n_labels"]:
-        """Classify ``x``: ``(batch, d_model)`` for a sequence head, ``(batch, pos, d_model)`` for a token head."""
         if self.W_hidden is not None:
             assert self.act is not None and self.hook_hidden is not None and self.b_hidden is not None
             x = self.hook_hidden(self.act(x @ self.W_hidden + self.b_hidden))
+            if self.ln is not None:
+                x = self.ln(x)
         return self.hook_logits(x @ self.W + self.b)
+
+
+class ClassifierHead(_LinearHead):
+    """Sequence or token classification: ``[norm(act(x @ W_hidden + b_hidden)) ->] x @ W + b``.
+
+    A token head reads every position. A sequence head reads one vector per text: the model's pooler
+    output (``input="pooler"``, which the model passes in), or what :meth:`pool` takes from the final
+    residual stream: position 0 (``"first_token"``) or the mean over real tokens (``"mean"``).
+
+    Hooks: ``hook_pooled`` (sequence heads not reading the pooler: the vector the head reads),
+    ``hook_hidden`` (after the hidden layer's activation; only when the head has one), ``ln.hook_scale |
+    hook_normalized`` (only with a hidden norm, ModernBERT) and ``hook_logits``.
+    """
+
+    def __init__(self, d_model: int, cfg: ClassifierHeadConfig) -> None:
+        super().__init__(d_model, cfg.n_labels, cfg.hidden_act, cfg.hidden_norm)
+        self.cfg = cfg
+        self.hook_pooled = HookPoint() if cfg.task == "sequence" and cfg.input != "pooler" else None
+
+    def pool(
+        self, x: Float[Tensor, "batch pos d_model"], attention_mask: Int[Tensor, "batch pos"]
+    ) -> Float[Tensor, "batch d_model"]:
+        """The vector a sequence head reads: ``x[:, 0]``, or ``sum(x * mask) / sum(mask)`` over positions (as HF)."""
+        if self.hook_pooled is None:
+            raise ValueError(
+                f"pool applies to sequence heads reading the residual stream; this head is a {self.cfg.task} head "
+                f"with input={self.cfg.input!r}"
+            )
+        if self.cfg.input == "mean":
+            m = attention_mask.to(x.device)
+            summed = torch.where(m.bool()[..., None], x, x.new_zeros(())).sum(dim=1)
+            return self.hook_pooled(summed / m.sum(dim=1, keepdim=True).to(x.dtype))
+        return self.hook_pooled(x[:, 0])
+
+    def forward(self, x: Float[Tensor, "*batch_pos d_model"]) -> Float[Tensor, "*batch_pos n_labels"]:
+        """Classify ``x``: ``(batch, d_model)`` for a sequence head, ``(batch, pos, d_model)`` for a token head."""
+        return super().forward(x)
+
+
+class QAHead(_LinearHead):
+    """Extractive question answering: ``[norm(act(x @ W_hidden + b_hidden)) ->] x @ W + b`` at every position.
+
+    Gives ``(batch, pos, 2)`` logits: ``[..., 0]`` scores each position as the answer's start, ``[..., 1]``
+    as its end (HF's ``start_logits`` / ``end_logits``, which HF splits from this same tensor).
+
+    Hooks: ``hook_logits`` (the two logits), and ``hook_hidden`` / ``ln.*`` where the head has a hidden
+    layer (ModernBERT).
+    """
+
+    def __init__(self, d_model: int, cfg: QAHeadConfig) -> None:
+        super().__init__(d_model, cfg.n_labels, cfg.hidden_act, cfg.hidden_norm)
+        self.cfg = cfg
+
+    def forward(self, x: Float[Tensor, "*batch_pos d_model"]) -> Float[Tensor, "*batch_pos 2"]:
+        return super().forward(x)
 
 
 _DENSE_ACTS: dict[str, Callable[[Tensor], Tensor]] = {

@@ -38,11 +38,13 @@ from encoderlens.config.encoder_decoder import (
 from encoderlens.config.heads import (
     DENSE_ACTIVATIONS,
     POOLING_MODES,
+    QA_LABELS,
     ClassifierHeadConfig,
     ClassifierInput,
     ClassifierTask,
     MLMHeadConfig,
     ProblemType,
+    QAHeadConfig,
     SentenceDenseConfig,
     SentencePoolingConfig,
 )
@@ -85,6 +87,8 @@ __all__ = [
     "POOLING_MODES",
     "PosConvNorm",
     "ProblemType",
+    "QA_LABELS",
+    "QAHeadConfig",
     "QuantizerConfig",
     "RelativePositionConfig",
     "RotaryConfig",

@@ -1,4 +1,4 @@
-"""Text-encoder output heads: MLM head, classifier, sentence-transformers pooling."""
+"""Text-encoder output heads: MLM head, classifier, question answering, sentence-transformers pooling."""
 
 from __future__ import annotations
 
@@ -27,22 +27,32 @@ class MLMHeadConfig:
 
 
 ClassifierTask = Literal["sequence", "token"]
-ClassifierInput = Literal["first_token", "pooler"]
+ClassifierInput = Literal["first_token", "pooler", "mean"]
 ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
+
+
+def _check_hidden(hidden_act: str | None, hidden_norm: NormConfig | None) -> None:
+    if hidden_act is not None and hidden_act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {hidden_act!r}; expected one of {ACTIVATIONS}")
+    if hidden_norm is not None and hidden_act is None:
+        raise ValueError("hidden_norm normalises the hidden layer's output; it needs a hidden layer (hidden_act)")
 
 
 @dataclass(frozen=True)
 class ClassifierHeadConfig:
-    """A classification head: ``[dense -> act ->] linear``.
+    """A classification head: ``[norm(act(dense(x))) ->] linear``.
 
     Attributes:
         task: ``"sequence"`` (one prediction per text) or ``"token"`` (one per position).
         labels: Label names in logit order (HF ``config.id2label``).
         input: For sequence heads: ``"first_token"`` (the final residual at position 0, RoBERTa /
-            ELECTRA / DistilBERT) or ``"pooler"`` (the model's tanh pooler, BERT / ALBERT).
-            Token heads read every position.
+            ELECTRA / DistilBERT / ModernBERT ``classifier_pooling="cls"``), ``"pooler"`` (the model's
+            tanh pooler, BERT / ALBERT) or ``"mean"`` (the mean of the final residual over real tokens,
+            ModernBERT ``classifier_pooling="mean"``). Token heads read every position.
         hidden_act: Activation of a hidden ``d_model x d_model`` dense layer before the output layer
-            (RoBERTa ``tanh``, ELECTRA ``gelu``, DistilBERT ``relu``), or None for one linear layer.
+            (RoBERTa ``tanh``, ELECTRA ``gelu``, DistilBERT ``relu``, ModernBERT ``classifier_activation``),
+            or None for one linear layer.
+        hidden_norm: Norm after the hidden layer's activation (ModernBERT's prediction head), or None.
         problem_type: How logits become predictions: softmax over labels (single label), a sigmoid per
             label (multi label) or raw scores (regression).
     """
@@ -52,24 +62,57 @@ class ClassifierHeadConfig:
     input: ClassifierInput = "first_token"
     hidden_act: str | None = None
     problem_type: ProblemType = "single_label_classification"
+    hidden_norm: NormConfig | None = None
 
     def __post_init__(self) -> None:
         if self.task not in ("sequence", "token"):
             raise ValueError(f"classifier task must be 'sequence' or 'token', got {self.task!r}")
-        if self.input not in ("first_token", "pooler"):
-            raise ValueError(f"classifier input must be 'first_token' or 'pooler', got {self.input!r}")
+        if self.input not in ("first_token", "pooler", "mean"):
+            raise ValueError(f"classifier input must be 'first_token', 'pooler' or 'mean', got {self.input!r}")
         if self.task == "token" and self.input != "first_token":
-            raise ValueError("a token classifier reads every position; input='pooler' applies to sequence heads")
+            raise ValueError(f"a token classifier reads every position; input={self.input!r} applies to sequence heads")
         if not self.labels:
             raise ValueError("a classifier needs at least one label")
-        if self.hidden_act is not None and self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.hidden_act!r}; expected one of {ACTIVATIONS}")
+        _check_hidden(self.hidden_act, self.hidden_norm)
         if self.problem_type not in ("single_label_classification", "multi_label_classification", "regression"):
             raise ValueError(f"unknown problem_type {self.problem_type!r}")
 
     @property
     def n_labels(self) -> int:
         return len(self.labels)
+
+
+#: The outputs of a question-answering head, in logit order (HF splits its two logits in this order).
+QA_LABELS = ("start", "end")
+
+
+@dataclass(frozen=True)
+class QAHeadConfig:
+    """An extractive question-answering head: ``[norm(act(dense(x))) ->] linear`` to two logits per position.
+
+    The two logits of position ``p`` score ``p`` as the answer span's start and as its end
+    (:data:`QA_LABELS`); HF's ``*ForQuestionAnswering`` returns them split, as ``start_logits`` and
+    ``end_logits``. Every BERT-like QA head is one linear layer (``qa_outputs``); ModernBERT's reads its
+    prediction head (dense -> ``classifier_activation`` -> LayerNorm) first.
+
+    Attributes:
+        hidden_act: Activation of a hidden ``d_model x d_model`` dense layer before the output layer, or None.
+        hidden_norm: Norm after the hidden layer's activation, or None.
+    """
+
+    hidden_act: str | None = None
+    hidden_norm: NormConfig | None = None
+
+    def __post_init__(self) -> None:
+        _check_hidden(self.hidden_act, self.hidden_norm)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return QA_LABELS
+
+    @property
+    def n_labels(self) -> int:
+        return len(QA_LABELS)
 
 
 #: Sentence-transformers pooling modes, in the order they are concatenated when several are set.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from encoderlens.config.attention import NormConfig
-from encoderlens.config.heads import ClassifierHeadConfig, MLMHeadConfig, SentencePoolingConfig
+from encoderlens.config.heads import ClassifierHeadConfig, MLMHeadConfig, QAHeadConfig, SentencePoolingConfig
 from encoderlens.config.stack import StackConfig, _SingleStackDims
 
 
@@ -71,6 +71,7 @@ class EncoderConfig(_SingleStackDims):
         sentence_pooling: Sentence-embedding pooling declared by a sentence-transformers folder, or None.
         param_source: Shared layers (ALBERT): block ``i`` uses the parameters of block ``param_source[i]``
             (every block still has its own hook points). None: every block has its own parameters.
+        qa_head: Extractive question-answering head (start / end logits), if the checkpoint has one.
     """
 
     architecture: str
@@ -83,6 +84,7 @@ class EncoderConfig(_SingleStackDims):
     classifier: ClassifierHeadConfig | None = None
     sentence_pooling: SentencePoolingConfig | None = None
     param_source: tuple[int, ...] | None = None
+    qa_head: QAHeadConfig | None = None
     #: The device the model lives on (kept up to date by ``model.to``; TransformerLens's ``cfg.device``).
     device: str | None = field(default=None, compare=False)
 

@@ -11,14 +11,22 @@ group, used by no released checkpoint) is rejected.
 
 Heads: MLM (``predictions``: dense to ``embedding_size`` -> ``hidden_act`` -> LayerNorm -> tied
 decoder), pooler, sentence-order prediction (``AlbertForPreTraining``; pooler -> linear, exposed as
-the sequence classifier), sequence classification (pooler -> linear) and token classification.
+the sequence classifier), sequence classification (pooler -> linear), token classification and question
+answering (``qa_outputs``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from encoderlens.convert.bertlike import BertLike, Classifier, LayerPlan, MLMLayout, register_bertlike
+from encoderlens.convert.bertlike import (
+    BertLike,
+    Classifier,
+    LayerPlan,
+    MLMLayout,
+    QuestionAnswering,
+    register_bertlike,
+)
 from encoderlens.convert.common import LayerNames
 from encoderlens.convert.registry import require
 
@@ -50,6 +58,7 @@ SPEC = BertLike(
         "AlbertForPreTraining": Classifier("sequence", "sop_classifier.classifier", input="pooler"),
         "AlbertForSequenceClassification": Classifier("sequence", "classifier", input="pooler"),
         "AlbertForTokenClassification": Classifier("token", "classifier"),
+        "AlbertForQuestionAnswering": QuestionAnswering(),
     },
     handled=frozenset({"embedding_size", "num_hidden_groups", "inner_group_num"}),
     # options of the original TF ALBERT code that HF's AlbertModel never reads (released at neutral values)

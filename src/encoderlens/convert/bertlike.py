@@ -3,11 +3,12 @@
 BERT, RoBERTa, XLM-R, CamemBERT, Data2VecText, ELECTRA, ALBERT, DistilBERT and DeBERTa-v2 are
 post-LN encoders with the same parts under different names: word (+ position, + token-type)
 embeddings -> LayerNorm (-> projection), a stack of ``attention -> add & norm -> MLP -> add & norm``
-layers, and heads (pooler, NSP, MLM ``dense -> act -> LayerNorm -> unembed``, classifiers). A
-:class:`BertLike` names those parts and the HF config keys the architecture reads or ignores;
-:func:`convert_bertlike` checks the config against that whitelist, builds the :class:`EncoderConfig`
-and takes every weight, raising on any left over. Differences that are more than names (RoBERTa's
-positions, ALBERT's shared layers, DeBERTa's attention) are small functions the spec points to.
+layers, and heads (pooler, NSP, MLM ``dense -> act -> LayerNorm -> unembed``, classifiers, question
+answering). A :class:`BertLike` names those parts and the HF config keys the architecture reads or
+ignores; :func:`convert_bertlike` checks the config against that whitelist, builds the
+:class:`EncoderConfig` and takes every weight, raising on any left over. Differences that are more
+than names (RoBERTa's positions, ALBERT's shared layers, DeBERTa's attention) are small functions the
+spec points to.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from encoderlens.config import (
     MLPConfig,
     NormConfig,
     ProblemType,
+    QAHeadConfig,
     StackConfig,
 )
 from encoderlens.convert.common import BERT_LAYER_NAMES, LayerNames, take_layer, take_linear, take_norm
-from encoderlens.convert.heads import classifier_config, take_classifier, take_unembed
+from encoderlens.convert.heads import classifier_config, qa_config, take_classifier, take_unembed
 from encoderlens.convert.registry import WeightReader, check_config_keys, register, require
 
 #: Keys of ``BertConfig`` and its descendants that :func:`bertlike_config` reads.
@@ -112,8 +114,9 @@ class MLMLayout:
 class Classifier:
     """A classification head: ``output`` linear, optionally after a ``hidden`` linear + ``hidden_act``.
 
-    ``hidden_act="config"`` uses the config's activation (ELECTRA's discriminator). Fixed ``labels``
-    (with their ``problem_type``) replace what the config says (ELECTRA's one ``replaced`` logit).
+    ``hidden_act="config"`` uses the config's activation (ELECTRA's discriminator); ``hidden_act_key``
+    names another config key holding it (DeBERTa's ``pooler_hidden_act``). Fixed ``labels`` (with their
+    ``problem_type``) replace what the config says (ELECTRA's one ``replaced`` logit).
     """
 
     task: Literal["sequence", "token"]
@@ -123,6 +126,18 @@ class Classifier:
     hidden_act: str | None = None
     labels: tuple[str, ...] | None = None
     problem_type: ProblemType = "single_label_classification"
+    hidden_act_key: str | None = None
+
+
+@dataclass(frozen=True)
+class QuestionAnswering:
+    """An extractive question-answering head: one linear layer ``output`` to start and end logits."""
+
+    output: str = "qa_outputs"
+
+
+#: The head an HF architecture adds to the base model (None: none beyond what the weights show).
+Head = Classifier | QuestionAnswering | None
 
 
 @dataclass(frozen=True)
@@ -141,7 +156,7 @@ class BertLike:
     Attributes:
         name: Architecture name for messages (None: ``hf.model_type``, e.g. ``xlm-roberta``).
         prefix: The base model's prefix in the state dict (``bert.``).
-        architectures: Every HF architecture name converted, -> its classifier head (None: none).
+        architectures: Every HF architecture name converted, -> its classifier or QA head (None: none).
         handled: HF config keys read beyond :data:`BERT_HANDLED_KEYS` (``fields`` keys are added).
         ignored: HF config keys without effect beyond :data:`BERT_IGNORED_KEYS`.
         fields: Names of the size keys.
@@ -163,7 +178,7 @@ class BertLike:
     """
 
     prefix: str
-    architectures: Mapping[str, Classifier | None]
+    architectures: Mapping[str, Head]
     name: str | None = None
     handled: frozenset[str] = frozenset()
     ignored: frozenset[str] = frozenset()
@@ -219,6 +234,7 @@ def bertlike_config(
     pooler: bool,
     nsp: bool,
     classifier: ClassifierHeadConfig | None,
+    qa_head: QAHeadConfig | None = None,
 ) -> EncoderConfig:
     """Map and check the config keys shared by BERT-like architectures (sizes, activation, norms)."""
     f = spec.fields
@@ -257,6 +273,7 @@ def bertlike_config(
         pooler=pooler,
         nsp_head=nsp,
         classifier=classifier,
+        qa_head=qa_head,
     )
     if spec.fairseq_positions:
         cfg = dataclasses.replace(cfg, embed=_fairseq_positions(hf, name, cfg.embed))
@@ -272,8 +289,11 @@ def _fairseq_positions(hf: Any, name: str, embed: EmbeddingConfig) -> EmbeddingC
     return dataclasses.replace(embed, position_offset=pad + 1, positions_skip_padding=True)
 
 
-def _classifier_config(hf: Any, head: Classifier, act: str) -> ClassifierHeadConfig:
+def _classifier_config(hf: Any, name: str, head: Classifier, act: str) -> ClassifierHeadConfig:
     hidden_act = act if head.hidden_act == "config" else head.hidden_act
+    if head.hidden_act_key is not None:
+        hidden_act = _get(hf, head.hidden_act_key)
+        require(hidden_act in ACTIVATIONS, name, head.hidden_act_key, hidden_act, ", ".join(ACTIVATIONS))
     if head.labels is not None:
         return ClassifierHeadConfig(
             task=head.task, labels=head.labels, hidden_act=hidden_act, problem_type=head.problem_type
@@ -313,12 +333,13 @@ def convert_bertlike(
     mlm = next((m for m in spec.mlm if r.has(m.dense + ".weight")), None)
     pooler = spec.pooler is not None and r.has(spec.pooler + ".weight")
     nsp = spec.nsp is not None and r.has(spec.nsp + ".weight")
-    if (nsp or (head is not None and head.input == "pooler")) and not pooler:
+    if (nsp or (isinstance(head, Classifier) and head.input == "pooler")) and not pooler:
         raise ValueError(f"{arch} checkpoint has a head reading the pooler but no pooler weights; it is incomplete")
     act = _get(hf_config, spec.fields.act)
-    classifier = _classifier_config(hf_config, head, act) if head is not None else None
+    classifier = _classifier_config(hf_config, name, head, act) if isinstance(head, Classifier) else None
+    qa = qa_config(hf_config, name, arch) if isinstance(head, QuestionAnswering) else None
     tied = bool(getattr(hf_config, "tie_word_embeddings", True)) if mlm is None or mlm.decoder else True
-    cfg = bertlike_config(spec, hf_config, name, arch, mlm, tied, pooler, nsp, classifier)
+    cfg = bertlike_config(spec, hf_config, name, arch, mlm, tied, pooler, nsp, classifier, qa)
     if spec.embed_proj is not None:
         cfg = _with_projection(spec, hf_config, name, cfg, r.has(spec.embed_proj + ".weight"))
     plan = spec.layer_plan(hf_config, cfg.n_layers) if spec.layer_plan else _plain_plan(spec, cfg.n_layers)
@@ -340,8 +361,10 @@ def convert_bertlike(
     if nsp:
         assert spec.nsp is not None
         take_linear(r, out, spec.nsp, "nsp_head.{}")
-    if head is not None:
+    if isinstance(head, Classifier):
         take_classifier(r, out, head.output, hidden=head.hidden)
+    elif isinstance(head, QuestionAnswering):
+        take_classifier(r, out, head.output, prefix="qa_head.")
     if mlm is not None:
         _take_mlm(r, out, hf_config, name, mlm)
     r.finish()

@@ -1,8 +1,9 @@
-"""CamemBERT (``CamembertModel``, ``CamembertForMaskedLM``, ``CamembertFor{Sequence,Token}Classification``)
+"""CamemBERT (``CamembertModel``, ``CamembertForMaskedLM``, ``CamembertFor{Sequence,Token}Classification``,
+``CamembertForQuestionAnswering``)
 -> :class:`HookedEncoder`.
 
 HF's CamemBERT is RoBERTa with another vocabulary: same modules under the same ``roberta.`` prefix,
-fairseq positions from ``pad_token_id + 1``, the same MLM head (exact GELU) and classifiers.
+fairseq positions from ``pad_token_id + 1``, the same MLM head (exact GELU), classifiers and QA head.
 """
 
 from __future__ import annotations

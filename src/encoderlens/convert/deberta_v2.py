@@ -1,4 +1,5 @@
-"""DeBERTa-v2 / v3 (``DebertaV2Model``, ``DebertaV2ForMaskedLM``) -> :class:`HookedEncoder`.
+"""DeBERTa-v2 / v3 (``DebertaV2Model``, ``DebertaV2ForMaskedLM``, ``DebertaV2For{Sequence,Token}Classification``,
+``DebertaV2ForQuestionAnswering``) -> :class:`HookedEncoder`.
 
 DeBERTa is a post-LN encoder like BERT whose attention adds relative-position terms
 (:class:`~encoderlens.components.attention_deberta.DisentangledAttention`): content-to-position and
@@ -11,6 +12,11 @@ MLM heads: the legacy layout ``cls.predictions.*`` and the newer ``lm_prediction
 same ``dense -> act -> LayerNorm -> W_E^T + bias`` and both map to :class:`MLMHead`. The head is taken
 from the weights present. ``mask_predictions.*`` (the replaced-token-detection head some v3 checkpoints
 carry, which HF ignores on load) is dropped, as HF does.
+
+Task heads: sequence classification reads position 0 through HF's ``ContextPooler`` (``pooler.dense`` ->
+``pooler_hidden_act``) then ``classifier``: a :class:`ClassifierHead` with that hidden layer (hence
+``pooler_hidden_size`` must equal ``hidden_size``, as in every released config); token classification and
+question answering are one linear layer on every position.
 
 Not supported (the converter raises): ``conv_kernel_size > 0`` (the ConvLayer of deberta-v2-xlarge /
 xxlarge), ``embedding_size != hidden_size``, ``pos_att_type`` entries other than ``c2p``/``p2c``,
@@ -27,7 +33,7 @@ from typing import Any
 from torch import Tensor
 
 from encoderlens.config import AttentionConfig, DisentangledConfig, EncoderConfig, NormConfig
-from encoderlens.convert.bertlike import BertLike, Fields, MLMLayout, register_bertlike
+from encoderlens.convert.bertlike import BertLike, Classifier, Fields, MLMLayout, QuestionAnswering, register_bertlike
 from encoderlens.convert.common import LayerNames
 from encoderlens.convert.registry import WeightReader, require
 
@@ -83,6 +89,10 @@ def _customize(hf: Any, cfg: EncoderConfig) -> EncoderConfig:
     require(conv == 0, ARCH, "conv_kernel_size", conv, "0 (the ConvLayer after block 0 is not implemented)")
     emb_size = getattr(hf, "embedding_size", None) or hf.hidden_size
     require(emb_size == hf.hidden_size, ARCH, "embedding_size", emb_size, "hidden_size (no embedding projection)")
+    head = cfg.classifier
+    if head is not None and head.task == "sequence":
+        size = getattr(hf, "pooler_hidden_size", hf.hidden_size)
+        require(size == hf.hidden_size, ARCH, "pooler_hidden_size", size, f"hidden_size={hf.hidden_size}")
     stack = cfg.stack
     n_ctx = cfg.embed.n_ctx if getattr(hf, "position_biased_input", True) else 0
     return dataclasses.replace(
@@ -121,7 +131,15 @@ SPEC = BertLike(
     name=ARCH,
     prefix="deberta.",
     model_types=("deberta-v2",),
-    architectures={"DebertaV2Model": None, "DebertaV2ForMaskedLM": None},
+    architectures={
+        "DebertaV2Model": None,
+        "DebertaV2ForMaskedLM": None,
+        "DebertaV2ForSequenceClassification": Classifier(
+            "sequence", "classifier", hidden="pooler.dense", hidden_act_key="pooler_hidden_act"
+        ),
+        "DebertaV2ForTokenClassification": Classifier("token", "classifier"),
+        "DebertaV2ForQuestionAnswering": QuestionAnswering(),
+    },
     fields=Fields(d_head="attention_head_size"),
     handled=frozenset(
         {
@@ -137,10 +155,11 @@ SPEC = BertLike(
             "conv_groups",
             "embedding_size",
             "legacy",  # which MLM layout HF builds; we take the one whose weights are present
+            "pooler_hidden_act",  # the ContextPooler of DebertaV2ForSequenceClassification
+            "pooler_hidden_size",
         }
     ),
-    # the ContextPooler of DebertaV2ForSequenceClassification (not converted) reads the pooler_* keys
-    ignored=frozenset({"pooler_dropout", "pooler_hidden_act", "pooler_hidden_size"}),
+    ignored=frozenset({"pooler_dropout", "cls_dropout"}),
     layer_names=LayerNames(q="attention.self.query_proj", k="attention.self.key_proj", v="attention.self.value_proj"),
     pooler=None,
     mlm=(

@@ -7,7 +7,7 @@ checkpoint omits it, we rebuild the sinusoidal table as HF's initialisation does
 
 Heads: MLM (``vocab_transform`` -> ``config.activation`` -> ``vocab_layer_norm`` -> tied
 ``vocab_projector``), sequence classification (first token -> ``pre_classifier`` -> ReLU ->
-``classifier``) and token classification.
+``classifier``), token classification and question answering (``qa_outputs``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from encoderlens.convert.bertlike import BertLike, Classifier, Fields, MLMLayout, register_bertlike
+from encoderlens.convert.bertlike import BertLike, Classifier, Fields, MLMLayout, QuestionAnswering, register_bertlike
 from encoderlens.convert.common import LayerNames
 from encoderlens.convert.registry import require
 
@@ -58,6 +58,7 @@ SPEC = BertLike(
             "sequence", "classifier", hidden="pre_classifier", hidden_act="relu"
         ),
         "DistilBertForTokenClassification": Classifier("token", "classifier"),
+        "DistilBertForQuestionAnswering": QuestionAnswering(),
     },
     fields=Fields(
         d_model="dim",

@@ -13,11 +13,12 @@ Heads:
 - ``ElectraForMaskedLM`` (the generator): dense to ``embedding_size`` -> GELU -> LayerNorm -> tied decoder.
 - ``ElectraForSequenceClassification``: first token -> dense -> GELU -> out_proj (HF hard-codes GELU).
 - ``ElectraForTokenClassification``: linear on every position.
+- ``ElectraForQuestionAnswering``: ``qa_outputs``, linear to start and end logits on every position.
 """
 
 from __future__ import annotations
 
-from encoderlens.convert.bertlike import BertLike, Classifier, MLMLayout, register_bertlike
+from encoderlens.convert.bertlike import BertLike, Classifier, MLMLayout, QuestionAnswering, register_bertlike
 
 SPEC = BertLike(
     name="electra",
@@ -38,6 +39,7 @@ SPEC = BertLike(
             "sequence", "classifier.out_proj", hidden="classifier.dense", hidden_act="gelu"
         ),
         "ElectraForTokenClassification": Classifier("token", "classifier"),
+        "ElectraForQuestionAnswering": QuestionAnswering(),
     },
     handled=frozenset({"embedding_size"}),
     # the sequence-summary options of ElectraConfig are read by no ELECTRA model class; generator_size is

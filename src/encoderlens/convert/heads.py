@@ -1,4 +1,4 @@
-"""Head helpers shared by the text-encoder converters: classifier configs and weights, the MLM unembedding.
+"""Head helpers shared by the text-encoder converters: classifier and QA configs and weights, the MLM unembedding.
 
 Which head a checkpoint has comes from its HF architecture (``*ForSequenceClassification`` and
 ``*ForTokenClassification`` hold the same ``classifier.weight`` shape, so weights alone cannot tell
@@ -11,7 +11,15 @@ from typing import Any
 
 from torch import Tensor
 
-from encoderlens.config import ClassifierHeadConfig, ClassifierInput, ClassifierTask, ProblemType
+from encoderlens.config import (
+    QA_LABELS,
+    ClassifierHeadConfig,
+    ClassifierInput,
+    ClassifierTask,
+    NormConfig,
+    ProblemType,
+    QAHeadConfig,
+)
 from encoderlens.convert.common import linear_weight
 from encoderlens.convert.registry import WeightReader, require
 
@@ -40,10 +48,35 @@ def classifier_config(
     )
 
 
+def qa_config(
+    hf: Any, arch: str, architecture: str, hidden_act: str | None = None, hidden_norm: NormConfig | None = None
+) -> QAHeadConfig:
+    """The QA head of a ``*ForQuestionAnswering`` checkpoint, refusing any ``num_labels`` but 2.
+
+    HF builds ``Linear(d_model, num_labels)`` and splits its output with ``split(1, dim=-1)`` into exactly
+    ``start_logits, end_logits``: any other count fails in HF's own forward.
+
+    Args:
+        hf: The HF config (``num_labels`` / ``id2label`` are read).
+        arch: The converter's name, for messages.
+        architecture: The HF architecture, for messages.
+        hidden_act, hidden_norm: The hidden layer before the output layer (ModernBERT), or None.
+    """
+    n = len(class_labels(hf))
+    require(
+        n == len(QA_LABELS),
+        arch,
+        f"num_labels (for {architecture})",
+        n,
+        "2: HF splits the QA logits into start and end, and its forward fails on any other count",
+    )
+    return QAHeadConfig(hidden_act=hidden_act, hidden_norm=hidden_norm)
+
+
 def take_classifier(
     r: WeightReader, out: dict[str, Tensor], output: str, hidden: str | None = None, prefix: str = "classifier."
 ) -> None:
-    """Take the classifier's linear layers: ``hidden`` (optional dense) and ``output`` (HF module names)."""
+    """Take a head's linear layers: ``hidden`` (optional dense) and ``output`` (HF module names), into ``prefix``."""
     if hidden is not None:
         out[prefix + "W_hidden"] = linear_weight(r.take(hidden + ".weight"))
         out[prefix + "b_hidden"] = r.take(hidden + ".bias")

@@ -1,4 +1,5 @@
-"""ModernBERT (``ModernBertModel``, ``ModernBertForMaskedLM``) -> :class:`HookedEncoder`.
+"""ModernBERT (``ModernBertModel``, ``ModernBertForMaskedLM``, ``ModernBertFor{Sequence,Token}Classification``,
+``ModernBertForQuestionAnswering``) -> :class:`HookedEncoder`.
 
 ModernBERT is a pre-LN encoder: token embedding -> LayerNorm, then blocks with rotary attention
 (alternating sliding-window "local" layers and "global" layers with their own rope theta), a GeGLU
@@ -12,12 +13,19 @@ Mapping notes:
 - Local layers see keys within ``local_attention // 2`` positions (HF's ``sliding_window``).
 - The MLM head ``dense -> act -> norm -> decoder`` maps to :class:`MLMHead`; when the checkpoint has no
   dense bias (``classifier_bias=False``, the default) or no decoder bias, those are loaded as zeros.
+- The task heads read the same prediction head (``head``: dense -> ``classifier_activation`` -> LayerNorm)
+  and then ``classifier``; both become one :class:`ClassifierHead` / :class:`QAHead` (hidden layer + norm
+  + output layer). The sequence classifier first pools the final residual by ``classifier_pooling``:
+  ``"cls"`` (position 0) or ``"mean"`` (over real tokens), then applies the prediction head, as HF does.
+  The token classifier and the QA head apply it at every position; the QA head's two logits are HF's
+  ``start_logits`` / ``end_logits``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -25,6 +33,7 @@ from torch import Tensor
 from encoderlens.config import (
     ACTIVATIONS,
     AttentionConfig,
+    ClassifierInput,
     EmbeddingConfig,
     EncoderConfig,
     MLMHeadConfig,
@@ -34,6 +43,7 @@ from encoderlens.config import (
     StackConfig,
 )
 from encoderlens.convert.common import head_bias, head_in_weight, head_out_weight, linear_weight
+from encoderlens.convert.heads import classifier_config, qa_config
 from encoderlens.convert.registry import WeightReader, check_config_keys, register, require
 
 ARCH = "modernbert"
@@ -63,6 +73,7 @@ HANDLED_KEYS = frozenset(
         "local_rope_theta",
         "classifier_activation",
         "classifier_bias",  # the head's dense bias: taken if present
+        "classifier_pooling",  # sequence classification: "cls" or "mean"
         "decoder_bias",  # the decoder bias: taken if present
         "tie_word_embeddings",
     }
@@ -75,7 +86,6 @@ IGNORED_KEYS = frozenset(
         "embedding_dropout",
         "mlp_dropout",
         "classifier_dropout",
-        "classifier_pooling",  # sequence classification only
         "initializer_cutoff_factor",
         "deterministic_flash_attn",
         "reference_compile",
@@ -120,6 +130,10 @@ def _rope_theta(hf: Any, layer_type: str) -> float:
     return float(getattr(hf, name))
 
 
+def _norm(hf: Any) -> NormConfig:
+    return NormConfig("layernorm", eps=hf.norm_eps, bias=bool(hf.norm_bias))
+
+
 def modernbert_config(hf: Any, architecture: str, mlm: bool, tied: bool) -> EncoderConfig:
     """Map and check an HF ``ModernBertConfig``."""
     require(
@@ -138,7 +152,7 @@ def modernbert_config(hf: Any, architecture: str, mlm: bool, tied: bool) -> Enco
     if mlm:
         act = hf.classifier_activation
         require(act in ACTIVATIONS, ARCH, "classifier_activation", act, ", ".join(ACTIVATIONS))
-    norm = NormConfig("layernorm", eps=hf.norm_eps, bias=bool(hf.norm_bias))
+    norm = _norm(hf)
     d_model, n_heads = hf.hidden_size, hf.num_attention_heads
     d_head = d_model // n_heads
     types = _layer_types(hf)
@@ -182,13 +196,55 @@ def _take_norm(r: WeightReader, theirs: str, ours: str, bias: bool, out: dict[st
         out[ours + ".b"] = r.take(theirs + ".bias")
 
 
-@register("ModernBertModel", "ModernBertForMaskedLM", model_types=["modernbert"])
+#: The task head each HF architecture puts on the prediction head (``head``); None: none (the MLM head, if
+#: any, follows the weights present).
+Task = Literal["sequence", "token", "qa"]
+TASKS: dict[str, Task | None] = {
+    "ModernBertModel": None,
+    "ModernBertForMaskedLM": None,
+    "ModernBertForSequenceClassification": "sequence",
+    "ModernBertForTokenClassification": "token",
+    "ModernBertForQuestionAnswering": "qa",
+}
+_POOLING: dict[str, ClassifierInput] = {"cls": "first_token", "mean": "mean"}
+
+
+def _with_task_head(hf: Any, cfg: EncoderConfig, task: Task) -> EncoderConfig:
+    """Add the classifier or QA head: the prediction head (dense -> act -> norm) then ``classifier``."""
+    act = hf.classifier_activation
+    require(act in ACTIVATIONS, ARCH, "classifier_activation", act, ", ".join(ACTIVATIONS))
+    norm = _norm(hf)
+    if task == "qa":
+        return dataclasses.replace(cfg, qa_head=qa_config(hf, ARCH, cfg.architecture, act, norm))
+    if task == "sequence":
+        pooling = getattr(hf, "classifier_pooling", "cls")
+        require(pooling in _POOLING, ARCH, "classifier_pooling", pooling, "'cls', 'mean'")
+        head = classifier_config(hf, "sequence", _POOLING[pooling], hidden_act=act)
+    else:
+        head = classifier_config(hf, "token", hidden_act=act)
+    return dataclasses.replace(cfg, classifier=dataclasses.replace(head, hidden_norm=norm))
+
+
+def _take_task_head(r: WeightReader, out: dict[str, Tensor], prefix: str, norm_bias: bool) -> None:
+    dense = r.take("head.dense.weight")
+    out[prefix + "W_hidden"] = linear_weight(dense)
+    dense_bias = r.take_optional("head.dense.bias")  # classifier_bias=False (the default): none
+    out[prefix + "b_hidden"] = dense_bias if dense_bias is not None else torch.zeros(dense.shape[0])
+    _take_norm(r, "head.norm", prefix + "ln", norm_bias, out)
+    out[prefix + "W"] = linear_weight(r.take("classifier.weight"))
+    out[prefix + "b"] = r.take("classifier.bias")
+
+
+@register(*TASKS, model_types=["modernbert"])
 def convert(hf_config: Any, state_dict: Mapping[str, Tensor]) -> tuple[EncoderConfig, dict[str, Tensor]]:
-    """Convert a ModernBERT checkpoint; the MLM head follows the weights present."""
+    """Convert a ModernBERT checkpoint; the task head follows the architecture, the MLM head the weights present."""
     check_config_keys(hf_config, ARCH, HANDLED_KEYS, IGNORED_KEYS)
     r = WeightReader(state_dict, ARCH)
     r.strip_prefix("model.")
-    mlm = r.has("head.dense.weight")
+    archs = list(getattr(hf_config, "architectures", None) or [])
+    arch = next((a for a in archs if a in TASKS), archs[0] if archs else "ModernBertModel")
+    task = TASKS.get(arch)
+    mlm = task is None and r.has("head.dense.weight")
     if not mlm and (r.has("decoder.weight") or r.has("decoder.bias")):
         raise ValueError("modernbert checkpoint has decoder weights but no head.dense; the checkpoint is incomplete")
     emb = r.take("embeddings.tok_embeddings.weight")
@@ -199,8 +255,9 @@ def convert(hf_config: Any, state_dict: Mapping[str, Tensor]) -> tuple[EncoderCo
             "modernbert decoder.weight differs from the token embeddings although tie_word_embeddings=True; "
             "HF would tie them. Fix the checkpoint's config (tie_word_embeddings=False) to load the separate decoder"
         )
-    arch = (getattr(hf_config, "architectures", None) or ["ModernBertModel"])[0]
     cfg = modernbert_config(hf_config, arch, mlm=mlm, tied=tied)
+    if task is not None:
+        cfg = _with_task_head(hf_config, cfg, task)
     h, nb = cfg.n_heads, cfg.stack.norm.bias
     attn_bias = cfg.stack.attn.qkv_bias
     d_mlp = cfg.stack.mlp.d_mlp
@@ -237,5 +294,7 @@ def convert(hf_config: Any, state_dict: Mapping[str, Tensor]) -> tuple[EncoderCo
             out["mlm_head.W_U_untied"] = linear_weight(decoder)
         dec_bias = r.take_optional("decoder.bias")
         out["mlm_head.b_U"] = dec_bias if dec_bias is not None else torch.zeros(emb.shape[0])
+    if task is not None:
+        _take_task_head(r, out, "qa_head." if task == "qa" else "classifier.", nb)
     r.finish()
     return cfg, out

@@ -7,12 +7,12 @@ says (1 in released checkpoints: one all-zero segment embedding, still added).
 
 Heads: MLM (``lm_head``: dense -> exact GELU -> LayerNorm -> tied decoder; HF hard-codes GELU here),
 pooler, sequence classification (``classifier.dense`` -> tanh -> ``classifier.out_proj`` on the first
-token) and token classification. :func:`roberta_like` is the spec CamemBERT and Data2VecText reuse.
+token), token classification and question answering (``qa_outputs``). :func:`roberta_like` is the spec CamemBERT and Data2VecText reuse.
 """
 
 from __future__ import annotations
 
-from encoderlens.convert.bertlike import BertLike, Classifier, MLMLayout, register_bertlike
+from encoderlens.convert.bertlike import BertLike, Classifier, MLMLayout, QuestionAnswering, register_bertlike
 
 #: RoBERTa's MLM head (exact GELU whatever ``hidden_act`` says) and sequence classifier.
 ROBERTA_MLM = MLMLayout(
@@ -36,6 +36,7 @@ def roberta_like(hf_name: str, prefix: str, model_types: tuple[str, ...]) -> Ber
             f"{hf_name}ForMaskedLM": None,
             f"{hf_name}ForSequenceClassification": ROBERTA_SEQUENCE,
             f"{hf_name}ForTokenClassification": ROBERTA_TOKEN,
+            f"{hf_name}ForQuestionAnswering": QuestionAnswering(),
         },
         mlm=(ROBERTA_MLM,),
         fairseq_positions=True,

@@ -118,8 +118,10 @@ class Readout:
     """The head that reads a residual stream into output logits (what the logit lens and DLA apply).
 
     Attributes:
-        name: Module path of the head (``"mlm_head"``, ``"ctc_head"``, ``"lm_head"``, ``"classifier"``).
-        kind: ``"mlm"``, ``"ctc"``, ``"lm"`` or ``"classifier"`` (token classification).
+        name: Module path of the head (``"mlm_head"``, ``"ctc_head"``, ``"lm_head"``, ``"classifier"``,
+            ``"qa_head"``).
+        kind: ``"mlm"``, ``"ctc"``, ``"lm"``, ``"classifier"`` (token classification) or ``"qa"`` (question
+            answering: start and end logits per position, normalised over positions, not over the two).
         head: Maps the stream's *final* state (after the stream's final norm, as the model applies it) to
             logits, ``(..., d_model) -> (..., n_outputs)``.
         linear: Whether ``head`` is affine in its input (then direct attributions through it are exact).

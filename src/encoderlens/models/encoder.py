@@ -15,7 +15,7 @@ from encoderlens.cache import StreamSpec
 from encoderlens.components.attention import build_additive_mask
 from encoderlens.components.attention_deberta import RelativeEmbedding
 from encoderlens.components.blocks import TransformerBlock
-from encoderlens.components.heads import ClassifierHead, MLMHead, MLMUnembed, NSPHead, Pooler, SentencePooler
+from encoderlens.components.heads import ClassifierHead, MLMHead, MLMUnembed, NSPHead, Pooler, QAHead, SentencePooler
 from encoderlens.components.norm import make_norm
 from encoderlens.components.stack import run_blocks
 from encoderlens.components.text_embed import TextEmbed, nest_embed_weights
@@ -39,11 +39,11 @@ from encoderlens.models.encoder_text import EncoderTextIO
 from encoderlens.models.mask_fill import mask_predictions
 
 EncoderReturnType = Literal[
-    "auto", "logits", "predictions", "mask_predictions", "embeddings", "pooled", "nsp", "classification",
+    "auto", "logits", "predictions", "mask_predictions", "embeddings", "pooled", "nsp", "classification", "qa",
     "sentence_embedding", "all",
 ]  # fmt: skip
 _RETURN_TYPES = (
-    "auto", "logits", "predictions", "mask_predictions", "embeddings", "pooled", "nsp", "classification",
+    "auto", "logits", "predictions", "mask_predictions", "embeddings", "pooled", "nsp", "classification", "qa",
     "sentence_embedding", "all", None,
 )  # fmt: skip
 
@@ -53,7 +53,8 @@ class EncoderOutput:
     """Everything the encoder computes (``return_type="all"``); absent heads give None.
 
     ``classifier_logits`` is ``(batch, n_labels)`` for a sequence classifier and ``(batch, pos, n_labels)``
-    for a token classifier; ``sentence_embedding`` is the sentence-transformers pooling (when declared).
+    for a token classifier; ``start_logits`` / ``end_logits`` are the question-answering head's (HF's names),
+    ``(batch, pos)`` each; ``sentence_embedding`` is the sentence-transformers pooling (when declared).
     """
 
     embeddings: Float[Tensor, "batch pos d_model"]
@@ -63,6 +64,8 @@ class EncoderOutput:
     attention_mask: Int[Tensor, "batch pos"]
     classifier_logits: Tensor | None = None
     sentence_embedding: Float[Tensor, "batch d_sentence"] | None = None
+    start_logits: Float[Tensor, "batch pos"] | None = None
+    end_logits: Float[Tensor, "batch pos"] | None = None
 
 
 class HookedEncoder(StackWeightsMixin, EncoderTextIO, HookedModel):
@@ -79,8 +82,9 @@ class HookedEncoder(StackWeightsMixin, EncoderTextIO, HookedModel):
     - ``blocks.{i}.hook_resid_pre | hook_attn_out | hook_resid_mid | hook_mlp_out | hook_resid_post``
     - ``blocks.{i}.attn.hook_q | hook_k | hook_v | hook_attn_scores | hook_pattern | hook_z | hook_result``
     - ``blocks.{i}.mlp.hook_pre | hook_post``; ``blocks.{i}.ln1 | ln2 .hook_scale | hook_normalized``
-    - ``mlm_head.hook_transformed``, ``pooler.hook_pooled``, ``classifier.hook_hidden | hook_logits``,
-      ``sentence_pooler.hook_pooled | hook_normalized`` when those heads exist.
+    - ``mlm_head.hook_transformed``, ``pooler.hook_pooled``, ``classifier.hook_pooled | hook_hidden |
+      hook_logits``, ``qa_head.hook_logits``, ``sentence_pooler.hook_pooled | hook_normalized`` when those
+      heads exist (ModernBERT's classifier and QA heads add ``hook_hidden`` and ``ln.*``).
 
     Shared layers (ALBERT, ``cfg.param_source``): every application of a shared layer is its own block
     module (``blocks.{i}``) holding the *same* parameter objects, so each application has its own hook
@@ -150,6 +154,7 @@ class HookedEncoder(StackWeightsMixin, EncoderTextIO, HookedModel):
         self.pooler = Pooler(d) if cfg.pooler else None
         self.nsp_head = NSPHead(d) if cfg.nsp_head else None
         self.classifier = ClassifierHead(d, cfg.classifier) if cfg.classifier is not None else None
+        self.qa_head = QAHead(d, cfg.qa_head) if cfg.qa_head is not None else None
         sp = cfg.sentence_pooling
         self.sentence_pooler = SentencePooler(sp, d) if sp is not None else None
         self.setup()
@@ -311,10 +316,12 @@ class HookedEncoder(StackWeightsMixin, EncoderTextIO, HookedModel):
                 ``[MASK]``; a list per text, or a list of lists for a batch), ``"embeddings"`` (final
                 residual stream), ``"pooled"``, ``"nsp"`` (next-sentence logits), ``"classification"``
                 (classifier logits: ``(batch, n_labels)`` for a sequence head, ``(batch, pos, n_labels)``
-                for a token head; names in :attr:`class_labels`), ``"sentence_embedding"`` (the pooling a
-                sentence-transformers folder declares), ``"all"`` (:class:`EncoderOutput`), ``"auto"`` (the
-                default: logits with an MLM head, else embeddings; see :attr:`default_return_type`), or None
-                (run for hooks only).
+                for a token head; names in :attr:`class_labels`), ``"qa"`` (question answering: ``(batch,
+                pos, 2)`` logits, ``[..., 0]`` HF's ``start_logits`` and ``[..., 1]`` its ``end_logits``),
+                ``"sentence_embedding"`` (the pooling a sentence-transformers folder declares), ``"all"``
+                (:class:`EncoderOutput`), ``"auto"`` (the default: logits with an MLM head, the QA logits
+                with a QA head, else embeddings; see :attr:`default_return_type`), or None (run for hooks
+                only).
             token_type_ids: With token ids: segment ids.
             one_zero_attention_mask: With token ids: 1 = real token, 0 = padding. Token ids that start or
                 end with the padding token and come without a mask run unmasked, with a warning (as HF).
@@ -343,6 +350,11 @@ class HookedEncoder(StackWeightsMixin, EncoderTextIO, HookedModel):
                 f"return_type='classification' needs a classification head, and this {self.cfg.architecture} "
                 "checkpoint has none; load a *ForSequenceClassification or *ForTokenClassification checkpoint"
             )
+        if return_type == "qa" and self.qa_head is None:
+            raise ValueError(
+                f"return_type='qa' needs a question-answering head, and this {self.cfg.architecture} checkpoint "
+                "has none; load a *ForQuestionAnswering checkpoint"
+            )
         if return_type == "sentence_embedding" and self.sentence_pooler is None:
             why = self.sentence_pooling_note or "the checkpoint folder has no sentence-transformers modules.json"
             raise ValueError(
@@ -364,22 +376,30 @@ class HookedEncoder(StackWeightsMixin, EncoderTextIO, HookedModel):
             assert self.pooler is not None and self.nsp_head is not None
             return self.nsp_head(self.pooler(resid))
         if return_type == "classification":
-            return self._classify(resid)
+            return self._classify(resid, batch.attention_mask)
+        if return_type == "qa":
+            assert self.qa_head is not None
+            return self.qa_head(resid)
         if return_type == "sentence_embedding":
             assert self.sentence_pooler is not None
             return self.sentence_pooler(resid, batch.attention_mask)
         if return_type == "all":
             pooled = self.pooler(resid) if self.pooler is not None else None
+            qa = self.qa_head(resid) if self.qa_head is not None else None
             return EncoderOutput(
                 embeddings=resid,
                 logits=self.mlm_head.logits(resid) if self.mlm_head is not None else None,
                 pooled=pooled,
                 nsp_logits=self.nsp_head(pooled) if self.nsp_head is not None and pooled is not None else None,
                 attention_mask=batch.attention_mask,
-                classifier_logits=self._classify(resid, pooled) if self.classifier is not None else None,
+                classifier_logits=(
+                    self._classify(resid, batch.attention_mask, pooled) if self.classifier is not None else None
+                ),
                 sentence_embedding=(
                     self.sentence_pooler(resid, batch.attention_mask) if self.sentence_pooler is not None else None
                 ),
+                start_logits=qa[..., 0] if qa is not None else None,
+                end_logits=qa[..., 1] if qa is not None else None,
             )
         assert self.mlm_head is not None
         logits = self.mlm_head.logits(resid)
@@ -403,7 +423,12 @@ class HookedEncoder(StackWeightsMixin, EncoderTextIO, HookedModel):
             return [f"Prediction {i}: {p}" for i, p in enumerate(predictions.split(" "))]
         return predictions
 
-    def _classify(self, resid: Float[Tensor, "batch pos d_model"], pooled: Tensor | None = None) -> Tensor:
+    def _classify(
+        self,
+        resid: Float[Tensor, "batch pos d_model"],
+        attention_mask: Int[Tensor, "batch pos"],
+        pooled: Tensor | None = None,
+    ) -> Tensor:
         assert self.classifier is not None
         head = self.classifier.cfg
         if head.task == "token":
@@ -411,7 +436,7 @@ class HookedEncoder(StackWeightsMixin, EncoderTextIO, HookedModel):
         if head.input == "pooler":
             assert self.pooler is not None
             return self.classifier(self.pooler(resid) if pooled is None else pooled)
-        return self.classifier(resid[:, 0])
+        return self.classifier(self.classifier.pool(resid, attention_mask))
 
     def predict_labels(self, input: Any, one_zero_attention_mask: Any = None, token_type_ids: Any = None) -> list[Any]:
         """Predicted label names from the classification head.
@@ -430,7 +455,7 @@ class HookedEncoder(StackWeightsMixin, EncoderTextIO, HookedModel):
             raise ValueError("this head is a regression head (no labels); use return_type='classification'")
         batch = self.tokenize(input, one_zero_attention_mask, token_type_ids)
         with torch.no_grad():  # names only: no graph needed (hooks still fire)
-            logits = self._classify(self.encode(batch))
+            logits = self._classify(self.encode(batch), batch.attention_mask)
         labels = head.labels
 
         def name(row: Tensor) -> Any:
@@ -512,14 +537,24 @@ class HookedEncoder(StackWeightsMixin, EncoderTextIO, HookedModel):
 
     @property
     def default_return_type(self) -> str:
-        """``"logits"`` (MLM) when the checkpoint has an MLM head, else ``"embeddings"`` (final residual)."""
-        return "logits" if self.mlm_head is not None else "embeddings"
+        """``"logits"`` (MLM) with an MLM head, ``"qa"`` with a question-answering head, else ``"embeddings"``."""
+        if self.mlm_head is not None:
+            return "logits"
+        return "qa" if self.qa_head is not None else "embeddings"
 
     def readout(self, stream: str | None = None) -> Readout | None:
-        """The MLM head (nonlinear: dense -> act -> LN -> unembed), else a token-classification head."""
+        """The MLM head (nonlinear: dense -> act -> LN -> unembed), else a QA or a token-classification head.
+
+        A QA head's readout (kind ``"qa"``) gives ``(..., 2)`` logits labelled ``("start", "end")``: the
+        logit lens and direct logit attribution read a position's start or end logit through it. Its
+        probabilities are over positions (HF's span loss), not over these two labels.
+        """
         self.stream_spec(stream)  # validates the stream name
         if self.mlm_head is not None:
             return Readout("mlm_head", "mlm", self.mlm_head.logits, linear=False, return_type="logits")
+        if self.qa_head is not None:
+            qa = self.qa_head
+            return Readout("qa_head", "qa", qa, qa.W_hidden is None, "qa", output_labels=qa.cfg.labels)
         head = self.classifier
         if head is None or head.cfg.task != "token":
             return None

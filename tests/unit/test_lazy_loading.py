@@ -25,13 +25,15 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import BertForMaskedLM, BertModel, HubertConfig, HubertForCTC
+from transformers import BertForMaskedLM, BertModel, HubertConfig, HubertForCTC, ModernBertForMaskedLM
 
 import encoderlens
 from encoderlens.convert.registry import WeightReader
 from encoderlens.io import weight_files
 from encoderlens.models.base import HookedModel
 from tests.parity.test_audio_parity import tiny_kwargs as hubert_kwargs
+from tests.parity.test_modernbert_parity import tiny_config as modernbert_config
+from tests.parity.test_whisper_parity import make_whisper
 from tests.seq2seq_helpers import make_hf
 from tests.unit.analysis_helpers import tiny_config
 
@@ -41,6 +43,8 @@ MAKERS = {
     "t5_untied": lambda: make_hf("t5_gated"),
     "bart": lambda: make_hf("bart"),
     "hubert": lambda: HubertForCTC(HubertConfig(**hubert_kwargs())),
+    "modernbert": lambda: ModernBertForMaskedLM(modernbert_config()),
+    "whisper": lambda: make_whisper(),
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertModel
@@ -119,6 +121,28 @@ def test_converter_rejects_leftover_weights(tmp_path):
     from transformers import BertForSequenceClassification
 
     hf = BertForSequenceClassification(tiny_config(num_labels=3)).eval()
-    hf.config.architectures = ["BertModel"]  # pretend; the classifier weights must still be noticed
+    path = save_tiny(hf, tmp_path)
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text())
+    config["architectures"] = ["BertModel"]  # pretend; the classifier weights must still be noticed
+    config_file.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="classifier"):
-        HookedEncoder.from_pretrained(hf_model=hf)
+        HookedEncoder.from_pretrained(path)
+
+
+@pytest.mark.parametrize("saved_as", [None, ["BertForMaskedLM"]])
+def test_hf_model_object_is_converted_as_its_own_class(saved_as):
+    """An HF model object is what its class says: built from a config it has no ``architectures`` yet, and
+    one loaded from another head's checkpoint keeps that head's name there."""
+    from transformers import BertForQuestionAnswering
+
+    hf = BertForQuestionAnswering(tiny_config()).eval()
+    hf.config.architectures = saved_as
+    model = HookedEncoder.from_pretrained(hf_model=hf)
+    assert hf.config.architectures == saved_as  # the user's config is not modified
+    tokens, mask, tt = padded_batch()
+    with torch.no_grad():
+        ours = model(tokens, one_zero_attention_mask=mask, token_type_ids=tt)
+        theirs = hf(input_ids=tokens, attention_mask=mask, token_type_ids=tt)
+    assert masked_max_diff(ours[..., 0], theirs.start_logits, mask) < ATOL
+    assert masked_max_diff(ours[..., 1], theirs.end_logits, mask) < ATOL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable
@@ -172,6 +173,19 @@ def open_weights(path: Path) -> LazyWeights:
     return LazyWeights(readers)
 
 
+def _config_of(hf_model: Any) -> Any:
+    """``hf_model``'s config, naming the model's own class first in ``architectures`` (a copy; theirs is kept).
+
+    The class is what the weights are: a model built from a config (``BertForQuestionAnswering(config)``)
+    has no ``architectures`` until it is saved, and one loaded from another head's checkpoint keeps that
+    head's name there. The config's own names follow, for subclasses the converters do not know.
+    """
+    config = copy.copy(hf_model.config)
+    own = type(hf_model).__name__
+    config.architectures = [own, *(a for a in (getattr(config, "architectures", None) or []) if a != own)]
+    return config
+
+
 def read_checkpoint(
     name_or_path: str | os.PathLike[str] | None, hf_model: Any = None, revision: str | None = None
 ) -> Checkpoint:
@@ -187,7 +201,7 @@ def read_checkpoint(
         if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
             raise TypeError(f"hf_model must be a transformers PreTrainedModel, got {type(hf_model).__name__}")
         path = resolve_path(name_or_path) if name_or_path is not None and Path(str(name_or_path)).is_dir() else None
-        return Checkpoint(hf_model.config, LazyWeights.of_tensors(hf_model.state_dict()), path)
+        return Checkpoint(_config_of(hf_model), LazyWeights.of_tensors(hf_model.state_dict()), path)
     if name_or_path is None:
         name_or_path = "default"
     if not isinstance(name_or_path, (str, os.PathLike)):

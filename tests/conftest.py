@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -57,6 +58,16 @@ def raises_input_error(
         assert named or across, f"the type check failed on another parameter than {param!r}: {message}"
     elif match is not None:
         assert re.search(match, message), f"{match!r} not found in {message!r}"
+
+
+def save_claiming(model, tmp_path, architectures):
+    """Save an HF model with ``architectures`` written into its config.json (a checkpoint that claims
+    another class than its weights: an ``hf_model=`` object is always converted as its own class)."""
+    path = save_tiny(model, tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    config["architectures"] = list(architectures)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
 
 
 def save_tiny(model, tmp_path, tokenizer=None):

@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from encoderlens import HookedAudioEncoder
-from tests.conftest import masked_max_diff, pattern_max_diff, raises_input_error, randomize_norms
+from tests.conftest import masked_max_diff, pattern_max_diff, raises_input_error, randomize_norms, save_claiming
 
 ATOL = 1e-4
 LENGTHS = (617, 403, 250)  # samples; the tiny conv stack (kernels 10, 3; strides 5, 2) needs >= 20
@@ -451,13 +451,13 @@ def test_loads_from_hf_object_and_rejects_unsupported(tmp_path):
         )
 
 
-def test_converter_rejects_leftover_weights():
+def test_converter_rejects_leftover_weights(tmp_path):
     from transformers import Wav2Vec2ForSequenceClassification
 
     hf = Wav2Vec2ForSequenceClassification(Wav2Vec2Config(**tiny_kwargs(num_labels=3))).eval()
-    hf.config.architectures = ["Wav2Vec2Model"]  # pretend; the classifier weights must still be noticed
+    path = save_claiming(hf, tmp_path, ["Wav2Vec2Model"])  # pretend; the classifier weights must still be noticed
     with pytest.raises(ValueError, match="classifier"):
-        HookedAudioEncoder.from_pretrained(hf_model=hf)
+        HookedAudioEncoder.from_pretrained(path)
 
 
 def test_legacy_weight_norm_names_convert_the_same():

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining, BertModel
 
 from encoderlens import HookedEncoder
-from tests.conftest import masked_max_diff, pattern_max_diff, randomize_norms, save_tiny
+from tests.conftest import masked_max_diff, pattern_max_diff, randomize_norms, save_claiming, save_tiny
 
 ATOL = 1e-4
 
@@ -121,11 +119,7 @@ def test_converter_rejects_leftover_weights(tmp_path):
     from transformers import BertForSequenceClassification
 
     hf = BertForSequenceClassification(tiny_config(num_labels=3)).eval()
-    path = save_tiny(hf, tmp_path)
-    config_file = path / "config.json"
-    config = json.loads(config_file.read_text())
-    config["architectures"] = ["BertModel"]  # pretend; the classifier weights must still be noticed
-    config_file.write_text(json.dumps(config))
+    path = save_claiming(hf, tmp_path, ["BertModel"])  # pretend; the classifier weights must still be noticed
     with pytest.raises(ValueError, match="classifier"):
         HookedEncoder.from_pretrained(path)
 

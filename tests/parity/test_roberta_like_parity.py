@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from encoderlens import HookedEncoder
-from tests.conftest import masked_max_diff, save_tiny
+from tests.conftest import masked_max_diff, save_claiming, save_tiny
 from tests.parity.encoder_parity import ATOL, assert_stream_parity, load_pair, max_diff, padded_batch, run_both
 from tests.parity.test_roberta_parity import PAD, tiny
 
@@ -121,9 +121,9 @@ def test_unsupported_setting_is_refused_naming_the_architecture(tmp_path, family
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_leftover_head_weights_are_refused(family):
+def test_leftover_head_weights_are_refused(family, tmp_path):
     cfg_cls, _, _, seq_cls, _ = FAMILIES[family]
     hf = seq_cls(tiny(cfg_cls, num_labels=2)).eval()
-    hf.config.architectures = [f"{seq_cls.__name__.split('For')[0]}Model"]
+    path = save_claiming(hf, tmp_path, [f"{seq_cls.__name__.split('For')[0]}Model"])
     with pytest.raises(ValueError, match=f"{family} converter left .* classifier"):
-        HookedEncoder.from_pretrained(hf_model=hf)
+        HookedEncoder.from_pretrained(path)

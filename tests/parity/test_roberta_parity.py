@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from encoderlens import HookedEncoder
-from tests.conftest import masked_max_diff, save_tiny
+from tests.conftest import masked_max_diff, save_claiming, save_tiny
 from tests.parity.encoder_parity import ATOL, assert_stream_parity, load_pair, max_diff, padded_batch, run_both
 
 PAD = 1
@@ -126,9 +126,9 @@ def test_rejects_unsupported_settings(tmp_path):
 
 def test_rejects_leftover_head_weights(tmp_path):
     hf = RobertaForSequenceClassification(tiny(num_labels=2)).eval()
-    hf.config.architectures = ["RobertaModel"]  # the classifier weights must still be noticed
+    path = save_claiming(hf, tmp_path, ["RobertaModel"])  # the classifier weights must still be noticed
     with pytest.raises(ValueError, match="classifier"):
-        HookedEncoder.from_pretrained(hf_model=hf)
+        HookedEncoder.from_pretrained(path)
 
 
 def tiny_bpe_tokenizer():

@@ -13,7 +13,7 @@ from encoderlens.analysis.direct import direct_logit_attribution
 from encoderlens.analysis.lens import logit_lens
 from encoderlens.analysis.patching import logit_diff, patch_residual
 from encoderlens.models.contract import Prepared
-from tests.conftest import randomize_norms
+from tests.conftest import raises_input_error, randomize_norms
 from tests.unit.analysis_helpers import padded_tokens, tiny_config
 
 P = 4  # the position whose start logit is measured
@@ -85,7 +85,7 @@ def test_span_probabilities_are_over_real_positions(model):
 def test_span_score_refuses_what_it_cannot_read(model):
     with pytest.raises(ValueError, match="boundary"):
         span_score(0, "middle")
-    with pytest.raises(ValueError, match="kind"):
+    with raises_input_error(ValueError, match="kind", param="kind"):
         span_score(0, kind="odds")  # type: ignore[arg-type]
     batch = Prepared("encoder", (), {}, {None: torch.ones(1, 3, dtype=torch.long)}, {None: None})
     with pytest.raises(TypeError, match="return_type='qa'"):

@@ -20,6 +20,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -47,7 +48,15 @@ _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 _OWN_MAPPING = 1 << 20  # tensors from this size on are read into memory mapped for them alone
 
 
-class LazyWeights(Mapping[str, Tensor]):
+if TYPE_CHECKING:
+    _WeightMapping = Mapping[str, Tensor]
+else:
+    # a runtime type checker (beartype) checks a subclass of ``Mapping[str, Tensor]`` by reading one of
+    # its values, which here reads a tensor from disk; the plain ABC is checked by isinstance alone
+    _WeightMapping = Mapping
+
+
+class LazyWeights(_WeightMapping):
     """HF parameter name -> tensor, each read (and cast) when it is looked up; nothing is cached.
 
     Args:

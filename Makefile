@@ -60,7 +60,7 @@ mutants: $(STAMP)
 
 # One thread, process CPU time, ours and HF interleaved in one process (steady on a shared machine;
 # on an idle one CPU time equals elapsed time). BENCH_ARGS="--threads 2 --clock wall" for elapsed time.
-BENCH_ARGS ?= --threads 1 --clock cpu
+BENCH_ARGS ?= --threads 1 --clock cpu --repeats 11
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 

@@ -364,11 +364,34 @@ class HookedRootModule(KeepPropertyErrors, nn.Module):
             >>> logits, cache = model.run_with_cache("The cat sat.")
             >>> cache["pattern", 0].shape  # (batch, head, query_pos, key_pos)
         """
+        return self._run_caching(
+            lambda: self(*model_args, **model_kwargs),
+            names_filter=names_filter,
+            device=device,
+            remove_batch_dim=remove_batch_dim,
+            incl_bwd=incl_bwd,
+            reset_hooks_end=reset_hooks_end,
+            return_cache_object=return_cache_object,
+        )
+
+    def _run_caching(
+        self,
+        run: Callable[[], Any],
+        *,
+        names_filter: NameFilter,
+        device: str | torch.device | None,
+        remove_batch_dim: bool,
+        incl_bwd: bool,
+        reset_hooks_end: bool,
+        return_cache_object: bool,
+        extra_fwd: Sequence[tuple[str, HookFn]] = (),
+    ) -> tuple[Any, Any]:
+        """The body of :meth:`run_with_cache`: ``run()`` under the caching hooks (and ``extra_fwd``)."""
         pending: set[torch.device] = set()
         store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pending=pending)
-        with self.hooks(fwd, bwd, reset_hooks_end=reset_hooks_end):
+        with self.hooks([*fwd, *extra_fwd], bwd, reset_hooks_end=reset_hooks_end):
             try:
-                out = self(*model_args, **model_kwargs)
+                out = run()
                 if incl_bwd:
                     target = out if isinstance(out, Tensor) else getattr(out, "logits", None)
                     if not isinstance(target, Tensor):

@@ -21,7 +21,7 @@ from encoderlens.components.mlp import MLP
 from encoderlens.components.stack_weights import StackWeights as StackWeights
 from encoderlens.components.stack_weights import StackWeightsMixin as StackWeightsMixin
 from encoderlens.convert import find_converter
-from encoderlens.hooks import HookedRootModule, NameFilter, wait_for_copies
+from encoderlens.hooks import HookedRootModule, NameFilter
 from encoderlens.io.checkpoint import Checkpoint, read_checkpoint
 from encoderlens.models.contract import ExampleInput, InputSpec, Prepared, Readout, StreamName
 from encoderlens.models.placement import (
@@ -223,29 +223,23 @@ class HookedModel(SAEHostMixin, HookedRootModule):
         )
         if stops and incl_bwd:
             raise ValueError("stop_at_layer cannot be combined with incl_bwd=True (nothing to differentiate)")
-        if not extra:
-            return super().run_with_cache(
-                *model_args,
-                names_filter=names_filter,
-                device=device,
-                remove_batch_dim=remove_batch_dim,
-                incl_bwd=incl_bwd,
-                reset_hooks_end=reset_hooks_end,
-                return_cache_object=return_cache_object,
-                **model_kwargs,
-            )
-        pending: set[torch.device] = set()
-        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pending=pending)
-        with self.hooks([*fwd, *extra], bwd, reset_hooks_end=reset_hooks_end):
+
+        def run() -> Any:
             try:
-                out = self(*model_args, **model_kwargs)
-            except StopForward as stop:
-                out = stop.value
-            finally:
-                wait_for_copies(pending)
-        if return_cache_object:
-            return out, self.make_cache(store, has_batch_dim=not remove_batch_dim)
-        return out, store
+                return self(*model_args, **model_kwargs)
+            except StopForward as stop:  # stop_at_layer: the stop hook carries the output
+                return stop.value
+
+        return self._run_caching(
+            run,
+            names_filter=names_filter,
+            device=device,
+            remove_batch_dim=remove_batch_dim,
+            incl_bwd=incl_bwd,
+            reset_hooks_end=reset_hooks_end,
+            return_cache_object=return_cache_object,
+            extra_fwd=extra,
+        )
 
     # ------------------------------------------------------------------ loading
 

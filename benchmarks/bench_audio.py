@@ -77,9 +77,6 @@ def main() -> None:
         "ours": lambda: ours(batch, return_type="logits"),
         "ours_cache_all": lambda: ours.run_with_cache(batch, return_type="logits"),
     }
-    times = time_interleaved(
-        fns, repeats=1 if args.quick else args.repeats, warmup=0 if args.quick else args.warmup, clock=args.clock
-    )
     rows = [
         Ratio("forward (CTC logits), no hooks / HF fastest (eager or sdpa)", "ours", ("hf_eager", "hf_sdpa"), 1.0),
         Ratio("forward, no hooks / HF eager", "ours", "hf_eager"),
@@ -91,6 +88,13 @@ def main() -> None:
             1.05,
         ),
     ]
+    times = time_interleaved(
+        fns,
+        repeats=1 if args.quick else args.repeats,
+        warmup=0 if args.quick else args.warmup,
+        clock=args.clock,
+        rows=rows,
+    )
     print_table(
         f"{TITLE} (threads={args.threads}, fp32, {args.clock} clock, {len(times['ours'])} rounds)",
         ratio_rows(times, rows),

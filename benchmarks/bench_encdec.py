@@ -112,9 +112,6 @@ def main() -> None:
     with torch.inference_mode():
         a, b = ours_generate(new_tokens[0]), hf_generate(new_tokens[0])
     same = torch.equal(torch.as_tensor(a), b)
-    times = time_interleaved(
-        fns, repeats=1 if args.quick else args.repeats, warmup=0 if args.quick else args.warmup, clock=args.clock
-    )
     rows = [
         Ratio("forward (LM logits), no hooks / HF fastest (eager or sdpa)", "ours", ("hf_eager", "hf_sdpa"), 1.0),
         Ratio("forward, no hooks / HF eager", "ours", "hf_eager"),
@@ -133,6 +130,13 @@ def main() -> None:
         )
         for n in new_tokens
     ]
+    times = time_interleaved(
+        fns,
+        repeats=1 if args.quick else args.repeats,
+        warmup=0 if args.quick else args.warmup,
+        clock=args.clock,
+        rows=rows,
+    )
     print_table(
         f"{TITLE} (threads={args.threads}, fp32, {args.clock} clock, {len(times['ours'])} rounds)",
         ratio_rows(times, rows),

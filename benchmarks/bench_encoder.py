@@ -146,9 +146,6 @@ def main() -> None:
     tl_fns, tl_rows = tl_cases(path, tokens, mask) if not args.tl_off else ({}, [])
     fns.update(tl_fns)
 
-    times = time_interleaved(
-        fns, repeats=1 if args.quick else args.repeats, warmup=0 if args.quick else args.warmup, clock=args.clock
-    )
     rows = [
         Ratio("forward (MLM logits), no hooks / HF fastest (eager or sdpa)", "ours", ("hf_eager", "hf_sdpa"), 1.0),
         Ratio("forward, no hooks / HF eager", "ours", "hf_eager"),
@@ -172,6 +169,13 @@ def main() -> None:
         Ratio("hook on every resid_post / HF eager", "ours_hook_every_resid", "hf_eager"),
         *tl_rows,
     ]
+    times = time_interleaved(
+        fns,
+        repeats=1 if args.quick else args.repeats,
+        warmup=0 if args.quick else args.warmup,
+        clock=args.clock,
+        rows=rows,
+    )
     print_table(
         f"{TITLE} (threads={args.threads}, fp32, {args.clock} clock, {len(times['ours'])} rounds)",
         ratio_rows(times, rows),

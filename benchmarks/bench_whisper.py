@@ -101,13 +101,17 @@ def main() -> None:
     with torch.inference_mode():
         a, b = ours_generate(), hf_generate()
     same = torch.equal(torch.as_tensor(a)[:, 2:], b)  # ours keeps the 2-token prompt
-    times = time_interleaved(
-        fns, repeats=1 if args.quick else args.repeats, warmup=0 if args.quick else args.warmup, clock=args.clock
-    )
     rows = [
         Ratio("forward (logits), no hooks / HF eager", "ours", "hf_eager", 1.05),
         Ratio(f"greedy generate {new} new tokens, hooks active / HF generate", "ours_generate", "hf_generate", 1.1),
     ]
+    times = time_interleaved(
+        fns,
+        repeats=1 if args.quick else args.repeats,
+        warmup=0 if args.quick else args.warmup,
+        clock=args.clock,
+        rows=rows,
+    )
     print_table(
         f"{TITLE} (threads={args.threads}, fp32, {args.clock} clock, {len(times['ours'])} rounds)",
         ratio_rows(times, rows),

@@ -1,8 +1,9 @@
 """Shared benchmark machinery: interleaved timing, ratio tables, optional TransformerLens.
 
 Why interleaved: on a shared machine the load changes during a run. Each round runs every candidate
-once (in a rotating order), and each ratio is the median over rounds of ``ours / reference`` measured
-in the same round, so slow periods hit both sides of a ratio alike. The table also gives the ratio of
+once (in a rotating order, the two sides of each targeted ratio back to back), and each ratio is the
+median over rounds of ``ours / reference`` measured in the same round, so slow periods hit both sides
+of a ratio alike. The table also gives the ratio of
 the fastest calls (``min(ours) / min(reference)``), the usual estimate when other processes only ever
 add time. ``ok`` judges the median ratio.
 """
@@ -16,7 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,30 +103,6 @@ def has_encoderlens(attr: str) -> bool:
     return hasattr(mod, attr)
 
 
-def time_interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, clock: str = "wall"
-) -> dict[str, list[float]]:
-    """Seconds per call of each function, one call of each per round, rotating the order.
-
-    ``clock="wall"`` measures elapsed time; ``clock="cpu"`` the process's CPU time, which other
-    processes on a loaded machine disturb less (use it with one thread: with several, threads
-    spinning while they wait for each other count as work).
-    """
-    timer = time.perf_counter if clock == "wall" else time.process_time
-    names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    with torch.inference_mode():
-        for r in range(warmup + repeats):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for n in order:
-                t0 = timer()
-                fns[n]()
-                dt = timer() - t0
-                if r >= warmup:
-                    times[n].append(dt)
-    return times
-
-
 @dataclass
 class Ratio:
     """One row of a ratio table: ``ours / ref`` with an optional target (pass if ratio <= target)."""
@@ -135,6 +112,62 @@ class Ratio:
     ref: str | tuple[str, ...]
     target: float | None = None
     higher_is_better: bool = False
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int,
+    clock: str = "wall",
+    rows: Sequence[Ratio] = (),
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, one call of each per round, rotating the order.
+
+    The functions a targeted row compares (``rows``: ours and its references) run back to back in
+    each round, their order rotating from round to round (ABBA for a pair), so the two sides of a
+    targeted ratio are timed seconds apart rather than a whole round apart: a change of load between
+    them is what makes a single round's ratio noisy.
+
+    ``clock="wall"`` measures elapsed time; ``clock="cpu"`` the process's CPU time, which other
+    processes on a loaded machine disturb less (use it with one thread: with several, threads
+    spinning while they wait for each other count as work).
+    """
+    timer = time.perf_counter if clock == "wall" else time.process_time
+    units = adjacent_groups(list(fns), rows)
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    with torch.inference_mode():
+        for r in range(warmup + repeats):
+            for unit in _rotated(units, r):
+                for n in _rotated(unit, r):
+                    t0 = timer()
+                    fns[n]()
+                    dt = timer() - t0
+                    if r >= warmup:
+                        times[n].append(dt)
+    return times
+
+
+def _rotated(items: list, r: int) -> list:
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
+def adjacent_groups(names: list[str], rows: Sequence[Ratio]) -> list[list[str]]:
+    """``names`` split into the groups timed back to back: each targeted row's functions, then the rest alone.
+
+    A function already placed by an earlier row stays there (each runs once per round).
+    """
+    placed: set[str] = set()
+    groups: list[list[str]] = []
+    for row in rows:
+        if row.target is None:
+            continue
+        refs = (row.ref,) if isinstance(row.ref, str) else row.ref
+        group = [n for n in (row.ours, *refs) if n in names and n not in placed]
+        if group:
+            groups.append(group)
+            placed.update(group)
+    return groups + [[n] for n in names if n not in placed]
 
 
 def _ref_times(times: dict[str, list[float]], ref: str | tuple[str, ...]) -> list[float] | None:

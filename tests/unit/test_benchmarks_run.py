@@ -50,3 +50,31 @@ def test_gpu_script_runs_its_cases_on_the_cpu():
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     for case in ("BERT forward", "T5 run_with_cache", "T5 greedy generate", "HuBERT run_with_cache(device='cpu')"):
         assert f"| {case}" in r.stdout, r.stdout[-3000:]
+
+
+def test_targeted_ratios_are_timed_back_to_back():
+    """Each targeted row's two sides run next to each other in every round, in alternating order."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    calls: list[str] = []
+    names = ["hf_eager", "ours_cache", "extra", "ours", "hf_full", "hf_sdpa"]
+    fns = {n: (lambda n=n: calls.append(n)) for n in names}
+    rows = [
+        common.Ratio("forward", "ours", ("hf_eager", "hf_sdpa"), 1.0),
+        common.Ratio("info", "ours", "hf_eager"),
+        common.Ratio("cache", "ours_cache", "hf_full", 1.05),
+    ]
+    times = common.time_interleaved(fns, repeats=4, warmup=1, clock="cpu", rows=rows)
+    assert all(len(times[n]) == 4 for n in names)
+    rounds = [calls[i : i + len(names)] for i in range(0, len(calls), len(names))]
+    assert len(rounds) == 5 and all(sorted(r) == sorted(names) for r in rounds)
+    for r in rounds:
+        cache = r.index("ours_cache")
+        assert abs(cache - r.index("hf_full")) == 1
+        forward = sorted(r.index(n) for n in ("ours", "hf_eager", "hf_sdpa"))
+        assert forward == list(range(forward[0], forward[0] + 3))
+    # a pair alternates which side goes first
+    assert {r.index("ours_cache") < r.index("hf_full") for r in rounds} == {True, False}

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from encoderlens.components.vocab_projection import vocab_projection
 from encoderlens.config import CTCHeadConfig, QuantizerConfig
 from encoderlens.hooks import HookPoint
 
@@ -23,7 +23,7 @@ class CTCHead(nn.Module):
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
 
     def forward(self, x: Float[Tensor, "batch frames d_model"]) -> Float[Tensor, "batch frames d_vocab"]:
-        return F.linear(x, self.W_U.t(), self.b_U)
+        return vocab_projection(x, self.W_U, self.b_U)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from encoderlens.components.embed import Embed
 from encoderlens.components.mlp import get_activation
 from encoderlens.components.norm import make_norm
+from encoderlens.components.vocab_projection import vocab_projection
 from encoderlens.config import (
     ClassifierHeadConfig,
     MLMHeadConfig,
@@ -64,7 +65,7 @@ class MLMHead(nn.Module):
     def logits(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         """Vocabulary logits: ``transform(x) @ W_U + b_U`` (the whole head, what the logit lens applies)."""
         # through __call__: a device_map moves x to the head first
-        return F.linear(self(x), self.W_U.t(), self.b_U)
+        return vocab_projection(self(x), self.W_U, self.b_U)
 
 
 class MLMUnembed(nn.Module):
@@ -86,8 +87,8 @@ class MLMUnembed(nn.Module):
         return self._head[0].b_U
 
     def forward(self, x: Float[Tensor, "... d_embed"]) -> Float[Tensor, "... d_vocab"]:
-        # F.linear on W_U.t(): one matmul with the bias fused in (no separate pass over the logits)
-        return F.linear(x, self.W_U.t(), self.b_U)
+        # one matmul with the bias fused in, into cache-line-aligned rows (see vocab_projection)
+        return vocab_projection(x, self.W_U, self.b_U)
 
 
 class Pooler(nn.Module):
@@ -320,7 +321,7 @@ class LMHead(nn.Module):
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
         if self.cfg.scale != 1.0:
             x = x * self.cfg.scale
-        return F.linear(x, self.W_U.t(), self.b_U)
+        return vocab_projection(x, self.W_U, self.b_U)
 
 
 class Unembed(nn.Module):
@@ -346,4 +347,4 @@ class Unembed(nn.Module):
         return head.b_U if head.b_U is not None else head.W_U.new_zeros(head.W_U.shape[1])
 
     def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
-        return F.linear(x, self.W_U.t(), self._head[0].b_U)
+        return vocab_projection(x, self.W_U, self._head[0].b_U)

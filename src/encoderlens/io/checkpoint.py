@@ -73,7 +73,7 @@ def _download(repo_id: str, revision: str | None = None) -> Path:
     patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "*.py"]
     try:
         path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-        if not _weight_files(path):
+        if not _weight_files(path)[0]:
             path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=[*patterns, "pytorch_model*.bin"]))
     except Exception as e:  # network errors come in many types
         raise ValueError(
@@ -136,40 +136,69 @@ def refuse_remote_code(path: Path, file_name: str) -> None:
         )
 
 
-def _weight_files(path: Path) -> list[Path]:
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = path / index_name
-        if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-                shards = sorted(set(weight_map.values()), key=str)
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-                raise ValueError(
-                    f"could not read the shard index {index} ({type(e).__name__}: {e}); "
-                    "expected a JSON object with a 'weight_map' of parameter name -> shard file"
-                ) from None
-            return [inside_folder(path, s, f"the shard index {index}") for s in shards]
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if (path / single).exists():
-            return [path / single]
-    return []
+WEIGHT_FILES = (
+    ("model.safetensors.index.json", True),
+    ("model.safetensors", False),
+    ("pytorch_model.bin.index.json", True),
+    ("pytorch_model.bin", False),
+)
+"""The weight files looked for, in order of preference (safetensors first), and whether each is a shard index."""
+
+
+def _weight_files(path: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """The checkpoint's weight files (safetensors preferred) and, when sharded, its index's name -> shard map."""
+    for name, is_index in WEIGHT_FILES:
+        index = path / name
+        if not index.exists():
+            continue
+        if not is_index:
+            return [index], None
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            shards = sorted(set(weight_map.values()), key=str)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(
+                f"could not read the shard index {index} ({type(e).__name__}: {e}); "
+                "expected a JSON object with a 'weight_map' of parameter name -> shard file"
+            ) from None
+        files = {s: inside_folder(path, s, f"the shard index {index}") for s in shards}
+        return list(files.values()), {str(k): str(files[v]) for k, v in weight_map.items()}
+    return [], None
 
 
 def open_weights(path: Path) -> LazyWeights:
     """Every weight of a checkpoint folder (safetensors preferred, sharded or not), read lazily.
 
     Only the files' headers are read here; each tensor is read from its file when it is looked up (see
-    :class:`~encoderlens.io.weight_files.LazyWeights`). A name in several shards takes the last shard's.
+    :class:`~encoderlens.io.weight_files.LazyWeights`). In a sharded checkpoint each name is read from
+    the shard its index names (a stale copy in another shard is ignored).
 
     Raises:
-        ValueError: No weight file, or one that is missing, truncated or corrupt.
+        ValueError: No weight file, or one that is missing, truncated or corrupt; a shard that lacks a
+            name its index puts there; a name in several shards that the index does not place.
     """
-    files = _weight_files(path)
+    files, weight_map = _weight_files(path)
     if not files:
         raise ValueError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin (or a sharded index)")
     readers: dict[str, Callable[[], Tensor]] = {}
+    found_in: dict[str, Path] = {}
     for f in files:
-        readers.update(file_readers(f))
+        for name, reader in file_readers(f).items():
+            placed = None if weight_map is None else weight_map.get(name)
+            if placed is not None and placed != str(f):
+                continue  # the index puts this name in another shard: this copy is not the checkpoint's
+            if name in found_in:
+                raise ValueError(
+                    f"{name!r} is in both {found_in[name].name} and {f.name} of {path}, and the shard index does "
+                    "not say which is meant; remove the stale copy or list the name in the index"
+                )
+            readers[name], found_in[name] = reader, f
+    lost = [name for name in weight_map or () if name not in readers]
+    if weight_map is not None and lost:
+        raise ValueError(
+            f"the shard index of {path} puts {len(lost)} weights in shards that do not hold them, e.g. "
+            f"{lost[0]!r} in {Path(weight_map[lost[0]]).name}; the checkpoint is incomplete: download or save it again"
+        )
     return LazyWeights(readers)
 
 

@@ -100,3 +100,22 @@ def test_direct_attribution_and_lens_read_the_qa_head(model):
     assert float(dla.values.sum()) + dla.meta["unembed_bias"] == pytest.approx(dla.meta["actual"], abs=1e-4)
     lens = logit_lens(model, tokens, one_zero_attention_mask=mask)
     assert lens.meta["final_max_abs_diff"] < 1e-4 and lens.output_labels == ("start", "end")
+
+
+def test_span_score_refuses_a_logit_on_padding_or_a_position_outside_the_input(model):
+    """Item 1 of the padded batch has 6 real tokens: position 7 is its padding. Before the fix the logit kind
+    silently returned the padding position's logit (and -1 the last padded column's), 9 an IndexError."""
+    tokens, mask = padded_tokens()
+    batch = model.prepare_input(tokens, one_zero_attention_mask=mask)
+    with torch.no_grad():
+        out = model.run_prepared(batch)
+    with pytest.raises(ValueError, match=r"position 7 is padding in batch item 1, which has 6 real tokens"):
+        span_score(7, "start")(out, batch)
+    with pytest.raises(ValueError, match=r"position 8 is padding in batch item 1"):
+        span_score(-1, "end")(out, batch)
+    for kind in ("logit", "logprob"):
+        with pytest.raises(ValueError, match=r"position 9 is outside the 9 positions"):
+            span_score(9, kind=kind)(out, batch)  # type: ignore[arg-type]
+    got = span_score([-1, -4], "end")(out, batch)  # negative counts from the end, as indexing does
+    assert torch.equal(got, torch.stack([out[0, 8, 1], out[1, 5, 1]]))
+    assert span_score(-1, "end", kind="prob")(out, batch)[1].item() == 0  # a probability on padding is 0

@@ -132,13 +132,41 @@ def class_score(label: PerItem, kind: Kind = "logit", return_type: str = "classi
     return Target(fn, f"class {kind}[{label}]", return_type)
 
 
+def _checked_positions(pos: Tensor, real: Tensor, what: str, padding_ok: bool) -> Tensor:
+    """``pos`` (one per item; negative counts from the end, as indexing does) checked against the input.
+
+    Raises:
+        ValueError: A position outside the sequence, or on an item's padding unless ``padding_ok``.
+    """
+    n = real.shape[1]
+    outside = (pos < -n) | (pos >= n)
+    if bool(outside.any()):
+        raise ValueError(
+            f"{what} position {pos[outside][0].item()} is outside the {n} positions of the input; "
+            f"expected -{n} <= position < {n}"
+        )
+    pos = pos % n
+    if padding_ok:
+        return pos
+    on_padding = ~real[torch.arange(pos.shape[0], device=pos.device), pos]
+    if bool(on_padding.any()):
+        item = int(on_padding.nonzero()[0, 0])
+        raise ValueError(
+            f"{what} position {pos[item].item()} is padding in batch item {item}, which has "
+            f"{int(real[item].sum())} real tokens; pick a position on a real token of each item "
+            "(one per item: a list or tensor)"
+        )
+    return pos
+
+
 def span_score(position: PerItem, boundary: str = "start", kind: Kind = "logit", return_type: str = "qa") -> Target:
     """A question-answering head's score of ``position`` as the answer's ``boundary`` (``"start"`` or ``"end"``).
 
     Reads the QA logits ``(batch, pos, 2)`` of ``return_type="qa"`` (``[..., 0]``: HF's ``start_logits``,
     ``[..., 1]``: ``end_logits``). ``"logprob"`` and ``"prob"`` normalise over the item's real positions
     (HF's span loss is a softmax over positions; padding is left out, so each item of a padded batch gets
-    the distribution it would get alone), not over the two boundaries.
+    the distribution it would get alone), not over the two boundaries; there a padding position scores
+    ``-inf`` / 0, and a ``"logit"`` on padding (or any position outside the input) raises.
 
     Example:
         >>> t = span_score(position=12, boundary="start")  # the start logit of token 12
@@ -157,13 +185,16 @@ def span_score(position: PerItem, boundary: str = "start", kind: Kind = "logit",
                 f"span_score expects question-answering logits (batch, pos, 2), got {tuple(logits.shape)}; "
                 "run with return_type='qa' on a *ForQuestionAnswering checkpoint"
             )
-        b = logits.shape[0]
+        b, n = logits.shape[:2]
         rows = torch.arange(b, device=logits.device)
+        real = batch.mask(batch.streams[0]).to(logits.device).bool()
+        # a logit on padding is no score of the span (a probability there is exactly 0: that one is kept)
+        pos = _per_item(position, b, logits.device, "position")
+        pos = _checked_positions(pos, real, "span_score", padding_ok=kind != "logit")
         scores = logits[..., column]
         if kind != "logit":
-            real = batch.mask(batch.streams[0]).to(logits.device).bool()
             scores = _score(scores.float().masked_fill(~real, float("-inf")), kind)
-        return scores[rows, _per_item(position, b, logits.device, "position")]
+        return scores[rows, pos]
 
     return Target(fn, f"{boundary} {kind} at position {position}", return_type)
 

@@ -47,3 +47,29 @@ def test_patch_uses_a_span_metric(capsys, qa_folder):
     # layer 0's input at the swapped token restores the clean run exactly (normalised to 1)
     line = next(line for line in out.splitlines() if line.startswith("L0"))
     assert float(line.split()[3]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_patch_measures_the_span_predict_prints_even_when_best_start_and_end_cross(capsys, tmp_path):
+    """End logits = -start logits: the best start lies after the best end. The metric used to take the two
+    argmaxes apart (an impossible span); it now reads the clean answer span ``predict`` prints."""
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(SPECIALS + WORDS)}, do_lower_case=True)
+    torch.manual_seed(0)
+    hf = BertForQuestionAnswering(tiny_config(vocab_size=len(SPECIALS) + len(WORDS))).eval()
+    randomize_norms(hf)
+    with torch.no_grad():
+        hf.qa_outputs.weight[1] = -hf.qa_outputs.weight[0]
+        hf.qa_outputs.bias.zero_()
+    hf.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    clean = "the cat sat on the mat"
+    model = HookedEncoder.from_pretrained(tmp_path)
+    with torch.no_grad():
+        lp = model(clean)[0].log_softmax(0)
+    assert int(lp[:, 0].argmax()) > int(lp[:, 1].argmax())  # the independent argmaxes cross
+    assert main(["predict", str(tmp_path), clean]) == 0
+    start, end = (int(x) for x in capsys.readouterr().out.split("answer span ")[1].split(":")[0].split(".."))
+    assert start <= end
+    args = ["patch", str(tmp_path), "--clean", clean, "--corrupt", "the dog sat on the mat", "--no-progress"]
+    assert main([*args, "--target", "resid"]) == 0
+    out = capsys.readouterr().out
+    assert f"clean {float(lp[start, 0] + lp[end, 1]):+.4f}," in out

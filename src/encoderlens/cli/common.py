@@ -140,3 +140,28 @@ def hook_names(model: HookedModel, patterns: Sequence[str]) -> list[str]:
             model.check_hook_name(pat)  # raises with close matches
         names += [n for n in hits if n not in names]
     return names
+
+
+#: The longest answer span ``predict`` and ``patch`` consider, in tokens (HF's question-answering pipeline default).
+MAX_ANSWER_TOKENS = 15
+
+
+def best_spans(qa: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Each item's answer span ``i..j`` maximising ``start[i] + end[j]`` over ``i <= j < i + MAX_ANSWER_TOKENS``
+    on real positions.
+
+    Args:
+        qa: Question-answering logits ``(batch, pos, 2)`` (start, end).
+        real: The ``(batch, pos)`` mask of real positions.
+
+    Returns:
+        ``(batch, 2)``: each item's start and end position (``start <= end``).
+    """
+    qa = qa.float()
+    real = real.to(qa.device).bool()
+    n = qa.shape[1]
+    i, j = torch.arange(n, device=qa.device)[:, None], torch.arange(n, device=qa.device)[None, :]
+    ok = (j >= i) & (j < i + MAX_ANSWER_TOKENS) & real[:, :, None] & real[:, None, :]
+    scores = (qa[:, :, 0, None] + qa[:, None, :, 1]).masked_fill(~ok, float("-inf"))
+    best = scores.flatten(1).argmax(1)
+    return torch.stack([best // n, best % n], dim=1)

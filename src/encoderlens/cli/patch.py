@@ -21,6 +21,7 @@ from encoderlens.cli.common import (
     MODEL_HELP,
     add_device,
     add_parser,
+    best_spans,
     err,
     load_model,
     mean_pooling_encoder,
@@ -98,19 +99,22 @@ def _agreement_metric(model: HookedModel, readout: Readout, clean: Prepared) -> 
 
 
 def _span_metric(model: HookedModel, readout: Readout, clean: Prepared) -> tuple[Metric, str]:
-    """Log-probability of the clean run's best start plus best end position (softmax over real positions)."""
+    """Log-probability of the clean run's answer span's start plus its end (softmax over real positions).
+
+    The span is the one ``predict`` prints (:func:`~encoderlens.cli.common.best_spans`: start <= end, at most
+    ``MAX_ANSWER_TOKENS`` long), not the best start and best end taken apart (those can cross).
+    """
     real = clean.mask(model.resolve_stream(None)).bool()
     with torch.no_grad():
-        qa = model.run_prepared(clean, readout.return_type).float().masked_fill(~real[..., None], float("-inf"))
-    best = qa.argmax(1)  # (batch, 2): each item's start and end position
-    rows = torch.arange(qa.shape[0])
+        best = best_spans(model.run_prepared(clean, readout.return_type), real)  # (batch, 2): start, end
+    rows = torch.arange(best.shape[0])
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         lp = logits.float().masked_fill(~real[..., None].to(logits.device), float("-inf")).log_softmax(1)
         r, b = rows.to(lp.device), best.to(lp.device)
         return (lp[r, b[:, 0], 0] + lp[r, b[:, 1], 1]).mean()
 
-    return metric, "log p(clean start) + log p(clean end) (softmax over positions)"
+    return metric, "log p(clean start) + log p(clean end) of the clean answer span (softmax over positions)"
 
 
 def _similarity_metric(model: HookedModel, args: argparse.Namespace, clean: Prepared) -> tuple[Metric, str]:

@@ -12,7 +12,14 @@ import argparse
 
 import torch
 
-from encoderlens.cli.common import MODEL_HELP, add_device, add_parser, load_model, sentence_encoder
+from encoderlens.cli.common import (
+    MODEL_HELP,
+    add_device,
+    add_parser,
+    best_spans,
+    load_model,
+    sentence_encoder,
+)
 from encoderlens.io.text import TextBatch
 from encoderlens.models.base import HookedModel
 from encoderlens.models.contract import Readout
@@ -92,23 +99,13 @@ def _label(model: HookedModel, readout: Readout, text: str) -> None:
             print(f"  {lab}: {names[k] if names is not None and k < len(names) else k}")
 
 
-#: The longest answer span ``predict`` considers, in tokens (HF's question-answering pipeline default).
-MAX_ANSWER_TOKENS = 15
-
-
 def _answer_span(model: HookedModel, readout: Readout, text: str) -> None:
     """The span ``i..j`` (``i <= j < i + MAX_ANSWER_TOKENS``, real positions) maximising ``start[i] + end[j]``."""
     p = model.prepare_input(text)
     stream = model.resolve_stream(None)
     with torch.no_grad():
         qa = model.run_prepared(p, readout.return_type)[0].float()
-    real = p.mask(stream)[0].bool().to(qa.device)
-    n = qa.shape[0]
-    i, j = torch.arange(n, device=qa.device)[:, None], torch.arange(n, device=qa.device)[None, :]
-    ok = (j >= i) & (j < i + MAX_ANSWER_TOKENS) & real[:, None] & real[None, :]
-    scores = (qa[:, 0, None] + qa[None, :, 1]).masked_fill(~ok, float("-inf"))
-    best = int(scores.flatten().argmax())
-    start, end = divmod(best, n)
+    start, end = best_spans(qa[None], p.mask(stream)[:1])[0].tolist()
     labels = p.position_labels(stream)
     print(text)
     print(f"  answer span {start}..{end}: {' '.join(labels[start : end + 1])}")

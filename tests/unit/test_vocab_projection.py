@@ -103,3 +103,29 @@ def test_model_logits_rows_are_aligned_and_equal_the_graph_path(tiny_mlm):
         _, cache = model.run_with_cache(tokens, return_type="logits")
         unembedded = model.unembed(cache["mlm_head.hook_transformed"])
     torch.testing.assert_close(unembedded, fast, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dual", ["x", "W", "b"])
+def test_forward_mode_ad_takes_the_plain_path(dual):
+    """A forward-mode dual operand (``torch.autograd.forward_ad``): addmm(out=) has no forward derivative and
+    raised NotImplementedError, under no_grad too; F.linear's tangent comes out."""
+    import torch.autograd.forward_ad as fwAD
+
+    g = torch.Generator().manual_seed(0)
+    ops = {
+        "x": torch.randn(3, 4, 8, generator=g),
+        "W": torch.randn(8, 99, generator=g),
+        "b": torch.randn(99, generator=g),
+    }
+    tangent = torch.randn(ops[dual].shape, generator=g)
+
+    def linear(t: torch.Tensor) -> torch.Tensor:
+        o = {**ops, dual: t}
+        return F.linear(o["x"], o["W"].t(), o["b"])
+
+    want = torch.func.jvp(linear, (ops[dual],), (tangent,))
+    with fwAD.dual_level(), torch.no_grad():
+        got = vocab_projection(**{**ops, dual: fwAD.make_dual(ops[dual], tangent)})
+        primal, got_tangent = fwAD.unpack_dual(got)
+    torch.testing.assert_close(primal, want[0])
+    torch.testing.assert_close(got_tangent, want[1])

@@ -11,14 +11,16 @@ The result is then a view into the padded buffer: its values are those of ``F.li
 are ``stride(-2)`` elements apart, so it is not contiguous (``.contiguous()`` copies it when a caller
 needs flat storage; ``reshape`` and every reduction work as they are).
 
-The padded write uses ``torch.addmm(..., out=)``, which records no autograd graph, so whenever a graph
-would be recorded (a gradient is needed), under autocast or a ``torch.func`` transform, the plain
+The padded write uses ``torch.addmm(..., out=)``, which records no autograd graph and has no forward-mode
+derivative, so whenever a graph would be recorded (a gradient is needed), an operand is a forward-mode
+dual tensor (``torch.autograd.forward_ad``), under autocast or a ``torch.func`` transform, the plain
 ``F.linear`` runs instead.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
@@ -28,9 +30,12 @@ ROW_ALIGN_BYTES = 64
 
 
 def _plain_path(x: Tensor, W: Tensor, b: Tensor | None) -> bool:
-    """Whether the padded write must not be used (it records no graph, and autocast would not cast it)."""
+    """Whether the padded write must not be used (it records no graph, carries no forward-mode tangent, and
+    autocast would not cast it)."""
     if torch.is_grad_enabled() and (x.requires_grad or W.requires_grad or (b is not None and b.requires_grad)):
         return True
+    if any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in (x, W, b)):
+        return True  # addmm(out=) raises under forward AD
     try:
         if torch.is_autocast_enabled(x.device.type):
             return True

@@ -15,6 +15,7 @@ encoder's input, HF's ``input_features`` transposed to put time first).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -71,6 +72,16 @@ class LogMelSpectrogram(nn.Module):
         self.register_buffer("window", torch.hann_window(c.n_fft, device="cpu"), persistent=False)
         filters = mel_filter_bank(c.n_fft // 2 + 1, c.n_mels, c.sampling_rate).float()
         self.register_buffer("filters", filters, persistent=False)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> LogMelSpectrogram:
+        """Moves and casts as any module, but the window and filters stay float32 (or wider) under a cast to
+        half precision: features are computed in float32, as HF's feature extractor does, then cast."""
+        super()._apply(fn, recurse)
+        if self.window.dtype in (torch.float16, torch.bfloat16):
+            device = self.window.device
+            self.materialize()
+            self.window, self.filters = self.window.to(device), self.filters.to(device)
+        return self
 
     def forward(self, wave: Float[Tensor, "batch samples"]) -> Float[Tensor, "batch frames n_mels"]:
         stft = torch.stft(

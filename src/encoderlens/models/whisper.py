@@ -199,10 +199,13 @@ class HookedWhisper(HookedModel):
                     "run each (long-form transcription is not implemented yet)"
                 )
         batch = torch.stack([nn.functional.pad(w.to(device), (0, n - w.shape[0])) for w in waves])
-        batch = batch.to(self.embed.W_E.dtype)
+        # in float32 at least, as HF's feature extractor computes them (FFTs refuse half precision on the CPU,
+        # and on GPUs for Whisper's n_fft=400), then cast to the model's dtype
+        dtype = self.embed.W_E.dtype
+        batch = batch.to(torch.promote_types(dtype, torch.float32))
         if self.hook_waveform.bwd_hooks and not batch.requires_grad and torch.is_grad_enabled():
             batch = batch.detach().requires_grad_(True)
-        return self.mel(self.hook_waveform(batch))
+        return self.mel(self.hook_waveform(batch)).to(dtype)
 
     def _decoder_tokens(self, decoder_input: Any, mask: Any, batch_size: int) -> tuple[Tensor, Tensor]:
         if decoder_input is None:

@@ -12,8 +12,8 @@ are ``stride(-2)`` elements apart, so it is not contiguous (``.contiguous()`` co
 needs flat storage; ``reshape`` and every reduction work as they are).
 
 The padded write uses ``torch.addmm(..., out=)``, which records no autograd graph, so whenever a graph
-would be recorded (a gradient is needed), under autocast or a ``torch.func`` transform, the plain
-``F.linear`` runs instead.
+would be recorded (a gradient is needed), under autocast, a ``torch.func`` transform or
+``torch.compile``, the plain ``F.linear`` runs instead.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ ROW_ALIGN_BYTES = 64
 
 def _plain_path(x: Tensor, W: Tensor, b: Tensor | None) -> bool:
     """Whether the padded write must not be used (it records no graph, and autocast would not cast it)."""
+    if torch.compiler.is_compiling():  # the compiler picks its own layouts (and traces F.linear cleanly)
+        return True
     if torch.is_grad_enabled() and (x.requires_grad or W.requires_grad or (b is not None and b.requires_grad)):
         return True
     try:

@@ -217,3 +217,55 @@ def test_waveform_conv_as_a_matmul_equals_conv1d_with_gradients(kernel, stride, 
         torch.testing.assert_close(mine, ref, atol=1e-4, rtol=1e-5)
     with pytest.raises(RuntimeError):  # shorter than the kernel: conv1d's own error, as before
         layer._conv(wave[..., : kernel - 1])
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_conv_activations_run_in_place_only_on_buffers_nothing_else_holds(norm, tmp_path):
+    """The front end's activations overwrite fresh buffers in a plain run; a cached raw conv output stays intact."""
+    import numpy as np
+    from transformers import HubertConfig, HubertForCTC
+
+    from encoderlens import HookedAudioEncoder
+    from tests.parity.test_audio_parity import randomize_all, save_checkpoint, tiny_kwargs
+
+    hf = HubertForCTC(HubertConfig(**tiny_kwargs(num_hidden_layers=1, feat_extract_norm=norm))).eval()
+    randomize_all(hf)
+    model = HookedAudioEncoder.from_pretrained(save_checkpoint(hf, tmp_path, return_attention_mask=False)[0])
+    waves = [(0.3 * np.random.default_rng(0).standard_normal(n)).astype(np.float32) for n in (400, 330)]
+    batch = model.prepare(waves)
+    in_place = [0]
+    for layer in model.frontend.conv:
+        real = layer.act_inplace
+
+        def spy(x, real=real):
+            in_place[0] += 1
+            return real(x)
+
+        layer.act_inplace = spy
+    with torch.no_grad():
+        plain = model(batch)
+    assert in_place[0] == len(model.frontend.conv)  # no hooks: every conv layer's activation in place
+    in_place[0] = 0
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch)
+    # cached raw conv outputs: the second layer (no norm with "group") must not be overwritten by the activation
+    assert in_place[0] == (1 if norm == "group" else len(model.frontend.conv))
+    _, graph_cache = model.run_with_cache(batch)  # grad mode: never in place
+    for name in cache:
+        torch.testing.assert_close(cache[name], graph_cache[name].detach(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(plain, model(batch).detach(), atol=1e-6, rtol=0)
+
+
+def test_inplace_activations_equal_their_functions():
+    from encoderlens.components.mlp import get_activation, get_inplace_activation
+
+    x = torch.randn(3, 50) * 4
+    for name in ("gelu", "relu", "silu", "swish"):
+        act = get_inplace_activation(name)
+        assert act is not None
+        y = x.clone()
+        assert act(y) is not None
+        torch.testing.assert_close(y, get_activation(name)(x), atol=0, rtol=0)
+    assert get_inplace_activation("gelu_new") is None  # no in-place form: the caller uses the function
+    with pytest.raises(ValueError, match="unknown activation"):
+        get_inplace_activation("gleu")

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from encoderlens.components.vocab_projection import ROW_ALIGN_BYTES, vocab_projection
+from tests.conftest import runtime_typechecked
 
 SETTINGS = settings(
     max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
@@ -129,3 +130,14 @@ def test_forward_mode_ad_takes_the_plain_path(dual):
         primal, got_tangent = fwAD.unpack_dual(got)
     torch.testing.assert_close(primal, want[0])
     torch.testing.assert_close(got_tangent, want[1])
+
+
+def test_torch_compile_traces_it_in_one_graph():
+    if runtime_typechecked():
+        # beartype's checks of the annotations do not run under dynamo's tracing (it reports its own
+        # "desynchronization" error): the plain run of the suite covers this
+        pytest.skip("torch.compile cannot trace jaxtyping + beartype's wrappers")
+    x, W, b = torch.randn(4, 8), torch.randn(8, 99), torch.randn(99)
+    compiled = torch.compile(lambda v: vocab_projection(v, W, b), backend="eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), F.linear(x, W.t(), b))

@@ -35,6 +35,24 @@ _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
+# in-place variants (same kernels, the result written over the input), for buffers nothing else holds
+_INPLACE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": torch.ops.aten.gelu_,
+    "relu": torch.relu_,
+    "silu": lambda x: F.silu(x, inplace=True),
+    "swish": lambda x: F.silu(x, inplace=True),
+}
+
+
+def get_inplace_activation(name: str) -> Callable[[Tensor], Tensor] | None:
+    """The in-place form of the activation called ``name`` (HF naming), or None where there is none.
+
+    Only for a tensor that nothing else reads (no hook saw it, no autograd graph needs it).
+    """
+    get_activation(name)  # the same error for an unknown name
+    return _INPLACE_ACTIVATIONS.get(name)
+
+
 def get_activation(name: str) -> Callable[[Tensor], Tensor]:
     """Return the activation function called ``name`` (HF naming)."""
     try:

@@ -13,8 +13,8 @@ needs flat storage; ``reshape`` and every reduction work as they are).
 
 The padded write uses ``torch.addmm(..., out=)``, which records no autograd graph and has no forward-mode
 derivative, so whenever a graph would be recorded (a gradient is needed), an operand is a forward-mode
-dual tensor (``torch.autograd.forward_ad``), under autocast or a ``torch.func`` transform, the plain
-``F.linear`` runs instead.
+dual tensor (``torch.autograd.forward_ad``), under autocast, a ``torch.func`` transform or
+``torch.compile``, the plain ``F.linear`` runs instead.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ ROW_ALIGN_BYTES = 64
 def _plain_path(x: Tensor, W: Tensor, b: Tensor | None) -> bool:
     """Whether the padded write must not be used (it records no graph, carries no forward-mode tangent, and
     autocast would not cast it)."""
+    if torch.compiler.is_compiling():  # the compiler picks its own layouts (and traces F.linear cleanly)
+        return True
     if torch.is_grad_enabled() and (x.requires_grad or W.requires_grad or (b is not None and b.requires_grad)):
         return True
     if any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in (x, W, b)):

@@ -252,3 +252,17 @@ def test_bin_checkpoints_are_read_and_copied_out_of_the_file(tmp_path: Path, zip
         assert weights[name].data_ptr() != weights[name].data_ptr()
     model = encoderlens.from_pretrained(tmp_path)
     assert torch.equal(model.embed.W_E, sd["embeddings.word_embeddings.weight"])
+
+
+def test_a_model_built_from_an_hf_model_shares_no_memory_with_it() -> None:
+    """``from_pretrained(hf_model=hf)`` used to hand the HF model's own tensors to the layouts that agree
+    (embeddings, norms): zeroing the HF model's weights zeroed ours, and ablating ours edited the HF reference."""
+    hf = BertForMaskedLM(tiny_config()).eval()
+    model = encoderlens.from_pretrained(hf_model=hf)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.zero_()
+    assert [n for n, p in model.named_parameters() if not torch.equal(p, before[n])] == []
+    hf_storages = {t.untyped_storage().data_ptr() for t in hf.state_dict().values()}
+    assert not hf_storages & {p.untyped_storage().data_ptr() for p in model.parameters()}

@@ -75,8 +75,10 @@ class LazyWeights(_WeightMapping):
 
     @classmethod
     def of_tensors(cls, tensors: Mapping[str, Tensor], dtype: torch.dtype | None = None) -> LazyWeights:
-        """Tensors already in memory (an HF model's ``state_dict()``), handed out as they are (or cast)."""
-        return cls({name: partial(_same, t) for name, t in tensors.items()}, dtype)
+        """Tensors already in memory (an HF model's ``state_dict()``), each handed out as a copy of its own
+        (or cast), so that the model built from them never shares memory with the HF model: editing one
+        (ablating a weight, training) leaves the other as it was."""
+        return cls({name: partial(_clone, t) for name, t in tensors.items()}, dtype)
 
     def with_dtype(self, dtype: torch.dtype | None) -> LazyWeights:
         """The same weights, floating tensors cast to ``dtype`` as they are read."""
@@ -228,4 +230,4 @@ def _torch_readers(f: Path) -> dict[str, Callable[[], Tensor]]:
 
 
 def _clone(t: Tensor) -> Tensor:
-    return t.clone()  # out of the memory map: the model never depends on the file staying as it is
+    return t.clone()  # memory of its own: the model never depends on the file (or HF model) staying as it is

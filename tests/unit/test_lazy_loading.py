@@ -266,3 +266,36 @@ def test_a_model_built_from_an_hf_model_shares_no_memory_with_it() -> None:
     assert [n for n, p in model.named_parameters() if not torch.equal(p, before[n])] == []
     hf_storages = {t.untyped_storage().data_ptr() for t in hf.state_dict().values()}
     assert not hf_storages & {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+
+def _rewrite_header(f: Path, edit: Any, tail: bytes = b"") -> None:
+    data = f.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    f.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n :] + tail)
+
+
+def test_overlapping_offsets_or_trailing_bytes_are_refused(tmp_path: Path) -> None:
+    """Two header entries over the same bytes (sizes consistent) used to load: each tensor silently read the
+    other's values. The safetensors library refuses such files, and files with bytes after the last tensor."""
+    folder = tmp_path / "bert"
+    BertModel(tiny_config()).save_pretrained(folder)
+    f = folder / "model.safetensors"
+    original = f.read_bytes()
+
+    def alias(header: dict[str, Any]) -> None:
+        same = [k for k in header if k != "__metadata__" and k.endswith("LayerNorm.weight")]
+        header[same[1]]["data_offsets"] = header[same[0]]["data_offsets"]
+
+    _rewrite_header(f, alias)
+    with pytest.raises(ValueError, match=r"could not read the weight file .*model\.safetensors.*overlapping"):
+        encoderlens.from_pretrained(folder)
+    f.write_bytes(original)
+    _rewrite_header(f, lambda header: None, tail=b"\0" * 8)
+    with pytest.raises(ValueError, match=r"could not read the weight file .*model\.safetensors.*the tensors end"):
+        encoderlens.from_pretrained(folder)
+    f.write_bytes(original[:-1])  # truncated by one byte
+    with pytest.raises(ValueError, match=r"could not read the weight file .*model\.safetensors.*truncated"):
+        encoderlens.from_pretrained(folder)

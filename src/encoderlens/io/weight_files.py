@@ -149,15 +149,22 @@ def _safetensors_readers(f: Path) -> dict[str, Callable[[], Tensor]]:
         raise weight_file_error(f, TypeError("the header is not a JSON object"))
     if sys.byteorder != "little":
         raise ValueError(f"reading {f}: safetensors files are little-endian and this machine is not; not supported")
-    readers: dict[str, Callable[[], Tensor]] = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        dtype, shape, start, end = _entry(f, name, entry)
-        if 8 + n + end > size:
-            raise weight_file_error(f, EOFError(f"{name!r} ends at byte {8 + n + end}, the file has {size}"))
-        readers[name] = partial(_read_safetensors, f, dtype, shape, 8 + n + start, end - start)
-    return readers
+    entries = {name: _entry(f, name, entry) for name, entry in header.items() if name != "__metadata__"}
+    # as the safetensors library checks: the tensors tile the data section, back to back, no overlap or gap
+    # (two entries over the same bytes would each read the other's values)
+    done = 0
+    for name, (_, _, start, end) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+        if start != done:
+            problem = f"{name!r} starts at data byte {start}, expected {done} (overlapping or gapped offsets)"
+            raise weight_file_error(f, ValueError(problem))
+        done = end
+    if 8 + n + done != size:
+        problem = f"the tensors end at byte {8 + n + done}, the file has {size}"
+        raise weight_file_error(f, (EOFError if 8 + n + done > size else ValueError)(problem))
+    return {
+        name: partial(_read_safetensors, f, dtype, shape, 8 + n + start, end - start)
+        for name, (dtype, shape, start, end) in entries.items()
+    }
 
 
 def _entry(f: Path, name: str, entry: object) -> tuple[torch.dtype, tuple[int, ...], int, int]:

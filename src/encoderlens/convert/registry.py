@@ -80,6 +80,7 @@ class WeightReader:
         ignore = tuple(ignore)
         self._source = state_dict
         self.remaining: dict[str, str] = {k: k for k in state_dict if not (ignore and k.endswith(ignore))}
+        self._taken: set[str] = set()
 
     def has(self, key: str) -> bool:
         return key in self.remaining
@@ -88,18 +89,40 @@ class WeightReader:
         try:
             name = self.remaining.pop(key)
         except KeyError:
+            if key in self._taken:
+                raise ValueError(
+                    f"{self.arch} converter took weight {key!r} twice (a converter bug: each HF weight maps to one "
+                    "place); please report it"
+                ) from None
             raise ValueError(
                 f"{self.arch} checkpoint is missing weight {key!r}; is the checkpoint complete and of this architecture?"
             ) from None
+        self._taken.add(key)
         return self._source[name]
 
     def take_optional(self, key: str) -> Tensor | None:
         name = self.remaining.pop(key, None)
-        return None if name is None else self._source[name]
+        if name is None:
+            return None
+        self._taken.add(key)
+        return self._source[name]
 
     def strip_prefix(self, prefix: str) -> None:
-        """Remove ``prefix`` from every key that has it (``bert.``, ``hubert.``...)."""
-        self.remaining = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in self.remaining.items()}
+        """Remove ``prefix`` from every key that has it (``bert.``, ``hubert.``...).
+
+        Raises:
+            ValueError: A key present both with and without the prefix (one of them would be dropped unseen).
+        """
+        stripped: dict[str, str] = {}
+        for k, v in self.remaining.items():
+            short = k[len(prefix) :] if k.startswith(prefix) else k
+            if short in stripped:
+                raise ValueError(
+                    f"{self.arch} checkpoint holds {short!r} twice: as {stripped[short]!r} and {v!r}; "
+                    "remove the stale copy"
+                )
+            stripped[short] = v
+        self.remaining = stripped
 
     def finish(self) -> None:
         """Raise if any HF tensor was not consumed."""

@@ -1,4 +1,4 @@
-"""Sharded checkpoints: each name comes from the shard the index names; inconsistent folders raise."""
+"""Inconsistent checkpoints: sharded indices, stale copies, names twice; each raises or reads the intended copy."""
 
 from __future__ import annotations
 
@@ -83,3 +83,26 @@ def test_safetensors_is_preferred_over_a_sharded_bin(tmp_path: Path, hf_weights)
     (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps(bin_index))
     save_file(sd, str(tmp_path / "model.safetensors"))
     assert torch.equal(open_weights(tmp_path)[WORDS], sd[WORDS])
+
+
+def test_a_name_with_and_without_the_model_prefix_raises(tmp_path: Path, hf_weights) -> None:
+    """``bert.pooler...`` and a stale ``pooler...``: stripping ``bert.`` made them one key and one copy was
+    dropped unseen (whichever came last won)."""
+    hf, sd, _ = hf_weights
+    hf.config.save_pretrained(tmp_path)
+    stale = {"embeddings.word_embeddings.weight": torch.zeros_like(sd[WORDS])}
+    save_file({**sd, **stale}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"holds 'embeddings.word_embeddings.weight' twice: as '.*' and '.*'"):
+        encoderlens.from_pretrained(tmp_path)
+
+
+def test_a_weight_taken_twice_is_named_a_converter_bug(hf_weights) -> None:
+    from encoderlens.convert.registry import WeightReader
+
+    _, sd, _ = hf_weights
+    r = WeightReader(sd, "bert")
+    r.take(WORDS)
+    with pytest.raises(ValueError, match=r"took weight .* twice \(a converter bug"):
+        r.take(WORDS)
+    with pytest.raises(ValueError, match=r"missing weight 'nope'"):
+        r.take("nope")

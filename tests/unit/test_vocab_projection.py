@@ -141,3 +141,20 @@ def test_torch_compile_traces_it_in_one_graph():
     compiled = torch.compile(lambda v: vocab_projection(v, W, b), backend="eager", fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), F.linear(x, W.t(), b))
+
+
+@pytest.mark.parametrize("batched", ["x", "W", "b"])
+def test_vmap_over_any_operand_takes_the_plain_path(batched):
+    """vmap over the bias alone (x and W plain) reached addmm(out=), which has no batching rule."""
+    g = torch.Generator().manual_seed(1)
+    ops = {"x": torch.randn(4, 8, generator=g), "W": torch.randn(8, 99, generator=g), "b": torch.randn(99, generator=g)}
+    stacked = torch.stack([ops[batched], 2 * ops[batched], -ops[batched]])
+
+    def run(fn, t: torch.Tensor) -> torch.Tensor:
+        o = {**ops, batched: t}
+        return fn(o["x"], o["W"], o["b"])
+
+    with torch.no_grad():
+        got = torch.func.vmap(lambda t: run(vocab_projection, t))(stacked)
+    want = torch.stack([run(lambda x, W, b: F.linear(x, W.t(), b), t) for t in stacked])
+    torch.testing.assert_close(got, want)

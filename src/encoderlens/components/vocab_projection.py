@@ -44,7 +44,7 @@ def _plain_path(x: Tensor, W: Tensor, b: Tensor | None) -> bool:
     except RuntimeError:  # a device type without autocast (meta): nothing to cast
         pass
     is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return is_wrapped is not None and (is_wrapped(x) or is_wrapped(W))
+    return is_wrapped is not None and any(t is not None and is_wrapped(t) for t in (x, W, b))
 
 
 def vocab_projection(

@@ -78,6 +78,8 @@ def token_score(
     """``score(logits[item, position])[token]``: a token's logit, log-probability or probability.
 
     For MLM logits, CTC logits (frames are positions) and encoder-decoder LM logits (decoder positions).
+    A position outside the logits raises; so does one on an item's padding, checked against the mask of
+    ``stream_name`` (given, or else the last stream of the input as long as the logits' positions).
 
     Example:
         >>> t = token_score(position=3, token=paris_id, kind="logprob")
@@ -85,9 +87,14 @@ def token_score(
 
     def fn(out: Any, batch: Prepared) -> Tensor:
         logits = _check_logits(out, 3, "token_score")
-        b = logits.shape[0]
+        b, n = logits.shape[:2]
         rows = torch.arange(b, device=logits.device)
         pos = _per_item(position, b, logits.device, "position")
+        masks = [batch.mask(stream_name)] if stream_name else [m for m in batch.masks.values() if m.shape[-1] == n]
+        real = masks[-1].to(logits.device).bool() if masks else None
+        if real is None or real.shape != (b, n):  # no mask of these positions: only the bounds are checked
+            real = torch.ones(b, n, dtype=torch.bool, device=logits.device)
+        pos = _checked_positions(pos, real, "token_score", padding_ok=False)
         return _score(logits[rows, pos], kind)[rows, _per_item(token, b, logits.device, "token")]
 
     return Target(fn, f"{kind}[{token}] at position {position}", return_type)

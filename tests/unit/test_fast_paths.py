@@ -269,3 +269,28 @@ def test_inplace_activations_equal_their_functions():
     assert get_inplace_activation("gelu_new") is None  # no in-place form: the caller uses the function
     with pytest.raises(ValueError, match="unknown activation"):
         get_inplace_activation("gleu")
+
+
+def test_mlp_activation_runs_in_place_unless_hook_pre_is_hooked(tiny_mlm):
+    """A plain run writes the MLP's activation over its fresh pre-activation; a cached hook_pre keeps its value."""
+    model, _, _ = tiny_mlm
+    tokens = torch.randint(5, 99, (2, 7))
+    in_place = [0]
+    for block in model.blocks:
+        real = block.mlp.act_inplace
+
+        def spy(x, real=real):
+            in_place[0] += 1
+            return real(x)
+
+        block.mlp.act_inplace = spy
+    with torch.no_grad():
+        plain = model(tokens, return_type="logits")
+        assert in_place[0] == model.cfg.n_layers
+        in_place[0] = 0
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("mlp.hook_pre"))
+    assert in_place[0] == 0
+    _, graph_cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("mlp.hook_pre"))
+    for name in cache:  # what the cache holds is the pre-activation, not the activation written over it
+        torch.testing.assert_close(cache[name], graph_cache[name].detach(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(plain, model(tokens, return_type="logits").detach(), atol=1e-6, rtol=0)

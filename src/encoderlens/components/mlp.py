@@ -75,6 +75,7 @@ class MLP(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.act = get_activation(cfg.act_fn)
+        self.act_inplace = get_inplace_activation(cfg.act_fn)
         self.W_in = nn.Parameter(torch.empty(d_model, cfg.d_mlp))
         self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, d_model))
         self.W_gate = nn.Parameter(torch.empty(d_model, cfg.d_mlp)) if cfg.gated else None
@@ -92,11 +93,23 @@ class MLP(nn.Module):
             pre = self.hook_pre(F.linear(x, self.W_gate.t()))
             assert self.hook_pre_linear is not None
             post = self.hook_post(self.act(pre) * self.hook_pre_linear(lin))
+        elif self._may_overwrite(lin):
+            # the fresh pre-activation is read by nothing else: the activation is written over it
+            assert self.act_inplace is not None
+            post = self.hook_post(self.act_inplace(self.hook_pre(lin)))
         else:
             post = self.hook_post(self.act(self.hook_pre(lin)))
         if post.dtype != self.W_out.dtype:  # W_out kept in float32 (cfg.out_float32_in_fp16), as HF's T5
             post = post.to(self.W_out.dtype)
         return F.linear(post, self.W_out.t(), self.b_out)
+
+    def _may_overwrite(self, lin: Tensor) -> bool:
+        """Whether the activation may run in place on ``lin``: no hook on ``hook_pre``, no autograd graph."""
+        return (
+            self.act_inplace is not None
+            and not self.hook_pre.has_hooks()
+            and not (torch.is_grad_enabled() and lin.requires_grad)
+        )
 
     def keep_out_in_float32(self) -> None:
         """Put ``W_out`` (and ``b_out``) in float32 if ``cfg.out_float32_in_fp16`` and the model is float16."""

@@ -290,3 +290,19 @@ def test_views_render(bert, audio, tmp_path):
     assert "<polyline" in wave.to_html() and wave.plot().get_xlabel() == "time (s)"
     with raises_input_error(ValueError, "method must be one of", param="method"):
         attribute_input(bert, tok, token_score(0, 1), method="lime")
+
+
+def test_ctc_token_refuses_padding_frames_and_frames_outside(audio):
+    w = waves()  # 401 and 297 samples: the second item has fewer real frames
+    real = audio.prepare_input(w).mask(None).bool()
+    n, n_short = real.shape[1], int(real[1].sum())
+    assert n_short < n
+    # a frame real in item 0 but padding in item 1 scored item 1's padding logits
+    with pytest.raises(ValueError, match="padding in batch item 1"):
+        attribute_input(audio, w, ctc_token(5, [n_short]), method="saliency")
+    with pytest.raises(ValueError, match="outside the"):
+        attribute_input(audio, w, ctc_token(5, (n, n + 2)), method="saliency")
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        attribute_input(audio, w, ctc_token(10_000, [0]), method="saliency")
+    # real frames of both items still score
+    assert attribute_input(audio, w, ctc_token(5, [0, n_short - 1]), method="saliency").target.shape == (2,)

@@ -226,13 +226,32 @@ def similarity(reference: Tensor, return_type: str = "sentence_embedding") -> Ta
 
 
 def ctc_token(token: int, frames: Sequence[int] | tuple[int, int]) -> Target:
-    """Summed CTC log-probability of ``token`` over ``frames`` (a list, or a ``(start, end)`` span)."""
+    """Summed CTC log-probability of ``token`` over ``frames`` (a list, or a ``(start, end)`` span).
+
+    Every frame must be a real frame of every item (negative ones count from the end of the padded
+    batch, as indexing does): a frame outside the logits, or on an item's padding, raises (the padding
+    frames' log-probabilities are no part of the item's output), as does a token outside the vocabulary.
+    """
     idx = list(range(*frames)) if isinstance(frames, tuple) else list(frames)
     if not idx:
         raise ValueError("frames is empty")
+    if isinstance(token, bool) or not isinstance(token, int):
+        raise TypeError(f"ctc_token token must be an int (a vocabulary id), got {token!r}")
 
     def fn(out: Any, batch: Prepared) -> Tensor:
-        logp = F.log_softmax(_check_logits(out, 3, "ctc_token").float(), -1)
+        logits = _check_logits(out, 3, "ctc_token")
+        b, n, vocab = logits.shape
+        if not -vocab <= token < vocab:
+            raise ValueError(f"ctc_token token {token} is outside the vocabulary of {vocab} labels")
+        real = batch.mask(batch.streams[0]).to(logits.device).bool()
+        if real.shape != (b, n):
+            raise ValueError(
+                f"ctc_token reads logits over {n} frames, but the input's padding mask is {tuple(real.shape)}; "
+                "check the return_type (the CTC head's 'logits')"
+            )
+        for f in idx:
+            _checked_positions(torch.full((b,), f, device=logits.device), real, "ctc_token frame", padding_ok=False)
+        logp = F.log_softmax(logits.float(), -1)
         return logp[:, idx, token].sum(1)
 
     return Target(fn, f"CTC log p[{token}] over frames {idx[0]}..{idx[-1]}", "logits")

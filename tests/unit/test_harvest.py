@@ -358,3 +358,19 @@ def test_encoderlens_harvest_command_equals_the_function(model, tmp_path, capsys
     assert a.complete and a.item_ids() == {i: f"doc-{i}" for i in range(5)}
     for hook in b.hooks:
         assert torch.equal(a.load(hook), b.load(hook)), hook
+
+
+def test_resume_with_the_data_in_another_order_is_refused(model, tmp_path):
+    data = texts(8)
+    kw = dict(batch_size=2, dtype="fp32", items_per_shard=2, progress=False)
+    hook = ["blocks.0.hook_resid_post"]
+    harvest(model, data, hook, tmp_path / "o", max_items=4, **kw)
+    # items 0-3 are stored; the same indices now name other items: skipping them mixed two datasets
+    for other in (data[::-1], ["an extra first item", *data], [data[0], data[2], data[1], *data[3:]]):
+        with pytest.raises(ValueError, match="other items at those indices"):
+            harvest(model, other, hook, tmp_path / "o", **kw)
+    man = harvest(model, data, hook, tmp_path / "o", **kw)  # the same data resumes
+    assert man["complete"] and man["n_items"] == 8
+    full = harvest(model, data, hook, tmp_path / "full", **kw)
+    assert [sh["digest"] for sh in man["shards"]] == [sh["digest"] for sh in full["shards"]]
+    assert torch.equal(load_harvest(tmp_path / "o").load(hook[0]), load_harvest(tmp_path / "full").load(hook[0]))

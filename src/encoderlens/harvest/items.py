@@ -17,6 +17,7 @@ audio dict ``{"array": ..., "sampling_rate": ...}`` gives its array, and its rat
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -110,6 +111,39 @@ class ItemFields:
         if rates:
             options.setdefault("sampling_rate", rates.pop())
         return model.prepare_input(_batch_values(model, inputs, "input"), **options)
+
+
+def item_digest(item: Any) -> str:
+    """A short hash of an item's content (input, options and id), to recognise it when a harvest resumes.
+
+    Strings, numbers, token id and waveform arrays (dtype, shape and bytes), and lists, tuples and dicts of
+    them hash by value; other objects by ``repr``.
+    """
+    h = hashlib.sha256()
+    _feed(h, item)
+    return h.hexdigest()[:16]
+
+
+def _feed(h: Any, v: Any) -> None:
+    if isinstance(v, torch.Tensor):
+        t = v.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif hasattr(v, "dtype") and hasattr(v, "shape") and hasattr(v, "tobytes"):  # numpy arrays
+        h.update(f"A{v.dtype}{tuple(v.shape)}".encode())
+        h.update(v.tobytes())
+    elif isinstance(v, Mapping):
+        h.update(f"D{len(v)}".encode())
+        for k in sorted(v, key=repr):
+            _feed(h, k)
+            _feed(h, v[k])
+    elif isinstance(v, (list, tuple)):
+        h.update(f"L{len(v)}".encode())
+        for x in v:
+            _feed(h, x)
+    else:
+        r = repr(os.fspath(v)) if isinstance(v, os.PathLike) else repr(v)
+        h.update(f"S{type(v).__name__}{len(r)}:{r}".encode())
 
 
 def _batch_values(model: HookedModel, values: list[Any], what: str) -> Any:

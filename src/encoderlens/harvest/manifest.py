@@ -6,6 +6,7 @@ progress file is replaced; :func:`remove_orphans` deletes what a kill between th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -193,3 +194,49 @@ def _alignment_doc(n_rows: dict[str, int], include_padding: bool, info: dict[str
         cols.update(info.get(a, {}))
         doc[a] = cols
     return doc
+
+
+def shard_digest(digests: dict[int, str]) -> str:
+    """One hash of a shard's items (their :func:`~encoderlens.harvest.items.item_digest` in item order)."""
+    return hashlib.sha256(",".join(digests[i] for i in sorted(digests)).encode()).hexdigest()[:16]
+
+
+class StoredItems:
+    """Checks that the items a resumed harvest skips are the ones its stored shards hold.
+
+    A resumed harvest skips the items it stored, by index; if ``data`` changed in between (another order,
+    items added or removed in front), those indices now name other items, and skipping them would mix two
+    datasets under one index. Each shard records a digest of its items; once every item of a stored shard
+    has been read again, their digests must give the same one.
+    """
+
+    def __init__(self, states: Iterable[dict[str, Any]]) -> None:
+        self.shard_of: dict[int, int] = {}
+        self.shards: list[dict[str, Any]] = []
+        self.got: list[dict[int, str]] = []
+        for st in states:
+            for sh in st["shards"]:
+                if "digest" not in sh:  # written before digests were recorded
+                    continue
+                for i in from_runs(sh["items"]):
+                    self.shard_of[i] = len(self.shards)
+                self.shards.append(sh)
+                self.got.append({})
+
+    def seen(self, index: int, digest: str, out: Path) -> None:
+        k = self.shard_of.get(index)
+        if k is None:
+            return
+        sh, got = self.shards[k], self.got[k]
+        got[index] = digest
+        if len(got) == sh["n_items"] and shard_digest(got) != sh["digest"]:
+            raise ValueError(
+                f"{out} holds items {_runs_text(sh['items'])} in {sh['file']}, and the data given now has other items "
+                "at those indices (another order, items added, removed or changed); resuming would mix two datasets. "
+                "Resume with the same data in the same order, or use another out_dir"
+            )
+
+
+def _runs_text(runs: list[list[int]]) -> str:
+    items = list(from_runs(runs))
+    return f"{items[0]}..{items[-1]}" if len(items) > 1 else str(items[0])

@@ -24,14 +24,16 @@ from torch import Tensor, nn
 
 from encoderlens.harvest.alignment import ITEM, align, alignment_info, hook_streams
 from encoderlens.harvest.fingerprint import fingerprint
-from encoderlens.harvest.items import ItemFields
+from encoderlens.harvest.items import ItemFields, item_digest
 from encoderlens.harvest.lock import FolderLock
 from encoderlens.harvest.manifest import (
     FORMAT,
+    StoredItems,
     from_runs,
     load_state,
     rank_file,
     remove_orphans,
+    shard_digest,
     to_runs,
     write_json_atomic,
     write_manifest,
@@ -145,10 +147,11 @@ class _Buffer:
     rows: dict[str, dict[str, list[Tensor]]] = field(default_factory=dict)
     items: list[int] = field(default_factory=list)
     ids: list[Any] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
     nbytes: int = 0
 
     def clear(self) -> None:
-        self.acts, self.rows, self.items, self.ids, self.nbytes = {}, {}, [], [], 0
+        self.acts, self.rows, self.items, self.ids, self.digests, self.nbytes = {}, {}, [], [], [], 0
 
 
 def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int, bool]:
@@ -402,6 +405,7 @@ def harvest(
                     cols.setdefault("pos", []).append(pos_col[mask])
             buf.items.extend(idx)
             buf.ids.extend(current["ids"])
+            buf.digests.extend(current["digests"])
 
         def flush() -> None:
             if not buf.items:
@@ -427,6 +431,7 @@ def harvest(
                     "rank": rank,
                     "n_items": len(buf.items),
                     "items": to_runs(sorted(buf.items)),
+                    "digest": shard_digest(dict(zip(buf.items, buf.digests, strict=True))),
                     "n_rows": n_rows,
                     "bytes": (out / fname).stat().st_size,
                 }
@@ -445,26 +450,31 @@ def harvest(
         pending: list[Any] = []
         pending_idx: list[int] = []
         pending_ids: list[Any] = []
+        pending_digests: list[str] = []
+        check = StoredItems(state.values())
         n_seen = 0
         try:
             for i, item in enumerate(data):
                 if max_items is not None and i >= max_items:
                     break
                 n_seen = i + 1
+                if i in committed:
+                    check.seen(i, item_digest(item), out)
                 if i % world_size != rank or i in committed:
                     continue
                 pending.append(item)
                 pending_idx.append(i)
                 pending_ids.append(fields_.item_id(item, i))
+                pending_digests.append(item_digest(item))
                 if len(pending) == batch_size:
-                    current["ids"] = pending_ids
+                    current.update(ids=pending_ids, digests=pending_digests)
                     run_batch(pending, pending_idx)
                     bar.update(len(pending))
-                    pending, pending_idx, pending_ids = [], [], []
+                    pending, pending_idx, pending_ids, pending_digests = [], [], [], []
                     if buf.nbytes >= shard_limit or (items_per_shard is not None and len(buf.items) >= items_per_shard):
                         flush()
             if pending:
-                current["ids"] = pending_ids
+                current.update(ids=pending_ids, digests=pending_digests)
                 run_batch(pending, pending_idx)
                 bar.update(len(pending))
             flush()

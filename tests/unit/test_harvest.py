@@ -374,3 +374,21 @@ def test_resume_with_the_data_in_another_order_is_refused(model, tmp_path):
     full = harvest(model, data, hook, tmp_path / "full", **kw)
     assert [sh["digest"] for sh in man["shards"]] == [sh["digest"] for sh in full["shards"]]
     assert torch.equal(load_harvest(tmp_path / "o").load(hook[0]), load_harvest(tmp_path / "full").load(hook[0]))
+
+
+def test_a_pooler_as_wide_as_the_sequence_stays_one_row_per_item(model, tmp_path):
+    # token items of 36 tokens, and a 36-wide pooler: (batch, 36) also matches the (batch, pos) mask
+    data = [[5 + (i + j) % 50 for j in range(36)] for i in range(3)]
+    hooks = ["pooler.hook_pooled"]
+    man = harvest(model, data, hooks, tmp_path / "w", return_type="all", dtype="fp32", progress=False)
+    assert man["hooks"]["pooler.hook_pooled"]["alignment"] == "item" and man["n_rows"] == {"item": 3}
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(torch.tensor(data), names_filter=hooks, return_type="all")
+    assert (load_harvest(tmp_path / "w").load(hooks[0]) - cache[hooks[0]]).abs().max() < 1e-5
+    # a transform's (batch, pos) output is one value per position
+    norms = {"blocks.0.hook_resid_post": lambda x, batch: x.norm(dim=-1)}
+    man = harvest(
+        model, texts(3), ["blocks.0.hook_resid_post"], tmp_path / "n", transforms=norms, progress=False
+    )  # fmt: skip
+    assert man["hooks"]["blocks.0.hook_resid_post"]["alignment"] == "token"
+    assert man["hooks"]["blocks.0.hook_resid_post"]["shape"] == []

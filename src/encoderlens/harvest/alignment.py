@@ -56,8 +56,14 @@ def alignment_name(batch: Prepared, stream: StreamName) -> str:
     return kind if stream is None else f"{stream}_{kind}"
 
 
-def align(hook_name: str, act: Tensor, batch: Prepared, stream: StreamName | NoStream) -> tuple[str, StreamName]:
+def align(
+    hook_name: str, act: Tensor, batch: Prepared, stream: StreamName | NoStream, transformed: bool = False
+) -> tuple[str, StreamName]:
     """``(alignment name, stream)`` of one activation (stream None and name ``"item"`` for per-item ones).
+
+    A hook's own activation follows positions only with a feature axis, ``(batch, pos, ...)``: a 2-D one is
+    ``(batch, features)`` (a pooler, a classifier), per item even where its width equals the sequence
+    length. A transform's 2-D output that matches a stream's positions is one value per position.
 
     Raises:
         ValueError: Two position axes (attention patterns), or positions that follow no stream of the batch.
@@ -75,7 +81,8 @@ def align(hook_name: str, act: Tensor, batch: Prepared, stream: StreamName | NoS
         )
     candidates = list(batch.masks) if isinstance(stream, NoStream) else [stream]
     for s in candidates:
-        if s in batch.masks and act.ndim >= 2 and tuple(act.shape[:2]) == tuple(batch.masks[s].shape):
+        positional = act.ndim >= 3 or (transformed and act.ndim == 2)
+        if s in batch.masks and positional and tuple(act.shape[:2]) == tuple(batch.masks[s].shape):
             return alignment_name(batch, s), s
     if act.ndim <= 2:
         return ITEM, None

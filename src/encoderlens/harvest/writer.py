@@ -325,7 +325,7 @@ def harvest(
                 x = act.detach()
                 if name in transforms:
                     x = transforms[name](x, batch)
-                alignment, stream = align(name, x, batch, streams[name])
+                alignment, stream = align(name, x, batch, streams[name], name in transforms)
                 if alignment == ITEM:
                     rows = x
                 elif include_padding:

@@ -6,6 +6,7 @@ SAE should do.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 
@@ -329,3 +330,29 @@ def test_feature_patching_matches_brute_force_and_attribution_tracks_it(model):
     whole = patch_sae_features(model, sae, clean, corrupt, metric, features=feats[:2], by_pos=False)
     assert whole.axes == ("feature",)
     assert model.acts_to_saes == {}
+
+
+def test_one_sae_is_spliced_in_once(model):
+    tokens, mask = padded_tokens()
+    sae, other = random_sae("standard"), tiny_mlm(seed=1)
+    h0 = "blocks.0.hook_resid_post"
+    _, clean = model.run_with_cache(tokens, one_zero_attention_mask=mask)
+    model.add_sae(sae)
+    try:
+        # its hook points carry one name: block 1's features were cached under block 0's name
+        with pytest.raises(ValueError, match="already attached at 'blocks.1.hook_resid_post' of this model"):
+            model.add_sae(sae, hook_name=h0)
+        with pytest.raises(ValueError, match="of another model"):
+            other.add_sae(sae)
+        _, cache = model.run_with_cache(tokens, one_zero_attention_mask=mask)
+        assert torch.equal(cache[f"{HOOK}.hook_sae_input"], clean[HOOK])
+        # a copy is another SAE
+        copy_ = copy.deepcopy(sae)
+        model.add_sae(copy_, hook_name=h0)
+        _, cache = model.run_with_cache(tokens, one_zero_attention_mask=mask)
+        assert torch.equal(cache[f"{h0}.hook_sae_input"], clean[h0])
+    finally:
+        model.reset_saes()
+    other.add_sae(sae)  # detached: free to go elsewhere
+    assert other.acts_to_saes == {HOOK: sae}
+    other.reset_saes()

@@ -13,6 +13,7 @@ family. Also here: the keywords SAELens passes to ``run_with_cache`` (``prepend_
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +22,20 @@ from torch import Tensor
 
 from encoderlens.components.sae import SparseAutoencoder
 from encoderlens.hooks import HookPoint
+
+#: Attached SAE -> (its model, the hook name): an SAE's hook points carry one name, so it is spliced in once.
+_HOSTS: weakref.WeakKeyDictionary[SparseAutoencoder, tuple[weakref.ref[Any], str]] = weakref.WeakKeyDictionary()
+
+
+def _attached_where(sae: SparseAutoencoder) -> str | None:
+    """Where ``sae`` is attached now (``"blocks.0.hook_resid_post"``, ``"... of another model"``), else None."""
+    entry = _HOSTS.get(sae)
+    if entry is None:
+        return None
+    host, name = entry[0](), entry[1]
+    if host is None or host.__dict__.get("_attached_saes", {}).get(name, (None,))[0] is not sae:
+        return None
+    return name
 
 
 class StopForward(Exception):
@@ -86,7 +101,17 @@ class SAEHostMixin:
             raise ValueError(f"an SAE is already attached at {name!r}; call reset_saes([{name!r}]) first")
         if any(name.startswith(f"{other}.") for other in attached):
             raise ValueError(f"{name!r} is a hook point of an attached SAE; SAEs cannot be attached to SAEs")
+        where = _attached_where(sae)
+        if where is not None:
+            host = _HOSTS[sae][0]()
+            on = "this model" if host is self else "another model"
+            raise ValueError(
+                f"this SAE is already attached at {where!r} of {on}; its hook points carry one name, so a second "
+                f"splice at {name!r} would cache and hook both sites' features under one name. Detach it first "
+                f"(reset_saes([{where!r}])), or attach a copy: copy.deepcopy(sae)"
+            )
         attached[name] = (sae, sae.use_error_term)
+        _HOSTS[sae] = (weakref.ref(self), name)
         if use_error_term is not None:
             sae.use_error_term = use_error_term
         for short, hp in sae.hook_points().items():
@@ -103,6 +128,7 @@ class SAEHostMixin:
             if name not in attached:
                 raise ValueError(f"no SAE is attached at {name!r}; attached: {sorted(attached)}")
             sae, use_error_term = attached.pop(name)
+            _HOSTS.pop(sae, None)
             sae.use_error_term = use_error_term
             self.hook_dict[name].splice = None
             for short, hp in sae.hook_points().items():

@@ -356,3 +356,17 @@ def test_one_sae_is_spliced_in_once(model):
     other.add_sae(sae)  # detached: free to go elsewhere
     assert other.acts_to_saes == {HOOK: sae}
     other.reset_saes()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_low_precision_sae_with_its_error_term_gives_back_the_activation(model, dtype):
+    tokens, mask = padded_tokens()
+    z = "blocks.0.attn.hook_z"
+    plain = model(tokens, one_zero_attention_mask=mask)
+    for sae in (
+        random_sae("standard", dtype=dtype),
+        random_sae("topk", d_in=D, hook=z, dtype=dtype, reshape_activations="hook_z"),
+    ):
+        # the error term summed in the SAE's dtype rounded the activation to bfloat16 (logits off by 2e-3)
+        same = model.run_with_saes(tokens, one_zero_attention_mask=mask, saes=[sae], use_error_term=True)
+        torch.testing.assert_close(same, plain, atol=1e-5, rtol=1e-5)

@@ -23,8 +23,8 @@ inputs (attention ``hook_z``) and restores the shape on the output.
 Hook points (SAELens's names): ``hook_sae_input``, ``hook_sae_acts_pre``, ``hook_sae_acts_post`` (the
 features), ``hook_sae_recons``, ``hook_sae_error`` (``x - recons``, only with ``use_error_term``) and
 ``hook_sae_output``. With ``use_error_term`` the output is ``recons + error``, where the error is
-computed from a run *without* the SAE's hooks: unhooked, the output equals the input (up to float
-rounding), and a hook on the features changes the output by exactly the change of the reconstruction.
+computed from a run *without* the SAE's hooks, in the wider of the input's and the SAE's dtypes: unhooked,
+the output equals the input (up to float rounding in that dtype, also for a bfloat16 SAE), and a hook on the features changes the output by exactly the change of the reconstruction.
 
 Reading and writing SAELens folders (``cfg.json`` + ``sae_weights.safetensors``) is in
 :mod:`encoderlens.components.sae_format`; splicing an SAE into a model is in :mod:`encoderlens.models.saes`.
@@ -243,13 +243,16 @@ class SparseAutoencoder(KeepPropertyErrors, nn.Module):
         """The reconstruction (plus the error term with ``use_error_term``), shaped and typed like ``x``."""
         recons = self.decode(self.encode(x))
         if self.use_error_term:
+            # in the wider of the two dtypes: a bfloat16 SAE on a float32 model gives back the float32 input
+            wide = torch.promote_types(x.dtype, recons.dtype)
             with torch.no_grad():
                 if any(hp.has_hooks() for hp in self.hook_points().values()):
                     clean = self._decode(self._encode(x, hooked=False), hooked=False)
                 else:
                     clean = recons.detach()
-                error = self._check_input(x) - clean
-            recons = recons + self.hook_sae_error(error)
+                flat = x.flatten(-2) if self.cfg.reshape_activations == "hook_z" else x
+                error = flat.to(wide) - clean.to(wide)
+            recons = recons.to(wide) + self.hook_sae_error(error)
         out = self.hook_sae_output(recons)
         if self.cfg.reshape_activations == "hook_z":
             out = out.unflatten(-1, x.shape[-2:])

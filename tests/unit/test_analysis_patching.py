@@ -7,8 +7,11 @@ import torch
 
 from encoderlens.analysis import (
     Target,
+    ablate_edges,
     check_compatible,
+    edge_attribution,
     embedding_noise_hook,
+    log_prob,
     logit_diff,
     patch_attn_layers,
     patch_heads,
@@ -275,3 +278,22 @@ def test_nearly_equal_clean_and_corrupted_metrics_warn(model, pair):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         patch_residual(model, clean, corrupt, offset, normalize=False, **kw)
+
+
+def test_a_metric_position_on_padding_or_outside_is_refused(model, pair):
+    clean, corrupt, mask = pair  # item 1 has 6 real tokens of 9
+    kw = {"one_zero_attention_mask": mask}
+    # position -1 (or 7) read item 1's padding logits: its "effect" was a number of no output
+    for bad in (logit_diff(-1, GOOD, BAD), logit_diff([4, 7], GOOD, BAD), log_prob(8, GOOD)):
+        with pytest.raises(ValueError, match="is padding in batch item 1, which has 6 real positions"):
+            patch_residual(model, clean, corrupt, bad, layers=[0], input_kwargs=kw)
+    with pytest.raises(ValueError, match="outside the 9 positions"):
+        patch_residual(model, clean, corrupt, logit_diff(9, GOOD, BAD), layers=[0], input_kwargs=kw)
+    with pytest.raises(ValueError, match="is padding in batch item 1"):
+        edge_attribution(model, clean, corrupt, logit_diff(-1, GOOD, BAD), input_kwargs=kw)
+    with pytest.raises(ValueError, match="is padding in batch item 1"):
+        ablate_edges(model, clean, corrupt, logit_diff(-1, GOOD, BAD), [[]], input_kwargs=kw)
+    # each item's last real position is fine
+    last = mask.sum(1) - 1
+    res = patch_residual(model, clean, corrupt, logit_diff(last, GOOD, BAD), layers=[0], input_kwargs=kw)
+    assert res.values.shape == (1, 9)

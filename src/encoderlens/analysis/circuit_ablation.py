@@ -17,7 +17,7 @@ from torch import Tensor
 from encoderlens.analysis.circuit_graph import Graph, build_graph
 from encoderlens.analysis.circuit_norms import Norm, patched_deltas, sender_value
 from encoderlens.analysis.circuits import EdgeScores, graph_norms, metric_value, sender_values
-from encoderlens.analysis.patching_core import Metric, check_compatible, per_copy_metric
+from encoderlens.analysis.patching_core import Metric, check_compatible, check_metric, per_copy_metric
 from encoderlens.analysis.results import Labelled
 from encoderlens.models.base import HookedModel
 
@@ -55,7 +55,8 @@ def ablate_edges(
     bad = [e for es in ablated for e in es if not (isinstance(e, int) and 0 <= e < n)]
     if bad:
         raise ValueError(f"edge indices must be ints in [0, {n}) (the graph's edges); got {bad[:5]}")
-    corrupt_vals, _ = sender_values(model, corrupt_p, graph, return_type)
+    corrupt_vals, corrupt_out = sender_values(model, corrupt_p, graph, return_type)
+    check_metric(metric, corrupt_p, corrupt_out)  # the same padding as the clean input's
     norms = graph_norms(model, graph)
     b = clean_p.batch_size
     results = []

@@ -48,7 +48,7 @@ from torch import Tensor
 from encoderlens.analysis.circuit_graph import Graph, build_graph
 from encoderlens.analysis.circuit_norms import Norm, edge_score_matrix, sender_value
 from encoderlens.analysis.gradients import quadrature
-from encoderlens.analysis.patching_core import Metric, check_compatible, per_copy_metric
+from encoderlens.analysis.patching_core import Metric, check_compatible, check_metric, per_copy_metric
 from encoderlens.analysis.results import Labelled
 from encoderlens.components.norm import LayerNorm, RMSNorm
 from encoderlens.models.base import HookedModel
@@ -225,6 +225,7 @@ def edge_attribution(
     graph = build_graph(model)
     norms = graph_norms(model, graph)
     corrupt_vals, corrupt_out = sender_values(model, corrupt_p, graph, return_type)
+    check_metric(metric, corrupt_p, corrupt_out)  # the same padding as the clean input's
     m_corrupt = metric_value(metric(corrupt_out))
     b = clean_p.batch_size
     if method == "EAP":

@@ -37,6 +37,7 @@ from encoderlens.analysis.patching_core import (
     HookList,
     Metric,
     PatchSetup,
+    PositionMetric,
     Target,
     check_compatible,
     finish_result,
@@ -59,6 +60,7 @@ __all__ = [
     "HookList",
     "Metric",
     "PatchSetup",
+    "PositionMetric",
     "Target",
     "check_compatible",
     "embedding_noise_hook",
@@ -121,7 +123,7 @@ def logit_diff(
             val = val - sel[rows, _per_item(bad, b, logits.device, "bad")]
         return val.mean() if reduce == "mean" else val
 
-    return metric
+    return PositionMetric(metric, position, "logit_diff")
 
 
 def log_prob(
@@ -135,7 +137,7 @@ def log_prob(
         lp = logits.log_softmax(-1)
         return logit_diff(position, token, None, reduce)(lp)
 
-    return metric
+    return PositionMetric(metric, position, "log_prob")
 
 
 # ---------------------------------------------------------------------- validation

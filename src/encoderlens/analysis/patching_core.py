@@ -36,6 +36,60 @@ Direction = Literal["denoise", "noise"]
 HookList = Sequence[tuple[Any, Callable[..., Tensor | None]]]
 
 
+class PositionMetric:
+    """A metric that reads the logits at one position per item (:func:`~encoderlens.analysis.logit_diff`).
+
+    Calling it is calling ``fn``; :meth:`check` (run by :func:`setup_runs` and the circuit tools on the
+    clean run) refuses a position outside the logits or on an item's padding, whose logits are no output
+    of that item (``position=-1`` is the padded batch's last position, padding for every shorter item).
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], position: Any, what: str) -> None:
+        self.fn, self.position, self.what = fn, position, what
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        return self.fn(logits)
+
+    def check(self, batch: Prepared, logits: Any) -> None:
+        """Raise a ValueError if a position is outside ``logits`` or on padding of ``batch``'s items.
+
+        The padding is that of the input's last stream as long as the logits' positions (the decoder's
+        on an encoder-decoder); without one only the bounds are checked.
+        """
+        if not isinstance(logits, Tensor) or logits.ndim != 3:
+            return  # the metric itself says what it needs
+        b, n = logits.shape[:2]
+        pos = torch.as_tensor(self.position).reshape(-1).long().cpu()
+        pos = pos.expand(b) if pos.numel() == 1 else pos
+        if pos.shape != (b,):
+            return  # the metric itself raises, naming the shape it needs
+        outside = (pos < -n) | (pos >= n)
+        if bool(outside.any()):
+            raise ValueError(
+                f"{self.what} position {int(pos[outside][0])} is outside the {n} positions of the logits; "
+                f"expected -{n} <= position < {n}"
+            )
+        masks = [m for m in batch.masks.values() if m.shape == (b, n)]
+        if not masks:
+            return
+        real = masks[-1].bool().cpu()
+        pos = pos % n
+        on_padding = ~real[torch.arange(b), pos]
+        if bool(on_padding.any()):
+            item = int(on_padding.nonzero()[0, 0])
+            raise ValueError(
+                f"{self.what} position {int(pos[item])} is padding in batch item {item}, which has "
+                f"{int(real[item].sum())} real positions (a negative position counts from the end of the padded "
+                "batch); pass one real position per item, e.g. each item's last real one: mask.sum(1) - 1"
+            )
+
+
+def check_metric(metric: Metric, batch: Prepared, out: Any) -> None:
+    """:meth:`PositionMetric.check` for a metric that reads positions; nothing for any other metric."""
+    if isinstance(metric, PositionMetric):
+        metric.check(batch, out)
+
+
 @dataclass(frozen=True)
 class Target:
     """One activation slice to patch: ``activation[:, *index]`` of hook ``hook`` (batch dim left out)."""
@@ -288,6 +342,7 @@ def setup_runs(
                 corrupt_p, names_filter=cached.__contains__, return_type=return_type
             )
     b = clean_p.batch_size
+    check_metric(metric, clean_p, clean_out)
     m_clean = _as_metric_tensor(metric(clean_out), b)
     m_corrupt = _as_metric_tensor(metric(corrupt_out), b)
     if direction == "denoise":

@@ -392,3 +392,19 @@ def test_a_pooler_as_wide_as_the_sequence_stays_one_row_per_item(model, tmp_path
     )  # fmt: skip
     assert man["hooks"]["blocks.0.hook_resid_post"]["alignment"] == "token"
     assert man["hooks"]["blocks.0.hook_resid_post"]["shape"] == []
+
+
+def test_resume_with_another_batch_size_is_refused(model, tmp_path):
+    # rows of a model that runs padding unmasked (group-norm wav2vec2) depend on the batch they ran in
+    data = texts(6)
+    hook = ["blocks.0.hook_resid_post"]
+    harvest(model, data, hook, tmp_path / "b", batch_size=2, items_per_shard=2, max_items=2, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        harvest(model, data, hook, tmp_path / "b", batch_size=3, items_per_shard=2, progress=False)
+    # a folder written before the batch size was recorded still resumes
+    progress = tmp_path / "b" / "_progress" / "rank000.json"
+    st = json.loads(progress.read_text())
+    del st["settings"]["batch_size"]
+    progress.write_text(json.dumps(st))
+    man = harvest(model, data, hook, tmp_path / "b", batch_size=3, items_per_shard=2, progress=False)
+    assert man["complete"] and man["n_items"] == 6

@@ -80,10 +80,13 @@ def load_state(
             f"{out} already holds a harvest; pass resume=True to continue it, or an empty out_dir to start anew"
         )
     for st in state.values():
-        if st.get("settings") != settings:
+        stored_settings = st.get("settings") or {}
+        # folders written before the batch size was recorded resume at any batch size, as they did
+        now = settings if "batch_size" in stored_settings else {k: v for k, v in settings.items() if k != "batch_size"}
+        if stored_settings != now:
             raise ValueError(
                 f"{out} holds a harvest with other settings ({st.get('settings')}) than this one ({settings}); "
-                "resume it with the same hooks, dtype, padding, item fields and return_type, or use another out_dir"
+                "resume it with the same hooks, dtype, batch_size, padding, item fields and return_type, or use another out_dir"
             )
         stored = st.get("model", {})
         diff = differences(stored, model) if model is not None else []

@@ -235,7 +235,8 @@ def harvest(
         transforms: Hook name -> ``fn(activation, prepared batch) -> tensor`` applied before storing, e.g. to
             reduce an attention pattern ``(batch, head, q, k)`` to ``(batch, q, head)``.
         max_items: Stop after this many items of ``data`` (global count, before splitting by rank).
-        resume: Continue a harvest found in ``out_dir`` (it must have the same settings). False:
+        resume: Continue a harvest found in ``out_dir`` (it must have the same settings, ``batch_size``
+            included: a model that runs its padding unmasked gives batch-dependent rows). False:
             refuse to touch a folder that already holds one.
         progress: Show a tqdm progress bar.
         rank, world_size: Default from ``torch.distributed`` when it is initialised (torchrun), else
@@ -288,6 +289,9 @@ def harvest(
     with contextlib.closing(_Releaser(lock)):
         settings = {
             "hooks": names,
+            # a padded batch is exact only where the model masks its padding (not e.g. group-norm wav2vec2
+            # checkpoints, which HF runs unmasked): stored items may depend on the batch they ran in
+            "batch_size": batch_size,
             "dtype": dtype_name(store_dtype),
             "include_padding": bool(include_padding),
             "items": fields_.describe(),

@@ -25,7 +25,7 @@ from common import (
     ratio_rows,
     setup,
     skipped,
-    time_interleaved,
+    time_cases,
     tmpdir,
 )
 
@@ -88,13 +88,7 @@ def main() -> None:
             1.05,
         ),
     ]
-    times = time_interleaved(
-        fns,
-        repeats=1 if args.quick else args.repeats,
-        warmup=0 if args.quick else args.warmup,
-        clock=args.clock,
-        rows=rows,
-    )
+    times = time_cases(fns, rows, args)
     print_table(
         f"{TITLE} (threads={args.threads}, fp32, {args.clock} clock, {len(times['ours'])} rounds)",
         ratio_rows(times, rows),

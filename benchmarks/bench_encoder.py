@@ -22,7 +22,7 @@ from common import (
     print_times,
     ratio_rows,
     setup,
-    time_interleaved,
+    time_cases,
     tmpdir,
 )
 
@@ -169,13 +169,7 @@ def main() -> None:
         Ratio("hook on every resid_post / HF eager", "ours_hook_every_resid", "hf_eager"),
         *tl_rows,
     ]
-    times = time_interleaved(
-        fns,
-        repeats=1 if args.quick else args.repeats,
-        warmup=0 if args.quick else args.warmup,
-        clock=args.clock,
-        rows=rows,
-    )
+    times = time_cases(fns, rows, args)
     print_table(
         f"{TITLE} (threads={args.threads}, fp32, {args.clock} clock, {len(times['ours'])} rounds)",
         ratio_rows(times, rows),

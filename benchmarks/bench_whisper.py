@@ -26,7 +26,7 @@ from common import (
     ratio_rows,
     setup,
     skipped,
-    time_interleaved,
+    time_cases,
     tmpdir,
 )
 
@@ -105,13 +105,7 @@ def main() -> None:
         Ratio("forward (logits), no hooks / HF eager", "ours", "hf_eager", 1.05),
         Ratio(f"greedy generate {new} new tokens, hooks active / HF generate", "ours_generate", "hf_generate", 1.1),
     ]
-    times = time_interleaved(
-        fns,
-        repeats=1 if args.quick else args.repeats,
-        warmup=0 if args.quick else args.warmup,
-        clock=args.clock,
-        rows=rows,
-    )
+    times = time_cases(fns, rows, args)
     print_table(
         f"{TITLE} (threads={args.threads}, fp32, {args.clock} clock, {len(times['ours'])} rounds)",
         ratio_rows(times, rows),

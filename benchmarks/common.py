@@ -147,6 +147,19 @@ def time_interleaved(
     return times
 
 
+def time_cases(
+    fns: dict[str, Callable[[], object]], rows: Sequence[Ratio], args: argparse.Namespace
+) -> dict[str, list[float]]:
+    """:func:`time_interleaved` with the command line's rounds and clock (one round, no warm-up with ``--quick``)."""
+    return time_interleaved(
+        fns,
+        repeats=1 if args.quick else args.repeats,
+        warmup=0 if args.quick else args.warmup,
+        clock=args.clock,
+        rows=rows,
+    )
+
+
 def _rotated(items: list, r: int) -> list:
     k = r % len(items)
     return items[k:] + items[:k]

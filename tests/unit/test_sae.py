@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from encoderlens import HookedAudioEncoder, HookedEncoderDecoder, SAEConfig, SparseAutoencoder, load_sae, save_sae
-from encoderlens.analysis import attribute_sae_features, patch_sae_features
+from encoderlens.analysis import attribute_sae_features, logit_diff, patch_sae_features
 from tests.seq2seq_helpers import make_hf, padded_seq2seq_batch
 from tests.unit.analysis_helpers import padded_tokens, tiny_mlm
 
@@ -370,3 +370,19 @@ def test_a_low_precision_sae_with_its_error_term_gives_back_the_activation(model
         # the error term summed in the SAE's dtype rounded the activation to bfloat16 (logits off by 2e-3)
         same = model.run_with_saes(tokens, one_zero_attention_mask=mask, saes=[sae], use_error_term=True)
         torch.testing.assert_close(same, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_features_that_differ_only_on_padding_are_not_picked(model):
+    tokens, mask = padded_tokens()  # item 1 is padding from position 6
+    sae = random_sae("standard", d_sae=24)
+    kw = {"input_kwargs": {"one_zero_attention_mask": mask}, "normalize": False}
+
+    def noise_on_padding(x, hook):
+        x = x.clone()
+        x[1, 6:] += 3.0  # changes item 1's padding positions only: no output of either run changes
+        return x
+
+    # before: features were ranked by changes on padding, and patched with a zero effect
+    for fn in (patch_sae_features, attribute_sae_features):
+        with pytest.raises(ValueError, match="no SAE feature differs"):
+            fn(model, sae, tokens, None, logit_diff(0, 11, 12), corrupt_hooks=[(HOOK, noise_on_padding)], **kw)

@@ -50,7 +50,12 @@ def _stream_of(model: HookedModel, hook: str) -> StreamName:
 
 
 def _pick_features(
-    setup: PatchSetup, name: str, features: Sequence[int] | None, max_features: int, d_sae: int
+    setup: PatchSetup,
+    name: str,
+    stream: StreamName,
+    features: Sequence[int] | None,
+    max_features: int,
+    d_sae: int,
 ) -> list[int]:
     if features is not None:
         out = []
@@ -60,6 +65,10 @@ def _pick_features(
             out.append(f % d_sae)
         return out
     delta = (setup.source_cache[name].float() - setup.base_cache[name].float()).abs()
+    # padding positions are no part of either run's output: a feature that differs only there is no change
+    real = setup.base.mask(stream).to(delta.device).bool()
+    if tuple(real.shape) == tuple(delta.shape[:2]):
+        delta = delta * real[..., None]
     score = delta.flatten(0, -2).sum(0)
     changed = int((score > 0).sum())
     k = min(max_features, changed)
@@ -108,14 +117,14 @@ def patch_sae_features(
         clean, corrupt, metric, direction, normalize, corrupt_hooks, return_type, input_kwargs, chunk_size,
             progress: As in :func:`~encoderlens.analysis.patching.patch_residual`.
         features: Feature indices to patch; None: the ``max_features`` features whose activations differ
-            most between the two runs (summed over items and positions).
+            most between the two runs (summed over items and real positions; padding is left out).
         positions: Positions to patch (``by_pos=True``); None: all.
         by_pos: False: patch each feature at every position at once (axes ``("feature",)``).
     """
     kw = dict(direction=direction, corrupt_hooks=corrupt_hooks, return_type=return_type, input_kwargs=input_kwargs)
     with model.saes([sae], use_error_term=True):
         name, setup = _prepare(model, sae, clean, corrupt, metric, kw)
-        feats = _pick_features(setup, name, features, max_features, sae.cfg.d_sae)
+        feats = _pick_features(setup, name, _stream_of(model, name), features, max_features, sae.cfg.d_sae)
         if not feats:
             raise ValueError("no SAE feature differs between the clean and corrupted runs; pass features=[...]")
         n_pos = int(setup.base_cache[name].shape[1])
@@ -165,7 +174,7 @@ def attribute_sae_features(
     with model.saes([sae], use_error_term=True):
         name, setup = _prepare(model, sae, clean, corrupt, metric, kw)
         grads, value = base_gradients(model, setup, [name], metric)
-    feats = _pick_features(setup, name, features, max_features, sae.cfg.d_sae)
+    feats = _pick_features(setup, name, _stream_of(model, name), features, max_features, sae.cfg.d_sae)
     if not feats:
         raise ValueError("no SAE feature differs between the clean and corrupted runs; pass features=[...]")
     g = grads[name]

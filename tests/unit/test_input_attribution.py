@@ -306,3 +306,16 @@ def test_ctc_token_refuses_padding_frames_and_frames_outside(audio):
         attribute_input(audio, w, ctc_token(10_000, [0]), method="saliency")
     # real frames of both items still score
     assert attribute_input(audio, w, ctc_token(5, [0, n_short - 1]), method="saliency").target.shape == (2,)
+
+
+def test_ctc_transcript_span_outside_or_on_padding_is_refused(audio):
+    w = waves()
+    blank = audio.readout().blank_id
+    real = audio.prepare_input(w).mask(None).bool()
+    n, n_short = real.shape[1], int(real[1].sum())
+    # a negative start sliced the padded end and counted lengths past it; a start on padding gave -inf
+    for frames in ((-3, n), (0, n + 4), (4, 2), (n_short, n)):
+        with pytest.raises(ValueError, match="ctc_transcript frames"):
+            attribute_input(audio, w, ctc_transcript([5], blank=blank, frames=frames), method="saliency")
+    ok = attribute_input(audio, w, ctc_transcript([5], blank=blank, frames=(1, n)), method="saliency")
+    assert bool(torch.isfinite(ok.target).all())

@@ -257,6 +257,23 @@ def ctc_token(token: int, frames: Sequence[int] | tuple[int, int]) -> Target:
     return Target(fn, f"CTC log p[{token}] over frames {idx[0]}..{idx[-1]}", "logits")
 
 
+def _check_span(frames: tuple[int, int], lengths: Tensor, n: int) -> None:
+    """``frames`` as ``0 <= start < end <= n`` starting on a real frame of every item, else a ValueError."""
+    start, end = frames
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= n):
+        raise ValueError(
+            f"ctc_transcript frames must be (start, end) with 0 <= start < end <= {n} (the logits' frames), "
+            f"got {frames!r}"
+        )
+    short = (lengths <= start).nonzero().flatten()
+    if short.numel():
+        item = int(short[0])
+        raise ValueError(
+            f"ctc_transcript frames {frames!r} start on padding of batch item {item}, which has "
+            f"{int(lengths[item])} real frames; pick a span within every item's real frames"
+        )
+
+
 def ctc_transcript(
     labels: Sequence[int] | Sequence[Sequence[int]], blank: int, frames: tuple[int, int] | None = None
 ) -> Target:
@@ -265,7 +282,8 @@ def ctc_transcript(
     Args:
         labels: Token ids of the transcript (one list for every item, or one list per item).
         blank: The CTC blank id (``model.readout().blank_id``).
-        frames: ``(start, end)``: the transcript span must be emitted within these frames.
+        frames: ``(start, end)``: the transcript span must be emitted within these frames (of every item's
+            real frames: a span outside the logits, or starting on an item's padding, raises).
     """
     per_item = bool(labels) and isinstance(labels[0], Sequence)
 
@@ -278,6 +296,7 @@ def ctc_transcript(
         lengths = batch.mask(batch.streams[0]).sum(1).to(logits.device)
         logp = F.log_softmax(logits.float(), -1)
         if frames is not None:
+            _check_span(frames, lengths, logits.shape[1])
             logp = logp[:, frames[0] : frames[1]]
             lengths = (lengths - frames[0]).clamp(0, frames[1] - frames[0])
         tgt = torch.tensor([t for r in rows for t in r], dtype=torch.long, device=logits.device)

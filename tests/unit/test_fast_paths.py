@@ -180,45 +180,6 @@ def test_copy_to_returns_the_tensor_itself_on_its_own_device():
     wait_for_copies(pending)  # nothing queued: returns at once
 
 
-@pytest.mark.parametrize(
-    ("kernel", "stride", "bias", "n_samples"), [(10, 5, False, 617), (3, 2, True, 40), (4, 4, True, 4)]
-)
-def test_waveform_conv_as_a_matmul_equals_conv1d_with_gradients(kernel, stride, bias, n_samples, monkeypatch):
-    """The first conv layer (one input channel) runs as a matmul over the waveform's windows, not conv1d."""
-    from encoderlens.components.audio_frontend import ConvLayer
-    from encoderlens.config import AudioFrontendConfig
-
-    cfg = AudioFrontendConfig(
-        conv_dim=(6,), conv_kernel=(kernel,), conv_stride=(stride,), conv_bias=bias, conv_norm="group",
-        conv_act_fn="gelu", proj_norm=None, d_model=8, pos_conv_kernel=4, pos_conv_groups=2,
-    )  # fmt: skip
-    layer = ConvLayer(cfg, 0)
-    g = torch.Generator().manual_seed(kernel)
-    with torch.no_grad():
-        layer.W.copy_(torch.randn(layer.W.shape, generator=g))
-        if layer.b is not None:
-            layer.b.copy_(torch.randn(layer.b.shape, generator=g))
-    wave = torch.randn(3, 1, n_samples, generator=g, requires_grad=True)
-    calls = [0]
-    real = torch.nn.functional.conv1d
-
-    def spy(*args, **kwargs):
-        calls[0] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "conv1d", spy)
-    got = layer._conv(wave)
-    assert calls[0] == 0
-    want = real(wave, layer.W, layer.b, stride=stride)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert got.is_contiguous()
-    grads = torch.autograd.grad(got.square().sum(), (wave, layer.W))
-    for mine, ref in zip(grads, torch.autograd.grad(want.square().sum(), (wave, layer.W)), strict=True):
-        torch.testing.assert_close(mine, ref, atol=1e-4, rtol=1e-5)
-    with pytest.raises(RuntimeError):  # shorter than the kernel: conv1d's own error, as before
-        layer._conv(wave[..., : kernel - 1])
-
-
 @pytest.mark.parametrize("norm", ["group", "layer"])
 def test_conv_activations_run_in_place_only_on_buffers_nothing_else_holds(norm, tmp_path):
     """The front end's activations overwrite fresh buffers in a plain run; a cached raw conv output stays intact."""

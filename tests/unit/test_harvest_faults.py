@@ -265,6 +265,25 @@ def test_shards_honour_the_umask(model, tmp_path):
     assert modes and set(modes.values()) == {0o644}, modes
 
 
+def test_a_killed_shard_write_leaves_only_temporary_files_a_resume_removes(tmp_path, monkeypatch):
+    """Shards are serialised in memory and written by us: safetensors' own writer makes a ``.tmpXXXXXX``
+    file in the folder that a writer killed mid-write leaves behind and no resume cleans (a two-process
+    harvest killed by torchrun left one)."""
+    import safetensors.torch
+
+    from encoderlens.harvest import writer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("safetensors.torch.save_file writes through a temporary file of its own")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", refuse)
+    tensors = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4, dtype=torch.int64)}
+    writer.save_shard_atomic(tmp_path / "rank000-00000.safetensors", tensors, {"k": "v"})
+    assert [p.name for p in tmp_path.iterdir()] == ["rank000-00000.safetensors"]
+    loaded = safetensors.torch.load_file(tmp_path / "rank000-00000.safetensors")
+    assert torch.equal(loaded["a"], tensors["a"]) and torch.equal(loaded["b"], tensors["b"])
+
+
 def _mount_tmpfs(path: Path, options: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:

@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from encoderlens.cli.common import DTYPES, MODEL_HELP, add_device, add_parser, hook_names, input_for, load_model
+from encoderlens.harvest.writer import save_shard_atomic
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], out: Path, metadata: dict[str, str]) -> None:
-    """Write a safetensors file that honours the umask (the writer creates files 0600) atomically."""
-    from safetensors.torch import save_file
-
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write a safetensors file atomically, with the mode the umask gives (harvest's shard writer)."""
+    save_shard_atomic(out, tensors, metadata)
 
 
 def _cache_cmd(args: argparse.Namespace) -> int:

@@ -80,27 +80,24 @@ def dtype_name(dtype: torch.dtype) -> str:
 def save_shard_atomic(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
     """Write one safetensors shard atomically (temporary file, fsync, ``os.replace``).
 
-    The file gets the mode the umask gives new files (the safetensors writer alone makes it 0600, which
-    other users of a shared file system cannot read). A failed write leaves no temporary file.
+    The bytes are serialised in memory and written by this process, so the only temporary file is ours
+    (``.{name}.tmp-{pid}``, which a resume recognises and removes). ``safetensors.torch.save_file`` writes
+    through a temporary file of its own (``.tmpXXXXXX``, mode 0600) that a killed writer leaves behind
+    and nothing cleans. The file gets the mode the umask gives new files. A failed write leaves no
+    temporary file.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        with open(tmp, "rb+") as f:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def current_umask() -> int:
-    """The process's umask (read without changing it for long)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _write_error(path: Path, e: OSError) -> OSError:

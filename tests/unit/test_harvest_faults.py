@@ -89,22 +89,20 @@ def crash_on(monkeypatch, target, attr, when, nth=2):
 
 
 def partial_save(monkeypatch):
-    """The safetensors writer dies half-way through a shard: the temporary file holds half the bytes."""
-    import safetensors.torch
+    """The process dies half-way through writing a shard: the temporary file holds half the bytes."""
+    from encoderlens.harvest import writer
 
-    real = safetensors.torch.save_file
+    real = writer.write_synced
     calls = []
 
-    def fake(tensors, filename, metadata=None):
+    def fake(path, data):
         calls.append(1)
         if len(calls) == 2:
-            real(tensors, filename, metadata=metadata)
-            data = Path(filename).read_bytes()
-            Path(filename).write_bytes(data[: len(data) // 2])
+            real(path, data[: len(data) // 2])
             raise Crash
-        return real(tensors, filename, metadata=metadata)
+        return real(path, data)
 
-    monkeypatch.setattr(safetensors.torch, "save_file", fake)
+    monkeypatch.setattr(writer, "write_synced", fake)
 
 
 STEPS = {

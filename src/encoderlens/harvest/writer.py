@@ -91,13 +91,18 @@ def save_shard_atomic(path: Path, tensors: dict[str, Tensor], metadata: dict[str
     data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_synced(tmp, data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file at ``path`` and wait until it is on disk (``fsync``)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _write_error(path: Path, e: OSError) -> OSError:

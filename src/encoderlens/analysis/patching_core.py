@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from encoderlens.analysis.results import Labelled
+from encoderlens.analysis.targets import checked_positions
 from encoderlens.cache import StreamSpec
 from encoderlens.hooks import get_act_name
 from encoderlens.models.base import HookedModel
@@ -63,25 +64,17 @@ class PositionMetric:
         pos = pos.expand(b) if pos.numel() == 1 else pos
         if pos.shape != (b,):
             return  # the metric itself raises, naming the shape it needs
-        outside = (pos < -n) | (pos >= n)
-        if bool(outside.any()):
-            raise ValueError(
-                f"{self.what} position {int(pos[outside][0])} is outside the {n} positions of the logits; "
-                f"expected -{n} <= position < {n}"
-            )
         masks = [m for m in batch.masks.values() if m.shape == (b, n)]
-        if not masks:
-            return
-        real = masks[-1].bool().cpu()
-        pos = pos % n
-        on_padding = ~real[torch.arange(b), pos]
-        if bool(on_padding.any()):
-            item = int(on_padding.nonzero()[0, 0])
-            raise ValueError(
-                f"{self.what} position {int(pos[item])} is padding in batch item {item}, which has "
-                f"{int(real[item].sum())} real positions (a negative position counts from the end of the padded "
-                "batch); pass one real position per item, e.g. each item's last real one: mask.sum(1) - 1"
-            )
+        checked_positions(
+            pos,
+            n,
+            masks[-1].bool().cpu() if masks else None,
+            self.what,
+            source="logits",
+            real_name="real positions",
+            hint="a negative position counts from the end of the padded batch; pass one real position per item, "
+            "e.g. each item's last real one: mask.sum(1) - 1",
+        )
 
 
 def check_metric(metric: Metric, batch: Prepared, out: Any) -> None:

@@ -94,7 +94,7 @@ def token_score(
         real = masks[-1].to(logits.device).bool() if masks else None
         if real is None or real.shape != (b, n):  # no mask of these positions: only the bounds are checked
             real = torch.ones(b, n, dtype=torch.bool, device=logits.device)
-        pos = _checked_positions(pos, real, "token_score", padding_ok=False)
+        pos = checked_positions(pos, real.shape[1], real, "token_score")
         return _score(logits[rows, pos], kind)[rows, _per_item(token, b, logits.device, "token")]
 
     return Target(fn, f"{kind}[{token}] at position {position}", return_type)
@@ -139,29 +139,50 @@ def class_score(label: PerItem, kind: Kind = "logit", return_type: str = "classi
     return Target(fn, f"class {kind}[{label}]", return_type)
 
 
-def _checked_positions(pos: Tensor, real: Tensor, what: str, padding_ok: bool) -> Tensor:
-    """``pos`` (one per item; negative counts from the end, as indexing does) checked against the input.
+def checked_positions(
+    pos: Tensor,
+    n: int,
+    real: Tensor | None,
+    what: str,
+    *,
+    padding_ok: bool = False,
+    source: str = "input",
+    real_name: str = "real tokens",
+    hint: str = "pick a position on a real token of each item (one per item: a list or tensor)",
+) -> Tensor:
+    """``pos`` (one per item; negative counts from the end, as indexing does) checked against ``n`` positions.
+
+    Args:
+        pos: One position per item.
+        n: The number of positions of ``source``.
+        real: ``(batch, n)``, True on each item's real positions; None: only the bounds are checked.
+        what: Who reads the positions (named in the error).
+        padding_ok: Whether a position on padding is allowed.
+        source: What the positions index (named in the error).
+        real_name: What the real positions are called (named in the error).
+        hint: How to fix a position on padding (ends the error).
+
+    Returns:
+        The positions, made non-negative.
 
     Raises:
-        ValueError: A position outside the sequence, or on an item's padding unless ``padding_ok``.
+        ValueError: A position outside the ``n`` positions, or on an item's padding unless ``padding_ok``.
     """
-    n = real.shape[1]
     outside = (pos < -n) | (pos >= n)
     if bool(outside.any()):
         raise ValueError(
-            f"{what} position {pos[outside][0].item()} is outside the {n} positions of the input; "
+            f"{what} position {pos[outside][0].item()} is outside the {n} positions of the {source}; "
             f"expected -{n} <= position < {n}"
         )
     pos = pos % n
-    if padding_ok:
+    if padding_ok or real is None:
         return pos
     on_padding = ~real[torch.arange(pos.shape[0], device=pos.device), pos]
     if bool(on_padding.any()):
         item = int(on_padding.nonzero()[0, 0])
         raise ValueError(
             f"{what} position {pos[item].item()} is padding in batch item {item}, which has "
-            f"{int(real[item].sum())} real tokens; pick a position on a real token of each item "
-            "(one per item: a list or tensor)"
+            f"{int(real[item].sum())} {real_name}; {hint}"
         )
     return pos
 
@@ -197,7 +218,7 @@ def span_score(position: PerItem, boundary: str = "start", kind: Kind = "logit",
         real = batch.mask(batch.streams[0]).to(logits.device).bool()
         # a logit on padding is no score of the span (a probability there is exactly 0: that one is kept)
         pos = _per_item(position, b, logits.device, "position")
-        pos = _checked_positions(pos, real, "span_score", padding_ok=kind != "logit")
+        pos = checked_positions(pos, real.shape[1], real, "span_score", padding_ok=kind != "logit")
         scores = logits[..., column]
         if kind != "logit":
             scores = _score(scores.float().masked_fill(~real, float("-inf")), kind)
@@ -250,7 +271,7 @@ def ctc_token(token: int, frames: Sequence[int] | tuple[int, int]) -> Target:
                 "check the return_type (the CTC head's 'logits')"
             )
         for f in idx:
-            _checked_positions(torch.full((b,), f, device=logits.device), real, "ctc_token frame", padding_ok=False)
+            checked_positions(torch.full((b,), f, device=logits.device), real.shape[1], real, "ctc_token frame")
         logp = F.log_softmax(logits.float(), -1)
         return logp[:, idx, token].sum(1)
 

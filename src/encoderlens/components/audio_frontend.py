@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from encoderlens.components.mlp import get_activation, get_inplace_activation
+from encoderlens.components.mlp import apply_activation, get_activation, get_inplace_activation
 from encoderlens.components.norm import LayerNorm
 from encoderlens.config import AudioFrontendConfig, NormConfig
 from encoderlens.hooks import HookPoint
@@ -165,9 +165,7 @@ class ConvLayer(nn.Module):
         raw conv output, when there is no norm) or when autograd needs ``x`` for the gradient.
         """
         fresh = self.norm is not None or not self.hook_conv.has_hooks()
-        if self.act_inplace is None or not fresh or (torch.is_grad_enabled() and x.requires_grad):
-            return self.act(x)
-        return self.act_inplace(x)
+        return apply_activation(x, self.act, self.act_inplace, fresh)
 
 
 class FeatureProjection(nn.Module):

@@ -53,6 +53,16 @@ def get_inplace_activation(name: str) -> Callable[[Tensor], Tensor] | None:
     return _INPLACE_ACTIVATIONS.get(name)
 
 
+def apply_activation(
+    x: Tensor, act: Callable[[Tensor], Tensor], act_inplace: Callable[[Tensor], Tensor] | None, overwrite_ok: bool
+) -> Tensor:
+    """``act(x)``, written over ``x`` when the caller allows it (nothing else holds ``x``), an in-place
+    form exists and no autograd graph needs ``x``."""
+    if overwrite_ok and act_inplace is not None and not (torch.is_grad_enabled() and x.requires_grad):
+        return act_inplace(x)
+    return act(x)
+
+
 def get_activation(name: str) -> Callable[[Tensor], Tensor]:
     """Return the activation function called ``name`` (HF naming)."""
     try:
@@ -93,23 +103,13 @@ class MLP(nn.Module):
             pre = self.hook_pre(F.linear(x, self.W_gate.t()))
             assert self.hook_pre_linear is not None
             post = self.hook_post(self.act(pre) * self.hook_pre_linear(lin))
-        elif self._may_overwrite(lin):
-            # the fresh pre-activation is read by nothing else: the activation is written over it
-            assert self.act_inplace is not None
-            post = self.hook_post(self.act_inplace(self.hook_pre(lin)))
         else:
-            post = self.hook_post(self.act(self.hook_pre(lin)))
+            # the fresh pre-activation may be overwritten unless a hook on hook_pre holds it
+            unhooked = not self.hook_pre.has_hooks()
+            post = self.hook_post(apply_activation(self.hook_pre(lin), self.act, self.act_inplace, unhooked))
         if post.dtype != self.W_out.dtype:  # W_out kept in float32 (cfg.out_float32_in_fp16), as HF's T5
             post = post.to(self.W_out.dtype)
         return F.linear(post, self.W_out.t(), self.b_out)
-
-    def _may_overwrite(self, lin: Tensor) -> bool:
-        """Whether the activation may run in place on ``lin``: no hook on ``hook_pre``, no autograd graph."""
-        return (
-            self.act_inplace is not None
-            and not self.hook_pre.has_hooks()
-            and not (torch.is_grad_enabled() and lin.requires_grad)
-        )
 
     def keep_out_in_float32(self) -> None:
         """Put ``W_out`` (and ``b_out``) in float32 if ``cfg.out_float32_in_fp16`` and the model is float16."""

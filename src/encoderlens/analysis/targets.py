@@ -92,9 +92,9 @@ def token_score(
         pos = _per_item(position, b, logits.device, "position")
         masks = [batch.mask(stream_name)] if stream_name else [m for m in batch.masks.values() if m.shape[-1] == n]
         real = masks[-1].to(logits.device).bool() if masks else None
-        if real is None or real.shape != (b, n):  # no mask of these positions: only the bounds are checked
-            real = torch.ones(b, n, dtype=torch.bool, device=logits.device)
-        pos = checked_positions(pos, real.shape[1], real, "token_score")
+        if real is not None and real.shape != (b, n):  # no mask of these positions: only the bounds are checked
+            real = None
+        pos = checked_positions(pos, n, real, "token_score")
         return _score(logits[rows, pos], kind)[rows, _per_item(token, b, logits.device, "token")]
 
     return Target(fn, f"{kind}[{token}] at position {position}", return_type)
